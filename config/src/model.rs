@@ -1,0 +1,387 @@
+//! The configuration's shape. Every section has defaults that make a loopback development daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use qrbridge_fx::{Bps, Currency};
+use serde::{Deserialize, Serialize};
+
+/// The daemon's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listeners: Listeners,
+    #[serde(default)]
+    pub tls: Tls,
+    /// The wallets that may call the partner API; each is known by its client certificate.
+    #[serde(default)]
+    pub partners: Vec<Partner>,
+    /// The domestic acquirers payment instructions go to.
+    #[serde(default)]
+    pub acquirers: Vec<Acquirer>,
+    /// Which acquirer owns a scanned code; first match wins.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub fx: Fx,
+    #[serde(default)]
+    pub storage: Storage,
+    #[serde(default)]
+    pub settlement: Settlement,
+    #[serde(default)]
+    pub resolver: Resolver,
+    #[serde(default)]
+    pub webhooks: Webhooks,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Where each API listens. Three listeners so that each can have its own client CAs and its own
+/// exposure: partners from the internet, acquirers from their network, admin from inside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    pub partner: SocketAddr,
+    pub admin: SocketAddr,
+    pub acquirer: SocketAddr,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            partner: ([127, 0, 0, 1], 8443).into(),
+            admin: ([127, 0, 0, 1], 8444).into(),
+            acquirer: ([127, 0, 0, 1], 8445).into(),
+        }
+    }
+}
+
+/// The bridge's own TLS material (PEM files). Partner and acquirer CAs live with each party.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Server certificate chain presented on every listener.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// Client certificate the bridge presents to acquirers and partners' webhook endpoints.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// CAs whose certificates may use the admin API; admins are listed in `admin_identities`.
+    pub admin_ca: PathBuf,
+    /// Identities (certificate SAN URI or DNS name) that the admin API accepts.
+    pub admin_identities: Vec<String>,
+    /// When true, TLS 1.2 is accepted besides 1.3 (some partners' stacks still need it).
+    pub allow_tls12: bool,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            server_cert: "pki/server.crt".into(),
+            server_key: "pki/server.key".into(),
+            client_cert: "pki/bridge-client.crt".into(),
+            client_key: "pki/bridge-client.key".into(),
+            admin_ca: "pki/ca.crt".into(),
+            admin_identities: vec!["admin".into()],
+            allow_tls12: true,
+        }
+    }
+}
+
+/// How a partner's client certificate is recognised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Identity {
+    /// A URI subject alternative name, e.g. `spiffe://gcash.example/wallet`.
+    SanUri(String),
+    /// A DNS subject alternative name.
+    SanDns(String),
+    /// The SHA-256 fingerprint of the DER certificate, hex (colons allowed).
+    Sha256(String),
+}
+
+/// A partner wallet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partner {
+    /// Stable id used in records, logs and statements.
+    pub id: String,
+    pub identity: Identity,
+    /// CA (PEM) that issues this partner's client certificates.
+    pub ca: PathBuf,
+    /// Currencies this partner's users pay in.
+    pub wallet_currencies: Vec<Currency>,
+    /// Where webhooks go (HTTPS); none means the partner polls.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key for the webhook signature header. Never logged.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    #[serde(default)]
+    pub limits: PartnerLimits,
+}
+
+/// Per-partner limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PartnerLimits {
+    /// Sustained requests per second before `RATE_LIMITED`.
+    pub requests_per_s: u32,
+    /// Requests allowed in a burst above the sustained rate.
+    pub burst: u32,
+    /// Largest single payment, in CNY minor units (fen).
+    pub payment_cny_minor_max: i64,
+}
+
+impl Default for PartnerLimits {
+    fn default() -> Self {
+        PartnerLimits { requests_per_s: 500, burst: 1000, payment_cny_minor_max: 5_000_000 }
+    }
+}
+
+/// A domestic acquirer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acquirer {
+    pub id: String,
+    /// Base URL of its API (HTTPS). `sandbox` means the in-process sandbox acquirer.
+    pub endpoint: String,
+    /// CA (PEM) that issued its server certificate; also the CA of its client certificates when
+    /// it calls the acquirer-facing listener.
+    pub ca: PathBuf,
+    /// Identity its client certificate carries when it calls us (refunds, files).
+    #[serde(default)]
+    pub identity: Option<Identity>,
+    /// How long to wait for an instruction's answer before the payment is UNKNOWN.
+    #[serde(default = "default_acquirer_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long to wait for a connection; no connection means nothing was sent.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_acquirer_timeout_ms() -> u64 {
+    5_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+
+/// A routing rule: every condition given must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub acquirer: String,
+    /// `EMVCO`, `ALIPAY`, `WECHAT` or `UNIONPAY`.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// EMVCo globally unique id (sub-tag 00 of templates 26–51), compared case-insensitively.
+    #[serde(default)]
+    pub emvco_guid: Option<String>,
+    /// EMVCo network template id present in the code (02–51; 15 is UnionPay).
+    #[serde(default)]
+    pub emvco_template: Option<u8>,
+    /// URL code host, case-insensitive (`qr.alipay.com`).
+    #[serde(default)]
+    pub url_host: Option<String>,
+    /// URL code path prefix (`/fkx`), case-insensitive.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// UnionPay institution code: the 8 digits in a `qr.95516.com` URL or the acquirer IIN in tag 15.
+    #[serde(default)]
+    pub unionpay_institution: Option<String>,
+}
+
+/// FX: rate sources, staleness, spreads, quotes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fx {
+    /// Currencies tried, in order, to make cross rates.
+    pub pivots: Vec<Currency>,
+    /// Staleness limit for sources without their own.
+    pub max_age_s: u64,
+    /// How long a quote can be paid.
+    pub quote_ttl_s: u64,
+    pub spread: Spread,
+    pub sources: Vec<RateSource>,
+}
+
+impl Default for Fx {
+    fn default() -> Self {
+        Fx {
+            pivots: vec![
+                Currency::from_code("USD").expect("USD"),
+                Currency::from_code("EUR").expect("EUR"),
+            ],
+            max_age_s: 3_600,
+            quote_ttl_s: 120,
+            spread: Spread::default(),
+            sources: vec![RateSource {
+                id: "builtin".into(),
+                kind: RateSourceKind::Builtin,
+                location: None,
+                poll_s: None,
+                max_age_s: Some(86_400 * 365),
+            }],
+        }
+    }
+}
+
+/// Spread bounds and default, in basis points (decimal strings, e.g. "45.5").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Spread {
+    pub default_bps: Bps,
+    pub min_bps: Bps,
+    pub max_bps: Bps,
+}
+
+impl Default for Spread {
+    fn default() -> Self {
+        Spread {
+            default_bps: Bps::from_int(50).expect("50 bps"),
+            min_bps: Bps::ZERO,
+            max_bps: Bps::from_int(500).expect("500 bps"),
+        }
+    }
+}
+
+/// Where mid rates come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSource {
+    pub id: String,
+    pub kind: RateSourceKind,
+    /// A file path or an `https://` URL; none for `builtin`.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Poll interval; none reads once at start (and on admin request).
+    #[serde(default)]
+    pub poll_s: Option<u64>,
+    /// Staleness limit for this source's rates.
+    #[serde(default)]
+    pub max_age_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateSourceKind {
+    /// The ECB euro reference rates (`eurofxref-daily.xml`).
+    EcbXml,
+    /// `base,quote,rate,as_of` lines.
+    Csv,
+    /// A snapshot compiled into the binary, for development.
+    Builtin,
+}
+
+/// The embedded store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    pub path: PathBuf,
+    /// sled's page cache; sled's own default is 1 GiB, too much beside other processes.
+    pub cache_bytes: u64,
+    /// Longest a write waits for others to share its flush (group commit).
+    pub flush_every_ms: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage { path: "var/db".into(), cache_bytes: 64 * 1024 * 1024, flush_every_ms: 0 }
+    }
+}
+
+/// The business day and the windows measured from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settlement {
+    /// IANA time zone of the business day.
+    pub time_zone: String,
+    /// When the business day ends, `HH:MM` local.
+    pub cutoff: String,
+    /// Cancels are accepted until this time (local) on the day after the payment.
+    pub cancel_until: String,
+    /// Refunds are accepted for this many days after the payment.
+    pub refund_window_days: u32,
+}
+
+impl Default for Settlement {
+    fn default() -> Self {
+        Settlement {
+            time_zone: "Asia/Shanghai".into(),
+            cutoff: "00:00".into(),
+            cancel_until: "00:30".into(),
+            refund_window_days: 366,
+        }
+    }
+}
+
+/// How payments in doubt are resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resolver {
+    /// Delays between inquiries of a payment whose outcome is unknown.
+    pub inquiry_schedule_s: Vec<u64>,
+    /// After this long with the outcome unknown, the payment is reversed and ends EXPIRED.
+    pub payment_expiry_s: u64,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver { inquiry_schedule_s: vec![4, 4, 30, 60, 60, 60, 300, 300], payment_expiry_s: 900 }
+    }
+}
+
+/// Webhook delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webhooks {
+    pub timeout_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// After this long undelivered, an event is parked for an operator.
+    pub max_age_s: u64,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        Webhooks {
+            timeout_ms: 5_000,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 600_000,
+            max_age_s: 3 * 86_400,
+        }
+    }
+}
+
+/// Limits on what clients can make the daemon do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body.
+    pub body_bytes_max: u64,
+    /// Open connections per listener; more wait in the accept queue.
+    pub connections_max: u32,
+    /// Requests being handled at once; more are shed with 503.
+    pub concurrency_max: u32,
+    /// Longest a request may take end to end.
+    pub request_timeout_ms: u64,
+    /// Longest scanned code accepted, in characters.
+    pub code_chars_max: u32,
+    /// TLS handshake deadline, so idle sockets cannot hold connection slots.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes_max: 16 * 1024,
+            connections_max: 1_024,
+            concurrency_max: 512,
+            request_timeout_ms: 15_000,
+            code_chars_max: 2_048,
+            handshake_timeout_ms: 5_000,
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! A quote: the binding, immutable price for paying one CNY amount from one wallet currency, and
+//! the refund arithmetic at that price.
+//!
+//! FX is two legs linked together: the partner owes `wallet` (in its currency); the merchant's
+//! acquirer is owed `pay` (CNY). The wallet amount splits into `wallet_at_mid` (the FX position
+//! at the mid) and `spread_amount` (the house's margin), so rate and margin stay auditable.
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::amount::{Amount, AmountError};
+use crate::currency::Currency;
+use crate::rate::{Pair, RateBook, RateError};
+use crate::rounding::{self, Direction};
+use crate::spread::{Bps, SpreadError, SpreadPolicy};
+
+/// Why a quote could not be priced, or a refund converted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuoteError {
+    #[error("the pay amount must be in CNY, not {0}")]
+    PayNotCny(Currency),
+    #[error("the pay amount must be positive")]
+    NotPositive,
+    #[error("the wallet currency must differ from CNY")]
+    SameCurrency,
+    #[error("quote time-to-live must be positive")]
+    BadTtl,
+    #[error(transparent)]
+    Rate(#[from] RateError),
+    #[error(transparent)]
+    Spread(#[from] SpreadError),
+    #[error(transparent)]
+    Amount(#[from] AmountError),
+    #[error("refund of {refund} would take the refunded total past the {paid} paid")]
+    RefundExceedsPayment { refund: Amount, paid: Amount },
+}
+
+/// What to price.
+#[derive(Debug, Clone)]
+pub struct QuoteRequest<'a> {
+    pub partner: &'a str,
+    /// What the merchant receives, in CNY.
+    pub pay: Amount,
+    pub wallet_currency: Currency,
+    pub now: DateTime<Utc>,
+    pub ttl: Duration,
+}
+
+/// A priced quote. Never changed once made: spreads or rates that change later do not touch it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quote {
+    /// `CNY/<wallet currency>`.
+    pub pair: Pair,
+    /// The mid rate used, and the published rates it came from.
+    pub mid: Decimal,
+    pub mid_legs: Vec<Pair>,
+    pub mid_as_of: DateTime<Utc>,
+    pub spread_bps: Bps,
+    /// The client price: wallet units per CNY, spread included, rounded up.
+    pub price: Decimal,
+    /// CNY, what the merchant receives.
+    pub pay: Amount,
+    /// What the partner owes: `pay × price` rounded up to the wallet currency's minor unit.
+    pub wallet: Amount,
+    /// `pay × mid` rounded up: the FX leg at the mid.
+    pub wallet_at_mid: Amount,
+    /// `wallet − wallet_at_mid`: the house's margin, never negative.
+    pub spread_amount: Amount,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Quote {
+    /// Prices `req` from the rate book and the spreads in force.
+    pub fn price(
+        req: &QuoteRequest<'_>,
+        rates: &RateBook,
+        spreads: &SpreadPolicy,
+    ) -> Result<Quote, QuoteError> {
+        if req.pay.currency() != Currency::CNY {
+            return Err(QuoteError::PayNotCny(req.pay.currency()));
+        }
+        if !req.pay.is_positive() {
+            return Err(QuoteError::NotPositive);
+        }
+        if req.wallet_currency == Currency::CNY {
+            return Err(QuoteError::SameCurrency);
+        }
+        if req.ttl <= Duration::zero() {
+            return Err(QuoteError::BadTtl);
+        }
+        let pair = Pair::new(Currency::CNY, req.wallet_currency);
+        let mid = rates.resolve(pair, req.now)?;
+        let spread_bps = spreads.spread_for(req.partner, pair);
+        Self::from_mid(req, mid.mid, mid.legs, mid.as_of, spread_bps)
+    }
+
+    /// Prices `req` at a given mid and spread.
+    pub fn from_mid(
+        req: &QuoteRequest<'_>,
+        mid: Decimal,
+        mid_legs: Vec<Pair>,
+        mid_as_of: DateTime<Utc>,
+        spread_bps: Bps,
+    ) -> Result<Quote, QuoteError> {
+        let pair = Pair::new(Currency::CNY, req.wallet_currency);
+        let price = spread_bps.apply(mid)?;
+        let wallet = rounding::convert(&req.pay, price, req.wallet_currency, Direction::Up)?;
+        let wallet_at_mid = rounding::convert(&req.pay, mid, req.wallet_currency, Direction::Up)?;
+        // price >= mid, both rounded up from exact products, so the margin cannot be negative.
+        let spread_amount = wallet.checked_sub(&wallet_at_mid)?;
+        assert!(
+            !spread_amount.minor().is_negative(),
+            "spread below zero: {wallet} vs {wallet_at_mid}"
+        );
+        let expires_at = req.now.checked_add_signed(req.ttl).ok_or(QuoteError::BadTtl)?;
+        Ok(Quote {
+            pair,
+            mid,
+            mid_legs,
+            mid_as_of,
+            spread_bps,
+            price,
+            pay: req.pay,
+            wallet,
+            wallet_at_mid,
+            spread_amount,
+            created_at: req.now,
+            expires_at,
+        })
+    }
+
+    /// Whether the quote can no longer be paid at `now`.
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        now >= self.expires_at
+    }
+
+    /// The wallet amount of a refund of `refund` CNY, given the CNY already refunded.
+    ///
+    /// Cumulative at the quote's price: after this refund the wallet side has returned
+    /// `⌊refunded_cny × price⌋`, or exactly `wallet` once everything is refunded; this refund is the
+    /// difference. So partial refunds never sum above what was paid and a full refund returns it
+    /// exactly.
+    pub fn refund_wallet_amount(
+        &self,
+        refunded_before: &Amount,
+        refund: &Amount,
+    ) -> Result<Amount, QuoteError> {
+        if !refund.is_positive() {
+            return Err(QuoteError::NotPositive);
+        }
+        if refunded_before.minor() < 0 {
+            return Err(QuoteError::Amount(AmountError::Negative));
+        }
+        let after = refunded_before.checked_add(refund)?;
+        if after.checked_cmp(&self.pay)? == std::cmp::Ordering::Greater {
+            return Err(QuoteError::RefundExceedsPayment { refund: *refund, paid: self.pay });
+        }
+        let returned = |cny: &Amount| -> Result<Amount, QuoteError> {
+            if cny == &self.pay {
+                Ok(self.wallet)
+            } else {
+                Ok(rounding::convert(cny, self.price, self.wallet.currency(), Direction::Down)?)
+            }
+        };
+        Ok(returned(&after)?.checked_sub(&returned(refunded_before)?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate::MidRate;
+    use chrono::TimeZone;
+
+    fn c(s: &str) -> Currency {
+        Currency::from_code(s).unwrap()
+    }
+
+    fn setup() -> (RateBook, SpreadPolicy, DateTime<Utc>) {
+        let now = Utc.with_ymd_and_hms(2026, 5, 22, 8, 15, 30).unwrap();
+        let mut book = RateBook::new(Duration::seconds(600), vec![c("USD")]);
+        book.upsert(MidRate {
+            pair: "CNY/PHP".parse().unwrap(),
+            rate: "7.8".parse().unwrap(),
+            source: "test".into(),
+            as_of: now,
+        })
+        .unwrap();
+        let spreads =
+            SpreadPolicy::new("100".parse().unwrap(), Bps::ZERO, "500".parse().unwrap()).unwrap();
+        (book, spreads, now)
+    }
+
+    #[test]
+    fn prices_a_quote() {
+        let (book, spreads, now) = setup();
+        let req = QuoteRequest {
+            partner: "gcash",
+            pay: Amount::from_minor(Currency::CNY, 10001).unwrap(),
+            wallet_currency: c("PHP"),
+            now,
+            ttl: Duration::seconds(120),
+        };
+        let q = Quote::price(&req, &book, &spreads).unwrap();
+        assert_eq!(q.price.to_string(), "7.87800000");
+        // 100.01 × 7.878 = 787.87878 -> 787.88
+        assert_eq!(q.wallet.minor(), 78788);
+        // 100.01 × 7.8 = 780.078 -> 780.08
+        assert_eq!(q.wallet_at_mid.minor(), 78008);
+        assert_eq!(q.spread_amount.minor(), 780);
+        assert_eq!(q.expires_at, now + Duration::seconds(120));
+        assert!(!q.is_expired(now + Duration::seconds(119)));
+        assert!(q.is_expired(now + Duration::seconds(120)));
+        let stale = QuoteRequest { now: now + Duration::seconds(601), ..req.clone() };
+        assert!(matches!(Quote::price(&stale, &book, &spreads), Err(QuoteError::Rate(_))));
+        let krw = QuoteRequest { wallet_currency: c("KRW"), ..req.clone() };
+        assert!(matches!(Quote::price(&krw, &book, &spreads), Err(QuoteError::Rate(_))));
+        let cny = QuoteRequest { wallet_currency: Currency::CNY, ..req.clone() };
+        assert_eq!(Quote::price(&cny, &book, &spreads), Err(QuoteError::SameCurrency));
+        let zero = QuoteRequest { pay: Amount::zero(Currency::CNY), ..req };
+        assert_eq!(Quote::price(&zero, &book, &spreads), Err(QuoteError::NotPositive));
+    }
+
+    #[test]
+    fn refunds_sum_to_what_was_paid() {
+        let (book, spreads, now) = setup();
+        let req = QuoteRequest {
+            partner: "gcash",
+            pay: Amount::from_minor(Currency::CNY, 10001).unwrap(),
+            wallet_currency: c("PHP"),
+            now,
+            ttl: Duration::seconds(120),
+        };
+        let q = Quote::price(&req, &book, &spreads).unwrap();
+        let cny = |m| Amount::from_minor(Currency::CNY, m).unwrap();
+        let r1 = q.refund_wallet_amount(&cny(0), &cny(3333)).unwrap();
+        let r2 = q.refund_wallet_amount(&cny(3333), &cny(3333)).unwrap();
+        let r3 = q.refund_wallet_amount(&cny(6666), &cny(3335)).unwrap();
+        assert_eq!(r1.minor() + r2.minor() + r3.minor(), q.wallet.minor());
+        assert!(matches!(
+            q.refund_wallet_amount(&cny(6666), &cny(3336)),
+            Err(QuoteError::RefundExceedsPayment { .. })
+        ));
+        assert_eq!(q.refund_wallet_amount(&cny(0), &cny(10001)).unwrap(), q.wallet);
+    }
+}

@@ -1,0 +1,270 @@
+//! The rate book: mid rates as feeds give them, resolved for any pair directly, by inverse, or
+//! across a pivot currency (feeds usually quote everything against USD or EUR). A rate older than
+//! its source's staleness limit is not used: the pair is then unavailable, never priced stale.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::currency::{Currency, CurrencyError};
+use crate::rounding;
+
+/// A currency pair: a price is units of `quote` per one unit of `base` (`CNY/PHP 7.8123`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Pair {
+    pub base: Currency,
+    pub quote: Currency,
+}
+
+impl Pair {
+    pub fn new(base: Currency, quote: Currency) -> Self {
+        Pair { base, quote }
+    }
+
+    pub fn inverse(self) -> Self {
+        Pair { base: self.quote, quote: self.base }
+    }
+}
+
+impl fmt::Display for Pair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.base, self.quote)
+    }
+}
+
+impl fmt::Debug for Pair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Pair {
+    type Err = CurrencyError;
+    /// `"CNY/PHP"`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (b, q) = s.split_once('/').ok_or_else(|| CurrencyError::UnknownCode(s.into()))?;
+        Ok(Pair { base: b.parse()?, quote: q.parse()? })
+    }
+}
+
+/// Why a rate was refused or a pair could not be priced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateError {
+    #[error("rate for {pair} must be positive")]
+    NotPositive { pair: Pair },
+    #[error("a rate needs two different currencies, {pair} has one")]
+    SameCurrency { pair: Pair },
+    #[error("no rate for {pair}")]
+    Unavailable { pair: Pair },
+    #[error("the rate for {pair} is stale (as of {as_of})")]
+    Stale { pair: Pair, as_of: DateTime<Utc> },
+    #[error("rate arithmetic overflows for {pair}")]
+    Overflow { pair: Pair },
+}
+
+/// A mid rate as a source published it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MidRate {
+    pub pair: Pair,
+    pub rate: Decimal,
+    /// The feed or person it came from (`ecb`, `admin:treasury-1`); its staleness limit applies.
+    pub source: String,
+    pub as_of: DateTime<Utc>,
+}
+
+/// A mid rate for the pair asked for, with how it was derived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedRate {
+    pub pair: Pair,
+    pub mid: Decimal,
+    /// The oldest `as_of` among the rates used.
+    pub as_of: DateTime<Utc>,
+    /// The published rates it was derived from, in order (one for direct or inverse, two for a
+    /// cross).
+    pub legs: Vec<Pair>,
+}
+
+/// Every mid rate known, by pair as published.
+#[derive(Debug, Clone)]
+pub struct RateBook {
+    rates: BTreeMap<Pair, MidRate>,
+    max_age: BTreeMap<String, Duration>,
+    default_max_age: Duration,
+    pivots: Vec<Currency>,
+}
+
+impl RateBook {
+    /// `default_max_age` applies to sources without their own limit; `pivots` are tried in order
+    /// for cross rates.
+    pub fn new(default_max_age: Duration, pivots: Vec<Currency>) -> Self {
+        RateBook { rates: BTreeMap::new(), max_age: BTreeMap::new(), default_max_age, pivots }
+    }
+
+    /// Sets the staleness limit of one source.
+    pub fn set_max_age(&mut self, source: &str, max_age: Duration) {
+        self.max_age.insert(source.to_owned(), max_age);
+    }
+
+    /// Records a rate. A rate older than the one held for the pair is ignored (feeds can arrive
+    /// out of order); returns whether it was taken.
+    pub fn upsert(&mut self, rate: MidRate) -> Result<bool, RateError> {
+        if rate.pair.base == rate.pair.quote {
+            return Err(RateError::SameCurrency { pair: rate.pair });
+        }
+        if rate.rate <= Decimal::ZERO {
+            return Err(RateError::NotPositive { pair: rate.pair });
+        }
+        if let Some(held) = self.rates.get(&rate.pair) {
+            if held.as_of > rate.as_of {
+                return Ok(false);
+            }
+        }
+        self.rates.insert(rate.pair, rate);
+        Ok(true)
+    }
+
+    /// Every rate held, in pair order.
+    pub fn rates(&self) -> impl Iterator<Item = &MidRate> {
+        self.rates.values()
+    }
+
+    /// Whether a held rate is within its source's limit at `now`.
+    pub fn is_fresh(&self, rate: &MidRate, now: DateTime<Utc>) -> bool {
+        let limit = self.max_age.get(&rate.source).copied().unwrap_or(self.default_max_age);
+        now.signed_duration_since(rate.as_of) <= limit
+    }
+
+    /// A fresh mid for `pair` published directly or as its inverse. `Err(Some(stale))` when only a
+    /// stale one exists.
+    fn leg(
+        &self,
+        pair: Pair,
+        now: DateTime<Utc>,
+    ) -> Result<(Decimal, DateTime<Utc>), Option<MidRate>> {
+        let mut stale = None;
+        if let Some(r) = self.rates.get(&pair) {
+            if self.is_fresh(r, now) {
+                return Ok((r.rate, r.as_of));
+            }
+            stale = Some(r.clone());
+        }
+        if let Some(r) = self.rates.get(&pair.inverse()) {
+            if self.is_fresh(r, now) {
+                let inv = Decimal::ONE.checked_div(r.rate).ok_or(None)?;
+                return Ok((inv, r.as_of));
+            }
+            stale = stale.or_else(|| Some(r.clone()));
+        }
+        Err(stale)
+    }
+
+    /// The mid rate for `pair` at `now`: direct, inverse, or across the first pivot that has two
+    /// fresh legs.
+    pub fn resolve(&self, pair: Pair, now: DateTime<Utc>) -> Result<ResolvedRate, RateError> {
+        if pair.base == pair.quote {
+            return Err(RateError::SameCurrency { pair });
+        }
+        let mut stale: Option<MidRate> = None;
+        match self.leg(pair, now) {
+            Ok((mid, as_of)) => {
+                return Ok(ResolvedRate { pair, mid: rounding::mid(mid), as_of, legs: vec![pair] })
+            }
+            Err(s) => stale = stale.or(s),
+        }
+        for &pivot in &self.pivots {
+            if pivot == pair.base || pivot == pair.quote {
+                continue;
+            }
+            let first = Pair::new(pair.base, pivot);
+            let second = Pair::new(pivot, pair.quote);
+            match (self.leg(first, now), self.leg(second, now)) {
+                (Ok((a, at_a)), Ok((b, at_b))) => {
+                    let mid = a.checked_mul(b).ok_or(RateError::Overflow { pair })?;
+                    if mid <= Decimal::ZERO {
+                        // Both legs positive but the product underflowed to zero: unusable.
+                        return Err(RateError::Overflow { pair });
+                    }
+                    return Ok(ResolvedRate {
+                        pair,
+                        mid: rounding::mid(mid),
+                        as_of: at_a.min(at_b),
+                        legs: vec![first, second],
+                    });
+                }
+                (a, b) => {
+                    stale = stale.or(a.err().flatten()).or(b.err().flatten());
+                }
+            }
+        }
+        Err(match stale {
+            Some(r) => RateError::Stale { pair, as_of: r.as_of },
+            None => RateError::Unavailable { pair },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn c(s: &str) -> Currency {
+        Currency::from_code(s).unwrap()
+    }
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_780_000_000 + secs, 0).unwrap()
+    }
+    fn rate(pair: &str, r: &str, at: i64) -> MidRate {
+        MidRate { pair: pair.parse().unwrap(), rate: d(r), source: "ecb".into(), as_of: t(at) }
+    }
+
+    fn book() -> RateBook {
+        let mut b = RateBook::new(Duration::seconds(600), vec![c("USD"), c("EUR")]);
+        b.upsert(rate("USD/CNY", "7.1", 0)).unwrap();
+        b.upsert(rate("USD/PHP", "56.8", 0)).unwrap();
+        b.upsert(rate("CNY/KRW", "190.25", 0)).unwrap();
+        b
+    }
+
+    #[test]
+    fn direct_inverse_and_cross() {
+        let b = book();
+        let direct = b.resolve("CNY/KRW".parse().unwrap(), t(10)).unwrap();
+        assert_eq!(direct.mid, d("190.25"));
+        let inverse = b.resolve("CNY/USD".parse().unwrap(), t(10)).unwrap();
+        assert_eq!(inverse.mid, d("0.140845070423"));
+        let cross = b.resolve("CNY/PHP".parse().unwrap(), t(10)).unwrap();
+        assert_eq!(cross.mid, d("8")); // 56.8 / 7.1
+        assert_eq!(cross.legs.len(), 2);
+    }
+
+    #[test]
+    fn stale_and_missing_are_unavailable() {
+        let mut b = book();
+        let pair: Pair = "CNY/KRW".parse().unwrap();
+        assert!(matches!(b.resolve(pair, t(601)), Err(RateError::Stale { .. })));
+        b.set_max_age("ecb", Duration::seconds(3600));
+        assert!(b.resolve(pair, t(601)).is_ok());
+        assert!(matches!(
+            b.resolve("CNY/THB".parse().unwrap(), t(1)),
+            Err(RateError::Unavailable { .. })
+        ));
+        assert!(matches!(b.upsert(rate("CNY/THB", "0", 0)), Err(RateError::NotPositive { .. })));
+        assert!(matches!(b.upsert(rate("CNY/CNY", "1", 0)), Err(RateError::SameCurrency { .. })));
+    }
+
+    #[test]
+    fn older_rates_do_not_replace_newer() {
+        let mut b = book();
+        assert!(!b.upsert(rate("CNY/KRW", "1", -5)).unwrap());
+        assert!(b.upsert(rate("CNY/KRW", "191", 5)).unwrap());
+        assert_eq!(b.resolve("CNY/KRW".parse().unwrap(), t(6)).unwrap().mid, d("191"));
+    }
+}

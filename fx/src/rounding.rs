@@ -1,0 +1,120 @@
+//! The one place where money and prices are rounded. Every rounding in qrbridge goes through
+//! these functions, and each one rounds in the house's favour:
+//!
+//! - [`price_up`]: a client price (wallet currency per CNY) is rounded **up** to [`PRICE_DP`]
+//!   decimal places: the wallet pays `CNY × price`, so a higher price never under-collects.
+//! - [`convert`] with [`Direction::Up`]: what a wallet owes is rounded **up** to its currency's
+//!   minor unit (the house never under-collects, and over-collects by less than one minor unit).
+//! - [`convert`] with [`Direction::Down`]: what the house gives back (refunds) is rounded **down**;
+//!   the refund rules in [`crate::quote`] make a full refund return exactly what was paid.
+//! - [`mid`]: a derived mid rate (an inverse or a cross) is kept to [`MID_DP`] places, to the
+//!   nearest: the mid is the neutral reference and `price_up` rounds after the spread is applied.
+//!
+//! Conversions are computed in exact integer arithmetic (`i128`), never through a `Decimal`
+//! product that could silently drop digits.
+
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::amount::{Amount, AmountError};
+use crate::currency::Currency;
+
+/// Decimal places of a client price.
+pub const PRICE_DP: u32 = 8;
+/// Decimal places kept of a derived mid rate.
+pub const MID_DP: u32 = 12;
+
+/// Which way a conversion rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// What the house collects: round up.
+    Up,
+    /// What the house pays out: round down.
+    Down,
+}
+
+/// A client price, rounded up to [`PRICE_DP`] places.
+pub fn price_up(price: Decimal) -> Decimal {
+    let mut p = price.round_dp_with_strategy(PRICE_DP, RoundingStrategy::ToPositiveInfinity);
+    p.rescale(PRICE_DP);
+    p
+}
+
+/// A derived mid rate, to the nearest [`MID_DP`] places.
+pub fn mid(rate: Decimal) -> Decimal {
+    rate.round_dp_with_strategy(MID_DP, RoundingStrategy::MidpointNearestEven).normalize()
+}
+
+/// `amount × price` in currency `to`, rounded to `to`'s minor unit in `direction`.
+///
+/// `price` is units of `to` per one unit of `amount`'s currency and must be positive; `amount`
+/// must not be negative. Exact: `minor_to = amount_minor × mantissa × 10^exp_to /
+/// 10^(scale + exp_from)` in `i128`, with overflow an error.
+pub fn convert(
+    amount: &Amount,
+    price: Decimal,
+    to: Currency,
+    direction: Direction,
+) -> Result<Amount, AmountError> {
+    if amount.minor() < 0 {
+        return Err(AmountError::Negative);
+    }
+    if price <= Decimal::ZERO {
+        return Err(AmountError::Malformed("conversion price must be positive"));
+    }
+    let pow = |e: u32| 10i128.checked_pow(e).ok_or(AmountError::Overflow);
+    let num = i128::from(amount.minor())
+        .checked_mul(price.mantissa())
+        .and_then(|n| n.checked_mul(pow(to.exponent()).ok()?))
+        .ok_or(AmountError::Overflow)?;
+    let den = pow(price.scale() + amount.currency().exponent())?;
+    let q = num / den;
+    let q = match direction {
+        Direction::Down => q,
+        Direction::Up if num % den != 0 => q + 1,
+        Direction::Up => q,
+    };
+    let minor = i64::try_from(q).map_err(|_| AmountError::Overflow)?;
+    Amount::from_minor(to, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn prices_round_up() {
+        assert_eq!(price_up(d("7.812300001")).to_string(), "7.81230001");
+        assert_eq!(price_up(d("7.8123")).to_string(), "7.81230000");
+    }
+
+    #[test]
+    fn conversions_round_in_the_house_favour() {
+        let cny = Currency::CNY;
+        let php = Currency::from_code("PHP").unwrap();
+        let krw = Currency::from_code("KRW").unwrap();
+        let pay = Amount::from_minor(cny, 10001).unwrap(); // CNY 100.01
+        let up = convert(&pay, d("7.8123"), php, Direction::Up).unwrap();
+        assert_eq!(up.minor(), 78131); // 781.308123 -> 781.31
+        let down = convert(&pay, d("7.8123"), php, Direction::Down).unwrap();
+        assert_eq!(down.minor(), 78130);
+        let won = convert(&pay, d("190.5"), krw, Direction::Up).unwrap();
+        assert_eq!(won.minor(), 19052); // 19051.905 -> 19052
+        let exact = convert(&Amount::from_minor(cny, 100).unwrap(), d("2"), php, Direction::Up);
+        assert_eq!(exact.unwrap().minor(), 200);
+    }
+
+    #[test]
+    fn conversion_refuses_nonsense() {
+        let pay = Amount::from_minor(Currency::CNY, 1).unwrap();
+        assert!(convert(&pay, Decimal::ZERO, Currency::CNY, Direction::Up).is_err());
+        assert!(convert(&pay.checked_neg(), d("1"), Currency::CNY, Direction::Up).is_err());
+        let big = Amount::from_minor(Currency::CNY, Amount::MAX_MINOR).unwrap();
+        assert!(convert(&big, Decimal::MAX, Currency::CNY, Direction::Up).is_err());
+        assert!(convert(&big, d("1000"), Currency::CNY, Direction::Up).is_err());
+    }
+}
