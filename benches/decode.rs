@@ -4,20 +4,10 @@
 //! present, every decodable vector there is benchmarked as one more group.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use qrbridge_adapters::decode::{decode, tlv, DecodeLimits, Scheme};
+use qrbridge_adapters::decode::tlv::{field as t, with_crc};
+use qrbridge_adapters::decode::{decode, DecodeLimits, Scheme};
 use qrbridge_adapters::routing::{Router, Rule};
 use std::hint::black_box;
-
-fn t(tag: u8, v: &str) -> String {
-    format!("{tag:02}{:02}{v}", v.chars().count())
-}
-
-fn with_crc(body: &str) -> String {
-    let mut s = format!("{body}6304");
-    let crc = tlv::crc16(s.as_bytes());
-    s.push_str(&format!("{crc:04X}"));
-    s
-}
 
 fn payloads() -> Vec<String> {
     let unionpay_dynamic = [

@@ -3,18 +3,8 @@
 //! A mutated code either fails cleanly or decodes; a decoded amount is always in range.
 
 use proptest::prelude::*;
-use qrbridge_adapters::decode::{decode, tlv, CodeType, DecodeLimits, Scheme};
-
-fn tlv_field(tag: u8, v: &str) -> String {
-    format!("{tag:02}{:02}{v}", v.chars().count())
-}
-
-fn with_crc(body: &str) -> String {
-    let mut s = format!("{body}6304");
-    let crc = tlv::crc16(s.as_bytes());
-    s.push_str(&format!("{crc:04X}"));
-    s
-}
+use qrbridge_adapters::decode::tlv::{field as tlv_field, with_crc};
+use qrbridge_adapters::decode::{decode, CodeType, DecodeLimits, Scheme};
 
 const SEEDS: &[&str] = &[
     "00020101021229300012D156000000000510A93FO3230Q31280012D15600000001030812345678520441115802CN5914BEST TRANSPORT6007BEIJING64200002ZH0104最佳运输0202北京540523.7253031565502016233030412340603***0708A60086670902ME91320016A0112233449988770708123456786304A13A",

@@ -363,13 +363,7 @@ fn tip_of<'a>(
 mod tests {
     use super::*;
 
-    /// Appends a correct CRC to `body` (which must end before `6304`).
-    pub(crate) fn with_crc(body: &str) -> String {
-        let mut s = format!("{body}6304");
-        let crc = tlv::crc16(s.as_bytes());
-        s.push_str(&format!("{crc:04X}"));
-        s
-    }
+    use crate::decode::tlv::{field as t, with_crc};
 
     #[test]
     fn decodes_the_emvco_sample() {
@@ -467,7 +461,6 @@ mod tests {
 
     #[test]
     fn lenient_where_issuers_are_sloppy() {
-        let t = |tag: u8, v: &str| format!("{tag:02}{:02}{v}", v.chars().count());
         let body = [
             t(0, "02"),
             t(1, "11"),

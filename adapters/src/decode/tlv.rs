@@ -15,6 +15,23 @@ pub fn crc16(bytes: &[u8]) -> u16 {
     CRC16.checksum(bytes)
 }
 
+/// Encodes one data object: two-digit tag, two-digit length in characters, value. For building
+/// codes (the sandbox's demo codes, tests, benchmarks); panics on a value past 99 characters,
+/// which is a bug in the caller.
+pub fn field(tag: u8, value: &str) -> String {
+    let len = value.chars().count();
+    assert!(tag < 100 && len < 100, "tag {tag} or length {len} past two digits");
+    format!("{tag:02}{len:02}{value}")
+}
+
+/// Appends `6304` and the CRC over everything before it, making `body` a complete code.
+pub fn with_crc(body: &str) -> String {
+    let mut s = format!("{body}6304");
+    let crc = crc16(s.as_bytes());
+    s.push_str(&format!("{crc:04X}"));
+    s
+}
+
 /// Up to `n` characters from byte `at`, for error messages.
 fn peek(s: &str, at: usize, n: usize) -> String {
     s.get(at..).map(|r| r.chars().take(n).collect()).unwrap_or_default()
