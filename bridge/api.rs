@@ -64,3 +64,140 @@ pub struct ErrorDetail<'a> {
     pub message: String,
     pub retryable: bool,
 }
+
+/// RFC 3339 in UTC with milliseconds: `2026-05-22T08:15:30.123Z`.
+pub fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+mod rfc3339 {
+    pub fn serialize<S: serde::Serializer>(
+        t: &chrono::DateTime<chrono::Utc>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::time(t))
+    }
+}
+
+/// `rate` in answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateView {
+    pub pair: String,
+    /// The client price, spread included, as a decimal string.
+    pub price: String,
+}
+
+/// The answer of `POST /v1/quotes`.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuoteAnswer {
+    pub quote_id: String,
+    pub merchant: MerchantAnswer,
+    pub acquirer: String,
+    pub pay_amount: Amount,
+    pub wallet_amount: Amount,
+    pub rate: RateView,
+    #[serde(with = "rfc3339")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    #[serde(with = "rfc3339")]
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl QuoteAnswer {
+    pub fn new(q: &crate::model::QuoteRecord) -> Self {
+        QuoteAnswer {
+            quote_id: q.quote_id.clone(),
+            merchant: q.code.merchant.clone(),
+            acquirer: q.code.acquirer.clone(),
+            pay_amount: q.quote.pay,
+            wallet_amount: q.quote.wallet,
+            rate: RateView { pair: q.quote.pair.to_string(), price: q.quote.price.to_string() },
+            created_at: q.quote.created_at,
+            expires_at: q.quote.expires_at,
+        }
+    }
+}
+
+/// `failure` in payment answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureView {
+    pub code: String,
+    pub message: String,
+}
+
+/// A payment as partners see it (`GET /v1/payments/{id}` and the pay answer).
+#[derive(Debug, Clone, Serialize)]
+pub struct PaymentAnswer {
+    pub payment_id: String,
+    pub request_id: String,
+    pub quote_id: String,
+    pub status: &'static str,
+    pub pay_amount: Amount,
+    pub wallet_amount: Amount,
+    pub rate: RateView,
+    pub merchant: MerchantAnswer,
+    /// What has been refunded to the partner, in the wallet currency.
+    pub refunded_amount: Amount,
+    pub failure: Option<FailureView>,
+    #[serde(with = "rfc3339")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    #[serde(with = "rfc3339")]
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl PaymentAnswer {
+    pub fn new(p: &crate::model::PaymentRecord) -> Self {
+        PaymentAnswer {
+            payment_id: p.payment_id.clone(),
+            request_id: p.request_id.clone(),
+            quote_id: p.quote_id.clone(),
+            status: p.state.api_status(),
+            pay_amount: p.pay,
+            wallet_amount: p.wallet,
+            rate: RateView { pair: p.rate.pair.clone(), price: p.rate.price.to_string() },
+            merchant: p.merchant.clone(),
+            refunded_amount: p.refunded_wallet,
+            failure: p
+                .failure
+                .as_ref()
+                .map(|f| FailureView { code: f.code.clone(), message: f.message.clone() }),
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+/// Body of `POST /v1/codes/decode`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DecodeRequest {
+    pub code: String,
+}
+
+/// Body of `POST /v1/quotes`. `amount` and `wallet_currency` are taken raw so that their errors
+/// get their own codes (`INVALID_AMOUNT`, `CURRENCY_NOT_SUPPORTED`) rather than `INVALID_REQUEST`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct QuoteRequestBody {
+    pub code: String,
+    #[serde(default)]
+    pub amount: Option<RawAmount>,
+    pub wallet_currency: String,
+}
+
+/// An amount as sent, before validation.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct RawAmount {
+    pub currency: String,
+    pub value: String,
+}
+
+/// Body of `POST /v1/payments`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PayRequestBody {
+    pub request_id: String,
+    pub quote_id: String,
+    pub payer: Payer,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Payer {
+    pub id: String,
+}

@@ -19,6 +19,35 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon. With no --config: everything on loopback under --data-dir, a generated
+    /// development PKI, and the in-process sandbox acquirer.
+    Serve {
+        /// A configuration file; without it the embedded defaults are used.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where the embedded default keeps its data (sled, PKI).
+        #[arg(long, default_value = "var")]
+        data_dir: PathBuf,
+        /// The partner API's address (embedded default only).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        partner_addr: std::net::SocketAddr,
+    },
+    /// Run the sandbox acquirer on its own (HTTPS, mTLS), with the development PKI by default.
+    SandboxAcquirer {
+        #[arg(long, default_value = "127.0.0.1:9443")]
+        addr: std::net::SocketAddr,
+        /// Server certificate and key (PEM).
+        #[arg(long, default_value = "var/pki/acquirer-sandbox.crt")]
+        cert: PathBuf,
+        #[arg(long, default_value = "var/pki/acquirer-sandbox.key")]
+        key: PathBuf,
+        /// CA of the clients (the bridge) it accepts.
+        #[arg(long, default_value = "var/pki/ca.crt")]
+        client_ca: PathBuf,
+        /// How late the "answer after the timeout" behaviour answers.
+        #[arg(long, default_value_t = 30_000)]
+        slow_ms: u64,
+    },
     /// Check a configuration file: prints each problem with its key path, or `ok`.
     CheckConfig {
         /// The TOML file.
@@ -39,6 +68,12 @@ pub enum Command {
 /// bad input.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Serve { config, data_dir, partner_addr } => {
+            runtime(serve(config, data_dir, partner_addr))
+        }
+        Command::SandboxAcquirer { addr, cert, key, client_ca, slow_ms } => {
+            runtime(sandbox(addr, cert, key, client_ca, slow_ms))
+        }
         Command::CheckConfig { file } => check_config(&file),
         Command::Decode { code, config } => decode(&code, config.as_deref()),
     }
@@ -107,4 +142,122 @@ fn check_config(file: &std::path::Path) -> ExitCode {
 fn out(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+fn runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(work),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn serve(
+    config: Option<PathBuf>,
+    data_dir: PathBuf,
+    partner_addr: std::net::SocketAddr,
+) -> ExitCode {
+    let embedded = config.is_none();
+    let config = match config {
+        Some(path) => qrbridge_config::from_file(&path).map_err(|e| e.to_string()),
+        None => crate::daemon::embedded_config(&data_dir, partner_addr).map_err(|e| e.to_string()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = crate::daemon::StartOptions {
+        clock: std::sync::Arc::new(crate::clock::SystemClock),
+        sandbox: Default::default(),
+    };
+    let daemon = match crate::daemon::Daemon::start(config, opts).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if embedded {
+        let pki = data_dir.join("pki");
+        let p = |f: &str| pki.join(f).display().to_string();
+        let body = serde_json::json!({ "code": crate::defaults::demo_code() });
+        out(&format!(
+            "qrbridge is up: partner API on https://{addr}\n\nTry it (decode a merchant's code as partner-demo):\n\n  curl --cacert {ca} --cert {cert} --key {key} \\\n    -H 'content-type: application/json' \\\n    -d '{body}' \\\n    https://{addr}/v1/codes/decode\n\nThen POST the same body plus \"wallet_currency\": \"PHP\" to /v1/quotes, and\n{{\"request_id\", \"quote_id\", \"payer\": {{\"id\"}}}} to /v1/payments. Ctrl-C stops.",
+            addr = daemon.partner_addr,
+            ca = p("ca.crt"),
+            cert = p("partner-demo.crt"),
+            key = p("partner-demo.key"),
+        ));
+    }
+    terminated().await;
+    tracing::info!("shutting down: draining connections");
+    daemon.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn sandbox(
+    addr: std::net::SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
+    slow_ms: u64,
+) -> ExitCode {
+    let tls = crate::tls::roots(&[&client_ca])
+        .and_then(|roots| crate::tls::server_config(&cert, &key, roots, true));
+    let tls = match tls {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let config = qrbridge_adapters::acquirer::sandbox::SandboxConfig { slow_ms };
+    let sb = match qrbridge_adapters::acquirer::sandbox::Sandbox::start(listener, tls, config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    out(&format!("sandbox acquirer on https://{}", sb.addr()));
+    terminated().await;
+    sb.shutdown().await;
+    ExitCode::SUCCESS
 }

@@ -27,3 +27,23 @@ pub fn dev_config(data_dir: &Path) -> Config {
     }];
     c
 }
+
+/// A dynamic UnionPay-in-EMVCo code for CNY 23.72 at a Handan noodle house: the demo the daemon
+/// prints at start.
+pub fn demo_code() -> String {
+    use qrbridge_adapters::decode::tlv::{field, with_crc};
+    with_crc(
+        &[
+            field(0, "01"),
+            field(1, "12"),
+            field(15, "2504034400010344500034453110001"),
+            field(52, "5812"),
+            field(53, "156"),
+            field(54, "23.72"),
+            field(58, "CN"),
+            field(59, "HANDAN NOODLE HOUSE"),
+            field(60, "HANDAN"),
+        ]
+        .concat(),
+    )
+}

@@ -3,7 +3,11 @@
 //! - [`decode`]: scanned text → a typed [`decode::MerchantCode`] (EMVCo merchant-presented TLV
 //!   codes, Alipay / WeChat Pay / UnionPay URL codes), or a precise [`decode::DecodeError`].
 //! - [`routing`]: which configured acquirer owns a decoded code.
+//! - [`acquirer`]: the acquirer API, the bridge's client for it, and the sandbox acquirer.
+//! - [`https`]: the mTLS accept loop every listener uses.
 #![forbid(unsafe_code)]
 
+pub mod acquirer;
 pub mod decode;
+pub mod https;
 pub mod routing;

@@ -1,0 +1,116 @@
+//! Every error a partner can get, and the one place that turns it into an HTTP answer:
+//! `{"error": {"code", "message", "retryable"}}` with a stable code and a fitting status.
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use crate::api::{ErrorBody, ErrorDetail};
+
+/// An error answer of the partner API (../shared/API.md, plus a few additions marked below).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(u64),
+    #[error("{0}")]
+    InvalidCode(String),
+    #[error("{0}")]
+    MerchantNotServiceable(String),
+    #[error("{0}")]
+    InvalidAmount(String),
+    #[error("{0}")]
+    AmountMismatch(String),
+    #[error("{0}")]
+    CurrencyNotSupported(String),
+    #[error("{0}")]
+    RateUnavailable(String),
+    #[error("no such quote")]
+    QuoteNotFound,
+    #[error("the quote has expired; get a new one")]
+    QuoteExpired,
+    #[error("another request_id already paid this quote")]
+    QuoteAlreadyUsed,
+    #[error("request_id reused with a different body")]
+    RepeatReqInconsistent,
+    #[error("no such payment")]
+    PaymentNotFound,
+    #[error("too late to cancel; ask for a refund")]
+    CancelWindowClosed,
+    #[error("too many requests; slow down")]
+    RateLimited,
+    #[error("internal error; retry with the same request_id")]
+    Internal,
+    // Additions to API.md:
+    /// The client certificate verified but names no configured partner.
+    #[error("the client certificate does not identify a partner")]
+    ClientNotRecognised,
+    /// No such route.
+    #[error("no such endpoint")]
+    NotFound,
+    /// The method is not served on this path.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The daemon is at its concurrency limit; retry.
+    #[error("overloaded; retry shortly")]
+    Overloaded,
+    /// The request took longer than the configured limit; retry with the same request_id.
+    #[error("the request timed out; retry with the same request_id")]
+    Timeout,
+    /// The merchant's acquirer could not be asked about the code; retry.
+    #[error("{0}")]
+    AcquirerUnavailable(String),
+}
+
+impl ApiError {
+    /// Stable code, HTTP status, and whether retrying can help.
+    pub fn parts(&self) -> (&'static str, StatusCode, bool) {
+        use ApiError::*;
+        match self {
+            InvalidRequest(_) => ("INVALID_REQUEST", StatusCode::BAD_REQUEST, false),
+            PayloadTooLarge(_) => ("PAYLOAD_TOO_LARGE", StatusCode::PAYLOAD_TOO_LARGE, false),
+            InvalidCode(_) => ("INVALID_CODE", StatusCode::UNPROCESSABLE_ENTITY, false),
+            MerchantNotServiceable(_) => {
+                ("MERCHANT_NOT_SERVICEABLE", StatusCode::UNPROCESSABLE_ENTITY, false)
+            }
+            InvalidAmount(_) => ("INVALID_AMOUNT", StatusCode::UNPROCESSABLE_ENTITY, false),
+            AmountMismatch(_) => ("AMOUNT_MISMATCH", StatusCode::UNPROCESSABLE_ENTITY, false),
+            CurrencyNotSupported(_) => {
+                ("CURRENCY_NOT_SUPPORTED", StatusCode::UNPROCESSABLE_ENTITY, false)
+            }
+            RateUnavailable(_) => ("RATE_UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE, true),
+            QuoteNotFound => ("QUOTE_NOT_FOUND", StatusCode::NOT_FOUND, false),
+            QuoteExpired => ("QUOTE_EXPIRED", StatusCode::GONE, false),
+            QuoteAlreadyUsed => ("QUOTE_ALREADY_USED", StatusCode::CONFLICT, false),
+            RepeatReqInconsistent => ("REPEAT_REQ_INCONSISTENT", StatusCode::CONFLICT, false),
+            PaymentNotFound => ("PAYMENT_NOT_FOUND", StatusCode::NOT_FOUND, false),
+            CancelWindowClosed => ("CANCEL_WINDOW_CLOSED", StatusCode::CONFLICT, false),
+            RateLimited => ("RATE_LIMITED", StatusCode::TOO_MANY_REQUESTS, true),
+            Internal => ("INTERNAL", StatusCode::INTERNAL_SERVER_ERROR, true),
+            ClientNotRecognised => ("CLIENT_NOT_RECOGNISED", StatusCode::FORBIDDEN, false),
+            NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, false),
+            MethodNotAllowed => ("METHOD_NOT_ALLOWED", StatusCode::METHOD_NOT_ALLOWED, false),
+            Overloaded => ("OVERLOADED", StatusCode::SERVICE_UNAVAILABLE, true),
+            Timeout => ("TIMEOUT", StatusCode::SERVICE_UNAVAILABLE, true),
+            AcquirerUnavailable(_) => {
+                ("ACQUIRER_UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE, true)
+            }
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.parts().0
+    }
+
+    /// The HTTP answer.
+    pub fn response(&self) -> Response<Full<Bytes>> {
+        let (code, status, retryable) = self.parts();
+        let body = ErrorBody { error: ErrorDetail { code, message: self.to_string(), retryable } };
+        let mut r = crate::http::json_response(status, &body);
+        if matches!(self, ApiError::RateLimited | ApiError::Overloaded) {
+            r.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        }
+        r
+    }
+}

@@ -1,0 +1,400 @@
+//! The partner API over HTTP: the tower stack around the handlers, and the handlers.
+//!
+//! Outside in: request id and tracing span → errors to API answers (the one place, via
+//! [`rescue`]) → load shedding → concurrency limit → request timeout → partner authentication →
+//! per-partner rate limit → routes. The body size limit applies where bodies are read.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use qrbridge_adapters::https::Conn;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tracing::Instrument;
+
+use crate::api::{PaymentAnswer, QuoteAnswer};
+use crate::engine::Engine;
+use crate::error::ApiError;
+use crate::store::Store;
+use crate::tls::{Directory, PeerCert};
+
+/// The response type of every listener.
+pub type Resp = Response<Full<Bytes>>;
+type Req = Request<Incoming>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A JSON answer.
+pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Resp {
+    let bytes = serde_json::to_vec(body).expect("JSON of plain data");
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .expect("valid response")
+}
+
+/// The partner a request comes from, set by the authentication layer.
+#[derive(Debug, Clone)]
+pub struct PartnerId(pub Arc<str>);
+
+/// Limits of the partner API's stack.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub body_bytes_max: u64,
+    pub concurrency_max: usize,
+    pub request_timeout: Duration,
+}
+
+/// Per-partner rate: sustained per second and burst.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub per_s: u32,
+    pub burst: u32,
+}
+
+/// The one place errors become answers: what escaped the handlers (shedding, timeouts, faults)
+/// becomes an API error body.
+pub fn rescue(e: BoxError) -> Resp {
+    let api = if e.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Overloaded
+    } else if e.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Timeout
+    } else if let Some(api) = e.downcast_ref::<ApiError>() {
+        api.clone()
+    } else {
+        tracing::error!(error = %e, "request failed");
+        ApiError::Internal
+    };
+    api.response()
+}
+
+/// The partner API service, with its whole stack.
+pub fn partner_service<S: Store>(
+    engine: Arc<Engine<S>>,
+    directory: Directory,
+    rates: HashMap<String, Rate>,
+    limits: HttpLimits,
+) -> BoxCloneSyncService<Req, Resp, Infallible> {
+    let limiters: Arc<HashMap<String, DefaultDirectRateLimiter>> = Arc::new(
+        rates
+            .into_iter()
+            .filter_map(|(id, r)| {
+                let per_s = std::num::NonZeroU32::new(r.per_s)?;
+                let burst = std::num::NonZeroU32::new(r.burst.max(r.per_s))?;
+                Some((id, RateLimiter::direct(Quota::per_second(per_s).allow_burst(burst))))
+            })
+            .collect(),
+    );
+    let body_max = limits.body_bytes_max;
+    let routes = tower::service_fn(move |req: Req| {
+        let engine = engine.clone();
+        async move {
+            Ok::<_, BoxError>(route(engine, body_max, req).await.unwrap_or_else(|e| e.response()))
+        }
+    });
+    let inner = ServiceBuilder::new()
+        .layer(tower::layer::layer_fn(|inner| Rescue { inner, failed: None }))
+        .load_shed()
+        .concurrency_limit(limits.concurrency_max)
+        .timeout(limits.request_timeout)
+        .layer(tower::layer::layer_fn(move |inner| Authenticate {
+            inner,
+            directory: directory.clone(),
+        }))
+        .layer(tower::layer::layer_fn(move |inner| PartnerRateLimit {
+            inner,
+            limiters: limiters.clone(),
+        }))
+        .service(routes);
+    BoxCloneSyncService::new(RequestId { inner })
+}
+
+/// Turns every error of the stack below into an API answer ([`rescue`]).
+struct Rescue<S> {
+    inner: S,
+    /// An error the inner service's readiness reported, answered on the next call.
+    failed: Option<BoxError>,
+}
+
+impl<S: Clone> Clone for Rescue<S> {
+    fn clone(&self) -> Self {
+        Rescue { inner: self.inner.clone(), failed: None }
+    }
+}
+
+impl<S> Service<Req> for Rescue<S>
+where
+    S: Service<Req, Response = Resp, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Resp, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Err(e)) => {
+                self.failed = Some(e);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        if let Some(e) = self.failed.take() {
+            return Box::pin(async move { Ok(rescue(e)) });
+        }
+        let fut = self.inner.call(req);
+        Box::pin(async move { Ok(fut.await.unwrap_or_else(rescue)) })
+    }
+}
+
+/// Gives each request an id (the caller's `x-request-id` when it is sane) and a tracing span,
+/// and echoes the id in the answer.
+#[derive(Clone)]
+struct RequestId<S> {
+    inner: S,
+}
+
+impl<S> Service<Req> for RequestId<S>
+where
+    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Resp, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_owned)
+            .unwrap_or_else(|| crate::model::new_id("req"));
+        let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path(), partner = tracing::field::Empty);
+        let fut = self.inner.call(req);
+        Box::pin(
+            async move {
+                let mut resp = fut.await?;
+                tracing::info!(status = resp.status().as_u16(), "answered");
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    resp.headers_mut().insert("x-request-id", v);
+                }
+                Ok(resp)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Resolves the client certificate to a partner (once per connection) or refuses the request.
+#[derive(Clone)]
+struct Authenticate<S> {
+    inner: S,
+    directory: Directory,
+}
+
+impl<S> Service<Req> for Authenticate<S>
+where
+    S: Service<Req, Response = Resp, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Resp, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let partner = req.extensions().get::<Arc<Conn>>().and_then(|conn| {
+            conn.identity
+                .get_or_init(|| {
+                    let peer = PeerCert::from_chain(&conn.peer_certs)?;
+                    self.directory.resolve(&peer).map(str::to_owned)
+                })
+                .clone()
+        });
+        let Some(partner) = partner else {
+            tracing::warn!("client certificate names no partner");
+            return Box::pin(async { Ok(ApiError::ClientNotRecognised.response()) });
+        };
+        tracing::Span::current().record("partner", partner.as_str());
+        req.extensions_mut().insert(PartnerId(partner.into()));
+        Box::pin(self.inner.call(req))
+    }
+}
+
+/// Refuses a partner's requests past its configured rate.
+#[derive(Clone)]
+struct PartnerRateLimit<S> {
+    inner: S,
+    limiters: Arc<HashMap<String, DefaultDirectRateLimiter>>,
+}
+
+impl<S> Service<Req> for PartnerRateLimit<S>
+where
+    S: Service<Req, Response = Resp, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Resp, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let limited = req
+            .extensions()
+            .get::<PartnerId>()
+            .and_then(|p| self.limiters.get(&*p.0))
+            .is_some_and(|l| l.check().is_err());
+        if limited {
+            return Box::pin(async { Ok(ApiError::RateLimited.response()) });
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
+
+/// Reads a JSON body of at most `max` bytes into `T`, naming the field that is wrong.
+async fn read_json<T: DeserializeOwned>(req: Req, max: u64) -> Result<T, ApiError> {
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(ApiError::PayloadTooLarge(max));
+    }
+    let body = Limited::new(req.into_body(), usize::try_from(max).unwrap_or(usize::MAX));
+    let bytes = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::PayloadTooLarge(max))
+        }
+        Err(e) => return Err(ApiError::InvalidRequest(format!("the body could not be read: {e}"))),
+    };
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("the body is not JSON: {inner}")
+        } else if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
+        ApiError::InvalidRequest(message)
+    })
+}
+
+async fn route<S: Store>(
+    engine: Arc<Engine<S>>,
+    body_max: u64,
+    req: Req,
+) -> Result<Resp, ApiError> {
+    let partner = req
+        .extensions()
+        .get::<PartnerId>()
+        .map(|p| p.0.clone())
+        .ok_or(ApiError::ClientNotRecognised)?;
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match segments.as_slice() {
+        ["v1", "codes", "decode"] => {
+            allow(&method, &Method::POST)?;
+            let body: crate::api::DecodeRequest = read_json(req, body_max).await?;
+            Ok(json_response(StatusCode::OK, &engine.decode(&body.code).await?))
+        }
+        ["v1", "quotes"] => {
+            allow(&method, &Method::POST)?;
+            let body = read_json(req, body_max).await?;
+            let q = engine.quote(&partner, body).await?;
+            Ok(json_response(StatusCode::CREATED, &QuoteAnswer::new(&q)))
+        }
+        ["v1", "payments"] if method == Method::POST => {
+            let body = read_json(req, body_max).await?;
+            let (p, created) = engine.pay(&partner, body).await?;
+            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(json_response(status, &PaymentAnswer::new(&p)))
+        }
+        ["v1", "payments"] => {
+            allow(&method, &Method::GET)?;
+            let query = req.uri().query().unwrap_or("");
+            let request_id = form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "request_id")
+                .map(|(_, v)| v.into_owned())
+                .ok_or_else(|| {
+                    ApiError::InvalidRequest("request_id: required query parameter".into())
+                })?;
+            let p = engine.get_by_request(&partner, &request_id).await?;
+            Ok(json_response(StatusCode::OK, &PaymentAnswer::new(&p)))
+        }
+        ["v1", "payments", id] => {
+            allow(&method, &Method::GET)?;
+            let p = engine.get(&partner, id).await?;
+            Ok(json_response(StatusCode::OK, &PaymentAnswer::new(&p)))
+        }
+        ["v1", "payments", id, "cancel"] => {
+            allow(&method, &Method::POST)?;
+            let p = engine.cancel(&partner, id).await?;
+            Ok(json_response(StatusCode::OK, &PaymentAnswer::new(&p)))
+        }
+        ["v1", "payments", id, "refunds"] => {
+            allow(&method, &Method::GET)?;
+            let p = engine.get(&partner, id).await?;
+            let refunds: Vec<serde_json::Value> = Vec::new();
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "payment_id": p.payment_id, "refunded_amount": p.refunded_wallet, "refunds": refunds }),
+            ))
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn allow(method: &Method, want: &Method) -> Result<(), ApiError> {
+    if method == want {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed)
+    }
+}
+
+/// Serves one request on the partner listener: the connection goes in as an extension.
+pub async fn serve_request(
+    svc: BoxCloneSyncService<Req, Resp, Infallible>,
+    mut req: Req,
+    conn: Arc<Conn>,
+) -> Result<Resp, qrbridge_adapters::https::Reset> {
+    req.extensions_mut().insert(conn);
+    Ok(match svc.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    })
+}

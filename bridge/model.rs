@@ -1,0 +1,167 @@
+//! The records the bridge keeps. Each carries a version `v` so it can evolve; all are JSON in the
+//! store.
+
+use chrono::{DateTime, Utc};
+use qrbridge_fx::{Amount, Currency, Decimal, Quote};
+use serde::{Deserialize, Serialize};
+
+use crate::api::MerchantAnswer;
+
+/// Record format version written by this build.
+pub const RECORD_VERSION: u32 = 1;
+
+/// A bridge id: a prefix and a time-ordered UUIDv7, so keys sort by creation.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// What the bridge knows of the code a quote pays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeRef {
+    pub scheme: String,
+    pub code_type: String,
+    /// The scanned text as decoded (trimmed).
+    pub text: String,
+    pub acquirer: String,
+    /// The merchant's id as the acquirer knows it.
+    pub merchant_id: String,
+    pub merchant: MerchantAnswer,
+}
+
+/// A stored quote: immutable once written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuoteRecord {
+    pub v: u32,
+    pub quote_id: String,
+    pub partner: String,
+    pub code: CodeRef,
+    pub quote: Quote,
+}
+
+/// Where a payment stands inside the bridge. Partners see `PROCESSING` for `Pending` and
+/// `Unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PaymentState {
+    /// Written before the acquirer is called.
+    Pending,
+    /// The acquirer's answer did not come (timeout, 5xx, reset): resolved by inquiry or reversal.
+    Unknown,
+    Succeeded,
+    Failed,
+    /// A cancel was asked; the reversal has not been confirmed yet.
+    Cancelling,
+    Cancelled,
+}
+
+impl PaymentState {
+    /// The partner-facing status.
+    pub fn api_status(self) -> &'static str {
+        match self {
+            PaymentState::Pending | PaymentState::Unknown | PaymentState::Cancelling => {
+                "PROCESSING"
+            }
+            PaymentState::Succeeded => "SUCCEEDED",
+            PaymentState::Failed => "FAILED",
+            PaymentState::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, PaymentState::Succeeded | PaymentState::Failed | PaymentState::Cancelled)
+    }
+}
+
+/// Why a payment failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// `DECLINED`, `ACQUIRER_UNAVAILABLE` or `EXPIRED`.
+    pub code: String,
+    pub message: String,
+}
+
+/// The rate a payment was made at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateAnswer {
+    pub pair: String,
+    pub price: Decimal,
+}
+
+/// A payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRecord {
+    pub v: u32,
+    /// Also the acquirer's idempotency key (the instruction id).
+    pub payment_id: String,
+    pub partner: String,
+    pub request_id: String,
+    /// SHA-256 of the request's content, to tell a replay from a reuse.
+    pub request_hash: String,
+    pub quote_id: String,
+    /// The partner's payer reference. Kept for settlement; never logged.
+    pub payer_id: String,
+    pub state: PaymentState,
+    pub failure: Option<Failure>,
+    pub pay: Amount,
+    pub wallet: Amount,
+    pub wallet_at_mid: Amount,
+    pub spread: Amount,
+    pub rate: RateAnswer,
+    pub merchant: MerchantAnswer,
+    pub acquirer: String,
+    pub acquirer_ref: Option<String>,
+    /// Whether the payment's journal entry is posted (and a cancel must reverse it).
+    pub booked: bool,
+    pub refunded_cny: Amount,
+    pub refunded_wallet: Amount,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Bumped on every change; the store refuses a change made from a stale copy.
+    pub rev: u64,
+}
+
+/// One line of a journal entry: positive debits, negative credits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posting {
+    pub account: String,
+    pub amount: Amount,
+}
+
+/// A balanced set of postings for one money movement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub v: u32,
+    pub payment_id: String,
+    /// `payment`, `cancel`, `refund`.
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub postings: Vec<Posting>,
+}
+
+impl JournalEntry {
+    /// Sum of the postings per currency; every one is zero in a balanced entry.
+    pub fn sums(&self) -> std::collections::BTreeMap<Currency, i128> {
+        let mut sums = std::collections::BTreeMap::new();
+        for p in &self.postings {
+            *sums.entry(p.amount.currency()).or_insert(0i128) += i128::from(p.amount.minor());
+        }
+        sums
+    }
+
+    pub fn is_balanced(&self) -> bool {
+        self.sums().values().all(|s| *s == 0)
+    }
+}
+
+/// A webhook event waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEvent {
+    pub v: u32,
+    pub event_id: String,
+    pub partner: String,
+    /// `payment.succeeded`, `payment.failed`, `payment.cancelled`, `refund.succeeded`.
+    pub kind: String,
+    pub payment_id: String,
+    pub created_at: DateTime<Utc>,
+    pub data: serde_json::Value,
+}

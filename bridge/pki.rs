@@ -1,0 +1,168 @@
+//! The development PKI: generated on first run under `<data-dir>/pki/` so the embedded default
+//! runs with real mTLS and no setup. One CA issues the server certificate (naming `localhost` and
+//! `127.0.0.1`), the partners' (`partner-demo`, `partner-other`), the admin's, the bridge's own
+//! client certificate and the sandbox acquirer's. All ECDSA P-256, all PEM.
+//!
+//! Tests use [`Ca`] to issue more: a second "wrong" CA, expired certificates, unknown identities.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// Why PKI material could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io { path: path.to_owned(), source }
+}
+
+/// A certificate authority that can issue certificates.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert_pem: String,
+}
+
+/// An issued certificate and its key, PEM.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// What a certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    Server,
+    Client,
+}
+
+impl Ca {
+    /// A new self-signed CA.
+    pub fn new(name: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationName, "qrbridge development");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let cert = params.self_signed(&key)?;
+        Ok(Ca { issuer: Issuer::new(params, key), cert_pem: cert.pem() })
+    }
+
+    /// Issues a certificate for `name` (a DNS SAN, plus `127.0.0.1` for servers and a SPIFFE
+    /// URI for clients). `expired` makes one whose validity ended in 2025.
+    pub fn issue(&self, name: &str, usage: Usage, expired: bool) -> Result<Issued, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::DnsName(name.try_into()?)];
+        match usage {
+            Usage::Server => {
+                params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            }
+            Usage::Client => {
+                let uri = format!("spiffe://qrbridge.dev/{name}");
+                params.subject_alt_names.push(SanType::URI(uri.as_str().try_into()?));
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2025, 1, 1);
+        } else {
+            params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+/// The certificates the embedded default needs, by file stem, with their usage.
+pub const DEV_CERTS: &[(&str, Usage)] = &[
+    ("server", Usage::Server),
+    ("partner-demo", Usage::Client),
+    ("partner-other", Usage::Client),
+    ("admin", Usage::Client),
+    ("bridge-client", Usage::Client),
+    ("acquirer-sandbox", Usage::Server),
+];
+
+/// Makes the development PKI under `dir` unless `dir/ca.crt` exists. Returns whether it made it.
+pub fn ensure_dev_pki(dir: &Path) -> Result<bool, PkiError> {
+    if dir.join("ca.crt").exists() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let ca = Ca::new("qrbridge development CA")?;
+    for (name, usage) in DEV_CERTS {
+        // The sandbox acquirer both serves (to the bridge) and calls the bridge (refunds).
+        let issued = if *name == "acquirer-sandbox" {
+            ca.issue_dual(name)?
+        } else {
+            ca.issue(name, *usage, false)?
+        };
+        write(&dir.join(format!("{name}.crt")), &issued.cert_pem)?;
+        write_secret(&dir.join(format!("{name}.key")), &issued.key_pem)?;
+    }
+    // Written last: its presence says the set is complete.
+    write(&dir.join("ca.crt"), &ca.cert_pem)?;
+    Ok(true)
+}
+
+impl Ca {
+    /// A certificate good for both server and client authentication.
+    fn issue_dual(&self, name: &str) -> Result<Issued, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![
+            SanType::DnsName(name.try_into()?),
+            SanType::DnsName("localhost".try_into()?),
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), PkiError> {
+    std::fs::write(path, text).map_err(io(path))
+}
+
+/// Writes a private key readable by its owner only.
+fn write_secret(path: &Path, text: &str) -> Result<(), PkiError> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path).map_err(io(path))?;
+    f.write_all(text.as_bytes()).map_err(io(path))
+}

@@ -1,0 +1,166 @@
+//! mTLS: loading PEM material, the listeners' rustls configurations, and turning a verified client
+//! certificate into a partner (or admin, or acquirer) identity.
+//!
+//! The handshake accepts a client certificate from any configured CA of that listener; then
+//! [`Directory::resolve`] finds the party whose configured identity (SAN URI, SAN DNS name or
+//! SHA-256 fingerprint) the certificate carries and checks the certificate again against that
+//! party's own CA, so one partner's CA can never vouch for another partner's name.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use qrbridge_config::Identity;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use sha2::{Digest, Sha256};
+
+/// Why TLS material could not be loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    Pem { path: String, message: String },
+    #[error("{path}: no certificate found")]
+    NoCertificate { path: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// Every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem_err = |e: rustls::pki_types::pem::Error| TlsError::Pem {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(pem_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_err)?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { path: path.display().to_string() });
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| TlsError::Pem { path: path.display().to_string(), message: e.to_string() })
+}
+
+/// A root store of the certificates in `paths`.
+pub fn roots(paths: &[&Path]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut store = RootCertStore::empty();
+    for p in paths {
+        for c in load_certs(p)? {
+            store.add(c)?;
+        }
+    }
+    Ok(Arc::new(store))
+}
+
+/// A server configuration requiring a client certificate from `client_roots`. TLS 1.3 always,
+/// 1.2 when allowed; ALPN h2 and http/1.1. The provider is rustls's default (aws-lc-rs), whose
+/// key exchange prefers the post-quantum hybrid X25519MLKEM768.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_roots: Arc<RootCertStore>,
+    allow_tls12: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = WebPkiClientVerifier::builder(client_roots).build()?;
+    let versions: &[&rustls::SupportedProtocolVersion] = if allow_tls12 {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let mut config = ServerConfig::builder_with_protocol_versions(versions)
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What a client certificate says about its holder.
+#[derive(Debug, Clone)]
+pub struct PeerCert {
+    pub dns: Vec<String>,
+    pub uris: Vec<String>,
+    /// Lower-case hex SHA-256 of the DER certificate.
+    pub sha256: String,
+    pub chain: Vec<CertificateDer<'static>>,
+}
+
+impl PeerCert {
+    /// From the chain the client presented (end entity first); `None` when it does not parse.
+    pub fn from_chain(chain: &[CertificateDer<'_>]) -> Option<Self> {
+        let end = chain.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(end.as_ref()).ok()?;
+        let mut dns = Vec::new();
+        let mut uris = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    x509_parser::extensions::GeneralName::DNSName(d) => {
+                        dns.push(d.to_ascii_lowercase())
+                    }
+                    x509_parser::extensions::GeneralName::URI(u) => uris.push(u.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        Some(PeerCert {
+            dns,
+            uris,
+            sha256: hex::encode(Sha256::digest(end.as_ref())),
+            chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+        })
+    }
+
+    fn matches(&self, id: &Identity) -> bool {
+        match id {
+            Identity::SanUri(u) => self.uris.iter().any(|x| x == u),
+            Identity::SanDns(d) => self.dns.iter().any(|x| x.eq_ignore_ascii_case(d)),
+            Identity::Sha256(h) => {
+                let clean: String = h.chars().filter(|c| *c != ':').collect();
+                clean.eq_ignore_ascii_case(&self.sha256)
+            }
+        }
+    }
+}
+
+/// The parties one listener knows: an id, the identity its certificate carries, and a verifier
+/// holding only its own CA.
+#[derive(Clone, Default)]
+pub struct Directory {
+    entries: Vec<(String, Identity, Arc<dyn ClientCertVerifier>)>,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.entries.iter().map(|(id, _, _)| id)).finish()
+    }
+}
+
+impl Directory {
+    /// Adds a party whose certificates `ca` issues.
+    pub fn add(&mut self, id: &str, identity: Identity, ca: &Path) -> Result<(), TlsError> {
+        let verifier = WebPkiClientVerifier::builder(roots(&[ca])?).build()?;
+        self.entries.push((id.to_owned(), identity, verifier));
+        Ok(())
+    }
+
+    /// The id of the party `peer` is, or `None`.
+    pub fn resolve(&self, peer: &PeerCert) -> Option<&str> {
+        let (end, intermediates) = peer.chain.split_first()?;
+        self.entries.iter().find_map(|(id, identity, verifier)| {
+            (peer.matches(identity)
+                && verifier.verify_client_cert(end, intermediates, UnixTime::now()).is_ok())
+            .then_some(id.as_str())
+        })
+    }
+}
