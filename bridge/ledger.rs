@@ -19,7 +19,7 @@ use qrbridge_fx::Amount;
 use crate::model::{JournalEntry, PaymentRecord, Posting, RECORD_VERSION};
 
 fn posting(account: String, amount: Amount) -> Posting {
-    Posting { account, amount }
+    Posting::new(account, amount)
 }
 
 /// The entry booking a succeeded payment.
@@ -44,8 +44,6 @@ pub fn payment(p: &PaymentRecord, at: DateTime<Utc>) -> JournalEntry {
 pub fn reversal(p: &PaymentRecord, at: DateTime<Utc>) -> JournalEntry {
     let mut e = payment(p, at);
     e.kind = "cancel".into();
-    for line in &mut e.postings {
-        line.amount = line.amount.checked_neg();
-    }
+    e.postings = e.postings.iter().map(Posting::negated).collect();
     e
 }

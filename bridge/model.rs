@@ -120,11 +120,24 @@ pub struct PaymentRecord {
     pub rev: u64,
 }
 
-/// One line of a journal entry: positive debits, negative credits.
+/// One line of a journal entry: positive debits, negative credits (signed minor units; the
+/// API's amount form has no sign, so postings keep their own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Posting {
     pub account: String,
-    pub amount: Amount,
+    pub currency: Currency,
+    pub minor: i64,
+}
+
+impl Posting {
+    pub fn new(account: String, amount: Amount) -> Self {
+        Posting { account, currency: amount.currency(), minor: amount.minor() }
+    }
+
+    /// The posting with the opposite sign.
+    pub fn negated(&self) -> Self {
+        Posting { account: self.account.clone(), currency: self.currency, minor: -self.minor }
+    }
 }
 
 /// A balanced set of postings for one money movement.
@@ -143,7 +156,7 @@ impl JournalEntry {
     pub fn sums(&self) -> std::collections::BTreeMap<Currency, i128> {
         let mut sums = std::collections::BTreeMap::new();
         for p in &self.postings {
-            *sums.entry(p.amount.currency()).or_insert(0i128) += i128::from(p.amount.minor());
+            *sums.entry(p.currency).or_insert(0i128) += i128::from(p.minor);
         }
         sums
     }

@@ -73,6 +73,7 @@ impl Ca {
         params.subject_alt_names = vec![SanType::DnsName(name.try_into()?)];
         match usage {
             Usage::Server => {
+                params.subject_alt_names.push(SanType::DnsName("localhost".try_into()?));
                 params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             }
@@ -110,8 +111,14 @@ pub fn ensure_dev_pki(dir: &Path) -> Result<bool, PkiError> {
     if dir.join("ca.crt").exists() {
         return Ok(false);
     }
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let ca = Ca::new("qrbridge development CA")?;
+    write_dev_pki(dir, &ca)?;
+    Ok(true)
+}
+
+/// Writes the development set issued by `ca` under `dir` (tests keep `ca` to issue more).
+pub fn write_dev_pki(dir: &Path, ca: &Ca) -> Result<(), PkiError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
     for (name, usage) in DEV_CERTS {
         // The sandbox acquirer both serves (to the bridge) and calls the bridge (refunds).
         let issued = if *name == "acquirer-sandbox" {
@@ -123,8 +130,13 @@ pub fn ensure_dev_pki(dir: &Path) -> Result<bool, PkiError> {
         write_secret(&dir.join(format!("{name}.key")), &issued.key_pem)?;
     }
     // Written last: its presence says the set is complete.
-    write(&dir.join("ca.crt"), &ca.cert_pem)?;
-    Ok(true)
+    write(&dir.join("ca.crt"), &ca.cert_pem)
+}
+
+/// Writes one issued certificate and key as `<dir>/<name>.crt` and `.key`.
+pub fn write_issued(dir: &Path, name: &str, issued: &Issued) -> Result<(), PkiError> {
+    write(&dir.join(format!("{name}.crt")), &issued.cert_pem)?;
+    write_secret(&dir.join(format!("{name}.key")), &issued.key_pem)
 }
 
 impl Ca {

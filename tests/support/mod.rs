@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::path::PathBuf;
 
 /// A file under `<workspace root>/../shared/testdata/`, read in place. When it is missing the
