@@ -30,6 +30,18 @@ use crate::error::ApiError;
 use crate::store::Store;
 use crate::tls::{Directory, PeerCert};
 
+/// Every route the partner API serves, as `(method, path template)`; `docs/openapi.yaml` lists
+/// exactly these (a test keeps them in step).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/codes/decode"),
+    ("POST", "/v1/quotes"),
+    ("POST", "/v1/payments"),
+    ("GET", "/v1/payments"),
+    ("GET", "/v1/payments/{payment_id}"),
+    ("POST", "/v1/payments/{payment_id}/cancel"),
+    ("GET", "/v1/payments/{payment_id}/refunds"),
+];
+
 /// The response type of every listener.
 pub type Resp = Response<Full<Bytes>>;
 type Req = Request<Incoming>;

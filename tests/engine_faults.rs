@@ -1,0 +1,162 @@
+//! Proves that a failed flush is fatal to the request that needed it: the partner gets `INTERNAL`
+//! (500, retryable), the acquirer is never called for a payment whose PENDING record was not made
+//! durable, and the same request retried later finds that payment instead of making another.
+//! Drives the engine directly over a store whose flush can be made to fail.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use qrbridge::api::{PayRequestBody, Payer, QuoteRequestBody, RawAmount};
+use qrbridge::clock::{Clock, SystemClock};
+use qrbridge::engine::{CancelPolicy, Engine, EngineParts, PartnerPolicy};
+use qrbridge::error::ApiError;
+use qrbridge::model::*;
+use qrbridge::store::{Begin, Change, SledStore, Store, StoreError, StoreFuture};
+use qrbridge_adapters::acquirer::sandbox::{Sandbox, SandboxConfig};
+use qrbridge_adapters::acquirer::AcquirerClient;
+use qrbridge_adapters::decode::DecodeLimits;
+use qrbridge_fx::{Currency, SpreadPolicy};
+
+/// The sled store, with a switch that makes every flush fail.
+struct FlakyStore {
+    inner: SledStore,
+    fail: AtomicBool,
+}
+
+impl Store for FlakyStore {
+    fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError> {
+        self.inner.put_quote(q)
+    }
+    fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
+        self.inner.quote(id)
+    }
+    fn begin_payment(&self, p: &PaymentRecord, now: DateTime<Utc>) -> Result<Begin, StoreError> {
+        self.inner.begin_payment(p, now)
+    }
+    fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
+        self.inner.payment(id)
+    }
+    fn payment_by_request(
+        &self,
+        partner: &str,
+        request_id: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        self.inner.payment_by_request(partner, request_id)
+    }
+    fn apply(&self, change: &Change) -> Result<(), StoreError> {
+        self.inner.apply(change)
+    }
+    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        self.inner.journal()
+    }
+    fn outbox(&self) -> Result<Vec<OutboxEvent>, StoreError> {
+        self.inner.outbox()
+    }
+    fn unsettled_payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.inner.unsettled_payments()
+    }
+    fn flush(&self) -> StoreFuture<'_, ()> {
+        if self.fail.load(Ordering::SeqCst) {
+            let e = sled::Error::Io(std::io::Error::other("injected: disk full"));
+            return Box::pin(async move { Err(StoreError::Sled(Arc::new(e))) });
+        }
+        self.inner.flush()
+    }
+}
+
+#[tokio::test]
+async fn a_failed_flush_answers_internal_and_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let ca = qrbridge::pki::Ca::new("test CA").unwrap();
+    qrbridge::pki::write_dev_pki(&pki, &ca).unwrap();
+    let tls = qrbridge::tls::server_config(
+        &pki.join("acquirer-sandbox.crt"),
+        &pki.join("acquirer-sandbox.key"),
+        qrbridge::tls::roots(&[&pki.join("ca.crt")]).unwrap(),
+        true,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sandbox = Sandbox::start(listener, tls, SandboxConfig::default()).unwrap();
+    let client_tls = support::daemon::client_config(&pki, Some("bridge-client"));
+    let client = AcquirerClient::new(
+        "sandbox",
+        &format!("https://{}", sandbox.addr()),
+        client_tls,
+        Duration::from_secs(1),
+        Duration::from_secs(2),
+    );
+
+    let config = qrbridge::daemon::embedded_config(dir.path(), ([127, 0, 0, 1], 0).into()).unwrap();
+    let store = Arc::new(FlakyStore {
+        inner: SledStore::open(&dir.path().join("db"), 8 << 20).unwrap(),
+        fail: AtomicBool::new(false),
+    });
+    let engine = Engine::new(EngineParts {
+        store: store.clone(),
+        clock: Arc::new(SystemClock),
+        rates: qrbridge::rates::load(&config.fx, SystemClock.now()),
+        spreads: SpreadPolicy::new(
+            "50".parse().unwrap(),
+            "0".parse().unwrap(),
+            "500".parse().unwrap(),
+        )
+        .unwrap(),
+        router: qrbridge::routing::router(&config),
+        acquirers: HashMap::from([("sandbox".to_owned(), client)]),
+        partners: HashMap::from([(
+            "p".to_owned(),
+            PartnerPolicy {
+                wallet_currencies: vec![Currency::from_code("PHP").unwrap()],
+                payment_cny_minor_max: 1_000_000,
+            },
+        )]),
+        quote_ttl: chrono::Duration::seconds(60),
+        decode_limits: DecodeLimits::default(),
+        cancel: CancelPolicy {
+            tz: chrono_tz::Asia::Shanghai,
+            until: chrono::NaiveTime::from_hms_opt(0, 30, 0).unwrap(),
+        },
+    });
+    let quote_body = || QuoteRequestBody {
+        code: qrbridge::defaults::demo_code(),
+        amount: Some(RawAmount { currency: "CNY".into(), value: "2372".into() }),
+        wallet_currency: "PHP".into(),
+    };
+
+    // A quote whose flush fails is not given out.
+    store.fail.store(true, Ordering::SeqCst);
+    let err = engine.quote("p", quote_body()).await.unwrap_err();
+    assert_eq!(err, ApiError::Internal);
+    let resp = err.response();
+    assert_eq!(resp.status().as_u16(), 500);
+
+    store.fail.store(false, Ordering::SeqCst);
+    let q = engine.quote("p", quote_body()).await.unwrap();
+
+    // A payment whose PENDING record cannot be flushed: INTERNAL, and no instruction leaves.
+    store.fail.store(true, Ordering::SeqCst);
+    let body = || PayRequestBody {
+        request_id: "r-1".into(),
+        quote_id: q.quote_id.clone(),
+        payer: Payer { id: "u".into() },
+    };
+    let err = engine.pay("p", body()).await.unwrap_err();
+    assert_eq!(err.code(), "INTERNAL");
+    assert!(err.parts().2, "INTERNAL is retryable");
+    assert!(sandbox.all_received().is_empty(), "nothing may be sent before PENDING is durable");
+
+    // Retried once the disk is back: the same payment, still in doubt, never a second one.
+    store.fail.store(false, Ordering::SeqCst);
+    let (p, created) = engine.pay("p", body()).await.unwrap();
+    assert!(!created);
+    assert_eq!(p.state, PaymentState::Pending);
+    assert!(sandbox.all_received().is_empty());
+    sandbox.shutdown().await;
+}
