@@ -121,13 +121,13 @@ pub fn partner_service<S: Store>(
         .load_shed()
         .concurrency_limit(limits.concurrency_max)
         .timeout(limits.request_timeout)
-        .layer(tower::layer::layer_fn(move |inner| Authenticate {
-            inner,
-            directory: directory.clone(),
+        .layer(tower::layer::layer_fn(move |inner| {
+            let directory = directory.clone();
+            Guard { inner, check: move |req: &mut Req| authenticate(&directory, req) }
         }))
-        .layer(tower::layer::layer_fn(move |inner| PartnerRateLimit {
-            inner,
-            limiters: limiters.clone(),
+        .layer(tower::layer::layer_fn(move |inner| {
+            let limiters = limiters.clone();
+            Guard { inner, check: move |req: &mut Req| rate_limit(&limiters, req) }
         }))
         .service(routes);
     BoxCloneSyncService::new(RequestId { inner })
@@ -219,17 +219,19 @@ where
     }
 }
 
-/// Resolves the client certificate to a partner (once per connection) or refuses the request.
+/// A layer that looks at a request before the service below and may answer it itself: `check`
+/// returns `Some(answer)` to refuse, `None` to pass the request on (possibly amended).
 #[derive(Clone)]
-struct Authenticate<S> {
+struct Guard<S, F> {
     inner: S,
-    directory: Directory,
+    check: F,
 }
 
-impl<S> Service<Req> for Authenticate<S>
+impl<S, F> Service<Req> for Guard<S, F>
 where
     S: Service<Req, Response = Resp, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send,
+    F: Fn(&mut Req) -> Option<Resp>,
 {
     type Response = Resp;
     type Error = BoxError;
@@ -240,55 +242,41 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let partner = req.extensions().get::<Arc<Conn>>().and_then(|conn| {
-            conn.identity
-                .get_or_init(|| {
-                    let peer = PeerCert::from_chain(&conn.peer_certs)?;
-                    self.directory.resolve(&peer).map(str::to_owned)
-                })
-                .clone()
-        });
-        let Some(partner) = partner else {
-            tracing::warn!("client certificate names no partner");
-            return Box::pin(async { Ok(ApiError::ClientNotRecognised.response()) });
-        };
-        tracing::Span::current().record("partner", partner.as_str());
-        req.extensions_mut().insert(PartnerId(partner.into()));
-        Box::pin(self.inner.call(req))
+        match (self.check)(&mut req) {
+            Some(answer) => Box::pin(async { Ok(answer) }),
+            None => Box::pin(self.inner.call(req)),
+        }
     }
+}
+
+/// Resolves the client certificate to a partner (once per connection) and marks the request with
+/// it, or refuses the request.
+fn authenticate(directory: &Directory, req: &mut Req) -> Option<Resp> {
+    let partner = req.extensions().get::<Arc<Conn>>().and_then(|conn| {
+        conn.identity
+            .get_or_init(|| {
+                let peer = PeerCert::from_chain(&conn.peer_certs)?;
+                directory.resolve(&peer).map(str::to_owned)
+            })
+            .clone()
+    });
+    let Some(partner) = partner else {
+        tracing::warn!("client certificate names no partner");
+        return Some(ApiError::ClientNotRecognised.response());
+    };
+    tracing::Span::current().record("partner", partner.as_str());
+    req.extensions_mut().insert(PartnerId(partner.into()));
+    None
 }
 
 /// Refuses a partner's requests past its configured rate.
-#[derive(Clone)]
-struct PartnerRateLimit<S> {
-    inner: S,
-    limiters: Arc<HashMap<String, DefaultDirectRateLimiter>>,
-}
-
-impl<S> Service<Req> for PartnerRateLimit<S>
-where
-    S: Service<Req, Response = Resp, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = Resp;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Resp, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        let limited = req
-            .extensions()
-            .get::<PartnerId>()
-            .and_then(|p| self.limiters.get(&*p.0))
-            .is_some_and(|l| l.check().is_err());
-        if limited {
-            return Box::pin(async { Ok(ApiError::RateLimited.response()) });
-        }
-        Box::pin(self.inner.call(req))
-    }
+fn rate_limit(limiters: &HashMap<String, DefaultDirectRateLimiter>, req: &mut Req) -> Option<Resp> {
+    let limited = req
+        .extensions()
+        .get::<PartnerId>()
+        .and_then(|p| limiters.get(&*p.0))
+        .is_some_and(|l| l.check().is_err());
+    limited.then(|| ApiError::RateLimited.response())
 }
 
 /// Reads a JSON body of at most `max` bytes into `T`, naming the field that is wrong.

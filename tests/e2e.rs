@@ -455,3 +455,33 @@ async fn every_error_code_is_reachable() {
     assert_error(&c.get("/v1/quotes").await, 405, "METHOD_NOT_ALLOWED");
     d.finish().await;
 }
+
+#[tokio::test]
+async fn partners_are_known_by_san_uri_or_fingerprint() {
+    use sha2::Digest;
+    let d = TestDaemon::start_with(Setup {
+        manual_clock: false,
+        tweak: Box::new(|c| {
+            let pki = c.partners[1].ca.parent().unwrap().to_owned();
+            let der = qrbridge::tls::load_certs(&pki.join("partner-other.crt")).unwrap().remove(0);
+            let hex: Vec<String> =
+                sha2::Sha256::digest(der.as_ref()).iter().map(|b| format!("{b:02X}")).collect();
+            c.partners[0].identity =
+                qrbridge_config::Identity::SanUri("spiffe://qrbridge.dev/partner-demo".into());
+            c.partners[1].identity = qrbridge_config::Identity::Sha256(hex.join(":"));
+        }),
+    })
+    .await;
+    let (_, p) = quote_and_pay(&d.client("partner-demo"), 1_200, "by-uri").await;
+    assert_eq!(p["status"], "SUCCEEDED", "{p}");
+    let (s, q) = quote(&d.client("partner-other"), &code(None), Some(1_300), "KRW").await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    // A certificate from the same CA with the same name but another key: fingerprint differs.
+    d.issue_client("partner-other", false);
+    assert_error(
+        &d.client("partner-other").get("/v1/payments/x").await,
+        403,
+        "CLIENT_NOT_RECOGNISED",
+    );
+    d.finish().await;
+}
