@@ -425,11 +425,12 @@ impl<S: Store> Engine<S> {
         };
         let outcome = client.execute(AcquirerRequest::Send(instruction)).await;
         let now = self.clock.now();
-        let mut next = p.clone();
-        next.rev += 1;
-        next.updated_at = now;
-        let mut change =
-            Change { payment: next, journal: None, events: vec![], release_quote: false };
+        let mut change = Change {
+            payment: p.successor(now),
+            journal: None,
+            events: vec![],
+            release_quote: false,
+        };
         match outcome {
             Ok(AcquirerResponse::Instruction(a)) if a.status == InstructionStatus::Approved => {
                 change.payment.state = PaymentState::Succeeded;
@@ -538,10 +539,8 @@ impl<S: Store> Engine<S> {
         let p = if p.state == PaymentState::Cancelling {
             p
         } else {
-            let mut next = p.clone();
-            next.rev += 1;
+            let mut next = p.successor(now);
             next.state = PaymentState::Cancelling;
-            next.updated_at = now;
             self.commit(Change {
                 payment: next,
                 journal: None,
@@ -554,10 +553,8 @@ impl<S: Store> Engine<S> {
         match client.execute(AcquirerRequest::Reverse(p.payment_id.clone())).await {
             Ok(AcquirerResponse::Instruction(a)) if a.status == InstructionStatus::Reversed => {
                 let now = self.clock.now();
-                let mut next = p.clone();
-                next.rev += 1;
+                let mut next = p.successor(now);
                 next.state = PaymentState::Cancelled;
-                next.updated_at = now;
                 let journal = p.booked.then(|| ledger::reversal(&p, now));
                 next.booked = false;
                 let mut change =

@@ -120,6 +120,14 @@ pub struct PaymentRecord {
     pub rev: u64,
 }
 
+impl PaymentRecord {
+    /// The record's next revision, changed at `now`: what every state change starts from (the
+    /// store accepts a change only when its `rev` is one past the stored one).
+    pub fn successor(&self, now: DateTime<Utc>) -> PaymentRecord {
+        PaymentRecord { rev: self.rev + 1, updated_at: now, ..self.clone() }
+    }
+}
+
 /// One line of a journal entry: positive debits, negative credits (signed minor units; the
 /// API's amount form has no sign, so postings keep their own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

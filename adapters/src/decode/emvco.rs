@@ -33,6 +33,18 @@ fn char_len(s: &str) -> usize {
     }
 }
 
+/// A name-like value, kept whatever its length; past EMVCo's `max` characters it earns a warning.
+fn bounded<'a>(code: &mut MerchantCode<'a>, f: &Field<'a>, max: usize, what: &str) -> &'a str {
+    if char_len(f.value) > max {
+        code.warn(
+            WarningCode::LongValue,
+            Some(&tag_text(f.tag)),
+            format!("{what} past {max} characters"),
+        );
+    }
+    f.value
+}
+
 /// Decodes an EMVCo MPM payload of `chars` characters.
 pub fn decode(s: &str, chars: usize) -> Result<MerchantCode<'_>, DecodeError> {
     let ascii = s.is_ascii();
@@ -115,26 +127,8 @@ pub fn decode(s: &str, chars: usize) -> Result<MerchantCode<'_>, DecodeError> {
                 }
                 code.merchant.country = Some(f.value);
             }
-            59 => {
-                if char_len(f.value) > NAME_MAX_CHARS {
-                    code.warn(
-                        WarningCode::LongValue,
-                        Some("59"),
-                        format!("merchant name past {NAME_MAX_CHARS} characters"),
-                    );
-                }
-                code.merchant.name = Some(f.value);
-            }
-            60 => {
-                if char_len(f.value) > CITY_MAX_CHARS {
-                    code.warn(
-                        WarningCode::LongValue,
-                        Some("60"),
-                        format!("merchant city past {CITY_MAX_CHARS} characters"),
-                    );
-                }
-                code.merchant.city = Some(f.value);
-            }
+            59 => code.merchant.name = Some(bounded(&mut code, f, NAME_MAX_CHARS, "merchant name")),
+            60 => code.merchant.city = Some(bounded(&mut code, f, CITY_MAX_CHARS, "merchant city")),
             61 => code.merchant.postal_code = Some(f.value),
             62 => additional_data(&mut code, &mut detail, f, ascii),
             63 => {}
