@@ -201,3 +201,79 @@ pub struct PayRequestBody {
 pub struct Payer {
     pub id: String,
 }
+
+/// Body of the acquirer's `POST /acquirer/v1/refunds`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequestBody {
+    /// The acquirer's own id for the refund: its idempotency key.
+    pub refund_id: String,
+    /// The payment's instruction id (the bridge's payment id).
+    pub instruction_id: String,
+    /// In CNY.
+    pub amount: RawAmount,
+    pub reason: String,
+}
+
+/// A refund, as partners (`GET /v1/payments/{id}/refunds`, `refund.succeeded` webhooks) and
+/// acquirers see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefundAnswer {
+    pub refund_id: String,
+    pub payment_id: String,
+    pub acquirer_refund_id: String,
+    pub status: &'static str,
+    /// CNY, what the merchant gave back.
+    pub amount: Amount,
+    /// What the partner gets back, at the payment's price.
+    pub wallet_amount: Amount,
+    pub reason: String,
+    #[serde(with = "rfc3339")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl RefundAnswer {
+    pub fn new(r: &crate::model::RefundRecord) -> Self {
+        RefundAnswer {
+            refund_id: r.refund_id.clone(),
+            payment_id: r.payment_id.clone(),
+            acquirer_refund_id: r.acquirer_refund_id.clone(),
+            status: "SUCCEEDED",
+            amount: r.amount,
+            wallet_amount: r.wallet_amount,
+            reason: r.reason.clone(),
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// `GET /v1/payments/{id}/refunds`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefundList {
+    pub payment_id: String,
+    /// Total refunded to the partner, in the wallet currency.
+    pub refunded_amount: Amount,
+    pub refunds: Vec<RefundAnswer>,
+}
+
+/// A webhook as partners receive it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookBody<'a> {
+    pub event_id: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    #[serde(with = "rfc3339")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub data: &'a serde_json::Value,
+}
+
+impl<'a> WebhookBody<'a> {
+    pub fn new(e: &'a crate::model::OutboxEvent) -> Self {
+        WebhookBody {
+            event_id: &e.event_id,
+            kind: &e.kind,
+            created_at: e.created_at,
+            data: &e.data,
+        }
+    }
+}

@@ -31,6 +31,12 @@ pub enum Command {
         /// The partner API's address (embedded default only).
         #[arg(long, default_value = "127.0.0.1:8443")]
         partner_addr: std::net::SocketAddr,
+        /// The admin API's address (embedded default only).
+        #[arg(long, default_value = "127.0.0.1:8444")]
+        admin_addr: std::net::SocketAddr,
+        /// The acquirer API's address (embedded default only).
+        #[arg(long, default_value = "127.0.0.1:8445")]
+        acquirer_addr: std::net::SocketAddr,
     },
     /// Run the sandbox acquirer on its own (HTTPS, mTLS), with the development PKI by default.
     SandboxAcquirer {
@@ -68,8 +74,13 @@ pub enum Command {
 /// bad input.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve { config, data_dir, partner_addr } => {
-            runtime(serve(config, data_dir, partner_addr))
+        Command::Serve { config, data_dir, partner_addr, admin_addr, acquirer_addr } => {
+            let listeners = qrbridge_config::Listeners {
+                partner: partner_addr,
+                admin: admin_addr,
+                acquirer: acquirer_addr,
+            };
+            runtime(serve(config, data_dir, listeners))
         }
         Command::SandboxAcquirer { addr, cert, key, client_ca, slow_ms } => {
             runtime(sandbox(addr, cert, key, client_ca, slow_ms))
@@ -182,12 +193,12 @@ async fn terminated() {
 async fn serve(
     config: Option<PathBuf>,
     data_dir: PathBuf,
-    partner_addr: std::net::SocketAddr,
+    listeners: qrbridge_config::Listeners,
 ) -> ExitCode {
     let embedded = config.is_none();
     let config = match config {
         Some(path) => qrbridge_config::from_file(&path).map_err(|e| e.to_string()),
-        None => crate::daemon::embedded_config(&data_dir, partner_addr).map_err(|e| e.to_string()),
+        None => crate::daemon::embedded_config(&data_dir, listeners).map_err(|e| e.to_string()),
     };
     let config = match config {
         Ok(c) => c,

@@ -1,6 +1,8 @@
 //! Assembling and running the daemon: store, rates, acquirer clients (and the in-process sandbox
-//! acquirer for endpoints named `sandbox`), the engine, and the partner listener. Shutdown stops
-//! accepting, drains every connection, then makes a final flush.
+//! acquirer for endpoints named `sandbox`), the engine, its workers (resolver, webhook delivery)
+//! and three listeners (partner, acquirer, admin). Start resumes whatever the last process left:
+//! the workers read their work from the store. Shutdown stops accepting, drains every connection,
+//! lets the workers finish what they are doing, then makes a final flush.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,16 +14,20 @@ use qrbridge_adapters::acquirer::sandbox::{Sandbox, SandboxConfig};
 use qrbridge_adapters::acquirer::AcquirerClient;
 use qrbridge_adapters::decode::DecodeLimits;
 use qrbridge_adapters::https::{self, ServeLimits};
-use qrbridge_config::{Config, Identity, Partner};
+use qrbridge_adapters::webhook::WebhookSender;
+use qrbridge_config::{Config, Identity, Listeners, Partner};
 use qrbridge_fx::{Currency, SpreadPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-use crate::engine::{CancelPolicy, Engine, EngineParts, PartnerPolicy};
-use crate::http::{self as partner_http, HttpLimits, Rate};
+use crate::engine::{
+    AcquirerService, CancelPolicy, Engine, EngineParts, PartnerPolicy, ResolverPolicy,
+};
+use crate::http::{self as partner_http, HttpLimits, Rate, Req, Resp};
 use crate::store::{SledStore, Store};
 use crate::tls::{self, Directory};
+use crate::webhooks::DeliveryPolicy;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +53,44 @@ pub struct StartOptions {
 /// A running daemon.
 pub struct Daemon {
     pub partner_addr: SocketAddr,
+    pub acquirer_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub engine: Arc<Engine<SledStore>>,
     pub sandbox: Option<Sandbox>,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A listener about to be served.
+struct Listen {
+    what: &'static str,
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    svc: tower::util::BoxCloneSyncService<Req, Resp, std::convert::Infallible>,
+}
+
+impl Listen {
+    /// Binds and serves until shutdown; returns the bound address.
+    async fn spawn(
+        self,
+        limits: ServeLimits,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
+        let Listen { what, addr, tls, svc } = self;
+        let bind = |source| StartError::Bind { what, addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(bind)?;
+        let bound = listener.local_addr().map_err(bind)?;
+        let task = tokio::spawn(https::serve(
+            listener,
+            tls,
+            limits,
+            shutdown.clone(),
+            move |req, conn| partner_http::serve_request(svc.clone(), req, conn),
+        ));
+        tracing::info!(addr = %bound, "{what} listening");
+        Ok((bound, task))
+    }
 }
 
 fn client_tls(config: &Config, ca: &Path) -> Result<rustls::ClientConfig, tls::TlsError> {
@@ -107,7 +147,7 @@ impl Daemon {
                 Duration::from_millis(a.connect_timeout_ms),
                 Duration::from_millis(a.timeout_ms),
             );
-            acquirers.insert(a.id.clone(), client);
+            acquirers.insert(a.id.clone(), AcquirerService::new(client));
         }
 
         let settlement = &config.settlement;
@@ -142,8 +182,37 @@ impl Daemon {
             quote_ttl: chrono::Duration::seconds(config.fx.quote_ttl_s as i64),
             decode_limits: DecodeLimits { max_chars: config.limits.code_chars_max as usize },
             cancel: CancelPolicy { tz, until },
+            resolver: ResolverPolicy {
+                schedule: config
+                    .resolver
+                    .inquiry_schedule_s
+                    .iter()
+                    .map(|s| chrono::Duration::seconds(*s as i64))
+                    .collect(),
+                expiry: chrono::Duration::seconds(config.resolver.payment_expiry_s as i64),
+            },
+            refund_window_days: settlement.refund_window_days,
         });
 
+        let http_limits = HttpLimits {
+            body_bytes_max: config.limits.body_bytes_max,
+            concurrency_max: config.limits.concurrency_max as usize,
+            request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
+        };
+        let serve_limits = ServeLimits {
+            connections_max: config.limits.connections_max as usize,
+            handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+        };
+        let server_tls = |cas: &[&Path]| {
+            tls::server_config(
+                &config.tls.server_cert,
+                &config.tls.server_key,
+                tls::roots(cas)?,
+                config.tls.allow_tls12,
+            )
+        };
+
+        // Partners.
         let mut directory = Directory::default();
         let mut cas: Vec<&Path> = Vec::new();
         for p in &config.partners {
@@ -152,62 +221,138 @@ impl Daemon {
                 cas.push(&p.ca);
             }
         }
-        let partner_tls = tls::server_config(
-            &config.tls.server_cert,
-            &config.tls.server_key,
-            tls::roots(&cas)?,
-            config.tls.allow_tls12,
-        )?;
-        let svc = partner_http::partner_service(
-            engine.clone(),
-            directory,
-            config
-                .partners
-                .iter()
-                .map(|p| {
-                    (p.id.clone(), Rate { per_s: p.limits.requests_per_s, burst: p.limits.burst })
-                })
-                .collect(),
-            HttpLimits {
-                body_bytes_max: config.limits.body_bytes_max,
-                concurrency_max: config.limits.concurrency_max as usize,
-                request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
-            },
-        );
-        let addr = config.listeners.partner;
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-            what: "partner listener",
-            addr,
-            source,
-        })?;
-        let partner_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            what: "partner listener",
-            addr,
-            source,
-        })?;
-        let limits = ServeLimits {
-            connections_max: config.limits.connections_max as usize,
-            handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+        let rates = config
+            .partners
+            .iter()
+            .map(|p| (p.id.clone(), Rate { per_s: p.limits.requests_per_s, burst: p.limits.burst }))
+            .collect();
+        let partner = Listen {
+            what: "partner API",
+            addr: config.listeners.partner,
+            tls: server_tls(&cas)?,
+            svc: partner_http::partner_service(
+                engine.clone(),
+                directory,
+                rates,
+                http_limits.clone(),
+            ),
         };
-        let task = tokio::spawn(https::serve(
-            listener,
-            partner_tls,
-            limits,
-            shutdown_rx,
-            move |req, conn| partner_http::serve_request(svc.clone(), req, conn),
-        ));
-        tracing::info!(%partner_addr, "partner API listening");
-        Ok(Daemon { partner_addr, engine, sandbox, shutdown, tasks: vec![task] })
+
+        // Acquirers (those with an identity may call in).
+        let mut directory = Directory::default();
+        let mut cas: Vec<&Path> = Vec::new();
+        for a in &config.acquirers {
+            if let Some(identity) = &a.identity {
+                directory.add(&a.id, identity.clone(), &a.ca)?;
+                if !cas.contains(&a.ca.as_path()) {
+                    cas.push(&a.ca);
+                }
+            }
+        }
+        let acquirer = Listen {
+            what: "acquirer API",
+            addr: config.listeners.acquirer,
+            tls: if cas.is_empty() {
+                // Nobody may call in; the listener still needs a CA, and refuses everyone.
+                server_tls(&[&config.tls.admin_ca])?
+            } else {
+                server_tls(&cas)?
+            },
+            svc: crate::acquirer_api::acquirer_service(
+                engine.clone(),
+                directory,
+                HashMap::new(),
+                http_limits.clone(),
+            ),
+        };
+
+        // Admins.
+        let mut directory = Directory::default();
+        for name in &config.tls.admin_identities {
+            let identity = if name.contains("://") {
+                Identity::SanUri(name.clone())
+            } else {
+                Identity::SanDns(name.clone())
+            };
+            directory.add(name, identity, &config.tls.admin_ca)?;
+        }
+        let admin = Listen {
+            what: "admin API",
+            addr: config.listeners.admin,
+            tls: server_tls(&[&config.tls.admin_ca])?,
+            svc: crate::admin::admin_service(engine.clone(), directory, http_limits),
+        };
+
+        // Webhook senders, one per partner with a URL.
+        let mut senders = HashMap::new();
+        for p in &config.partners {
+            if let (Some(url), Some(secret)) = (&p.webhook_url, &p.webhook_secret) {
+                let ca = p.webhook_ca.as_ref().unwrap_or(&p.ca);
+                let sender = WebhookSender::new(
+                    url,
+                    secret.as_bytes(),
+                    client_tls(&config, ca)?,
+                    Duration::from_millis(config.webhooks.timeout_ms.min(5_000)),
+                    Duration::from_millis(config.webhooks.timeout_ms),
+                );
+                senders.insert(p.id.clone(), sender);
+            }
+        }
+        let w = &config.webhooks;
+        let delivery = DeliveryPolicy {
+            backoff_initial: Duration::from_millis(w.backoff_initial_ms),
+            backoff_max: Duration::from_millis(w.backoff_max_ms),
+            max_age: chrono::Duration::seconds(w.max_age_s as i64),
+            concurrency: w.concurrency as usize,
+        };
+
+        // Workers first, so what the last process left is under way before new requests come.
+        let workers = vec![
+            tokio::spawn(crate::resolver::run(
+                engine.clone(),
+                config.resolver.concurrency as usize,
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(crate::webhooks::run(
+                engine.clone(),
+                senders,
+                delivery,
+                shutdown_rx.clone(),
+            )),
+        ];
+        let open = store.open_work()?.len();
+        let undelivered = store.outbox()?.len();
+        if open + undelivered > 0 {
+            tracing::info!(
+                open,
+                undelivered,
+                "resuming payments in doubt and undelivered webhooks"
+            );
+        }
+        let (acquirer_addr, t1) = acquirer.spawn(serve_limits, &shutdown_rx).await?;
+        let (admin_addr, t2) = admin.spawn(serve_limits, &shutdown_rx).await?;
+        let (partner_addr, t3) = partner.spawn(serve_limits, &shutdown_rx).await?;
+        Ok(Daemon {
+            partner_addr,
+            acquirer_addr,
+            admin_addr,
+            engine,
+            sandbox,
+            shutdown,
+            listeners: vec![t1, t2, t3],
+            workers,
+        })
     }
 
     pub fn store(&self) -> &Arc<SledStore> {
         self.engine.store()
     }
 
-    /// Stops accepting, lets open connections finish, flushes, and stops the sandbox.
+    /// Stops accepting, lets open connections finish and the workers finish their current task,
+    /// flushes, and stops the sandbox.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
+        for t in self.listeners.into_iter().chain(self.workers) {
             let _ = t.await;
         }
         if let Err(e) = self.engine.store().flush().await {
@@ -220,12 +365,12 @@ impl Daemon {
 }
 
 /// The embedded default's configuration under `data_dir`, with the development PKI made if
-/// missing, and the partner listener on `partner_addr`.
-pub fn embedded_config(data_dir: &Path, partner_addr: SocketAddr) -> Result<Config, StartError> {
+/// missing, listening on `listeners`.
+pub fn embedded_config(data_dir: &Path, listeners: Listeners) -> Result<Config, StartError> {
     let pki = data_dir.join("pki");
     crate::pki::ensure_dev_pki(&pki)?;
     let mut c = crate::defaults::dev_config(data_dir);
-    c.listeners.partner = partner_addr;
+    c.listeners = listeners;
     c.storage.path = data_dir.join("db");
     c.tls.server_cert = pki.join("server.crt");
     c.tls.server_key = pki.join("server.key");
@@ -244,6 +389,7 @@ pub fn embedded_config(data_dir: &Path, partner_addr: SocketAddr) -> Result<Conf
         wallet_currencies: currencies,
         webhook_url: None,
         webhook_secret: None,
+        webhook_ca: None,
         limits: Default::default(),
     };
     c.partners = vec![

@@ -1,4 +1,4 @@
-//! The payment lifecycle: decode, quote, pay, inquire, cancel.
+//! The payment lifecycle: decode, quote, pay, resolve, cancel, refund.
 //!
 //! A payment is written `PENDING` and flushed **before** the acquirer is called; its id is the
 //! acquirer's idempotency key; the outcome is written with its ledger entry and webhook event in
@@ -8,27 +8,73 @@
 //! Idempotency: a request id already used with the same content returns that payment as it now
 //! stands — waiting for it if it is still being paid by this process — and never pays again; with
 //! other content it is a conflict.
+//!
+//! Money in doubt: every payment is born with resolver work ([`WorkItem`]) in the same
+//! transaction, and keeps some until nothing about it is in doubt any more. [`Engine::step`] does
+//! one payment's due task — inquire (on the configured schedule, until the payment's expiry),
+//! reverse (after expiry, on cancel, or after an approval that came behind a reversal), verify (one
+//! inquiry after a confirmed reversal, so an approval that raced it is found, booked and reversed
+//! again). Every step holds the payment's lock, reads the payment afresh, and commits before it
+//! returns; a restart finds the work where it was left.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Duration, NaiveTime, TimeZone, Utc};
-use qrbridge_adapters::acquirer::wire::{Instruction, InstructionStatus, LookupRequest};
-use qrbridge_adapters::acquirer::{
-    AcquirerClient, AcquirerError, AcquirerRequest, AcquirerResponse,
+use qrbridge_adapters::acquirer::wire::{
+    Instruction, InstructionAnswer, InstructionStatus, LookupRequest,
 };
+use qrbridge_adapters::acquirer::{AcquirerError, AcquirerRequest, AcquirerResponse};
 use qrbridge_adapters::decode::{self, DecodeLimits, Scheme};
 use qrbridge_adapters::routing::Router;
 use qrbridge_fx::{Amount, Currency, Quote, QuoteError, QuoteRequest, RateBook, SpreadPolicy};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+use tower::ServiceExt;
 
-use crate::api::{DecodeAnswer, MerchantAnswer, PayRequestBody, PaymentAnswer, QuoteRequestBody};
+use crate::api::{
+    DecodeAnswer, MerchantAnswer, PayRequestBody, PaymentAnswer, QuoteRequestBody, RefundAnswer,
+    RefundRequestBody,
+};
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::ledger;
 use crate::model::*;
-use crate::store::{Begin, BeginError, Change, Store, StoreError};
+use crate::store::{Begin, BeginError, Change, Store, StoreError, Work};
+
+/// How the engine reaches an acquirer: the real client ([`qrbridge_adapters::acquirer::AcquirerClient`])
+/// or, in schedule tests under paused time, a scripted one.
+pub type AcquirerService =
+    tower::util::BoxCloneSyncService<AcquirerRequest, AcquirerResponse, AcquirerError>;
+
+/// How payments in doubt are resolved.
+#[derive(Debug, Clone)]
+pub struct ResolverPolicy {
+    /// Delays between inquiries: the first after the payment is made, then after each inquiry;
+    /// the last repeats.
+    pub schedule: Vec<Duration>,
+    /// After this long (from the payment's creation) with the outcome unknown, the payment is
+    /// reversed and ends `FAILED` / `EXPIRED`.
+    pub expiry: Duration,
+}
+
+impl ResolverPolicy {
+    /// The delay before attempt `attempt` (0 is the first inquiry).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let i = (attempt as usize).min(self.schedule.len().saturating_sub(1));
+        self.schedule.get(i).copied().unwrap_or(Duration::seconds(60))
+    }
+}
+
+impl Default for ResolverPolicy {
+    fn default() -> Self {
+        ResolverPolicy {
+            schedule: [4, 4, 30, 60, 60, 60, 300, 300].map(Duration::seconds).to_vec(),
+            expiry: Duration::seconds(900),
+        }
+    }
+}
 
 /// What a partner may do, from configuration.
 #[derive(Debug, Clone)]
@@ -65,12 +111,18 @@ pub struct EngineParts<S> {
     pub rates: RateBook,
     pub spreads: SpreadPolicy,
     pub router: Router,
-    pub acquirers: HashMap<String, AcquirerClient>,
+    pub acquirers: HashMap<String, AcquirerService>,
     pub partners: HashMap<String, PartnerPolicy>,
     pub quote_ttl: Duration,
     pub decode_limits: DecodeLimits,
     pub cancel: CancelPolicy,
+    pub resolver: ResolverPolicy,
+    /// Refunds are accepted this many days after the payment.
+    pub refund_window_days: u32,
 }
+
+/// Payment locks: a payment's state changes one at a time. Striped, so the table never grows.
+const LOCK_STRIPES: usize = 256;
 
 /// The engine.
 pub struct Engine<S> {
@@ -79,13 +131,20 @@ pub struct Engine<S> {
     rates: RwLock<RateBook>,
     spreads: RwLock<SpreadPolicy>,
     router: Router,
-    acquirers: HashMap<String, AcquirerClient>,
+    acquirers: HashMap<String, AcquirerService>,
     partners: HashMap<String, PartnerPolicy>,
     quote_ttl: Duration,
     decode_limits: DecodeLimits,
     cancel: CancelPolicy,
+    resolver: ResolverPolicy,
+    refund_window_days: u32,
     /// Payments being paid by this process: replays wait for them to finish.
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    locks: Vec<tokio::sync::Mutex<()>>,
+    /// Signalled when resolver work is written (the resolver wakes).
+    pub work_written: Notify,
+    /// Signalled when webhook events are written (the delivery worker wakes).
+    pub events_written: Notify,
 }
 
 /// A code resolved to a merchant and an acquirer.
@@ -118,8 +177,30 @@ impl<S: Store> Engine<S> {
             quote_ttl: p.quote_ttl,
             decode_limits: p.decode_limits,
             cancel: p.cancel,
+            resolver: p.resolver,
+            refund_window_days: p.refund_window_days,
             inflight: Mutex::new(HashMap::new()),
+            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            work_written: Notify::new(),
+            events_written: Notify::new(),
         })
+    }
+
+    /// The resolver's policy.
+    pub fn resolver_policy(&self) -> &ResolverPolicy {
+        &self.resolver
+    }
+
+    /// Holds the payment's lock.
+    async fn lock_payment(&self, payment_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        payment_id.hash(&mut h);
+        self.locks[(h.finish() as usize) % LOCK_STRIPES].lock().await
+    }
+
+    /// Whether this process is paying `payment_id` right now (its instruction is on the wire).
+    pub fn is_inflight(&self, payment_id: &str) -> bool {
+        self.lock_inflight().contains_key(payment_id)
     }
 
     pub fn store(&self) -> &Arc<S> {
@@ -135,10 +216,31 @@ impl<S: Store> Engine<S> {
         f(&mut self.rates.write().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn acquirer(&self, id: &str) -> Result<&AcquirerClient, ApiError> {
-        self.acquirers.get(id).ok_or_else(|| {
+    /// One call to acquirer `id`.
+    async fn call(
+        &self,
+        id: &str,
+        req: AcquirerRequest,
+    ) -> Result<Result<AcquirerResponse, AcquirerError>, ApiError> {
+        let svc = self.acquirers.get(id).ok_or_else(|| {
             tracing::error!(acquirer = id, "routed to an acquirer with no client");
             ApiError::Internal
+        })?;
+        Ok(svc.clone().oneshot(req).await)
+    }
+
+    /// The acquirer's answer about an instruction, or `None` when it gave none we can use.
+    async fn ask(
+        &self,
+        p: &PaymentRecord,
+        req: AcquirerRequest,
+    ) -> Result<Option<InstructionAnswer>, ApiError> {
+        Ok(match self.call(&p.acquirer, req).await? {
+            Ok(AcquirerResponse::Instruction(a)) if a.instruction_id == p.payment_id => Some(a),
+            other => {
+                tracing::warn!(payment = %p.payment_id, answer = ?other, "no usable acquirer answer");
+                None
+            }
         })
     }
 
@@ -164,10 +266,9 @@ impl<S: Store> Engine<S> {
         let mut merchant_id = template_id.or(code.merchant.id).map(str::to_owned);
         if code.scheme != Scheme::Emvco {
             // URL codes carry no merchant details: the acquirer's lookup gives them.
-            let client = self.acquirer(routed.acquirer)?;
             let lookup =
                 LookupRequest { scheme: code.scheme.as_str().into(), code: trimmed.clone() };
-            match client.execute(AcquirerRequest::Lookup(lookup)).await {
+            match self.call(routed.acquirer, AcquirerRequest::Lookup(lookup)).await? {
                 Ok(AcquirerResponse::Lookup(l)) => {
                     answer.merchant = MerchantAnswer {
                         id: Some(l.merchant_id.clone()),
@@ -347,14 +448,23 @@ impl<S: Store> Engine<S> {
             booked: false,
             refunded_cny: Amount::zero(Currency::CNY),
             refunded_wallet: Amount::zero(q.quote.wallet.currency()),
+            late_approvals: 0,
             created_at: now,
             updated_at: now,
             rev: 0,
         };
+        // If this process dies before the outcome is written, the resolver asks the acquirer.
+        let work = WorkItem {
+            v: RECORD_VERSION,
+            payment_id: record.payment_id.clone(),
+            task: Task::Inquire,
+            due: self.inquiry_due(&record, now, 0),
+            attempt: 0,
+        };
         // Registered before the write, so a concurrent replay that sees the record can wait.
         let (done_tx, done_rx) = watch::channel(false);
         self.lock_inflight().insert(record.payment_id.clone(), done_rx);
-        let begun = self.store.begin_payment(&record, now);
+        let begun = self.store.begin_payment(&record, &work, now);
         let begun = match begun {
             Ok(b) => b,
             Err(e) => {
@@ -382,7 +492,10 @@ impl<S: Store> Engine<S> {
         }
         let engine = self.clone();
         let task = tokio::spawn(async move {
+            let id = record.payment_id.clone();
             let result = engine.instruct(record, &q).await;
+            // Done: off the in-flight list, then tell whoever waits.
+            engine.lock_inflight().remove(&id);
             let _ = done_tx.send(true);
             result
         });
@@ -413,9 +526,24 @@ impl<S: Store> Engine<S> {
         self.store.payment(&p.payment_id).map_err(internal)?.ok_or(ApiError::Internal)
     }
 
+    /// When inquiry `attempt` of `p` is due, counting from `from`: never past the payment's
+    /// expiry, so the last inquiry and the reversal happen on time.
+    fn inquiry_due(&self, p: &PaymentRecord, from: DateTime<Utc>, attempt: u32) -> DateTime<Utc> {
+        (from + self.resolver.delay(attempt)).min(p.created_at + self.resolver.expiry)
+    }
+
+    fn work(&self, p: &PaymentRecord, task: Task, due: DateTime<Utc>, attempt: u32) -> Work {
+        Work::Set(WorkItem {
+            v: RECORD_VERSION,
+            payment_id: p.payment_id.clone(),
+            task,
+            due,
+            attempt,
+        })
+    }
+
     /// Sends the instruction and records the outcome. The payment is durable as `Pending`.
     async fn instruct(&self, p: PaymentRecord, q: &QuoteRecord) -> Result<PaymentRecord, ApiError> {
-        let client = self.acquirer(&p.acquirer)?;
         let instruction = Instruction {
             instruction_id: p.payment_id.clone(),
             merchant_id: q.code.merchant_id.clone(),
@@ -423,14 +551,11 @@ impl<S: Store> Engine<S> {
             code: q.code.text.clone(),
             amount: p.pay,
         };
-        let outcome = client.execute(AcquirerRequest::Send(instruction)).await;
+        let outcome = self.call(&p.acquirer, AcquirerRequest::Send(instruction)).await?;
+        let _guard = self.lock_payment(&p.payment_id).await;
         let now = self.clock.now();
-        let mut change = Change {
-            payment: p.successor(now),
-            journal: None,
-            events: vec![],
-            release_quote: false,
-        };
+        let mut change = Change::of(p.successor(now));
+        change.work = Work::Done;
         match outcome {
             Ok(AcquirerResponse::Instruction(a)) if a.status == InstructionStatus::Approved => {
                 change.payment.state = PaymentState::Succeeded;
@@ -464,17 +589,19 @@ impl<S: Store> Engine<S> {
             Ok(other) => {
                 tracing::warn!(payment = %p.payment_id, answer = ?other, "unexpected acquirer answer; outcome unknown");
                 change.payment.state = PaymentState::Unknown;
+                change.work = Work::Keep;
             }
             Err(AcquirerError::Unknown(e)) => {
                 tracing::warn!(payment = %p.payment_id, error = %e, "acquirer outcome unknown");
                 change.payment.state = PaymentState::Unknown;
+                change.work = Work::Keep;
             }
         }
         self.event_for(&mut change, now);
         self.commit(change).await
     }
 
-    /// Adds the webhook event a final state calls for.
+    /// Adds the webhook event a new final state calls for.
     fn event_for(&self, change: &mut Change, now: DateTime<Utc>) {
         let kind = match change.payment.state {
             PaymentState::Succeeded => "payment.succeeded",
@@ -482,23 +609,241 @@ impl<S: Store> Engine<S> {
             PaymentState::Cancelled => "payment.cancelled",
             _ => return,
         };
-        change.events.push(OutboxEvent {
-            v: RECORD_VERSION,
-            event_id: new_id("evt"),
-            partner: change.payment.partner.clone(),
-            kind: kind.into(),
-            payment_id: change.payment.payment_id.clone(),
-            created_at: now,
-            data: serde_json::to_value(PaymentAnswer::new(&change.payment))
-                .expect("JSON of plain data"),
-        });
+        let data =
+            serde_json::to_value(PaymentAnswer::new(&change.payment)).expect("JSON of plain data");
+        change.events.push(self.event(&change.payment, kind, data, now));
     }
 
+    fn event(
+        &self,
+        p: &PaymentRecord,
+        kind: &str,
+        data: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> OutboxEvent {
+        OutboxEvent {
+            v: RECORD_VERSION,
+            event_id: new_id("evt"),
+            partner: p.partner.clone(),
+            kind: kind.into(),
+            payment_id: p.payment_id.clone(),
+            created_at: now,
+            data,
+        }
+    }
+
+    /// Applies `change` and makes it durable; wakes the workers it gives work to.
     async fn commit(&self, change: Change) -> Result<PaymentRecord, ApiError> {
         self.store.apply(&change).map_err(internal)?;
+        self.durable(change).await
+    }
+
+    /// Makes an applied change durable, then wakes the workers it gives work to.
+    async fn durable(&self, change: Change) -> Result<PaymentRecord, ApiError> {
         self.store.flush().await.map_err(internal)?;
         tracing::info!(payment = %change.payment.payment_id, state = ?change.payment.state, "payment updated");
+        if matches!(change.work, Work::Set(_)) {
+            self.work_written.notify_one();
+        }
+        if !change.events.is_empty() {
+            self.events_written.notify_one();
+        }
         Ok(change.payment)
+    }
+
+    /// Does `payment_id`'s resolver task if it is due (or, with `only`, if it is that task, due
+    /// or not), and any task that follows from it at once. Returns the payment as it then stands.
+    pub async fn step(
+        &self,
+        payment_id: &str,
+        only: Option<Task>,
+    ) -> Result<Option<PaymentRecord>, ApiError> {
+        Ok(self.step_counted(payment_id, only).await?.0)
+    }
+
+    /// [`Engine::step`], also saying whether a task was done.
+    pub async fn step_counted(
+        &self,
+        payment_id: &str,
+        only: Option<Task>,
+    ) -> Result<(Option<PaymentRecord>, bool), ApiError> {
+        let _guard = self.lock_payment(payment_id).await;
+        let mut only = only;
+        let mut acted = false;
+        loop {
+            let p = self.store.payment(payment_id).map_err(internal)?;
+            let Some(p) = p else { return Ok((None, acted)) };
+            let Some(item) = self.store.work_item(payment_id).map_err(internal)? else {
+                return Ok((Some(p), acted));
+            };
+            let now = self.clock.now();
+            let go = match only {
+                Some(task) => task == item.task,
+                None => item.due <= now,
+            };
+            if !go || self.is_inflight(payment_id) {
+                return Ok((Some(p), acted));
+            }
+            acted = true;
+            let change = match item.task {
+                Task::Inquire => self.inquire(&p, &item).await?,
+                Task::Reverse => self.reverse(&p, &item).await?,
+                Task::Verify => self.verify(&p, &item).await?,
+            };
+            // A reversal due at once follows at once: at expiry, and after a late approval.
+            let follow = matches!(&change.work, Work::Set(w)
+                if w.task == Task::Reverse && item.task != Task::Reverse && w.due <= self.clock.now());
+            let p = self.commit(change).await?;
+            if !follow {
+                return Ok((Some(p), acted));
+            }
+            only = Some(Task::Reverse);
+        }
+    }
+
+    /// A change that leaves the payment as it is (its partner-visible `updated_at` too) and
+    /// sets its work.
+    fn unchanged(p: &PaymentRecord, now: DateTime<Utc>, work: Work) -> Change {
+        let mut c = Change::of(p.successor(now));
+        c.payment.updated_at = p.updated_at;
+        c.work = work;
+        c
+    }
+
+    /// Asks the acquirer about a payment whose outcome is unknown.
+    async fn inquire(&self, p: &PaymentRecord, item: &WorkItem) -> Result<Change, ApiError> {
+        let answer = self.ask(p, AcquirerRequest::Inquire(p.payment_id.clone())).await?;
+        let now = self.clock.now();
+        let mut change = Change::of(p.successor(now));
+        change.work = Work::Done;
+        match answer.as_ref().map(|a| a.status) {
+            Some(InstructionStatus::Approved) => {
+                change.payment.state = PaymentState::Succeeded;
+                change.payment.acquirer_ref = answer.and_then(|a| a.acquirer_ref);
+                change.payment.booked = true;
+                change.journal = Some(ledger::payment(&change.payment, now));
+            }
+            Some(InstructionStatus::Declined) => {
+                change.payment.state = PaymentState::Failed;
+                change.payment.failure = Some(Failure {
+                    code: "DECLINED".into(),
+                    message: answer
+                        .and_then(|a| a.reason)
+                        .unwrap_or_else(|| "the acquirer declined the payment".into()),
+                });
+            }
+            Some(InstructionStatus::Reversed) => {
+                change.payment.state = PaymentState::Failed;
+                change.payment.failure =
+                    Some(expired("the acquirer reports the instruction reversed"));
+            }
+            Some(InstructionStatus::NotFound | InstructionStatus::Processing) | None => {
+                if now >= p.created_at + self.resolver.expiry {
+                    tracing::warn!(payment = %p.payment_id, "outcome still unknown at expiry; reversing");
+                    change.payment.state = PaymentState::Reversing;
+                    change.work = self.work(p, Task::Reverse, now, 0);
+                } else {
+                    let attempt = item.attempt + 1;
+                    let due = self.inquiry_due(p, item.due.max(now), attempt);
+                    if p.state == PaymentState::Pending {
+                        change.payment.state = PaymentState::Unknown;
+                    } else {
+                        change = Self::unchanged(p, now, Work::Keep);
+                    }
+                    change.work = self.work(p, Task::Inquire, due, attempt);
+                }
+                return Ok(change);
+            }
+        }
+        tracing::info!(payment = %p.payment_id, state = ?change.payment.state, "resolved by inquiry");
+        self.event_for(&mut change, now);
+        Ok(change)
+    }
+
+    /// Reverses the instruction (expiry, cancel, or a late approval).
+    async fn reverse(&self, p: &PaymentRecord, item: &WorkItem) -> Result<Change, ApiError> {
+        let answer = self.ask(p, AcquirerRequest::Reverse(p.payment_id.clone())).await?;
+        let now = self.clock.now();
+        let confirmed = matches!(
+            answer.as_ref().map(|a| a.status),
+            // Nothing to reverse is as good as reversed; what comes after is verified.
+            Some(
+                InstructionStatus::Reversed
+                    | InstructionStatus::NotFound
+                    | InstructionStatus::Declined
+            )
+        );
+        if !confirmed {
+            let attempt = item.attempt + 1;
+            let due = item.due.max(now) + self.resolver.delay(attempt);
+            return Ok(Self::unchanged(p, now, self.work(p, Task::Reverse, due, attempt)));
+        }
+        let mut change = Change::of(p.successor(now));
+        match p.state {
+            PaymentState::Reversing => {
+                change.payment.state = PaymentState::Failed;
+                change.payment.failure =
+                    Some(expired("the outcome stayed unknown; the bridge reversed the payment"));
+            }
+            PaymentState::Cancelling => change.payment.state = PaymentState::Cancelled,
+            // A late approval on a payment already final: its state stays.
+            _ => change.payment.updated_at = p.updated_at,
+        }
+        if p.booked {
+            let kind = if p.state == PaymentState::Cancelling { "cancel" } else { "reversal" };
+            change.journal = Some(ledger::reversal(p, kind, now));
+            change.payment.booked = false;
+        }
+        let due = now + self.resolver.delay(0);
+        change.work = self.work(p, Task::Verify, due, 0);
+        if change.payment.state != p.state {
+            tracing::info!(payment = %p.payment_id, state = ?change.payment.state, "reversal confirmed");
+            self.event_for(&mut change, now);
+        }
+        Ok(change)
+    }
+
+    /// After a confirmed reversal: was anything approved behind it?
+    async fn verify(&self, p: &PaymentRecord, item: &WorkItem) -> Result<Change, ApiError> {
+        let answer = self.ask(p, AcquirerRequest::Inquire(p.payment_id.clone())).await?;
+        let now = self.clock.now();
+        match answer.as_ref().map(|a| a.status) {
+            Some(InstructionStatus::Approved) => {
+                // An approval that arrived after the reversal: book it, never lose it, and
+                // reverse it again.
+                tracing::warn!(payment = %p.payment_id, "approved after its reversal; reversing again");
+                let mut change = Self::unchanged(p, now, self.work(p, Task::Reverse, now, 0));
+                change.payment.late_approvals += 1;
+                change.payment.booked = true;
+                let mut entry = ledger::payment(&change.payment, now);
+                entry.kind = "late_approval".into();
+                change.journal = Some(entry);
+                Ok(change)
+            }
+            Some(_) => Ok(Self::unchanged(p, now, Work::Done)),
+            None => {
+                let attempt = item.attempt + 1;
+                let due = item.due.max(now) + self.resolver.delay(attempt);
+                Ok(Self::unchanged(p, now, self.work(p, Task::Verify, due, attempt)))
+            }
+        }
+    }
+
+    /// Does every resolver task that is due now; returns how many it did.
+    pub async fn run_due_work(&self) -> Result<usize, ApiError> {
+        let now = self.clock.now();
+        let due: Vec<WorkItem> = self
+            .store
+            .open_work()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|w| w.due <= now && !self.is_inflight(&w.payment_id))
+            .collect();
+        let mut done = 0;
+        for w in &due {
+            done += usize::from(self.step_counted(&w.payment_id, None).await?.1);
+        }
+        Ok(done)
     }
 
     /// A partner's own payment, by id.
@@ -521,55 +866,160 @@ impl<S: Store> Engine<S> {
             .ok_or(ApiError::PaymentNotFound)
     }
 
-    /// `POST /v1/payments/{id}/cancel`: reverses the payment in full. Idempotent.
+    /// `POST /v1/payments/{id}/cancel`: reverses the payment in full. Idempotent: a cancelled or
+    /// failed payment is returned as it is; one whose reversal is not confirmed yet is tried again.
     pub async fn cancel(&self, partner: &str, payment_id: &str) -> Result<PaymentRecord, ApiError> {
         let p = self.get(partner, payment_id).await?;
-        let p = self.settled(p).await?;
-        match p.state {
-            PaymentState::Failed | PaymentState::Cancelled => return Ok(p),
-            PaymentState::Pending
-            | PaymentState::Unknown
-            | PaymentState::Succeeded
-            | PaymentState::Cancelling => {}
+        self.settled(p).await?;
+        {
+            let _guard = self.lock_payment(payment_id).await;
+            let p = self.get(partner, payment_id).await?;
+            match p.state {
+                PaymentState::Failed | PaymentState::Cancelled | PaymentState::Reversing => {
+                    return Ok(p)
+                }
+                PaymentState::Cancelling => {}
+                PaymentState::Pending | PaymentState::Unknown | PaymentState::Succeeded => {
+                    if p.refunded_cny.is_positive() {
+                        return Err(ApiError::CancelNotAllowed);
+                    }
+                    let now = self.clock.now();
+                    if now > self.cancel.deadline(p.created_at) {
+                        return Err(ApiError::CancelWindowClosed);
+                    }
+                    let mut change = Change::of(p.successor(now));
+                    change.payment.state = PaymentState::Cancelling;
+                    change.work = self.work(&p, Task::Reverse, now, 0);
+                    self.commit(change).await?;
+                }
+            }
+        }
+        // The reversal; when it is not confirmed the resolver keeps trying, and the payment shows
+        // PROCESSING until it is.
+        self.step(payment_id, Some(Task::Reverse)).await?.ok_or(ApiError::PaymentNotFound)
+    }
+
+    /// `GET /v1/payments/{id}/refunds`: a partner's own payment's refunds.
+    pub async fn refunds(
+        &self,
+        partner: &str,
+        payment_id: &str,
+    ) -> Result<(PaymentRecord, Vec<RefundRecord>), ApiError> {
+        let p = self.get(partner, payment_id).await?;
+        let refunds = self.store.refunds_of(payment_id).map_err(internal)?;
+        Ok((p, refunds))
+    }
+
+    /// `POST /acquirer/v1/refunds`: acquirer `acquirer` refunded (part of) a payment it was
+    /// instructed. Returns the refund and whether this request made it.
+    pub async fn refund(
+        &self,
+        acquirer: &str,
+        body: RefundRequestBody,
+    ) -> Result<(RefundRecord, bool), ApiError> {
+        if !valid_request_id(&body.refund_id) {
+            return Err(ApiError::InvalidRequest(
+                "refund_id: 1-64 characters of A-Z a-z 0-9 . _ : -".into(),
+            ));
+        }
+        if body.instruction_id.is_empty() || body.instruction_id.len() > 64 {
+            return Err(ApiError::InvalidRequest("instruction_id: 1-64 characters".into()));
+        }
+        let reason = body.reason.trim();
+        if reason.is_empty() || reason.chars().count() > 256 {
+            return Err(ApiError::InvalidRequest("reason: 1-256 characters".into()));
+        }
+        let c = Currency::from_code(&body.amount.currency)
+            .map_err(|e| ApiError::InvalidAmount(format!("amount.currency: {e}")))?;
+        if c != Currency::CNY {
+            return Err(ApiError::InvalidAmount(format!("amount: must be in CNY, not {c}")));
+        }
+        let amount = Amount::from_api(c, &body.amount.value)
+            .map_err(|e| ApiError::InvalidAmount(format!("amount.value: {e}")))?;
+        if !amount.is_positive() {
+            return Err(ApiError::InvalidAmount("amount: must be more than zero".into()));
+        }
+        let hash = {
+            let mut h = Sha256::new();
+            for part in [&body.refund_id, &body.instruction_id, &body.amount.value, reason] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part.as_bytes());
+            }
+            hex::encode(h.finalize())
+        };
+        let replay = |r: RefundRecord| {
+            if r.request_hash == hash {
+                Ok((r, false))
+            } else {
+                Err(ApiError::RepeatReqInconsistent)
+            }
+        };
+        if let Some(r) =
+            self.store.refund_by_acquirer_id(acquirer, &body.refund_id).map_err(internal)?
+        {
+            return replay(r);
+        }
+        let _guard = self.lock_payment(&body.instruction_id).await;
+        let p = match self.store.payment(&body.instruction_id).map_err(internal)? {
+            Some(p) if p.acquirer == acquirer => p,
+            _ => return Err(ApiError::PaymentNotFound),
+        };
+        if p.state != PaymentState::Succeeded || !p.booked {
+            return Err(ApiError::PaymentNotRefundable(format!(
+                "the payment is {}, not SUCCEEDED",
+                p.state.api_status()
+            )));
         }
         let now = self.clock.now();
-        if now > self.cancel.deadline(p.created_at) {
-            return Err(ApiError::CancelWindowClosed);
+        if now > p.created_at + Duration::days(i64::from(self.refund_window_days)) {
+            return Err(ApiError::RefundWindowClosed(self.refund_window_days));
         }
-        let p = if p.state == PaymentState::Cancelling {
-            p
-        } else {
-            let mut next = p.successor(now);
-            next.state = PaymentState::Cancelling;
-            self.commit(Change {
-                payment: next,
-                journal: None,
-                events: vec![],
-                release_quote: false,
-            })
-            .await?
+        let q = self.store.quote(&p.quote_id).map_err(internal)?.ok_or_else(|| {
+            tracing::error!(payment = %p.payment_id, "the payment's quote is missing");
+            ApiError::Internal
+        })?;
+        let split = q.quote.refund_split(&p.refunded_cny, &amount).map_err(|e| match e {
+            QuoteError::RefundExceedsPayment { .. } => ApiError::RefundExceedsPayment(format!(
+                "{amount} would bring refunds to more than the {} paid ({} refunded so far)",
+                p.pay, p.refunded_cny
+            )),
+            other => ApiError::InvalidAmount(format!("amount: {other}")),
+        })?;
+        let record = RefundRecord {
+            v: RECORD_VERSION,
+            refund_id: new_id("ref"),
+            payment_id: p.payment_id.clone(),
+            partner: p.partner.clone(),
+            acquirer: acquirer.to_owned(),
+            acquirer_refund_id: body.refund_id.clone(),
+            request_hash: hash.clone(),
+            amount,
+            wallet_amount: split.wallet,
+            reason: reason.to_owned(),
+            created_at: now,
         };
-        let client = self.acquirer(&p.acquirer)?;
-        match client.execute(AcquirerRequest::Reverse(p.payment_id.clone())).await {
-            Ok(AcquirerResponse::Instruction(a)) if a.status == InstructionStatus::Reversed => {
-                let now = self.clock.now();
-                let mut next = p.successor(now);
-                next.state = PaymentState::Cancelled;
-                let journal = p.booked.then(|| ledger::reversal(&p, now));
-                next.booked = false;
-                let mut change =
-                    Change { payment: next, journal, events: vec![], release_quote: false };
-                self.event_for(&mut change, now);
-                self.commit(change).await
-            }
-            other => {
-                // The reversal's outcome is not known: the payment stays in doubt (PROCESSING)
-                // until a retried reversal confirms it.
-                tracing::warn!(payment = %p.payment_id, outcome = ?other, "reversal not confirmed");
-                Ok(p)
-            }
+        let mut change = Change::of(p.successor(now));
+        let total = |a: &Amount, b: &Amount| a.checked_add(b).map_err(|_| ApiError::Internal);
+        change.payment.refunded_cny = total(&p.refunded_cny, &amount)?;
+        change.payment.refunded_wallet = total(&p.refunded_wallet, &split.wallet)?;
+        change.journal = Some(ledger::refund(&p, &record, split.spread, now));
+        let data = serde_json::to_value(RefundAnswer::new(&record)).expect("JSON of plain data");
+        change.events.push(self.event(&p, "refund.succeeded", data, now));
+        change.refund = Some(record.clone());
+        match self.store.apply(&change) {
+            Ok(()) => {}
+            // Taken meanwhile (by a request for another payment, under another lock).
+            Err(StoreError::RefundExists(existing)) => return replay(*existing),
+            Err(e) => return Err(internal(e)),
         }
+        self.durable(change).await?;
+        tracing::info!(payment = %p.payment_id, refund = %record.refund_id, "refund recorded");
+        Ok((record, true))
     }
+}
+
+fn expired(message: &str) -> Failure {
+    Failure { code: "EXPIRED".into(), message: message.into() }
 }
 
 #[cfg(test)]

@@ -61,6 +61,25 @@ pub enum ApiError {
     /// The merchant's acquirer could not be asked about the code; retry.
     #[error("{0}")]
     AcquirerUnavailable(String),
+    /// A cancel of a payment that already has refunds: only further refunds can undo it.
+    #[error("the payment has refunds; it can no longer be cancelled")]
+    CancelNotAllowed,
+    /// A refund of a payment that did not succeed, or was cancelled.
+    #[error("{0}")]
+    PaymentNotRefundable(String),
+    /// Refunds would come to more than was paid.
+    #[error("{0}")]
+    RefundExceedsPayment(String),
+    /// Refunds are accepted within the configured number of days of the payment.
+    #[error("the payment is older than the refund window of {0} days")]
+    RefundWindowClosed(u32),
+    /// The certificate verified but names no configured acquirer (acquirer listener) or admin
+    /// (admin listener).
+    #[error("the client certificate is not allowed here")]
+    Forbidden,
+    /// No such parked webhook event (admin).
+    #[error("no such parked event")]
+    EventNotFound,
 }
 
 impl ApiError {
@@ -96,6 +115,14 @@ impl ApiError {
             AcquirerUnavailable(_) => {
                 ("ACQUIRER_UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE, true)
             }
+            CancelNotAllowed => ("CANCEL_NOT_ALLOWED", StatusCode::CONFLICT, false),
+            PaymentNotRefundable(_) => ("PAYMENT_NOT_REFUNDABLE", StatusCode::CONFLICT, false),
+            RefundExceedsPayment(_) => {
+                ("REFUND_EXCEEDS_PAYMENT", StatusCode::UNPROCESSABLE_ENTITY, false)
+            }
+            RefundWindowClosed(_) => ("REFUND_WINDOW_CLOSED", StatusCode::CONFLICT, false),
+            Forbidden => ("FORBIDDEN", StatusCode::FORBIDDEN, false),
+            EventNotFound => ("EVENT_NOT_FOUND", StatusCode::NOT_FOUND, false),
         }
     }
 

@@ -24,7 +24,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tracing::Instrument;
 
-use crate::api::{PaymentAnswer, QuoteAnswer};
+use crate::api::{PaymentAnswer, QuoteAnswer, RefundAnswer, RefundList};
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::store::Store;
@@ -44,7 +44,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// The response type of every listener.
 pub type Resp = Response<Full<Bytes>>;
-type Req = Request<Incoming>;
+pub type Req = Request<Incoming>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A JSON answer.
@@ -57,9 +57,9 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Resp {
         .expect("valid response")
 }
 
-/// The partner a request comes from, set by the authentication layer.
+/// Who a request comes from (a partner, an acquirer, an admin), set by the authentication layer.
 #[derive(Debug, Clone)]
-pub struct PartnerId(pub Arc<str>);
+pub struct Caller(pub Arc<str>);
 
 /// Limits of the partner API's stack.
 #[derive(Debug, Clone)]
@@ -99,6 +99,25 @@ pub fn partner_service<S: Store>(
     rates: HashMap<String, Rate>,
     limits: HttpLimits,
 ) -> BoxCloneSyncService<Req, Resp, Infallible> {
+    let body_max = limits.body_bytes_max;
+    service(directory, ApiError::ClientNotRecognised, rates, limits, move |caller, req| {
+        route(engine.clone(), body_max, caller, req)
+    })
+}
+
+/// A listener's service: `routes` behind the whole stack, callers known by `directory` (others
+/// get `refused`), each limited to its `rates`.
+pub fn service<R, F>(
+    directory: Directory,
+    refused: ApiError,
+    rates: HashMap<String, Rate>,
+    limits: HttpLimits,
+    routes: R,
+) -> BoxCloneSyncService<Req, Resp, Infallible>
+where
+    R: Fn(Arc<str>, Req) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Resp, ApiError>> + Send + 'static,
+{
     let limiters: Arc<HashMap<String, DefaultDirectRateLimiter>> = Arc::new(
         rates
             .into_iter()
@@ -109,11 +128,14 @@ pub fn partner_service<S: Store>(
             })
             .collect(),
     );
-    let body_max = limits.body_bytes_max;
     let routes = tower::service_fn(move |req: Req| {
-        let engine = engine.clone();
+        let routes = routes.clone();
         async move {
-            Ok::<_, BoxError>(route(engine, body_max, req).await.unwrap_or_else(|e| e.response()))
+            let answer = match req.extensions().get::<Caller>().map(|c| c.0.clone()) {
+                Some(caller) => routes(caller, req).await,
+                None => Err(ApiError::Forbidden),
+            };
+            Ok::<_, BoxError>(answer.unwrap_or_else(|e| e.response()))
         }
     });
     let inner = ServiceBuilder::new()
@@ -123,7 +145,8 @@ pub fn partner_service<S: Store>(
         .timeout(limits.request_timeout)
         .layer(tower::layer::layer_fn(move |inner| {
             let directory = directory.clone();
-            Guard { inner, check: move |req: &mut Req| authenticate(&directory, req) }
+            let refused = refused.clone();
+            Guard { inner, check: move |req: &mut Req| authenticate(&directory, &refused, req) }
         }))
         .layer(tower::layer::layer_fn(move |inner| {
             let limiters = limiters.clone();
@@ -203,7 +226,7 @@ where
             .filter(|v| (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_owned)
             .unwrap_or_else(|| crate::model::new_id("req"));
-        let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path(), partner = tracing::field::Empty);
+        let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path(), caller = tracing::field::Empty);
         let fut = self.inner.call(req);
         Box::pin(
             async move {
@@ -249,9 +272,9 @@ where
     }
 }
 
-/// Resolves the client certificate to a partner (once per connection) and marks the request with
-/// it, or refuses the request.
-fn authenticate(directory: &Directory, req: &mut Req) -> Option<Resp> {
+/// Resolves the client certificate to a caller (once per connection) and marks the request with
+/// it, or refuses the request with `refused`.
+fn authenticate(directory: &Directory, refused: &ApiError, req: &mut Req) -> Option<Resp> {
     let partner = req.extensions().get::<Arc<Conn>>().and_then(|conn| {
         conn.identity
             .get_or_init(|| {
@@ -261,11 +284,11 @@ fn authenticate(directory: &Directory, req: &mut Req) -> Option<Resp> {
             .clone()
     });
     let Some(partner) = partner else {
-        tracing::warn!("client certificate names no partner");
-        return Some(ApiError::ClientNotRecognised.response());
+        tracing::warn!("client certificate names no one this listener knows");
+        return Some(refused.response());
     };
-    tracing::Span::current().record("partner", partner.as_str());
-    req.extensions_mut().insert(PartnerId(partner.into()));
+    tracing::Span::current().record("caller", partner.as_str());
+    req.extensions_mut().insert(Caller(partner.into()));
     None
 }
 
@@ -273,14 +296,14 @@ fn authenticate(directory: &Directory, req: &mut Req) -> Option<Resp> {
 fn rate_limit(limiters: &HashMap<String, DefaultDirectRateLimiter>, req: &mut Req) -> Option<Resp> {
     let limited = req
         .extensions()
-        .get::<PartnerId>()
+        .get::<Caller>()
         .and_then(|p| limiters.get(&*p.0))
         .is_some_and(|l| l.check().is_err());
     limited.then(|| ApiError::RateLimited.response())
 }
 
 /// Reads a JSON body of at most `max` bytes into `T`, naming the field that is wrong.
-async fn read_json<T: DeserializeOwned>(req: Req, max: u64) -> Result<T, ApiError> {
+pub async fn read_json<T: DeserializeOwned>(req: Req, max: u64) -> Result<T, ApiError> {
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -315,13 +338,9 @@ async fn read_json<T: DeserializeOwned>(req: Req, max: u64) -> Result<T, ApiErro
 async fn route<S: Store>(
     engine: Arc<Engine<S>>,
     body_max: u64,
+    partner: Arc<str>,
     req: Req,
 ) -> Result<Resp, ApiError> {
-    let partner = req
-        .extensions()
-        .get::<PartnerId>()
-        .map(|p| p.0.clone())
-        .ok_or(ApiError::ClientNotRecognised)?;
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -367,18 +386,19 @@ async fn route<S: Store>(
         }
         ["v1", "payments", id, "refunds"] => {
             allow(&method, &Method::GET)?;
-            let p = engine.get(&partner, id).await?;
-            let refunds: Vec<serde_json::Value> = Vec::new();
-            Ok(json_response(
-                StatusCode::OK,
-                &serde_json::json!({ "payment_id": p.payment_id, "refunded_amount": p.refunded_wallet, "refunds": refunds }),
-            ))
+            let (p, refunds) = engine.refunds(&partner, id).await?;
+            let list = RefundList {
+                payment_id: p.payment_id,
+                refunded_amount: p.refunded_wallet,
+                refunds: refunds.iter().map(RefundAnswer::new).collect(),
+            };
+            Ok(json_response(StatusCode::OK, &list))
         }
         _ => Err(ApiError::NotFound),
     }
 }
 
-fn allow(method: &Method, want: &Method) -> Result<(), ApiError> {
+pub fn allow(method: &Method, want: &Method) -> Result<(), ApiError> {
     if method == want {
         Ok(())
     } else {

@@ -10,13 +10,15 @@
 //! | `fx_position:CNY` | | + pay |
 //! | `acquirer_payable:<acquirer>` | | − pay |
 //!
-//! Debits are positive, credits negative; each currency sums to zero. A cancel posts the exact
-//! opposite. Refunds post the same shape for the refunded amounts.
+//! Debits are positive, credits negative; each currency sums to zero. A cancel (or a reversal)
+//! posts the exact opposite. A refund posts the opposite for the refunded amounts: the CNY refunded,
+//! the wallet amount given back, and within it the spread share
+//! ([`qrbridge_fx::Quote::refund_split`]).
 
 use chrono::{DateTime, Utc};
 use qrbridge_fx::Amount;
 
-use crate::model::{JournalEntry, PaymentRecord, Posting, RECORD_VERSION};
+use crate::model::{JournalEntry, PaymentRecord, Posting, RefundRecord, RECORD_VERSION};
 
 fn posting(account: String, amount: Amount) -> Posting {
     Posting::new(account, amount)
@@ -40,10 +42,34 @@ pub fn payment(p: &PaymentRecord, at: DateTime<Utc>) -> JournalEntry {
     }
 }
 
-/// The entry reversing a payment's booking (a cancel).
-pub fn reversal(p: &PaymentRecord, at: DateTime<Utc>) -> JournalEntry {
+/// The entry reversing a payment's booking; `kind` says why (`cancel`, `reversal`).
+pub fn reversal(p: &PaymentRecord, kind: &str, at: DateTime<Utc>) -> JournalEntry {
     let mut e = payment(p, at);
-    e.kind = "cancel".into();
+    e.kind = kind.into();
     e.postings = e.postings.iter().map(Posting::negated).collect();
     e
+}
+
+/// The entry for a refund: `r.wallet_amount` back to the partner, of which `spread` was spread.
+pub fn refund(
+    p: &PaymentRecord,
+    r: &RefundRecord,
+    spread: Amount,
+    at: DateTime<Utc>,
+) -> JournalEntry {
+    let w = p.wallet.currency();
+    let at_mid = r.wallet_amount.checked_sub(&spread).unwrap_or(r.wallet_amount);
+    JournalEntry {
+        v: RECORD_VERSION,
+        payment_id: p.payment_id.clone(),
+        kind: "refund".into(),
+        at,
+        postings: vec![
+            posting(format!("partner_receivable:{}", p.partner), r.wallet_amount.checked_neg()),
+            posting(format!("fx_position:{w}"), at_mid),
+            posting(format!("spread_revenue:{w}"), spread),
+            posting("fx_position:CNY".into(), r.amount.checked_neg()),
+            posting(format!("acquirer_payable:{}", p.acquirer), r.amount),
+        ],
+    }
 }

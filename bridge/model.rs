@@ -52,15 +52,19 @@ pub enum PaymentState {
     /// A cancel was asked; the reversal has not been confirmed yet.
     Cancelling,
     Cancelled,
+    /// The outcome stayed unknown past the payment's expiry: the bridge is reversing it, and it
+    /// ends `FAILED` / `EXPIRED`.
+    Reversing,
 }
 
 impl PaymentState {
     /// The partner-facing status.
     pub fn api_status(self) -> &'static str {
         match self {
-            PaymentState::Pending | PaymentState::Unknown | PaymentState::Cancelling => {
-                "PROCESSING"
-            }
+            PaymentState::Pending
+            | PaymentState::Unknown
+            | PaymentState::Cancelling
+            | PaymentState::Reversing => "PROCESSING",
             PaymentState::Succeeded => "SUCCEEDED",
             PaymentState::Failed => "FAILED",
             PaymentState::Cancelled => "CANCELLED",
@@ -114,6 +118,10 @@ pub struct PaymentRecord {
     pub booked: bool,
     pub refunded_cny: Amount,
     pub refunded_wallet: Amount,
+    /// Approvals the acquirer reported after the bridge had reversed the instruction; each was
+    /// booked and reversed again.
+    #[serde(default)]
+    pub late_approvals: u32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Bumped on every change; the store refuses a change made from a stale copy.
@@ -185,4 +193,72 @@ pub struct OutboxEvent {
     pub payment_id: String,
     pub created_at: DateTime<Utc>,
     pub data: serde_json::Value,
+}
+
+/// What the resolver still has to do for a payment. Kept in its own tree, written in the same
+/// transaction as the payment, so a restart resumes exactly where the last process stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkItem {
+    pub v: u32,
+    pub payment_id: String,
+    pub task: Task,
+    /// When to do it next.
+    pub due: DateTime<Utc>,
+    /// Attempts of this task so far (indexes the schedule).
+    pub attempt: u32,
+}
+
+/// The resolver's tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Task {
+    /// Ask the acquirer where the instruction stands (outcome unknown).
+    Inquire,
+    /// Reverse the instruction (expiry, cancel, or an approval after a reversal).
+    Reverse,
+    /// After a confirmed reversal, ask once more that nothing was approved behind it.
+    Verify,
+}
+
+/// A refund, made by the acquirer and passed on to the partner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRecord {
+    pub v: u32,
+    /// The bridge's id.
+    pub refund_id: String,
+    pub payment_id: String,
+    pub partner: String,
+    pub acquirer: String,
+    /// The acquirer's own id (its idempotency key).
+    pub acquirer_refund_id: String,
+    /// SHA-256 of the acquirer's request content, to tell a replay from a reuse.
+    pub request_hash: String,
+    /// CNY, what the merchant gives back.
+    pub amount: Amount,
+    /// What the partner gets back, at the original quote's price.
+    pub wallet_amount: Amount,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An event the partner acknowledged (or that had nowhere to go).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredEvent {
+    pub v: u32,
+    pub event: OutboxEvent,
+    pub delivered_at: DateTime<Utc>,
+    pub attempts: u32,
+    /// No webhook URL is configured for the partner: nothing was sent.
+    #[serde(default)]
+    pub skipped: bool,
+}
+
+/// An event that could not be delivered within the maximum age, waiting for an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedEvent {
+    pub v: u32,
+    pub event: OutboxEvent,
+    pub parked_at: DateTime<Utc>,
+    pub attempts: u32,
+    pub last_error: String,
 }

@@ -36,6 +36,9 @@ pub enum StoreError {
     Stale(String),
     #[error(transparent)]
     Begin(#[from] BeginError),
+    /// The acquirer's refund id is taken: this is the refund it names.
+    #[error("refund {} already recorded", .0.acquirer_refund_id)]
+    RefundExists(Box<RefundRecord>),
 }
 
 impl From<sled::Error> for StoreError {
@@ -66,7 +69,8 @@ pub enum Begin {
     Replay(Box<PaymentRecord>),
 }
 
-/// A state change of one payment, applied atomically with its ledger entry and events.
+/// A state change of one payment, applied atomically with its ledger entry, events, resolver
+/// work and (for a refund) the refund itself.
 #[derive(Debug, Clone)]
 pub struct Change {
     /// The payment as it becomes; its `rev` must be one more than the stored one.
@@ -75,7 +79,36 @@ pub struct Change {
     pub events: Vec<OutboxEvent>,
     /// Lets the quote be paid again (after `ACQUIRER_UNAVAILABLE`).
     pub release_quote: bool,
+    /// What becomes of the payment's resolver work.
+    pub work: Work,
+    /// A refund recorded by this change.
+    pub refund: Option<RefundRecord>,
 }
+
+impl Change {
+    /// A change to `payment` and nothing else.
+    pub fn of(payment: PaymentRecord) -> Self {
+        Change {
+            payment,
+            journal: None,
+            events: vec![],
+            release_quote: false,
+            work: Work::Keep,
+            refund: None,
+        }
+    }
+}
+
+/// What a change does to the payment's resolver work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    Keep,
+    Set(WorkItem),
+    Done,
+}
+
+/// Where an undelivered event sits in the outbox (its order).
+pub type EventSeq = u64;
 
 /// A future the store returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -84,21 +117,50 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 pub trait Store: Send + Sync + 'static {
     fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError>;
     fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError>;
-    /// Starts `p` unless the partner's request id, or the quote, says otherwise — atomically.
-    fn begin_payment(&self, p: &PaymentRecord, now: DateTime<Utc>) -> Result<Begin, StoreError>;
+    /// Starts `p` with its first resolver `work`, unless the partner's request id, or the quote,
+    /// says otherwise — atomically.
+    fn begin_payment(
+        &self,
+        p: &PaymentRecord,
+        work: &WorkItem,
+        now: DateTime<Utc>,
+    ) -> Result<Begin, StoreError>;
     fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError>;
     fn payment_by_request(
         &self,
         partner: &str,
         request_id: &str,
     ) -> Result<Option<PaymentRecord>, StoreError>;
+    /// Applies `change`; a refund in it is refused with [`StoreError::RefundExists`] when the
+    /// acquirer's refund id is already taken.
     fn apply(&self, change: &Change) -> Result<(), StoreError>;
     /// Every journal entry, in order.
     fn journal(&self) -> Result<Vec<JournalEntry>, StoreError>;
-    /// Every outbox event, in order.
-    fn outbox(&self) -> Result<Vec<OutboxEvent>, StoreError>;
-    /// Payments that are not final, for recovery.
-    fn unsettled_payments(&self) -> Result<Vec<PaymentRecord>, StoreError>;
+    /// The resolver's work for one payment.
+    fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError>;
+    /// All resolver work: every payment not final yet, every reversal not confirmed.
+    fn open_work(&self) -> Result<Vec<WorkItem>, StoreError>;
+    /// A refund by the acquirer's own id.
+    fn refund_by_acquirer_id(
+        &self,
+        acquirer: &str,
+        acquirer_refund_id: &str,
+    ) -> Result<Option<RefundRecord>, StoreError>;
+    /// A payment's refunds, oldest first.
+    fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError>;
+    /// Events not delivered yet, in the order they were written.
+    fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError>;
+    /// Moves an event from the outbox to the delivered log.
+    fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError>;
+    /// Every delivered event, in order.
+    fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError>;
+    /// Moves an event from the outbox to the parked list.
+    fn park(&self, seq: EventSeq, parked: &ParkedEvent) -> Result<(), StoreError>;
+    /// Every parked event, in order.
+    fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError>;
+    /// Puts a parked event back in the outbox at its old place; false when no such event is
+    /// parked.
+    fn unpark(&self, event_id: &str) -> Result<bool, StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> StoreFuture<'_, ()>;
 
@@ -159,6 +221,12 @@ pub struct SledStore {
     quote_use: sled::Tree,
     ledger: sled::Tree,
     outbox: sled::Tree,
+    delivered: sled::Tree,
+    parked: sled::Tree,
+    work: sled::Tree,
+    refunds: sled::Tree,
+    refunds_by_payment: sled::Tree,
+    refund_idem: sled::Tree,
     flusher: GroupCommit,
 }
 
@@ -170,11 +238,12 @@ fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, St
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { tree, message: e.to_string() })
 }
 
-fn idem_key(partner: &str, request_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(partner.len() + 1 + request_id.len());
-    k.extend_from_slice(partner.as_bytes());
+/// `a`, a zero byte, `b`: a key for `b` within `a` (ids never hold a zero byte).
+fn pair_key(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + 1 + b.len());
+    k.extend_from_slice(a.as_bytes());
     k.push(0);
-    k.extend_from_slice(request_id.as_bytes());
+    k.extend_from_slice(b.as_bytes());
     k
 }
 
@@ -230,6 +299,12 @@ impl SledStore {
             quote_use: db.open_tree("quote_use")?,
             ledger: db.open_tree("ledger")?,
             outbox: db.open_tree("outbox")?,
+            delivered: db.open_tree("webhooks_delivered")?,
+            parked: db.open_tree("webhooks_parked")?,
+            work: db.open_tree("resolver")?,
+            refunds: db.open_tree("refunds")?,
+            refunds_by_payment: db.open_tree("refunds_by_payment")?,
+            refund_idem: db.open_tree("refund_idempotency")?,
             flusher: GroupCommit::start(db.clone()),
             db,
         })
@@ -238,6 +313,38 @@ impl SledStore {
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    fn scan_seq<T: DeserializeOwned>(
+        tree: &sled::Tree,
+        name: &'static str,
+    ) -> Result<Vec<(EventSeq, T)>, StoreError> {
+        tree.iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let seq = <[u8; 8]>::try_from(k.as_ref()).map_err(|_| StoreError::Corrupt {
+                    tree: name,
+                    message: "key is not a sequence number".into(),
+                })?;
+                Ok((u64::from_be_bytes(seq), decode(name, &v)?))
+            })
+            .collect()
+    }
+
+    /// Moves the record at `seq` from one tree to another, as `value`, atomically.
+    fn move_event(
+        &self,
+        from: &sled::Tree,
+        to: &sled::Tree,
+        seq: EventSeq,
+        value: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let key = seq.to_be_bytes();
+        unwrap_tx((from, to).transaction(|(from, to)| {
+            from.remove(&key)?;
+            to.insert(&key, value.as_slice())?;
+            Ok(())
+        }))
     }
 
     fn scan<T: DeserializeOwned>(
@@ -258,46 +365,51 @@ impl Store for SledStore {
         self.quotes.get(id.as_bytes())?.map(|v| decode("quotes", &v)).transpose()
     }
 
-    fn begin_payment(&self, p: &PaymentRecord, now: DateTime<Utc>) -> Result<Begin, StoreError> {
-        let key = idem_key(&p.partner, &p.request_id);
+    fn begin_payment(
+        &self,
+        p: &PaymentRecord,
+        work: &WorkItem,
+        now: DateTime<Utc>,
+    ) -> Result<Begin, StoreError> {
+        let key = pair_key(&p.partner, &p.request_id);
         let record = encode(p);
+        let work = encode(work);
         let idem_entry =
             encode(&IdemEntry { hash: p.request_hash.clone(), payment_id: p.payment_id.clone() });
-        unwrap_tx((&self.idem, &self.quotes, &self.quote_use, &self.payments).transaction(
-            |(idem, quotes, quote_use, payments)| {
-                if let Some(seen) = tx_get::<IdemEntry>(idem, "idempotency", &key)? {
-                    if seen.hash != p.request_hash {
-                        return abort(BeginError::RequestConflict);
-                    }
-                    let Some(existing) =
-                        tx_get::<PaymentRecord>(payments, "payments", seen.payment_id.as_bytes())?
-                    else {
-                        return abort(StoreError::Corrupt {
-                            tree: "idempotency",
-                            message: format!("points at missing payment {}", seen.payment_id),
-                        });
-                    };
-                    return Ok(Begin::Replay(Box::new(existing)));
+        let trees = (&self.idem, &self.quotes, &self.quote_use, &self.payments, &self.work);
+        unwrap_tx(trees.transaction(|(idem, quotes, quote_use, payments, work_tree)| {
+            if let Some(seen) = tx_get::<IdemEntry>(idem, "idempotency", &key)? {
+                if seen.hash != p.request_hash {
+                    return abort(BeginError::RequestConflict);
                 }
-                let Some(q) = tx_get::<QuoteRecord>(quotes, "quotes", p.quote_id.as_bytes())?
+                let Some(existing) =
+                    tx_get::<PaymentRecord>(payments, "payments", seen.payment_id.as_bytes())?
                 else {
-                    return abort(BeginError::QuoteNotFound);
+                    return abort(StoreError::Corrupt {
+                        tree: "idempotency",
+                        message: format!("points at missing payment {}", seen.payment_id),
+                    });
                 };
-                if q.partner != p.partner {
-                    return abort(BeginError::QuoteNotFound);
-                }
-                if q.quote.is_expired(now) {
-                    return abort(BeginError::QuoteExpired);
-                }
-                if quote_use.get(p.quote_id.as_bytes()).map_err(storage)?.is_some() {
-                    return abort(BeginError::QuoteUsed);
-                }
-                payments.insert(p.payment_id.as_bytes(), record.as_slice())?;
-                idem.insert(key.as_slice(), idem_entry.as_slice())?;
-                quote_use.insert(p.quote_id.as_bytes(), p.payment_id.as_bytes())?;
-                Ok(Begin::Created)
-            },
-        ))
+                return Ok(Begin::Replay(Box::new(existing)));
+            }
+            let Some(q) = tx_get::<QuoteRecord>(quotes, "quotes", p.quote_id.as_bytes())? else {
+                return abort(BeginError::QuoteNotFound);
+            };
+            if q.partner != p.partner {
+                return abort(BeginError::QuoteNotFound);
+            }
+            if q.quote.is_expired(now) {
+                return abort(BeginError::QuoteExpired);
+            }
+            if quote_use.get(p.quote_id.as_bytes()).map_err(storage)?.is_some() {
+                return abort(BeginError::QuoteUsed);
+            }
+            payments.insert(p.payment_id.as_bytes(), record.as_slice())?;
+            idem.insert(key.as_slice(), idem_entry.as_slice())?;
+            quote_use.insert(p.quote_id.as_bytes(), p.payment_id.as_bytes())?;
+            work_tree.insert(p.payment_id.as_bytes(), work.as_slice())?;
+            Ok(Begin::Created)
+        }))
     }
 
     fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
@@ -309,7 +421,7 @@ impl Store for SledStore {
         partner: &str,
         request_id: &str,
     ) -> Result<Option<PaymentRecord>, StoreError> {
-        let Some(v) = self.idem.get(idem_key(partner, request_id))? else { return Ok(None) };
+        let Some(v) = self.idem.get(pair_key(partner, request_id))? else { return Ok(None) };
         let e: IdemEntry = decode("idempotency", &v)?;
         self.payment(&e.payment_id)
     }
@@ -328,44 +440,148 @@ impl Store for SledStore {
         let record = encode(&c.payment);
         let journal = c.journal.as_ref().map(encode);
         let events: Vec<Vec<u8>> = c.events.iter().map(encode).collect();
-        unwrap_tx((&self.payments, &self.ledger, &self.outbox, &self.quote_use).transaction(
-            |(payments, ledger, outbox, quote_use)| {
-                let Some(current) = tx_get::<PaymentRecord>(payments, "payments", id)? else {
-                    return abort(StoreError::Stale(c.payment.payment_id.clone()));
-                };
-                if current.rev + 1 != c.payment.rev {
-                    return abort(StoreError::Stale(c.payment.payment_id.clone()));
+        let work = match &c.work {
+            Work::Set(w) => Some(encode(w)),
+            Work::Keep | Work::Done => None,
+        };
+        let refund = c.refund.as_ref().map(|r| {
+            let idem = encode(&IdemEntry {
+                hash: r.request_hash.clone(),
+                payment_id: r.refund_id.clone(),
+            });
+            (r, encode(r), idem)
+        });
+        let trees = [
+            &self.payments,
+            &self.ledger,
+            &self.outbox,
+            &self.quote_use,
+            &self.work,
+            &self.refunds,
+            &self.refunds_by_payment,
+            &self.refund_idem,
+        ];
+        unwrap_tx(trees.as_slice().transaction(|t| {
+            let [payments, ledger, outbox, quote_use, work_tree, refunds, by_payment, refund_idem] =
+                t.as_slice()
+            else {
+                unreachable!("eight trees in, eight out");
+            };
+            let Some(current) = tx_get::<PaymentRecord>(payments, "payments", id)? else {
+                return abort(StoreError::Stale(c.payment.payment_id.clone()));
+            };
+            if current.rev + 1 != c.payment.rev {
+                return abort(StoreError::Stale(c.payment.payment_id.clone()));
+            }
+            if let Some((r, bytes, idem)) = &refund {
+                let key = pair_key(&r.acquirer, &r.acquirer_refund_id);
+                if let Some(seen) = tx_get::<IdemEntry>(refund_idem, "refund_idempotency", &key)? {
+                    let Some(existing) =
+                        tx_get::<RefundRecord>(refunds, "refunds", seen.payment_id.as_bytes())?
+                    else {
+                        return abort(StoreError::Corrupt {
+                            tree: "refund_idempotency",
+                            message: format!("points at missing refund {}", seen.payment_id),
+                        });
+                    };
+                    return abort(StoreError::RefundExists(Box::new(existing)));
                 }
-                payments.insert(id, record.as_slice())?;
-                if let Some(j) = &journal {
-                    let seq = ledger.generate_id()?;
-                    ledger.insert(&seq.to_be_bytes(), j.as_slice())?;
+                refund_idem.insert(key, idem.as_slice())?;
+                refunds.insert(r.refund_id.as_bytes(), bytes.as_slice())?;
+                by_payment.insert(pair_key(&r.payment_id, &r.refund_id), &[])?;
+            }
+            payments.insert(id, record.as_slice())?;
+            if let Some(j) = &journal {
+                let seq = ledger.generate_id()?;
+                ledger.insert(&seq.to_be_bytes(), j.as_slice())?;
+            }
+            for e in &events {
+                let seq = outbox.generate_id()?;
+                outbox.insert(&seq.to_be_bytes(), e.as_slice())?;
+            }
+            match (&c.work, &work) {
+                (Work::Set(_), Some(w)) => {
+                    work_tree.insert(id, w.as_slice())?;
                 }
-                for e in &events {
-                    let seq = outbox.generate_id()?;
-                    outbox.insert(&seq.to_be_bytes(), e.as_slice())?;
+                (Work::Done, _) => {
+                    work_tree.remove(id)?;
                 }
-                if c.release_quote
-                    && quote_use.get(c.payment.quote_id.as_bytes())?.as_deref() == Some(id)
-                {
-                    quote_use.remove(c.payment.quote_id.as_bytes())?;
-                }
-                Ok(())
-            },
-        ))
+                _ => {}
+            }
+            if c.release_quote
+                && quote_use.get(c.payment.quote_id.as_bytes())?.as_deref() == Some(id)
+            {
+                quote_use.remove(c.payment.quote_id.as_bytes())?;
+            }
+            Ok(())
+        }))
     }
 
     fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
         Self::scan(&self.ledger, "ledger")
     }
 
-    fn outbox(&self) -> Result<Vec<OutboxEvent>, StoreError> {
-        Self::scan(&self.outbox, "outbox")
+    fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError> {
+        self.work.get(payment_id.as_bytes())?.map(|v| decode("resolver", &v)).transpose()
     }
 
-    fn unsettled_payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
-        let all: Vec<PaymentRecord> = Self::scan(&self.payments, "payments")?;
-        Ok(all.into_iter().filter(|p| !p.state.is_final()).collect())
+    fn open_work(&self) -> Result<Vec<WorkItem>, StoreError> {
+        Self::scan(&self.work, "resolver")
+    }
+
+    fn refund_by_acquirer_id(
+        &self,
+        acquirer: &str,
+        acquirer_refund_id: &str,
+    ) -> Result<Option<RefundRecord>, StoreError> {
+        let Some(v) = self.refund_idem.get(pair_key(acquirer, acquirer_refund_id))? else {
+            return Ok(None);
+        };
+        let e: IdemEntry = decode("refund_idempotency", &v)?;
+        self.refunds.get(e.payment_id.as_bytes())?.map(|v| decode("refunds", &v)).transpose()
+    }
+
+    fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
+        let prefix = pair_key(payment_id, "");
+        let mut out = Vec::new();
+        for kv in self.refunds_by_payment.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let refund_id = &k[prefix.len()..];
+            if let Some(v) = self.refunds.get(refund_id)? {
+                out.push(decode("refunds", &v)?);
+            }
+        }
+        // Bridge refund ids are time-ordered (UUIDv7), so key order is creation order.
+        Ok(out)
+    }
+
+    fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
+        Self::scan_seq(&self.outbox, "outbox")
+    }
+
+    fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
+        self.move_event(&self.outbox, &self.delivered, seq, encode(d))
+    }
+
+    fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError> {
+        Self::scan(&self.delivered, "webhooks_delivered")
+    }
+
+    fn park(&self, seq: EventSeq, parked: &ParkedEvent) -> Result<(), StoreError> {
+        self.move_event(&self.outbox, &self.parked, seq, encode(parked))
+    }
+
+    fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
+        Self::scan_seq(&self.parked, "webhooks_parked")
+    }
+
+    fn unpark(&self, event_id: &str) -> Result<bool, StoreError> {
+        let Some((seq, p)) = self.parked()?.into_iter().find(|(_, p)| p.event.event_id == event_id)
+        else {
+            return Ok(false);
+        };
+        self.move_event(&self.parked, &self.outbox, seq, encode(&p.event))?;
+        Ok(true)
     }
 
     fn flush(&self) -> StoreFuture<'_, ()> {

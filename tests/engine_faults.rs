@@ -13,10 +13,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use qrbridge::api::{PayRequestBody, Payer, QuoteRequestBody, RawAmount};
 use qrbridge::clock::{Clock, SystemClock};
-use qrbridge::engine::{CancelPolicy, Engine, EngineParts, PartnerPolicy};
+use qrbridge::engine::{
+    AcquirerService, CancelPolicy, Engine, EngineParts, PartnerPolicy, ResolverPolicy,
+};
 use qrbridge::error::ApiError;
 use qrbridge::model::*;
-use qrbridge::store::{Begin, Change, SledStore, Store, StoreError, StoreFuture};
+use qrbridge::store::{Begin, Change, EventSeq, SledStore, Store, StoreError, StoreFuture};
 use qrbridge_adapters::acquirer::sandbox::{Sandbox, SandboxConfig};
 use qrbridge_adapters::acquirer::AcquirerClient;
 use qrbridge_adapters::decode::DecodeLimits;
@@ -35,8 +37,13 @@ impl Store for FlakyStore {
     fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
         self.inner.quote(id)
     }
-    fn begin_payment(&self, p: &PaymentRecord, now: DateTime<Utc>) -> Result<Begin, StoreError> {
-        self.inner.begin_payment(p, now)
+    fn begin_payment(
+        &self,
+        p: &PaymentRecord,
+        work: &WorkItem,
+        now: DateTime<Utc>,
+    ) -> Result<Begin, StoreError> {
+        self.inner.begin_payment(p, work, now)
     }
     fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
         self.inner.payment(id)
@@ -54,11 +61,39 @@ impl Store for FlakyStore {
     fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
         self.inner.journal()
     }
-    fn outbox(&self) -> Result<Vec<OutboxEvent>, StoreError> {
+    fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError> {
+        self.inner.work_item(payment_id)
+    }
+    fn open_work(&self) -> Result<Vec<WorkItem>, StoreError> {
+        self.inner.open_work()
+    }
+    fn refund_by_acquirer_id(
+        &self,
+        acquirer: &str,
+        acquirer_refund_id: &str,
+    ) -> Result<Option<RefundRecord>, StoreError> {
+        self.inner.refund_by_acquirer_id(acquirer, acquirer_refund_id)
+    }
+    fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
+        self.inner.refunds_of(payment_id)
+    }
+    fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
         self.inner.outbox()
     }
-    fn unsettled_payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
-        self.inner.unsettled_payments()
+    fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
+        self.inner.delivered(seq, d)
+    }
+    fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError> {
+        self.inner.delivered_events()
+    }
+    fn park(&self, seq: EventSeq, parked: &ParkedEvent) -> Result<(), StoreError> {
+        self.inner.park(seq, parked)
+    }
+    fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
+        self.inner.parked()
+    }
+    fn unpark(&self, event_id: &str) -> Result<bool, StoreError> {
+        self.inner.unpark(event_id)
     }
     fn flush(&self) -> StoreFuture<'_, ()> {
         if self.fail.load(Ordering::SeqCst) {
@@ -93,7 +128,7 @@ async fn a_failed_flush_answers_internal_and_sends_nothing() {
         Duration::from_secs(2),
     );
 
-    let config = qrbridge::daemon::embedded_config(dir.path(), ([127, 0, 0, 1], 0).into()).unwrap();
+    let config = qrbridge::daemon::embedded_config(dir.path(), support::loopback()).unwrap();
     let store = Arc::new(FlakyStore {
         inner: SledStore::open(&dir.path().join("db"), 8 << 20).unwrap(),
         fail: AtomicBool::new(false),
@@ -109,7 +144,7 @@ async fn a_failed_flush_answers_internal_and_sends_nothing() {
         )
         .unwrap(),
         router: qrbridge::routing::router(&config),
-        acquirers: HashMap::from([("sandbox".to_owned(), client)]),
+        acquirers: HashMap::from([("sandbox".to_owned(), AcquirerService::new(client))]),
         partners: HashMap::from([(
             "p".to_owned(),
             PartnerPolicy {
@@ -123,6 +158,8 @@ async fn a_failed_flush_answers_internal_and_sends_nothing() {
             tz: chrono_tz::Asia::Shanghai,
             until: chrono::NaiveTime::from_hms_opt(0, 30, 0).unwrap(),
         },
+        resolver: ResolverPolicy::default(),
+        refund_window_days: 366,
     });
     let quote_body = || QuoteRequestBody {
         code: qrbridge::defaults::demo_code(),
@@ -157,6 +194,14 @@ async fn a_failed_flush_answers_internal_and_sends_nothing() {
     let (p, created) = engine.pay("p", body()).await.unwrap();
     assert!(!created);
     assert_eq!(p.state, PaymentState::Pending);
+    assert!(sandbox.all_received().is_empty());
+
+    // The resolver asks rather than sends: the acquirer never heard of it, so the payment stays
+    // in doubt (until its expiry, when it is reversed), and still nothing is sent.
+    let p = engine.step(&p.payment_id, Some(Task::Inquire)).await.unwrap().unwrap();
+    assert_eq!(p.state, PaymentState::Unknown);
+    let work = store.work_item(&p.payment_id).unwrap().unwrap();
+    assert_eq!((work.task, work.attempt), (Task::Inquire, 1));
     assert!(sandbox.all_received().is_empty());
     sandbox.shutdown().await;
 }

@@ -12,6 +12,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -127,6 +129,27 @@ pub async fn serve<H, F>(
     drop(listener);
     graceful.shutdown().await;
 }
+
+/// The pooled HTTPS client the bridge calls out with (acquirers, partners' webhook endpoints):
+/// `tls` carries the bridge's client certificate and the peer's CA; `connect_timeout` bounds TCP.
+pub fn client(tls: rustls::ClientConfig, connect_timeout: Duration) -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .build(https)
+}
+
+/// See [`client`].
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Resolves once `shutdown` says true (or its sender is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {

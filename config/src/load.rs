@@ -77,5 +77,6 @@ fn resolve_paths(c: &mut Config, base: &Path) {
     fix(&mut c.tls.admin_ca);
     fix(&mut c.storage.path);
     c.partners.iter_mut().for_each(|p| fix(&mut p.ca));
+    c.partners.iter_mut().filter_map(|p| p.webhook_ca.as_mut()).for_each(fix);
     c.acquirers.iter_mut().for_each(|a| fix(&mut a.ca));
 }

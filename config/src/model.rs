@@ -118,6 +118,9 @@ pub struct Partner {
     /// HMAC-SHA256 key for the webhook signature header. Never logged.
     #[serde(default)]
     pub webhook_secret: Option<String>,
+    /// CA (PEM) of the webhook endpoint's server certificate; `ca` when not given.
+    #[serde(default)]
+    pub webhook_ca: Option<PathBuf>,
     #[serde(default)]
     pub limits: PartnerLimits,
 }
@@ -325,11 +328,17 @@ pub struct Resolver {
     pub inquiry_schedule_s: Vec<u64>,
     /// After this long with the outcome unknown, the payment is reversed and ends EXPIRED.
     pub payment_expiry_s: u64,
+    /// Payments resolved at once.
+    pub concurrency: u32,
 }
 
 impl Default for Resolver {
     fn default() -> Self {
-        Resolver { inquiry_schedule_s: vec![4, 4, 30, 60, 60, 60, 300, 300], payment_expiry_s: 900 }
+        Resolver {
+            inquiry_schedule_s: vec![4, 4, 30, 60, 60, 60, 300, 300],
+            payment_expiry_s: 900,
+            concurrency: 64,
+        }
     }
 }
 
@@ -342,6 +351,8 @@ pub struct Webhooks {
     pub backoff_max_ms: u64,
     /// After this long undelivered, an event is parked for an operator.
     pub max_age_s: u64,
+    /// Deliveries under way at once (each payment's events go one after another).
+    pub concurrency: u32,
 }
 
 impl Default for Webhooks {
@@ -351,6 +362,7 @@ impl Default for Webhooks {
             backoff_initial_ms: 1_000,
             backoff_max_ms: 600_000,
             max_age_s: 3 * 86_400,
+            concurrency: 32,
         }
     }
 }

@@ -270,6 +270,8 @@ fn others(p: &mut Problems, c: &Config) {
     p.range("webhooks.backoff_initial_ms", w.backoff_initial_ms, 1, w.backoff_max_ms.max(1));
     p.range("webhooks.backoff_max_ms", w.backoff_max_ms, 1, 86_400_000);
     p.range("webhooks.max_age_s", w.max_age_s, 1, 30 * 86_400);
+    p.range("webhooks.concurrency", u64::from(w.concurrency), 1, 1_024);
+    p.range("resolver.concurrency", u64::from(c.resolver.concurrency), 1, 1_024);
     let l = &c.limits;
     p.range("limits.body_bytes_max", l.body_bytes_max, 256, 16 << 20);
     p.range("limits.connections_max", l.connections_max.into(), 1, 1_000_000);

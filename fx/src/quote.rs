@@ -136,6 +136,23 @@ impl Quote {
         now >= self.expires_at
     }
 
+    /// How a refund of `refund` CNY (after `refunded_before`) splits on the wallet side: what the
+    /// partner gets back, and the part of that which was spread. Both are cumulative, so a full
+    /// refund gives back exactly the wallet amount and exactly the spread.
+    pub fn refund_split(
+        &self,
+        refunded_before: &Amount,
+        refund: &Amount,
+    ) -> Result<RefundSplit, QuoteError> {
+        let wallet = self.refund_wallet_amount(refunded_before, refund)?;
+        let after = refunded_before.checked_add(refund)?;
+        let spread_share = |cny: &Amount| -> Result<Amount, QuoteError> {
+            Ok(rounding::pro_rata_down(&self.spread_amount, cny.minor(), self.pay.minor())?)
+        };
+        let spread = spread_share(&after)?.checked_sub(&spread_share(refunded_before)?)?;
+        Ok(RefundSplit { wallet, spread })
+    }
+
     /// The wallet amount of a refund of `refund` CNY, given the CNY already refunded.
     ///
     /// Cumulative at the quote's price: after this refund the wallet side has returned
@@ -166,6 +183,15 @@ impl Quote {
         };
         Ok(returned(&after)?.checked_sub(&returned(refunded_before)?)?)
     }
+}
+
+/// The wallet side of a refund: see [`Quote::refund_split`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefundSplit {
+    /// What the partner gets back.
+    pub wallet: Amount,
+    /// The part of `wallet` that was spread revenue.
+    pub spread: Amount,
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //!   minor unit (the house never under-collects, and over-collects by less than one minor unit).
 //! - [`convert`] with [`Direction::Down`]: what the house gives back (refunds) is rounded **down**;
 //!   the refund rules in [`crate::quote`] make a full refund return exactly what was paid.
+//! - [`pro_rata_down`]: the share of an amount that a partial refund gives back (the spread part
+//!   of a refund) is rounded **down**; a full refund takes the whole amount.
 //! - [`mid`]: a derived mid rate (an inverse or a cross) is kept to [`MID_DP`] places, to the
 //!   nearest: the mid is the neutral reference and `price_up` rounds after the spread is applied.
 //!
@@ -42,6 +44,16 @@ pub fn price_up(price: Decimal) -> Decimal {
 /// A derived mid rate, to the nearest [`MID_DP`] places.
 pub fn mid(rate: Decimal) -> Decimal {
     rate.round_dp_with_strategy(MID_DP, RoundingStrategy::MidpointNearestEven).normalize()
+}
+
+/// `total × part / whole`, rounded down to `total`'s minor unit: the share of `total` that `part`
+/// of `whole` stands for. `0 ≤ part ≤ whole`, `whole > 0`, `total ≥ 0`.
+pub fn pro_rata_down(total: &Amount, part: i64, whole: i64) -> Result<Amount, AmountError> {
+    if total.minor() < 0 || part < 0 || whole <= 0 || part > whole {
+        return Err(AmountError::Malformed("pro rata share out of range"));
+    }
+    let q = i128::from(total.minor()) * i128::from(part) / i128::from(whole);
+    Amount::from_minor(total.currency(), i64::try_from(q).map_err(|_| AmountError::Overflow)?)
 }
 
 /// `amount × price` in currency `to`, rounded to `to`'s minor unit in `direction`.

@@ -108,14 +108,20 @@ proptest! {
         let cny = |m| Amount::from_minor(Currency::CNY, m).unwrap();
         let mut before = 0;
         let mut total = Amount::zero(wallet);
+        let mut spread = Amount::zero(wallet);
         for p in points {
             let r = q.refund_wallet_amount(&cny(before), &cny(p - before)).unwrap();
-            prop_assert!(r.minor() >= 0);
+            let split = q.refund_split(&cny(before), &cny(p - before)).unwrap();
+            prop_assert_eq!(split.wallet, r);
+            prop_assert!(r.minor() >= 0 && split.spread.minor() >= 0);
             total = total.checked_add(&r).unwrap();
+            spread = spread.checked_add(&split.spread).unwrap();
             prop_assert!(total.minor() <= q.wallet.minor());
+            prop_assert!(spread.minor() <= q.spread_amount.minor());
             before = p;
         }
         prop_assert_eq!(total, q.wallet);
+        prop_assert_eq!(spread, q.spread_amount);
         prop_assert!(q.refund_wallet_amount(&cny(pay), &cny(1)).is_err());
     }
 

@@ -49,8 +49,7 @@ impl TestDaemon {
         let pki_dir = dir.path().join("pki");
         let ca = Ca::new("test CA").unwrap();
         pki::write_dev_pki(&pki_dir, &ca).unwrap();
-        let mut config =
-            qrbridge::daemon::embedded_config(dir.path(), ([127, 0, 0, 1], 0).into()).unwrap();
+        let mut config = qrbridge::daemon::embedded_config(dir.path(), super::loopback()).unwrap();
         // Short acquirer timeouts so "no answer" cases end quickly.
         config.acquirers[0].timeout_ms = 400;
         // An acquirer that refuses connections, routed by a GUID only tests use.

@@ -23,3 +23,9 @@ pub fn shared_testdata(rel: &str) -> Option<PathBuf> {
     eprintln!();
     None
 }
+
+/// Every listener on a free loopback port.
+pub fn loopback() -> qrbridge_config::Listeners {
+    let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    qrbridge_config::Listeners { partner: any, admin: any, acquirer: any }
+}

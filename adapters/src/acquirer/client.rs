@@ -16,9 +16,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
 use super::wire::*;
@@ -56,7 +53,7 @@ pub struct AcquirerClient {
     id: Arc<str>,
     base: Arc<str>,
     timeout: Duration,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: crate::https::HttpsClient,
 }
 
 impl std::fmt::Debug for AcquirerClient {
@@ -76,19 +73,7 @@ impl AcquirerClient {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(connect_timeout));
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .build(https);
+        let client = crate::https::client(tls, connect_timeout);
         AcquirerClient { id: id.into(), base: base.trim_end_matches('/').into(), timeout, client }
     }
 

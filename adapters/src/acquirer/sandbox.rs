@@ -11,6 +11,7 @@
 //! | `53` | approved, then the connection hangs with no answer |
 //! | `54` | `500 Internal Server Error`, nothing processed |
 //! | `55` | connection reset before anything is processed |
+//! | `56` | answered `PROCESSING` and left undecided; the first reversal is acknowledged, but the approval completes behind it (an approval that races a reversal); a second reversal sticks |
 //! | anything else | approved at once |
 //!
 //! A `POST /v1/instructions` repeated with the same `instruction_id` gets the recorded outcome
@@ -52,6 +53,8 @@ struct State {
     /// Every instruction id received, in order, repeats included.
     received: Vec<String>,
     reversals: Vec<String>,
+    /// `56` instructions whose approval will land behind their first reversal.
+    racing: std::collections::HashSet<String>,
 }
 
 /// A running sandbox acquirer.
@@ -168,6 +171,28 @@ async fn handle(
         (&Method::POST, ["v1", "instructions", id, "reversal"]) => {
             let mut st = lock();
             st.reversals.push((*id).to_owned());
+            if st.racing.remove(*id) {
+                // The reversal is acknowledged, and the approval lands right behind it.
+                let n = st.outcomes.len() + 1;
+                st.outcomes.insert(
+                    (*id).to_owned(),
+                    InstructionAnswer {
+                        instruction_id: (*id).to_owned(),
+                        status: InstructionStatus::Approved,
+                        acquirer_ref: Some(format!("SBX{n:08}")),
+                        reason: None,
+                    },
+                );
+                return json(
+                    StatusCode::OK,
+                    &InstructionAnswer {
+                        instruction_id: (*id).to_owned(),
+                        status: InstructionStatus::Reversed,
+                        acquirer_ref: None,
+                        reason: None,
+                    },
+                );
+            }
             let entry = st.outcomes.entry((*id).to_owned()).or_insert_with(|| InstructionAnswer {
                 instruction_id: (*id).to_owned(),
                 status: InstructionStatus::Reversed,
@@ -203,7 +228,15 @@ async fn instruct(
             55 => return Err(Reset),
             _ => {}
         }
-        let answer = if fen == 51 {
+        let answer = if fen == 56 {
+            st.racing.insert(ins.instruction_id.clone());
+            InstructionAnswer {
+                instruction_id: ins.instruction_id.clone(),
+                status: InstructionStatus::Processing,
+                acquirer_ref: None,
+                reason: None,
+            }
+        } else if fen == 51 {
             InstructionAnswer {
                 instruction_id: ins.instruction_id.clone(),
                 status: InstructionStatus::Declined,

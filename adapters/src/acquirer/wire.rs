@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `POST /v1/codes/lookup` | [`LookupRequest`] | [`LookupAnswer`] |
 //! | `POST /v1/instructions` | [`Instruction`] | [`InstructionAnswer`]; idempotent on `instruction_id` |
-//! | `GET /v1/instructions/{id}` | — | [`InstructionAnswer`] (`NOT_FOUND` when never received) |
+//! | `GET /v1/instructions/{id}` | — | [`InstructionAnswer`] (`NOT_FOUND` when never received, `PROCESSING` while undecided) |
 //! | `POST /v1/instructions/{id}/reversal` | — | [`InstructionAnswer`] (`REVERSED`) |
 
 use qrbridge_fx::Amount;
@@ -48,6 +48,8 @@ pub enum InstructionStatus {
     Declined,
     Reversed,
     NotFound,
+    /// Received, not decided yet.
+    Processing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

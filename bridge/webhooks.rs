@@ -1,0 +1,241 @@
+//! Webhook delivery: the outbox worker.
+//!
+//! Events are written to the outbox in the same transaction as the change they report. This
+//! worker POSTs each to its partner's URL ([`WebhookSender`]: mTLS, signed), in the order they
+//! were written for any one payment (an event waits while an earlier one of the same payment is
+//! undelivered or parked), several payments at a time. A 2xx moves the event to the delivered log;
+//! anything else is retried with exponential backoff and jitter, under the same `event_id`, until
+//! the event is older than the maximum age: then it is parked, for an operator to list and replay
+//! (admin API). The outbox is the state, so a restart resumes delivery; attempts counted in memory
+//! start again from the first backoff step.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use qrbridge_adapters::webhook::WebhookSender;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::api::WebhookBody;
+use crate::engine::Engine;
+use crate::model::{DeliveredEvent, OutboxEvent, ParkedEvent, RECORD_VERSION};
+use crate::store::{EventSeq, Store, StoreError};
+
+/// How deliveries are retried.
+#[derive(Debug, Clone)]
+pub struct DeliveryPolicy {
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// After this long undelivered (from the event's creation) an event is parked.
+    pub max_age: chrono::Duration,
+    /// Deliveries under way at once.
+    pub concurrency: usize,
+}
+
+impl DeliveryPolicy {
+    /// The wait after failed attempt number `attempts` (1-based): exponential, capped, with
+    /// "equal jitter" (half fixed, half random) so retries of many events spread out.
+    pub fn backoff(&self, attempts: u32, rng: &mut fastrand::Rng) -> Duration {
+        let exp = self.backoff_initial.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+        let cap = exp.min(self.backoff_max);
+        let half = cap / 2;
+        let jitter_ms = rng.u64(0..=u64::try_from(half.as_millis()).unwrap_or(u64::MAX));
+        half + Duration::from_millis(jitter_ms)
+    }
+}
+
+/// The body of an event as partners receive it. The same bytes on every attempt.
+pub fn body(e: &OutboxEvent) -> Bytes {
+    Bytes::from(serde_json::to_vec(&WebhookBody::new(e)).expect("JSON of plain data"))
+}
+
+#[derive(Debug, Default)]
+struct Attempts {
+    count: u32,
+    next_at: Option<DateTime<Utc>>,
+    last_error: String,
+}
+
+/// Runs until `shutdown` turns true. `senders` has one entry per partner with a webhook URL;
+/// events of other partners are logged as delivered with nothing sent.
+pub async fn run<S: Store>(
+    engine: Arc<Engine<S>>,
+    senders: HashMap<String, WebhookSender>,
+    policy: DeliveryPolicy,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut rng = fastrand::Rng::new();
+    let mut attempts: HashMap<EventSeq, Attempts> = HashMap::new();
+    let mut running: JoinSet<(EventSeq, OutboxEvent, Result<(), String>)> = JoinSet::new();
+    let mut busy: HashSet<EventSeq> = HashSet::new();
+    loop {
+        let woken = engine.events_written.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let next = match plan(&engine, &senders, &policy, &mut attempts, &busy) {
+            Ok(plan) => {
+                for (seq, event) in plan.start {
+                    if running.len() >= policy.concurrency {
+                        break;
+                    }
+                    let sender = senders.get(&event.partner).cloned();
+                    let now = engine.now().timestamp();
+                    busy.insert(seq);
+                    running.spawn(async move {
+                        let result = match sender {
+                            Some(s) => s
+                                .deliver(&event.event_id, body(&event), now)
+                                .await
+                                .map_err(|e| e.to_string()),
+                            None => Err("no webhook sender".into()),
+                        };
+                        (seq, event, result)
+                    });
+                }
+                plan.next
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "webhook outbox unreadable");
+                Some(Duration::from_secs(1))
+            }
+        };
+        let sleep = tokio::time::sleep(next.unwrap_or(Duration::from_secs(3600)));
+        tokio::select! {
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                let Ok((seq, event, result)) = done else { continue };
+                busy.remove(&seq);
+                let a = attempts.entry(seq).or_default();
+                a.count += 1;
+                match result {
+                    Ok(()) => {
+                        let d = DeliveredEvent {
+                            v: RECORD_VERSION,
+                            event: event.clone(),
+                            delivered_at: engine.now(),
+                            attempts: a.count,
+                            skipped: false,
+                        };
+                        attempts.remove(&seq);
+                        if let Err(e) = record(&*engine, |s| s.delivered(seq, &d)).await {
+                            tracing::error!(event = %event.event_id, error = %e, "could not record a delivery");
+                        }
+                        tracing::info!(event = %event.event_id, kind = %event.kind, payment = %event.payment_id, "webhook delivered");
+                    }
+                    Err(e) => {
+                        let wait = policy.backoff(a.count, &mut rng);
+                        tracing::warn!(event = %event.event_id, attempts = a.count, error = %e, retry_in_ms = wait.as_millis() as u64, "webhook not acknowledged");
+                        a.next_at = Some(engine.now() + chrono::Duration::from_std(wait).unwrap_or_default());
+                        a.last_error = e;
+                    }
+                }
+            }
+            _ = sleep => {}
+            _ = &mut woken => {}
+            _ = qrbridge_adapters::https::stopped(&mut shutdown) => {
+                // Deliveries under way finish (each is bounded by its timeout); unacknowledged
+                // ones stay in the outbox for the next start.
+                while running.join_next().await.is_some() {}
+                return;
+            }
+        }
+    }
+}
+
+/// A store write followed by a durable flush.
+async fn record<S: Store>(
+    engine: &Engine<S>,
+    write: impl FnOnce(&S) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    write(engine.store())?;
+    engine.store().flush().await
+}
+
+struct Plan {
+    start: Vec<(EventSeq, OutboxEvent)>,
+    next: Option<Duration>,
+}
+
+/// Which events to send now, which to park or skip, and when to look again.
+fn plan<S: Store>(
+    engine: &Engine<S>,
+    senders: &HashMap<String, WebhookSender>,
+    policy: &DeliveryPolicy,
+    attempts: &mut HashMap<EventSeq, Attempts>,
+    busy: &HashSet<EventSeq>,
+) -> Result<Plan, StoreError> {
+    let store = engine.store();
+    let now = engine.now();
+    // A payment with a parked event gets nothing more until an operator replays it.
+    let mut blocked: HashSet<String> =
+        store.parked()?.into_iter().map(|(_, p)| p.event.payment_id).collect();
+    let mut start = Vec::new();
+    let mut next: Option<Duration> = None;
+    let mut soonest = |d: Duration| next = Some(next.map_or(d, |n: Duration| n.min(d)));
+    let mut parked_any = false;
+    for (seq, event) in store.outbox()? {
+        let first_of_payment = blocked.insert(event.payment_id.clone());
+        if busy.contains(&seq) {
+            continue;
+        }
+        let too_old = now - event.created_at > policy.max_age;
+        if !first_of_payment {
+            if too_old {
+                let a = attempts.remove(&seq).unwrap_or_default();
+                park(&**store, seq, event, a.count, "waiting behind an undelivered event", now)?;
+                parked_any = true;
+            }
+            continue;
+        }
+        if !senders.contains_key(&event.partner) {
+            let d = DeliveredEvent {
+                v: RECORD_VERSION,
+                event,
+                delivered_at: now,
+                attempts: 0,
+                skipped: true,
+            };
+            store.delivered(seq, &d)?;
+            continue;
+        }
+        let a = attempts.entry(seq).or_default();
+        if let Some(at) = a.next_at.filter(|at| *at > now) {
+            soonest((at - now).to_std().unwrap_or_default());
+            continue;
+        }
+        if too_old {
+            let a = attempts.remove(&seq).unwrap_or_default();
+            let reason = if a.last_error.is_empty() { "too old".into() } else { a.last_error };
+            park(&**store, seq, event, a.count, &reason, now)?;
+            parked_any = true;
+            continue;
+        }
+        start.push((seq, event));
+    }
+    if parked_any {
+        // Park records are not urgent enough for their own flush; the next commit carries them.
+        tracing::warn!("webhook events parked; list them with the admin API");
+    }
+    Ok(Plan { start, next })
+}
+
+fn park<S: Store>(
+    store: &S,
+    seq: EventSeq,
+    event: OutboxEvent,
+    attempts: u32,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tracing::warn!(event = %event.event_id, payment = %event.payment_id, attempts, reason, "webhook event parked");
+    let p = ParkedEvent {
+        v: RECORD_VERSION,
+        parked_at: now,
+        event,
+        attempts,
+        last_error: reason.to_owned(),
+    };
+    store.park(seq, &p)
+}
