@@ -98,7 +98,7 @@ async fn route<S: Store>(
         }
         ["admin", "v1", "webhooks", "parked", event_id, "replay"] => {
             allow(req.method(), &Method::POST)?;
-            if !store.unpark(event_id).map_err(internal)? {
+            if !store.unpark(event_id, engine.now()).map_err(internal)? {
                 return Err(ApiError::EventNotFound);
             }
             store.flush().await.map_err(internal)?;

@@ -40,3 +40,24 @@ impl Clock for ManualClock {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+/// A clock that follows tokio's time from `base`: under paused time (tests) it moves exactly as
+/// tokio's timers do, so a schedule can be checked to the second without waiting for it.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    base: DateTime<Utc>,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// Reads `base` now; must be called inside a tokio runtime.
+    pub fn new(base: DateTime<Utc>) -> Self {
+        TokioClock { base, start: tokio::time::Instant::now() }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.base + chrono::Duration::from_std(self.start.elapsed()).unwrap_or_default()
+    }
+}

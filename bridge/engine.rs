@@ -145,6 +145,8 @@ pub struct Engine<S> {
     pub work_written: Notify,
     /// Signalled when webhook events are written (the delivery worker wakes).
     pub events_written: Notify,
+    /// Counts events leaving the outbox (delivered, skipped, parked): something to wait on.
+    pub events_settled: watch::Sender<u64>,
 }
 
 /// A code resolved to a merchant and an acquirer.
@@ -183,6 +185,7 @@ impl<S: Store> Engine<S> {
             locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             work_written: Notify::new(),
             events_written: Notify::new(),
+            events_settled: watch::channel(0).0,
         })
     }
 
@@ -629,6 +632,7 @@ impl<S: Store> Engine<S> {
             payment_id: p.payment_id.clone(),
             created_at: now,
             data,
+            replayed_at: None,
         }
     }
 

@@ -193,6 +193,9 @@ pub struct OutboxEvent {
     pub payment_id: String,
     pub created_at: DateTime<Utc>,
     pub data: serde_json::Value,
+    /// When an operator replayed it after parking: its maximum age counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_at: Option<DateTime<Utc>>,
 }
 
 /// What the resolver still has to do for a payment. Kept in its own tree, written in the same

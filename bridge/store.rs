@@ -158,9 +158,9 @@ pub trait Store: Send + Sync + 'static {
     fn park(&self, seq: EventSeq, parked: &ParkedEvent) -> Result<(), StoreError>;
     /// Every parked event, in order.
     fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError>;
-    /// Puts a parked event back in the outbox at its old place; false when no such event is
-    /// parked.
-    fn unpark(&self, event_id: &str) -> Result<bool, StoreError>;
+    /// Puts a parked event back in the outbox at its old place, its maximum age counting from
+    /// `now`; false when no such event is parked.
+    fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> StoreFuture<'_, ()>;
 
@@ -575,12 +575,13 @@ impl Store for SledStore {
         Self::scan_seq(&self.parked, "webhooks_parked")
     }
 
-    fn unpark(&self, event_id: &str) -> Result<bool, StoreError> {
+    fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let Some((seq, p)) = self.parked()?.into_iter().find(|(_, p)| p.event.event_id == event_id)
         else {
             return Ok(false);
         };
-        self.move_event(&self.parked, &self.outbox, seq, encode(&p.event))?;
+        let event = OutboxEvent { replayed_at: Some(now), ..p.event };
+        self.move_event(&self.parked, &self.outbox, seq, encode(&event))?;
         Ok(true)
     }
 

@@ -52,10 +52,12 @@ pub fn body(e: &OutboxEvent) -> Bytes {
     Bytes::from(serde_json::to_vec(&WebhookBody::new(e)).expect("JSON of plain data"))
 }
 
+/// An event's attempts so far. Backoff is timed on tokio's monotonic clock; the maximum age on
+/// the engine's clock (it is about the event's `created_at`).
 #[derive(Debug, Default)]
 struct Attempts {
     count: u32,
-    next_at: Option<DateTime<Utc>>,
+    next_at: Option<tokio::time::Instant>,
     last_error: String,
 }
 
@@ -122,12 +124,13 @@ pub async fn run<S: Store>(
                         if let Err(e) = record(&*engine, |s| s.delivered(seq, &d)).await {
                             tracing::error!(event = %event.event_id, error = %e, "could not record a delivery");
                         }
+                        engine.events_settled.send_modify(|n| *n += 1);
                         tracing::info!(event = %event.event_id, kind = %event.kind, payment = %event.payment_id, "webhook delivered");
                     }
                     Err(e) => {
                         let wait = policy.backoff(a.count, &mut rng);
                         tracing::warn!(event = %event.event_id, attempts = a.count, error = %e, retry_in_ms = wait.as_millis() as u64, "webhook not acknowledged");
-                        a.next_at = Some(engine.now() + chrono::Duration::from_std(wait).unwrap_or_default());
+                        a.next_at = Some(tokio::time::Instant::now() + wait);
                         a.last_error = e;
                     }
                 }
@@ -180,11 +183,12 @@ fn plan<S: Store>(
         if busy.contains(&seq) {
             continue;
         }
-        let too_old = now - event.created_at > policy.max_age;
+        let too_old = now - event.replayed_at.unwrap_or(event.created_at) > policy.max_age;
         if !first_of_payment {
             if too_old {
                 let a = attempts.remove(&seq).unwrap_or_default();
                 park(&**store, seq, event, a.count, "waiting behind an undelivered event", now)?;
+                engine.events_settled.send_modify(|n| *n += 1);
                 parked_any = true;
             }
             continue;
@@ -198,17 +202,20 @@ fn plan<S: Store>(
                 skipped: true,
             };
             store.delivered(seq, &d)?;
+            engine.events_settled.send_modify(|n| *n += 1);
             continue;
         }
         let a = attempts.entry(seq).or_default();
-        if let Some(at) = a.next_at.filter(|at| *at > now) {
-            soonest((at - now).to_std().unwrap_or_default());
+        let mono = tokio::time::Instant::now();
+        if let Some(at) = a.next_at.filter(|at| *at > mono) {
+            soonest(at - mono);
             continue;
         }
         if too_old {
             let a = attempts.remove(&seq).unwrap_or_default();
             let reason = if a.last_error.is_empty() { "too old".into() } else { a.last_error };
             park(&**store, seq, event, a.count, &reason, now)?;
+            engine.events_settled.send_modify(|n| *n += 1);
             parked_any = true;
             continue;
         }

@@ -9,58 +9,10 @@ mod support;
 
 use http::{Method, StatusCode};
 use qrbridge::store::Store;
-use qrbridge_adapters::decode::tlv::{field, with_crc};
+use qrbridge_adapters::decode::tlv::field;
 use serde_json::{json, Value};
 use support::daemon::{assert_error, client_config, Setup, TestClient, TestDaemon};
-
-const UNIONPAY_ID: &str = "2504034400010344500034453110001";
-
-/// An EMVCo code in CNY; dynamic when it carries an amount.
-fn code(amount: Option<&str>) -> String {
-    code_with(amount, &field(15, UNIONPAY_ID), "156")
-}
-
-fn code_with(amount: Option<&str>, account: &str, currency: &str) -> String {
-    let mut body = field(0, "01") + &field(1, if amount.is_some() { "12" } else { "11" }) + account;
-    body += &(field(52, "5812") + &field(53, currency));
-    if let Some(a) = amount {
-        body += &field(54, a);
-    }
-    body += &(field(58, "CN") + &field(59, "HANDAN NOODLE HOUSE") + &field(60, "HANDAN"));
-    with_crc(&body)
-}
-
-fn cny(fen: i64) -> Value {
-    json!({"currency": "CNY", "value": fen.to_string()})
-}
-
-async fn quote(
-    c: &TestClient,
-    code: &str,
-    amount: Option<i64>,
-    wallet: &str,
-) -> (StatusCode, Value) {
-    let mut body = json!({"code": code, "wallet_currency": wallet});
-    if let Some(a) = amount {
-        body["amount"] = cny(a);
-    }
-    c.post("/v1/quotes", &body).await
-}
-
-async fn pay(c: &TestClient, request_id: &str, quote_id: &str, payer: &str) -> (StatusCode, Value) {
-    c.post(
-        "/v1/payments",
-        &json!({"request_id": request_id, "quote_id": quote_id, "payer": {"id": payer}}),
-    )
-    .await
-}
-
-/// Quotes CNY `fen` on a static code and pays it.
-async fn quote_and_pay(c: &TestClient, fen: i64, request_id: &str) -> (StatusCode, Value) {
-    let (s, q) = quote(c, &code(None), Some(fen), "PHP").await;
-    assert_eq!(s, StatusCode::CREATED, "{q}");
-    pay(c, request_id, q["quote_id"].as_str().unwrap(), "payer-1").await
-}
+use support::flows::*;
 
 #[tokio::test]
 async fn dynamic_code_decode_quote_pay() {
@@ -348,6 +300,7 @@ async fn cancel_reverses_a_payment_and_is_idempotent() {
 async fn every_error_code_is_reachable() {
     let d = TestDaemon::start_with(Setup {
         manual_clock: true,
+        webhooks: None,
         tweak: Box::new(|c| {
             c.limits.body_bytes_max = 2_048;
             c.partners[1].limits.requests_per_s = 1;
@@ -461,6 +414,7 @@ async fn partners_are_known_by_san_uri_or_fingerprint() {
     use sha2::Digest;
     let d = TestDaemon::start_with(Setup {
         manual_clock: false,
+        webhooks: None,
         tweak: Box::new(|c| {
             let pki = c.partners[1].ca.parent().unwrap().to_owned();
             let der = qrbridge::tls::load_certs(&pki.join("partner-other.crt")).unwrap().remove(0);

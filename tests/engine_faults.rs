@@ -12,17 +12,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use qrbridge::api::{PayRequestBody, Payer, QuoteRequestBody, RawAmount};
-use qrbridge::clock::{Clock, SystemClock};
-use qrbridge::engine::{
-    AcquirerService, CancelPolicy, Engine, EngineParts, PartnerPolicy, ResolverPolicy,
-};
+use qrbridge::clock::SystemClock;
+use qrbridge::engine::{AcquirerService, Engine};
 use qrbridge::error::ApiError;
 use qrbridge::model::*;
 use qrbridge::store::{Begin, Change, EventSeq, SledStore, Store, StoreError, StoreFuture};
 use qrbridge_adapters::acquirer::sandbox::{Sandbox, SandboxConfig};
 use qrbridge_adapters::acquirer::AcquirerClient;
-use qrbridge_adapters::decode::DecodeLimits;
-use qrbridge_fx::{Currency, SpreadPolicy};
 
 /// The sled store, with a switch that makes every flush fail.
 struct FlakyStore {
@@ -92,8 +88,8 @@ impl Store for FlakyStore {
     fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
         self.inner.parked()
     }
-    fn unpark(&self, event_id: &str) -> Result<bool, StoreError> {
-        self.inner.unpark(event_id)
+    fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.inner.unpark(event_id, now)
     }
     fn flush(&self) -> StoreFuture<'_, ()> {
         if self.fail.load(Ordering::SeqCst) {
@@ -128,39 +124,17 @@ async fn a_failed_flush_answers_internal_and_sends_nothing() {
         Duration::from_secs(2),
     );
 
-    let config = qrbridge::daemon::embedded_config(dir.path(), support::loopback()).unwrap();
     let store = Arc::new(FlakyStore {
         inner: SledStore::open(&dir.path().join("db"), 8 << 20).unwrap(),
         fail: AtomicBool::new(false),
     });
-    let engine = Engine::new(EngineParts {
-        store: store.clone(),
-        clock: Arc::new(SystemClock),
-        rates: qrbridge::rates::load(&config.fx, SystemClock.now()),
-        spreads: SpreadPolicy::new(
-            "50".parse().unwrap(),
-            "0".parse().unwrap(),
-            "500".parse().unwrap(),
-        )
-        .unwrap(),
-        router: qrbridge::routing::router(&config),
-        acquirers: HashMap::from([("sandbox".to_owned(), AcquirerService::new(client))]),
-        partners: HashMap::from([(
-            "p".to_owned(),
-            PartnerPolicy {
-                wallet_currencies: vec![Currency::from_code("PHP").unwrap()],
-                payment_cny_minor_max: 1_000_000,
-            },
-        )]),
-        quote_ttl: chrono::Duration::seconds(60),
-        decode_limits: DecodeLimits::default(),
-        cancel: CancelPolicy {
-            tz: chrono_tz::Asia::Shanghai,
-            until: chrono::NaiveTime::from_hms_opt(0, 30, 0).unwrap(),
-        },
-        resolver: ResolverPolicy::default(),
-        refund_window_days: 366,
-    });
+    let acquirers = HashMap::from([("sandbox".to_owned(), AcquirerService::new(client))]);
+    let engine = Engine::new(support::engine::parts(
+        dir.path(),
+        store.clone(),
+        Arc::new(SystemClock),
+        acquirers,
+    ));
     let quote_body = || QuoteRequestBody {
         code: qrbridge::defaults::demo_code(),
         amount: Some(RawAmount { currency: "CNY".into(), value: "2372".into() }),

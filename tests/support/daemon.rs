@@ -20,22 +20,28 @@ use qrbridge_adapters::acquirer::sandbox::SandboxConfig;
 use qrbridge_config::{Acquirer, Config, Identity, Route};
 use serde_json::Value;
 
+use super::webhook::{Mode, Receiver};
+
 pub struct TestDaemon {
     pub daemon: Option<Daemon>,
     pub dir: tempfile::TempDir,
     pub ca: Ca,
     pub clock: Option<ManualClock>,
+    /// The partners' webhook endpoint, when the setup asked for one.
+    pub hooks: Option<Receiver>,
 }
 
 /// Knobs a test may turn.
 pub struct Setup {
     pub manual_clock: bool,
+    /// Start a webhook endpoint answering this way, and send both partners' webhooks to it.
+    pub webhooks: Option<Mode>,
     pub tweak: Box<dyn FnOnce(&mut Config)>,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Setup { manual_clock: false, tweak: Box::new(|_| {}) }
+        Setup { manual_clock: false, webhooks: None, tweak: Box::new(|_| {}) }
     }
 }
 
@@ -76,6 +82,18 @@ impl TestDaemon {
         // GBP is enabled but has no rate: RATE_UNAVAILABLE.
         config.partners[0].wallet_currencies.push("GBP".parse().unwrap());
         config.partners[1].identity = Identity::SanDns("partner-other".into());
+        let hooks = match setup.webhooks {
+            Some(mode) => Some(Receiver::start(&pki_dir, mode).await),
+            None => None,
+        };
+        if let Some(h) = &hooks {
+            for p in &mut config.partners {
+                p.webhook_url = Some(h.url());
+                p.webhook_secret = Some(super::webhook::SECRET.into());
+            }
+            config.webhooks.backoff_initial_ms = 20;
+            config.webhooks.backoff_max_ms = 100;
+        }
         (setup.tweak)(&mut config);
         let manual = setup.manual_clock.then(|| ManualClock::new(SystemClock.now()));
         let clock: Arc<dyn Clock> = match &manual {
@@ -88,7 +106,7 @@ impl TestDaemon {
         )
         .await
         .expect("daemon starts");
-        TestDaemon { daemon: Some(daemon), dir, ca, clock: manual }
+        TestDaemon { daemon: Some(daemon), dir, ca, clock: manual, hooks }
     }
 
     pub fn daemon(&self) -> &Daemon {
@@ -106,6 +124,37 @@ impl TestDaemon {
     /// A client presenting `<pki>/<name>.crt`.
     pub fn client(&self, name: &str) -> TestClient {
         TestClient::new(&self.pki(), Some(name), self.addr(), false)
+    }
+
+    /// A client of the acquirer listener presenting `<pki>/<name>.crt`.
+    pub fn acquirer_client(&self, name: &str) -> TestClient {
+        TestClient::new(&self.pki(), Some(name), self.daemon().acquirer_addr, false)
+    }
+
+    /// A client of the admin listener presenting `<pki>/<name>.crt`.
+    pub fn admin_client(&self, name: &str) -> TestClient {
+        TestClient::new(&self.pki(), Some(name), self.daemon().admin_addr, false)
+    }
+
+    /// Moves the manual clock by `by`, then does every resolver task due.
+    pub async fn resolve_after(&self, by: chrono::Duration) {
+        self.clock.as_ref().expect("a manual clock").advance(by);
+        self.daemon().engine.run_due_work().await.unwrap();
+    }
+
+    /// Moves the manual clock a minute at a time, resolving as it goes, until no payment has
+    /// resolver work left (at most `limit` of time).
+    pub async fn resolve_all(&self, limit: chrono::Duration) {
+        let mut moved = chrono::Duration::zero();
+        while !self.daemon().store().open_work().unwrap().is_empty() {
+            assert!(
+                moved <= limit,
+                "still in doubt after {limit}: {:?}",
+                self.daemon().store().open_work()
+            );
+            self.resolve_after(chrono::Duration::seconds(60)).await;
+            moved += chrono::Duration::seconds(60);
+        }
     }
 
     /// Issues a client certificate `name` from this daemon's CA into its PKI folder.

@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod engine;
+pub mod flows;
+pub mod webhook;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,236 @@
+//! The resolver's schedule, under paused tokio time: a payment whose outcome is unknown is
+//! inquired exactly on the configured schedule, reversed at its expiry and ends FAILED / EXPIRED;
+//! an approval that lands behind the reversal is found, booked and reversed again. The acquirer
+//! is scripted here (real sockets do not mix with paused time); the sandbox-backed fault tests in
+//! `recovery.rs` cover the same paths over real mTLS.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use qrbridge::api::{PayRequestBody, Payer, QuoteRequestBody, RawAmount};
+use qrbridge::clock::{Clock, TokioClock};
+use qrbridge::engine::{AcquirerService, Engine, ResolverPolicy};
+use qrbridge::model::*;
+use qrbridge::store::{SledStore, Store};
+use qrbridge_adapters::acquirer::wire::{InstructionAnswer, InstructionStatus};
+use qrbridge_adapters::acquirer::{AcquirerError, AcquirerRequest, AcquirerResponse};
+use tokio::sync::{mpsc, watch};
+
+/// What the scripted acquirer saw: the call and when (seconds since the test began).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    Send(i64),
+    Inquire(i64),
+    Reverse(i64),
+}
+
+/// Answers: the instruction times out; inquiries get `inquiry` until a reversal, after the
+/// `n`th reversal `after_reversal[n]`.
+struct Script {
+    inquiry: InstructionStatus,
+    after_reversal: Vec<InstructionStatus>,
+    reversals: usize,
+}
+
+fn scripted(
+    clock: Arc<dyn Clock>,
+    script: Arc<Mutex<Script>>,
+    calls: mpsc::UnboundedSender<Call>,
+) -> AcquirerService {
+    let t0 = clock.now();
+    AcquirerService::new(tower::service_fn(move |req: AcquirerRequest| {
+        let at = (clock.now() - t0).num_seconds();
+        let script = script.clone();
+        let calls = calls.clone();
+        async move {
+            let answer = |id: String, status| {
+                Ok(AcquirerResponse::Instruction(InstructionAnswer {
+                    instruction_id: id,
+                    status,
+                    acquirer_ref: None,
+                    reason: None,
+                }))
+            };
+            let mut s = script.lock().unwrap();
+            match req {
+                AcquirerRequest::Send(_) => {
+                    calls.send(Call::Send(at)).unwrap();
+                    Err(AcquirerError::Unknown("scripted: no answer".into()))
+                }
+                AcquirerRequest::Inquire(id) => {
+                    calls.send(Call::Inquire(at)).unwrap();
+                    let status = match s.reversals {
+                        0 => s.inquiry,
+                        n => s.after_reversal[(n - 1).min(s.after_reversal.len() - 1)],
+                    };
+                    answer(id, status)
+                }
+                AcquirerRequest::Reverse(id) => {
+                    calls.send(Call::Reverse(at)).unwrap();
+                    s.reversals += 1;
+                    answer(id, InstructionStatus::Reversed)
+                }
+                AcquirerRequest::Lookup(_) => Err(AcquirerError::NotSent("scripted".into())),
+            }
+        }
+    }))
+}
+
+struct Rig {
+    engine: Arc<Engine<SledStore>>,
+    calls: mpsc::UnboundedReceiver<Call>,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig(script: Script, policy: ResolverPolicy) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new(
+        chrono::DateTime::parse_from_rfc3339("2026-05-22T08:00:00Z").unwrap().into(),
+    ));
+    let (tx, calls) = mpsc::unbounded_channel();
+    let acquirer = scripted(clock.clone(), Arc::new(Mutex::new(script)), tx);
+    let store = Arc::new(SledStore::open(&dir.path().join("db"), 8 << 20).unwrap());
+    let mut parts = support::engine::parts(
+        dir.path(),
+        store,
+        clock,
+        HashMap::from([("sandbox".to_owned(), acquirer)]),
+    );
+    parts.resolver = policy;
+    Rig { engine: Engine::new(parts), calls, _dir: dir }
+}
+
+async fn pay(engine: &Arc<Engine<SledStore>>) -> PaymentRecord {
+    let q = engine
+        .quote(
+            "p",
+            QuoteRequestBody {
+                code: qrbridge::defaults::demo_code(),
+                amount: Some(RawAmount { currency: "CNY".into(), value: "2372".into() }),
+                wallet_currency: "PHP".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let (p, created) = engine
+        .pay(
+            "p",
+            PayRequestBody {
+                request_id: "r-1".into(),
+                quote_id: q.quote_id,
+                payer: Payer { id: "u".into() },
+            },
+        )
+        .await
+        .unwrap();
+    assert!(created);
+    p
+}
+
+/// Runs the resolver until the acquirer has seen `n` more calls, then stops it (letting the
+/// step under way commit) and returns them.
+async fn run_for(rig: &mut Rig, n: usize) -> Vec<Call> {
+    let (stop, stopped) = watch::channel(false);
+    let worker = tokio::spawn(qrbridge::resolver::run(rig.engine.clone(), 4, stopped));
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        seen.push(rig.calls.recv().await.unwrap());
+    }
+    stop.send(true).unwrap();
+    worker.await.unwrap();
+    seen
+}
+
+#[tokio::test(start_paused = true)]
+async fn inquiries_follow_the_schedule_then_expiry_reverses() {
+    let script = Script {
+        inquiry: InstructionStatus::NotFound,
+        after_reversal: vec![InstructionStatus::Reversed],
+        reversals: 0,
+    };
+    let mut rig = rig(script, ResolverPolicy::default()).await;
+    let p = pay(&rig.engine).await;
+    assert_eq!(p.state, PaymentState::Unknown);
+    assert_eq!(rig.calls.recv().await, Some(Call::Send(0)));
+
+    // 4 s, 4 s, 30 s, 60 s, 60 s, 60 s, 5 min, 5 min → inquiries at these seconds; the next would
+    // be at 1118 s, past the 900 s expiry, so the last inquiry is at the expiry, and the reversal
+    // follows at once; one verifying inquiry comes 4 s after the reversal.
+    let calls = run_for(&mut rig, 11).await;
+    let inquiries = [4, 8, 38, 98, 158, 218, 518, 818, 900].map(Call::Inquire);
+    assert_eq!(&calls[..9], &inquiries);
+    assert_eq!(&calls[9..], &[Call::Reverse(900), Call::Inquire(904)]);
+
+    let p = rig.engine.store().payment(&p.payment_id).unwrap().unwrap();
+    assert_eq!(p.state, PaymentState::Failed);
+    assert_eq!(p.failure.unwrap().code, "EXPIRED");
+    assert_eq!(p.updated_at - p.created_at, chrono::Duration::seconds(900));
+    assert!(rig.engine.store().work_item(&p.payment_id).unwrap().is_none(), "nothing left to do");
+    // Never booked, so nothing to reverse in the ledger; the partner is told once.
+    assert!(rig.engine.store().journal().unwrap().is_empty());
+    let events: Vec<String> =
+        rig.engine.store().outbox().unwrap().into_iter().map(|(_, e)| e.kind).collect();
+    assert_eq!(events, vec!["payment.failed"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inquiry_that_finds_an_approval_books_it() {
+    let script = Script {
+        inquiry: InstructionStatus::Approved,
+        after_reversal: vec![InstructionStatus::Reversed],
+        reversals: 0,
+    };
+    let mut rig = rig(script, ResolverPolicy::default()).await;
+    let p = pay(&rig.engine).await;
+    assert_eq!(rig.calls.recv().await, Some(Call::Send(0)));
+    assert_eq!(run_for(&mut rig, 1).await, vec![Call::Inquire(4)]);
+    let p = rig.engine.store().payment(&p.payment_id).unwrap().unwrap();
+    assert_eq!((p.state, p.booked), (PaymentState::Succeeded, true));
+    assert!(rig.engine.store().work_item(&p.payment_id).unwrap().is_none());
+    assert_eq!(rig.engine.store().ledger_sums().unwrap().values().filter(|s| **s != 0).count(), 0);
+    assert_eq!(rig.engine.store().journal().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_approval_behind_the_reversal_is_booked_and_reversed_again() {
+    // Undecided until expiry; the first reversal is acknowledged but the approval lands behind it;
+    // the second reversal sticks.
+    let script = Script {
+        inquiry: InstructionStatus::Processing,
+        after_reversal: vec![InstructionStatus::Approved, InstructionStatus::Reversed],
+        reversals: 0,
+    };
+    let policy = ResolverPolicy {
+        schedule: vec![chrono::Duration::seconds(2)],
+        expiry: chrono::Duration::seconds(5),
+    };
+    let mut rig = rig(script, policy).await;
+    let p = pay(&rig.engine).await;
+    assert_eq!(rig.calls.recv().await, Some(Call::Send(0)));
+    let calls = run_for(&mut rig, 7).await;
+    assert_eq!(
+        calls,
+        vec![
+            Call::Inquire(2),
+            Call::Inquire(4),
+            Call::Inquire(5),
+            Call::Reverse(5),
+            // Verify: approved behind the reversal → booked and reversed again at once.
+            Call::Inquire(7),
+            Call::Reverse(7),
+            // Verify again: reversed for good.
+            Call::Inquire(9),
+        ]
+    );
+    let store = rig.engine.store();
+    let p = store.payment(&p.payment_id).unwrap().unwrap();
+    assert_eq!((p.state, p.booked, p.late_approvals), (PaymentState::Failed, false, 1));
+    assert!(store.work_item(&p.payment_id).unwrap().is_none());
+    let kinds: Vec<String> = store.journal().unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec!["late_approval", "reversal"]);
+    assert!(store.ledger_sums().unwrap().values().all(|s| *s == 0));
+    // The partner was told FAILED once; the late approval changed nothing it sees.
+    assert_eq!(store.outbox().unwrap().len(), 1);
+}

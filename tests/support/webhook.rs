@@ -1,0 +1,161 @@
+//! A partner's webhook endpoint for tests: HTTPS with mTLS (the bridge's client certificate is
+//! required), checks each signature, records every delivery, and answers as told.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use qrbridge::clock::{Clock, SystemClock};
+use qrbridge_adapters::https::{self, ServeLimits};
+use qrbridge_adapters::webhook::{self, EVENT_ID_HEADER, SIGNATURE_HEADER};
+use serde_json::Value;
+use tokio::sync::watch;
+
+/// The secret every test partner signs with.
+pub const SECRET: &str = "test-webhook-secret-0123456789";
+
+/// How the endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 200 to everything.
+    Ack,
+    /// 500 to the first `n` attempts of each event, then 200.
+    FailFirst(u32),
+    /// 503 to everything.
+    FailAll,
+}
+
+/// One delivery attempt as received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub event_id: String,
+    pub kind: String,
+    pub payment_id: String,
+    pub body: Value,
+    pub signature_ok: bool,
+    pub header_matches_body: bool,
+    pub acked: bool,
+}
+
+#[derive(Default)]
+struct State {
+    mode: Option<Mode>,
+    attempts: HashMap<String, u32>,
+    received: Vec<Received>,
+}
+
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    progress: watch::Sender<usize>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Receiver {
+    /// Serves with `<pki>/server.crt` and accepts clients of `<pki>/ca.crt`.
+    pub async fn start(pki: &Path, mode: Mode) -> Receiver {
+        let tls = qrbridge::tls::server_config(
+            &pki.join("server.crt"),
+            &pki.join("server.key"),
+            qrbridge::tls::roots(&[&pki.join("ca.crt")]).unwrap(),
+            false,
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State { mode: Some(mode), ..State::default() }));
+        let (progress, _) = watch::channel(0usize);
+        let (shutdown, stop) = watch::channel(false);
+        let st = state.clone();
+        let tx = progress.clone();
+        let limits = ServeLimits {
+            connections_max: 256,
+            handshake_timeout: std::time::Duration::from_secs(5),
+        };
+        tokio::spawn(https::serve(listener, tls, limits, stop, move |req, _conn| {
+            let st = st.clone();
+            let tx = tx.clone();
+            async move {
+                let header = |name: &str| {
+                    req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+                };
+                let (signature, event_header) = (header(SIGNATURE_HEADER), header(EVENT_ID_HEADER));
+                let body =
+                    req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let now = SystemClock.now().timestamp();
+                // Tests move the bridge's clock by days; the freshness check is the partner's
+                // own policy, so only the MAC is checked here.
+                let signature_ok =
+                    webhook::verify(SECRET.as_bytes(), &signature, &body, now, i64::MAX / 4)
+                        .is_ok();
+                let event_id = json["event_id"].as_str().unwrap_or("").to_owned();
+                let mut s = st.lock().unwrap();
+                let n = {
+                    let n = s.attempts.entry(event_id.clone()).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                let acked = match s.mode.unwrap_or(Mode::Ack) {
+                    Mode::Ack => true,
+                    Mode::FailFirst(k) => n > k,
+                    Mode::FailAll => false,
+                };
+                s.received.push(Received {
+                    header_matches_body: event_header == event_id,
+                    event_id,
+                    kind: json["type"].as_str().unwrap_or("").to_owned(),
+                    payment_id: json["data"]["payment_id"].as_str().unwrap_or("").to_owned(),
+                    body: json,
+                    signature_ok,
+                    acked,
+                });
+                let count = s.received.len();
+                drop(s);
+                tx.send_replace(count);
+                let status = if acked { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                Ok(Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+            }
+        }));
+        Receiver { addr, state, progress, shutdown }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}/hooks", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.state.lock().unwrap().mode = Some(mode);
+    }
+
+    /// Every attempt received, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Acknowledged deliveries, in order.
+    pub fn acked(&self) -> Vec<Received> {
+        self.received().into_iter().filter(|r| r.acked).collect()
+    }
+
+    /// Waits (on the endpoint's own signal, never a sleep) until `done` holds of what was
+    /// received; fails after `limit` as a safety net.
+    pub async fn wait_until(&self, limit: std::time::Duration, done: impl Fn(&[Received]) -> bool) {
+        let mut rx = self.progress.subscribe();
+        let state = self.state.clone();
+        let wait = rx.wait_for(|_| done(&state.lock().unwrap().received));
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            panic!("webhooks not received in {limit:?}: {:#?}", self.received());
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
