@@ -218,6 +218,10 @@ async fn serve(
             return ExitCode::from(1);
         }
     };
+    out(&format!(
+        "qrbridge listening: partner=https://{} admin=https://{} acquirer=https://{}",
+        daemon.partner_addr, daemon.admin_addr, daemon.acquirer_addr
+    ));
     if embedded {
         let pki = data_dir.join("pki");
         let p = |f: &str| pki.join(f).display().to_string();

@@ -493,6 +493,8 @@ impl<S: Store> Engine<S> {
             self.lock_inflight().remove(&record.payment_id);
             return Err(internal(e));
         }
+        // The resolver learns of the payment now, in case this process dies with it in flight.
+        self.work_written.notify_one();
         let engine = self.clone();
         let task = tokio::spawn(async move {
             let id = record.payment_id.clone();

@@ -126,6 +126,8 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Begin, StoreError>;
     fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError>;
+    /// Every payment, oldest first (ids are time-ordered).
+    fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError>;
     fn payment_by_request(
         &self,
         partner: &str,
@@ -416,6 +418,10 @@ impl Store for SledStore {
         self.payments.get(id.as_bytes())?.map(|v| decode("payments", &v)).transpose()
     }
 
+    fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
+        Self::scan(&self.payments, "payments")
+    }
+
     fn payment_by_request(
         &self,
         partner: &str,
@@ -438,8 +444,18 @@ impl Store for SledStore {
         }
         let id = c.payment.payment_id.as_bytes();
         let record = encode(&c.payment);
-        let journal = c.journal.as_ref().map(encode);
-        let events: Vec<Vec<u8>> = c.events.iter().map(encode).collect();
+        // Sequence numbers are taken before the transaction: sled's id generator may have to
+        // persist its counter (always so on the first id after a restart), and doing that inside a
+        // transaction, which holds sled's global write lock, waits on the flusher forever.
+        let journal = match &c.journal {
+            Some(j) => Some((self.db.generate_id()?, encode(j))),
+            None => None,
+        };
+        let events = c
+            .events
+            .iter()
+            .map(|e| Ok((self.db.generate_id()?, encode(e))))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let work = match &c.work {
             Work::Set(w) => Some(encode(w)),
             Work::Keep | Work::Done => None,
@@ -491,12 +507,10 @@ impl Store for SledStore {
                 by_payment.insert(pair_key(&r.payment_id, &r.refund_id), &[])?;
             }
             payments.insert(id, record.as_slice())?;
-            if let Some(j) = &journal {
-                let seq = ledger.generate_id()?;
+            if let Some((seq, j)) = &journal {
                 ledger.insert(&seq.to_be_bytes(), j.as_slice())?;
             }
-            for e in &events {
-                let seq = outbox.generate_id()?;
+            for (seq, e) in &events {
                 outbox.insert(&seq.to_be_bytes(), e.as_slice())?;
             }
             match (&c.work, &work) {

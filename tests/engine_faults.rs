@@ -44,6 +44,9 @@ impl Store for FlakyStore {
     fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
         self.inner.payment(id)
     }
+    fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.inner.payments()
+    }
     fn payment_by_request(
         &self,
         partner: &str,

@@ -149,7 +149,12 @@ impl Receiver {
         let state = self.state.clone();
         let wait = rx.wait_for(|_| done(&state.lock().unwrap().received));
         if tokio::time::timeout(limit, wait).await.is_err() {
-            panic!("webhooks not received in {limit:?}: {:#?}", self.received());
+            let got = self.received();
+            let acked = got.iter().filter(|r| r.acked).count();
+            panic!(
+                "webhooks not received in {limit:?}: {} attempts, {acked} acknowledged",
+                got.len()
+            );
         }
     }
 }
