@@ -148,18 +148,34 @@ async fn run(seed: u64, kills: usize) {
     let (child, addr) = start(&bin, &config_path, &log).await;
     let client = TestClient::new(&pki, Some("partner-demo"), addr, false);
     let sent: Vec<(String, Value)> = book.lock().unwrap().sent.clone().into_iter().collect();
+    let mut replays = tokio::task::JoinSet::new();
+    for chunk in sent.chunks(sent.len().div_ceil(8).max(1)) {
+        let (client, chunk) = (client.clone(), chunk.to_vec());
+        replays.spawn(async move {
+            let mut answers = Vec::new();
+            for (request_id, body) in chunk {
+                let (s, p) = client.post("/v1/payments", &body).await;
+                answers.push((request_id, s, p));
+            }
+            answers
+        });
+    }
     let mut never_made = HashSet::new();
-    for (request_id, body) in &sent {
-        let (s, p) = client.post("/v1/payments", body).await;
-        match s {
-            StatusCode::OK | StatusCode::CREATED => {
-                book.lock().unwrap().ack(request_id, p["payment_id"].as_str().unwrap())
+    while let Some(answers) = replays.join_next().await {
+        for (request_id, s, p) in answers.unwrap() {
+            match s {
+                StatusCode::OK | StatusCode::CREATED => {
+                    book.lock().unwrap().ack(&request_id, p["payment_id"].as_str().unwrap())
+                }
+                StatusCode::GONE | StatusCode::NOT_FOUND => {
+                    assert!(
+                        !book.lock().unwrap().acked.contains_key(&request_id),
+                        "{request_id}: {p}"
+                    );
+                    never_made.insert(request_id);
+                }
+                other => panic!("replay of {request_id}: {other} {p}"),
             }
-            StatusCode::GONE | StatusCode::NOT_FOUND => {
-                assert!(!book.lock().unwrap().acked.contains_key(request_id), "{request_id}: {p}");
-                never_made.insert(request_id.clone());
-            }
-            other => panic!("replay of {request_id}: {other} {p}"),
         }
     }
     let book = Arc::try_unwrap(book).ok().unwrap().into_inner().unwrap();
