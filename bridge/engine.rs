@@ -161,6 +161,16 @@ fn internal(e: StoreError) -> ApiError {
     ApiError::Internal
 }
 
+/// SHA-256 of a request's content (length-prefixed parts), to tell a replay from a reuse.
+fn content_hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
 fn valid_request_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
@@ -412,14 +422,7 @@ impl<S: Store> Engine<S> {
         if body.payer.id.is_empty() || body.payer.id.chars().count() > 128 {
             return Err(ApiError::InvalidRequest("payer.id: 1-128 characters".into()));
         }
-        let hash = {
-            let mut h = Sha256::new();
-            for part in [&body.request_id, &body.quote_id, &body.payer.id] {
-                h.update((part.len() as u64).to_be_bytes());
-                h.update(part.as_bytes());
-            }
-            hex::encode(h.finalize())
-        };
+        let hash = content_hash(&[&body.request_id, &body.quote_id, &body.payer.id]);
         if let Some(p) =
             self.store.payment_by_request(partner, &body.request_id).map_err(internal)?
         {
@@ -945,14 +948,8 @@ impl<S: Store> Engine<S> {
         if !amount.is_positive() {
             return Err(ApiError::InvalidAmount("amount: must be more than zero".into()));
         }
-        let hash = {
-            let mut h = Sha256::new();
-            for part in [&body.refund_id, &body.instruction_id, &body.amount.value, reason] {
-                h.update((part.len() as u64).to_be_bytes());
-                h.update(part.as_bytes());
-            }
-            hex::encode(h.finalize())
-        };
+        let hash =
+            content_hash(&[&body.refund_id, &body.instruction_id, &body.amount.value, reason]);
         let replay = |r: RefundRecord| {
             if r.request_hash == hash {
                 Ok((r, false))

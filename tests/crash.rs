@@ -28,7 +28,6 @@ use http::{Method, StatusCode};
 use qrbridge::clock::{Clock, SystemClock};
 use qrbridge::model::PaymentState;
 use qrbridge::store::{SledStore, Store};
-use qrbridge_adapters::acquirer::sandbox::{Sandbox, SandboxConfig};
 use qrbridge_adapters::acquirer::wire::InstructionStatus;
 use qrbridge_config::{Acquirer, Identity};
 use serde_json::{json, Value};
@@ -85,19 +84,8 @@ async fn run(seed: u64, kills: usize) {
         Dir(None, Some(dir))
     };
     let pki = dir.path().join("pki");
-    let ca = qrbridge::pki::Ca::new("crash test CA").unwrap();
-    qrbridge::pki::write_dev_pki(&pki, &ca).unwrap();
-
     // The acquirer and the partner's endpoint outlive every daemon.
-    let tls = qrbridge::tls::server_config(
-        &pki.join("acquirer-sandbox.crt"),
-        &pki.join("acquirer-sandbox.key"),
-        qrbridge::tls::roots(&[&pki.join("ca.crt")]).unwrap(),
-        true,
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sandbox = Sandbox::start(listener, tls, SandboxConfig { slow_ms: 1_000 }).unwrap();
+    let sandbox = support::pki_and_sandbox(&pki, 1_000).await;
     // Every event's first attempt is refused, so retries straddle kills too.
     let hooks = Receiver::start(&pki, Mode::FailFirst(1)).await;
 

@@ -17,7 +17,6 @@ use qrbridge::engine::{AcquirerService, Engine};
 use qrbridge::error::ApiError;
 use qrbridge::model::*;
 use qrbridge::store::{Begin, Change, EventSeq, SledStore, Store, StoreError, StoreFuture};
-use qrbridge_adapters::acquirer::sandbox::{Sandbox, SandboxConfig};
 use qrbridge_adapters::acquirer::AcquirerClient;
 
 /// The sled store, with a switch that makes every flush fail.
@@ -107,17 +106,7 @@ impl Store for FlakyStore {
 async fn a_failed_flush_answers_internal_and_sends_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
-    let ca = qrbridge::pki::Ca::new("test CA").unwrap();
-    qrbridge::pki::write_dev_pki(&pki, &ca).unwrap();
-    let tls = qrbridge::tls::server_config(
-        &pki.join("acquirer-sandbox.crt"),
-        &pki.join("acquirer-sandbox.key"),
-        qrbridge::tls::roots(&[&pki.join("ca.crt")]).unwrap(),
-        true,
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sandbox = Sandbox::start(listener, tls, SandboxConfig::default()).unwrap();
+    let sandbox = support::pki_and_sandbox(&pki, 30_000).await;
     let client_tls = support::daemon::client_config(&pki, Some("bridge-client"));
     let client = AcquirerClient::new(
         "sandbox",

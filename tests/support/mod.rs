@@ -32,3 +32,23 @@ pub fn loopback() -> qrbridge_config::Listeners {
     let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     qrbridge_config::Listeners { partner: any, admin: any, acquirer: any }
 }
+
+/// A fresh development PKI under `pki`, and the sandbox acquirer serving on loopback with its
+/// certificate, accepting clients of that CA.
+pub async fn pki_and_sandbox(
+    pki: &std::path::Path,
+    slow_ms: u64,
+) -> qrbridge_adapters::acquirer::sandbox::Sandbox {
+    use qrbridge_adapters::acquirer::sandbox::{Sandbox, SandboxConfig};
+    let ca = qrbridge::pki::Ca::new("test CA").unwrap();
+    qrbridge::pki::write_dev_pki(pki, &ca).unwrap();
+    let tls = qrbridge::tls::server_config(
+        &pki.join("acquirer-sandbox.crt"),
+        &pki.join("acquirer-sandbox.key"),
+        qrbridge::tls::roots(&[&pki.join("ca.crt")]).unwrap(),
+        true,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Sandbox::start(listener, tls, SandboxConfig { slow_ms }).unwrap()
+}
