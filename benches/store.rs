@@ -1,0 +1,151 @@
+//! The store's hot paths (`cargo bench --bench store`): the idempotency lookup every payment
+//! request starts with (hit and miss, among 20,000 payments), building and checking a ledger entry,
+//! and applying a payment's outcome (payment + journal entry + event + resolver work, one sled
+//! transaction; no flush — group commit shares those, and the load bench measures them).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use qrbridge::model::*;
+use qrbridge::store::{Change, SledStore, Store, Work};
+use qrbridge_fx::{Amount, Currency};
+
+fn payment(i: u64, now: chrono::DateTime<chrono::Utc>) -> PaymentRecord {
+    let php = Currency::from_code("PHP").unwrap();
+    let cny = |m| Amount::from_minor(Currency::CNY, m).unwrap();
+    let wallet = |m| Amount::from_minor(php, m).unwrap();
+    PaymentRecord {
+        v: RECORD_VERSION,
+        payment_id: new_id("pay"),
+        partner: "partner-demo".into(),
+        request_id: format!("req-{i}"),
+        request_hash: "0".repeat(64),
+        quote_id: format!("quo-{i}"),
+        payer_id: "payer".into(),
+        state: PaymentState::Pending,
+        failure: None,
+        pay: cny(2_372),
+        wallet: wallet(19_420),
+        wallet_at_mid: wallet(19_323),
+        spread: wallet(97),
+        rate: RateAnswer { pair: "CNY/PHP".into(), price: "8.18716000".parse().unwrap() },
+        merchant: qrbridge::api::MerchantAnswer {
+            id: Some("500034453110001".into()),
+            name: Some("HANDAN NOODLE HOUSE".into()),
+            city: Some("HANDAN".into()),
+            country: Some("CN".into()),
+            mcc: Some("5812".into()),
+        },
+        acquirer: "sandbox".into(),
+        acquirer_ref: None,
+        booked: false,
+        refunded_cny: cny(0),
+        refunded_wallet: wallet(0),
+        late_approvals: 0,
+        created_at: now,
+        updated_at: now,
+        rev: 0,
+    }
+}
+
+/// `n` quotes and PENDING payments, written as the engine writes them.
+fn seed(
+    store: &SledStore,
+    dir: &std::path::Path,
+    n: u64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<PaymentRecord> {
+    let config = qrbridge_config::from_str("", dir).unwrap();
+    let rates = qrbridge::rates::load(&config.fx, now);
+    let spreads = qrbridge_fx::SpreadPolicy::new(
+        "50".parse().unwrap(),
+        "0".parse().unwrap(),
+        "500".parse().unwrap(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut p = payment(i, now);
+        let req = qrbridge_fx::QuoteRequest {
+            partner: "partner-demo",
+            pay: p.pay,
+            wallet_currency: p.wallet.currency(),
+            now,
+            ttl: chrono::Duration::days(1),
+        };
+        let quote = qrbridge_fx::Quote::price(&req, &rates, &spreads).unwrap();
+        let q = QuoteRecord {
+            v: RECORD_VERSION,
+            quote_id: p.quote_id.clone(),
+            partner: p.partner.clone(),
+            code: CodeRef {
+                scheme: "EMVCO".into(),
+                code_type: "STATIC".into(),
+                text: String::new(),
+                acquirer: "sandbox".into(),
+                merchant_id: "m".into(),
+                merchant: p.merchant.clone(),
+            },
+            quote,
+        };
+        store.put_quote(&q).unwrap();
+        let work = WorkItem {
+            v: RECORD_VERSION,
+            payment_id: p.payment_id.clone(),
+            task: Task::Inquire,
+            due: now,
+            attempt: 0,
+        };
+        store.begin_payment(&p, &work, now).unwrap();
+        p.state = PaymentState::Pending;
+        out.push(p);
+    }
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(&dir.path().join("db"), 64 << 20).unwrap();
+    let now = qrbridge::clock::Clock::now(&qrbridge::clock::SystemClock);
+    let payments = seed(&store, dir.path(), 20_000, now);
+
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    g.bench_function("idempotency lookup, hit", |b| {
+        b.iter(|| {
+            i = (i + 7919) % payments.len();
+            black_box(store.payment_by_request("partner-demo", &payments[i].request_id).unwrap())
+        })
+    });
+    g.bench_function("idempotency lookup, miss", |b| {
+        b.iter(|| black_box(store.payment_by_request("partner-demo", "never-seen").unwrap()))
+    });
+    let p = &payments[0];
+    g.bench_function("ledger entry: build and check", |b| {
+        b.iter(|| {
+            let e = qrbridge::ledger::payment(black_box(p), now);
+            assert!(e.is_balanced());
+            e
+        })
+    });
+    let mut k = 0usize;
+    g.bench_function("apply an outcome (payment, journal, event, work)", |b| {
+        b.iter(|| {
+            let current = store.payment(&payments[k].payment_id).unwrap().unwrap();
+            k = (k + 1) % payments.len();
+            let mut next = current.successor(now);
+            next.state = PaymentState::Succeeded;
+            let mut change = Change::of(next.clone());
+            change.journal = Some(qrbridge::ledger::payment(&next, now));
+            change.work = Work::Done;
+            store.apply(&change).unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
