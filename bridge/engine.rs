@@ -141,8 +141,11 @@ pub struct Engine<S> {
     /// Payments being paid by this process: replays wait for them to finish.
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
     locks: Vec<tokio::sync::Mutex<()>>,
-    /// Signalled when resolver work is written (the resolver wakes).
+    /// Signalled when resolver work is written that is due before the resolver means to wake.
     pub work_written: Notify,
+    /// When the resolver means to wake (ms since the epoch, engine clock); `i64::MAX` while it
+    /// is scanning or has nothing planned, so that every new item wakes it then.
+    resolver_wake_ms: std::sync::atomic::AtomicI64,
     /// Signalled when webhook events are written (the delivery worker wakes).
     pub events_written: Notify,
     /// Counts events leaving the outbox (delivered, skipped, parked): something to wait on.
@@ -194,6 +197,7 @@ impl<S: Store> Engine<S> {
             inflight: Mutex::new(HashMap::new()),
             locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             work_written: Notify::new(),
+            resolver_wake_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
             events_written: Notify::new(),
             events_settled: watch::channel(0).0,
         })
@@ -202,6 +206,22 @@ impl<S: Store> Engine<S> {
     /// The resolver's policy.
     pub fn resolver_policy(&self) -> &ResolverPolicy {
         &self.resolver
+    }
+
+    /// Resolver work due at `due` was written: wakes the resolver only if it means to sleep past
+    /// it (so a busy daemon does not rescan the open work for every payment).
+    fn work_due(&self, due: DateTime<Utc>) {
+        use std::sync::atomic::Ordering;
+        if due.timestamp_millis() < self.resolver_wake_ms.load(Ordering::Acquire) {
+            self.work_written.notify_one();
+        }
+    }
+
+    /// The resolver says when it means to wake next (`None`: it is scanning, or has nothing
+    /// planned — then any new work wakes it).
+    pub fn resolver_sleeps_until(&self, at: Option<DateTime<Utc>>) {
+        let ms = at.map_or(i64::MAX, |t| t.timestamp_millis());
+        self.resolver_wake_ms.store(ms, std::sync::atomic::Ordering::Release);
     }
 
     /// Holds the payment's lock.
@@ -496,8 +516,8 @@ impl<S: Store> Engine<S> {
             self.lock_inflight().remove(&record.payment_id);
             return Err(internal(e));
         }
-        // The resolver learns of the payment now, in case this process dies with it in flight.
-        self.work_written.notify_one();
+        // The resolver learns of the payment, in case its outcome stays unknown.
+        self.work_due(work.due);
         let engine = self.clone();
         let task = tokio::spawn(async move {
             let id = record.payment_id.clone();
@@ -651,8 +671,8 @@ impl<S: Store> Engine<S> {
     async fn durable(&self, change: Change) -> Result<PaymentRecord, ApiError> {
         self.store.flush().await.map_err(internal)?;
         tracing::info!(payment = %change.payment.payment_id, state = ?change.payment.state, "payment updated");
-        if matches!(change.work, Work::Set(_)) {
-            self.work_written.notify_one();
+        if let Work::Set(w) = &change.work {
+            self.work_due(w.due);
         }
         if !change.events.is_empty() {
             self.events_written.notify_one();

@@ -3,7 +3,7 @@
 //! It keeps no state of its own: the work is in the store ([`crate::model::WorkItem`], written
 //! with each payment change), so a restart resumes it. Each pass does every task that is due —
 //! [`Engine::step`], up to `concurrency` payments at a time — then sleeps until the next one is
-//! due, or until the engine signals new work, or until shutdown.
+//! due, or until the engine signals work due sooner than that, or until shutdown.
 
 use std::sync::Arc;
 
@@ -28,6 +28,8 @@ pub async fn run<S: Store>(
         let woken = engine.work_written.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        // While scanning, any new work wakes the next round.
+        engine.resolver_sleeps_until(None);
         let wait = match pass(&engine, &permits).await {
             Ok(Pass { done: 0, next }) => next,
             Ok(_) => continue,
@@ -36,7 +38,10 @@ pub async fn run<S: Store>(
                 Some(RECHECK)
             }
         };
-        let sleep = tokio::time::sleep(wait.unwrap_or(std::time::Duration::from_secs(3600)));
+        let wait = wait.unwrap_or(std::time::Duration::from_secs(3600));
+        let wake = chrono::Duration::from_std(wait).ok().map(|w| engine.now() + w);
+        engine.resolver_sleeps_until(wake);
+        let sleep = tokio::time::sleep(wait);
         tokio::select! {
             _ = sleep => {}
             _ = &mut woken => {}

@@ -467,21 +467,16 @@ impl Store for SledStore {
             });
             (r, encode(r), idem)
         });
-        let trees = [
-            &self.payments,
-            &self.ledger,
-            &self.outbox,
-            &self.quote_use,
-            &self.work,
-            &self.refunds,
-            &self.refunds_by_payment,
-            &self.refund_idem,
-        ];
+        // Only the trees this change touches take part: the refund trees only for a refund.
+        let mut trees =
+            vec![&self.payments, &self.ledger, &self.outbox, &self.quote_use, &self.work];
+        if refund.is_some() {
+            trees.extend([&self.refunds, &self.refunds_by_payment, &self.refund_idem]);
+        }
         unwrap_tx(trees.as_slice().transaction(|t| {
-            let [payments, ledger, outbox, quote_use, work_tree, refunds, by_payment, refund_idem] =
-                t.as_slice()
+            let [payments, ledger, outbox, quote_use, work_tree, refund_trees @ ..] = t.as_slice()
             else {
-                unreachable!("eight trees in, eight out");
+                unreachable!("at least five trees in, as many out");
             };
             let Some(current) = tx_get::<PaymentRecord>(payments, "payments", id)? else {
                 return abort(StoreError::Stale(c.payment.payment_id.clone()));
@@ -489,7 +484,9 @@ impl Store for SledStore {
             if current.rev + 1 != c.payment.rev {
                 return abort(StoreError::Stale(c.payment.payment_id.clone()));
             }
-            if let Some((r, bytes, idem)) = &refund {
+            if let (Some((r, bytes, idem)), [refunds, by_payment, refund_idem]) =
+                (&refund, refund_trees)
+            {
                 let key = pair_key(&r.acquirer, &r.acquirer_refund_id);
                 if let Some(seen) = tx_get::<IdemEntry>(refund_idem, "refund_idempotency", &key)? {
                     let Some(existing) =
