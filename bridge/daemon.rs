@@ -20,14 +20,19 @@ use qrbridge_fx::{Currency, SpreadPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::Admin;
 use crate::clock::Clock;
 use crate::engine::{
     AcquirerService, CancelPolicy, Engine, EngineParts, PartnerPolicy, ResolverPolicy,
 };
 use crate::http::{self as partner_http, HttpLimits, Rate, Req, Resp};
+use crate::rates::Feeds;
+use crate::settlement::{BusinessDays, Settlement};
 use crate::store::{SledStore, Store};
 use crate::tls::{self, Directory};
+use crate::treasury::Treasury;
 use crate::webhooks::DeliveryPolicy;
+use qrbridge_fx::MidRate;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +113,7 @@ impl Daemon {
             return Err(StartError::Config("no partners are configured".into()));
         }
         let store = Arc::new(SledStore::open(&config.storage.path, config.storage.cache_bytes)?);
-        let now = opts.clock.now();
-        let rates = crate::rates::load(&config.fx, now);
+        let rates = crate::rates::book(&config.fx);
         let s = &config.fx.spread;
         let spreads = SpreadPolicy::new(s.default_bps, s.min_bps, s.max_bps)
             .map_err(|e| StartError::Config(format!("fx.spread: {e}")))?;
@@ -193,6 +197,36 @@ impl Daemon {
             },
             refund_window_days: settlement.refund_window_days,
         });
+
+        // Rates: local sources now (start-up waits for them), URLs and polls in a worker; then
+        // what admins set before the restart.
+        let feeds = Arc::new(Feeds::new(&config.fx, opts.clock.clone())?);
+        let book: Arc<dyn Fn(Vec<MidRate>) -> usize + Send + Sync> = {
+            let engine = engine.clone();
+            Arc::new(move |rates: Vec<MidRate>| {
+                engine.with_rates(|b| {
+                    rates.into_iter().filter(|r| b.upsert(r.clone()).unwrap_or(false)).count()
+                })
+            })
+        };
+        feeds.refresh_local(book.as_ref()).await;
+        let (h, m) = qrbridge_config::validate::parse_hhmm(&settlement.cutoff)
+            .ok_or_else(|| StartError::Config("settlement.cutoff".into()))?;
+        let days = BusinessDays {
+            tz,
+            cutoff: chrono::NaiveTime::from_hms_opt(h, m, 0)
+                .ok_or_else(|| StartError::Config("settlement.cutoff".into()))?,
+            cancel: CancelPolicy { tz, until },
+        };
+        let treasury = Arc::new(Treasury::new(engine.clone(), feeds.clone(), days));
+        treasury.restore()?;
+        let settlement_runs = Arc::new(Settlement::new(
+            treasury.clone(),
+            days,
+            settlement.dir.clone(),
+            config.partners.iter().map(|p| (p.id.clone(), p.wallet_currencies.clone())).collect(),
+            config.acquirers.iter().map(|a| a.id.clone()).collect(),
+        ));
 
         let http_limits = HttpLimits {
             body_bytes_max: config.limits.body_bytes_max,
@@ -280,7 +314,11 @@ impl Daemon {
             what: "admin API",
             addr: config.listeners.admin,
             tls: server_tls(&[&config.tls.admin_ca])?,
-            svc: crate::admin::admin_service(engine.clone(), directory, http_limits),
+            svc: crate::admin::admin_service(
+                Arc::new(Admin { engine: engine.clone(), treasury, settlement: settlement_runs }),
+                directory,
+                http_limits,
+            ),
         };
 
         // Webhook senders, one per partner with a URL.
@@ -319,6 +357,7 @@ impl Daemon {
                 delivery,
                 shutdown_rx.clone(),
             )),
+            tokio::spawn(feeds.run(book, shutdown_rx.clone())),
         ];
         let open = store.open_work()?.len();
         let undelivered = store.outbox()?.len();
@@ -372,6 +411,7 @@ pub fn embedded_config(data_dir: &Path, listeners: Listeners) -> Result<Config, 
     let mut c = crate::defaults::dev_config(data_dir);
     c.listeners = listeners;
     c.storage.path = data_dir.join("db");
+    c.settlement.dir = data_dir.join("settlement");
     c.tls.server_cert = pki.join("server.crt");
     c.tls.server_key = pki.join("server.key");
     c.tls.client_cert = pki.join("bridge-client.crt");

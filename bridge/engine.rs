@@ -249,6 +249,16 @@ impl<S: Store> Engine<S> {
         f(&mut self.rates.write().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// The spreads in force.
+    pub fn spreads(&self) -> SpreadPolicy {
+        self.spreads.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `policy` in force for quotes priced from now on; issued quotes keep their price.
+    pub fn set_spreads(&self, policy: SpreadPolicy) {
+        *self.spreads.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
     /// One call to acquirer `id`.
     async fn call(
         &self,

@@ -80,6 +80,30 @@ pub enum ApiError {
     /// No such parked webhook event (admin).
     #[error("no such parked event")]
     EventNotFound,
+    /// A spread outside the configured bounds (admin).
+    #[error("{0}")]
+    SpreadOutOfBounds(String),
+    /// A rate that cannot be taken: not positive, one currency, bad line (admin).
+    #[error("{0}")]
+    InvalidRate(String),
+    /// No such rate source (admin).
+    #[error("no rate source {0:?}")]
+    RateSourceNotFound(String),
+    /// The rate source could not be read; the rates held are unchanged (admin).
+    #[error("{0}")]
+    RateSourceFailed(String),
+    /// The business day's cut-off (and its cancel window) has not passed yet (admin).
+    #[error("{0}")]
+    DayNotClosed(String),
+    /// The day's statements were not produced yet, or the file does not exist (admin).
+    #[error("{0}")]
+    SettlementNotFound(String),
+    /// An acquirer file that cannot be read as `instruction_id,amount,currency,status,refund_ids` (admin).
+    #[error("{0}")]
+    InvalidReconciliationFile(String),
+    /// No configured acquirer by that id (admin).
+    #[error("no acquirer {0:?}")]
+    AcquirerNotFound(String),
 }
 
 impl ApiError {
@@ -123,6 +147,18 @@ impl ApiError {
             RefundWindowClosed(_) => ("REFUND_WINDOW_CLOSED", StatusCode::CONFLICT, false),
             Forbidden => ("FORBIDDEN", StatusCode::FORBIDDEN, false),
             EventNotFound => ("EVENT_NOT_FOUND", StatusCode::NOT_FOUND, false),
+            SpreadOutOfBounds(_) => {
+                ("SPREAD_OUT_OF_BOUNDS", StatusCode::UNPROCESSABLE_ENTITY, false)
+            }
+            InvalidRate(_) => ("INVALID_RATE", StatusCode::UNPROCESSABLE_ENTITY, false),
+            RateSourceNotFound(_) => ("RATE_SOURCE_NOT_FOUND", StatusCode::NOT_FOUND, false),
+            RateSourceFailed(_) => ("RATE_SOURCE_FAILED", StatusCode::BAD_GATEWAY, true),
+            DayNotClosed(_) => ("DAY_NOT_CLOSED", StatusCode::CONFLICT, true),
+            SettlementNotFound(_) => ("SETTLEMENT_NOT_FOUND", StatusCode::NOT_FOUND, false),
+            AcquirerNotFound(_) => ("ACQUIRER_NOT_FOUND", StatusCode::NOT_FOUND, false),
+            InvalidReconciliationFile(_) => {
+                ("INVALID_RECONCILIATION_FILE", StatusCode::UNPROCESSABLE_ENTITY, false)
+            }
         }
     }
 

@@ -303,7 +303,8 @@ fn rate_limit(limiters: &HashMap<String, DefaultDirectRateLimiter>, req: &mut Re
 }
 
 /// Reads a JSON body of at most `max` bytes into `T`, naming the field that is wrong.
-pub async fn read_json<T: DeserializeOwned>(req: Req, max: u64) -> Result<T, ApiError> {
+/// The whole body, at most `max` bytes (`PAYLOAD_TOO_LARGE` beyond).
+pub async fn read_body(req: Req, max: u64) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -313,14 +314,22 @@ pub async fn read_json<T: DeserializeOwned>(req: Req, max: u64) -> Result<T, Api
         return Err(ApiError::PayloadTooLarge(max));
     }
     let body = Limited::new(req.into_body(), usize::try_from(max).unwrap_or(usize::MAX));
-    let bytes = match body.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::PayloadTooLarge(max))
-        }
-        Err(e) => return Err(ApiError::InvalidRequest(format!("the body could not be read: {e}"))),
-    };
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    match body.collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(max)),
+        Err(e) => Err(ApiError::InvalidRequest(format!("the body could not be read: {e}"))),
+    }
+}
+
+/// The body as JSON of type `T`; errors name the field.
+pub async fn read_json<T: DeserializeOwned>(req: Req, max: u64) -> Result<T, ApiError> {
+    let bytes = read_body(req, max).await?;
+    json_body(&bytes)
+}
+
+/// `bytes` as JSON of type `T`; errors name the field.
+pub fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

@@ -33,6 +33,8 @@ pub mod pki;
 pub mod rates;
 pub mod resolver;
 pub mod routing;
+pub mod settlement;
 pub mod store;
 pub mod tls;
+pub mod treasury;
 pub mod webhooks;

@@ -265,3 +265,103 @@ pub struct ParkedEvent {
     pub attempts: u32,
     pub last_error: String,
 }
+
+/// One admin change in the append-only audit log. `hash` is SHA-256 over the record's other
+/// fields (canonical JSON), `prev_hash` the previous record's hash: editing, removing or
+/// reordering a record breaks the chain at that record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub v: u32,
+    /// 1, 2, 3, … with no gaps.
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    /// The admin certificate's identity.
+    pub actor: String,
+    /// What was done: `spreads.set`, `rates.set`, `settlement.run`, …
+    pub action: String,
+    /// What it was done to: `spread:partner-demo:USD/PHP`, `rates`, `settlement:2026-11-20`, …
+    pub target: String,
+    pub before: serde_json::Value,
+    pub after: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The `prev_hash` of the first record.
+pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+impl AuditRecord {
+    /// The hash this record should carry: SHA-256 of its fields other than `hash`, as JSON with
+    /// sorted keys.
+    pub fn compute_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let body = serde_json::json!({
+            "v": self.v, "seq": self.seq, "at": self.at, "actor": self.actor,
+            "action": self.action, "target": self.target, "before": self.before,
+            "after": self.after, "prev_hash": self.prev_hash,
+        });
+        hex::encode(Sha256::digest(serde_json::to_vec(&body).expect("JSON of plain data")))
+    }
+}
+
+/// Where the audit chain stands: the last record's number and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// An admin change to record: the audit fields the caller knows.
+#[derive(Debug, Clone)]
+pub struct AuditDraft {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub before: serde_json::Value,
+    pub after: serde_json::Value,
+}
+
+/// Where the chain breaks, if it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainCheck {
+    pub ok: bool,
+    pub records: u64,
+    /// The first record that does not verify.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broken_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Verifies a chain read in key order; `head` is where the store says it ends.
+pub fn verify_chain(records: &[AuditRecord], head: Option<&AuditHead>) -> ChainCheck {
+    let mut prev = AUDIT_GENESIS.to_owned();
+    let broken = |seq: u64, reason: String| ChainCheck {
+        ok: false,
+        records: records.len() as u64,
+        broken_at: Some(seq),
+        reason: Some(reason),
+    };
+    for (i, r) in records.iter().enumerate() {
+        let expected = i as u64 + 1;
+        if r.seq != expected {
+            return broken(expected, format!("record {expected} is missing (found {})", r.seq));
+        }
+        if r.prev_hash != prev {
+            return broken(r.seq, "does not follow the record before it".into());
+        }
+        if r.compute_hash() != r.hash {
+            return broken(r.seq, "content does not match its hash".into());
+        }
+        prev = r.hash.clone();
+    }
+    let last = records.last().map_or(0, |r| r.seq);
+    match head {
+        Some(h) if h.seq != last || (last > 0 && h.hash != prev) => {
+            broken(last + 1, format!("the log ends at {last} but the chain head says {}", h.seq))
+        }
+        None if last > 0 => broken(last, "the chain head is missing".into()),
+        _ => ChainCheck { ok: true, records: last, broken_at: None, reason: None },
+    }
+}

@@ -165,6 +165,17 @@ pub trait Store: Send + Sync + 'static {
     fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> StoreFuture<'_, ()>;
+    /// Records an admin change at the end of the audit chain and, in the same transaction,
+    /// writes `settings` (a `None` value removes the key). Returns the record written.
+    fn admin_commit(
+        &self,
+        draft: &AuditDraft,
+        settings: &[(String, Option<Vec<u8>>)],
+    ) -> Result<AuditRecord, StoreError>;
+    /// The audit log in order, and the chain head the store keeps.
+    fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError>;
+    /// Every setting whose key starts with `prefix`, in key order.
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// Per-currency sums of the whole journal: all zero when the ledger balances.
     fn ledger_sums(&self) -> Result<BTreeMap<Currency, i128>, StoreError> {
@@ -229,8 +240,14 @@ pub struct SledStore {
     refunds: sled::Tree,
     refunds_by_payment: sled::Tree,
     refund_idem: sled::Tree,
+    /// Admin settings (spreads, rates set by hand) and the audit chain's head.
+    settings: sled::Tree,
+    audit: sled::Tree,
     flusher: GroupCommit,
 }
+
+/// The settings key of the audit chain's head.
+const AUDIT_HEAD: &str = "audit/head";
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("JSON of plain data")
@@ -307,6 +324,8 @@ impl SledStore {
             refunds: db.open_tree("refunds")?,
             refunds_by_payment: db.open_tree("refunds_by_payment")?,
             refund_idem: db.open_tree("refund_idempotency")?,
+            settings: db.open_tree("settings")?,
+            audit: db.open_tree("audit")?,
             flusher: GroupCommit::start(db.clone()),
             db,
         })
@@ -594,6 +613,61 @@ impl Store for SledStore {
         let event = OutboxEvent { replayed_at: Some(now), ..p.event };
         self.move_event(&self.parked, &self.outbox, seq, encode(&event))?;
         Ok(true)
+    }
+
+    fn admin_commit(
+        &self,
+        draft: &AuditDraft,
+        settings: &[(String, Option<Vec<u8>>)],
+    ) -> Result<AuditRecord, StoreError> {
+        unwrap_tx((&self.settings, &self.audit).transaction(|(set, audit)| {
+            let head = tx_get::<AuditHead>(set, "settings", AUDIT_HEAD.as_bytes())?
+                .unwrap_or(AuditHead { seq: 0, hash: AUDIT_GENESIS.into() });
+            let mut record = AuditRecord {
+                v: RECORD_VERSION,
+                seq: head.seq + 1,
+                at: draft.at,
+                actor: draft.actor.clone(),
+                action: draft.action.clone(),
+                target: draft.target.clone(),
+                before: draft.before.clone(),
+                after: draft.after.clone(),
+                prev_hash: head.hash,
+                hash: String::new(),
+            };
+            record.hash = record.compute_hash();
+            audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
+            let head = AuditHead { seq: record.seq, hash: record.hash.clone() };
+            set.insert(AUDIT_HEAD.as_bytes(), encode(&head))?;
+            for (k, v) in settings {
+                match v {
+                    Some(v) => set.insert(k.as_bytes(), v.as_slice())?,
+                    None => set.remove(k.as_bytes())?,
+                };
+            }
+            Ok(record)
+        }))
+    }
+
+    fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
+        let records = self
+            .audit
+            .iter()
+            .values()
+            .map(|v| decode("audit", &v?))
+            .collect::<Result<Vec<AuditRecord>, StoreError>>()?;
+        let head = self.settings.get(AUDIT_HEAD)?.map(|v| decode("settings", &v)).transpose()?;
+        Ok((records, head))
+    }
+
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.settings
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
     }
 
     fn flush(&self) -> StoreFuture<'_, ()> {

@@ -93,6 +93,19 @@ impl Store for FlakyStore {
     fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         self.inner.unpark(event_id, now)
     }
+    fn admin_commit(
+        &self,
+        draft: &AuditDraft,
+        settings: &[(String, Option<Vec<u8>>)],
+    ) -> Result<AuditRecord, StoreError> {
+        self.inner.admin_commit(draft, settings)
+    }
+    fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
+        self.inner.audit_log()
+    }
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.settings(prefix)
+    }
     fn flush(&self) -> StoreFuture<'_, ()> {
         if self.fail.load(Ordering::SeqCst) {
             let e = sled::Error::Io(std::io::Error::other("injected: disk full"));

@@ -57,9 +57,14 @@ async fn the_documents_and_the_server_agree() {
         let doc = documented(file);
         assert_eq!(doc, declared(routes), "docs/{file} and the listener's ROUTES differ");
         for (method, path) in &doc {
-            let concrete =
-                path.replace("{payment_id}", "pay_none").replace("{event_id}", "evt_none")
-                    + if path == "/v1/payments" && method == "GET" { "?request_id=x" } else { "" };
+            let concrete = path
+                .replace("{payment_id}", "pay_none")
+                .replace("{event_id}", "evt_none")
+                .replace("{source_id}", "builtin")
+                .replace("{day}", "2000-01-01")
+                .replace("{name}", "summary.json")
+                .replace("{acquirer}", "sandbox")
+                + if path == "/v1/payments" && method == "GET" { "?request_id=x" } else { "" };
             let method: Method = method.parse().unwrap();
             let body = (method == Method::POST).then(|| b"{}".to_vec());
             let (status, json) = c.try_send(method.clone(), &concrete, body).await.unwrap();

@@ -226,6 +226,7 @@ impl Default for Fx {
                 location: None,
                 poll_s: None,
                 max_age_s: Some(86_400 * 365),
+                ca: None,
             }],
         }
     }
@@ -265,6 +266,9 @@ pub struct RateSource {
     /// Staleness limit for this source's rates.
     #[serde(default)]
     pub max_age_s: Option<u64>,
+    /// CA that signs an `https://` location's certificate; none trusts the public web roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +311,8 @@ pub struct Settlement {
     pub cancel_until: String,
     /// Refunds are accepted for this many days after the payment.
     pub refund_window_days: u32,
+    /// Where statements and reconciliation reports are written, one folder per business day.
+    pub dir: PathBuf,
 }
 
 impl Default for Settlement {
@@ -316,6 +322,7 @@ impl Default for Settlement {
             cutoff: "00:00".into(),
             cancel_until: "00:30".into(),
             refund_window_days: 366,
+            dir: "var/settlement".into(),
         }
     }
 }

@@ -1,0 +1,887 @@
+//! Daily settlement: statements per partner and per acquirer, a treasury report, and
+//! reconciliation against an acquirer's own file.
+//!
+//! **The business day.** Day D ends at the configured cut-off (local time in `settlement.time_zone`):
+//! a cut-off before noon ends D on the next calendar day (the default `00:00` makes D the
+//! calendar day), a cut-off from noon on ends D on D itself (`22:00`: D runs from 22:00 on D−1
+//! to 22:00 on D). A payment belongs to the day it was made; a refund to the day it was made.
+//!
+//! **Closing.** A day closes only after its end *and* after the cancel window of its last
+//! payment (`cancel_until` on the next day), so nothing can still change it by a cancel. Before
+//! that, a run is refused with `DAY_NOT_CLOSED` and the moment it closes.
+//!
+//! **What is on the statements.**
+//! - A payment made that day is on its partner's and its acquirer's statement when it
+//!   SUCCEEDED. Cancelled, declined and expired payments are on neither side.
+//! - A payment still in doubt (not final) is on neither side and is listed in `in-doubt.csv`:
+//!   never guessed. A later run of the day, once it has resolved, includes it.
+//! - Every refund made that day is on both statements, whatever day its payment was made.
+//!
+//! **The files**, under `<settlement.dir>/<day>/`:
+//! - `partner-<id>-<CUR>.csv`: one for each partner and each of its wallet currencies.
+//! - `acquirer-<id>.csv`: in CNY.
+//! - `treasury-revenue.csv` and `treasury-positions.csv`.
+//! - `in-doubt.csv`.
+//! - `summary.json`: counts, totals, net amounts and each file's SHA-256.
+//!
+//! The files hold no time of their own making and are written in a fixed order. Running a day
+//! twice over the same state therefore gives byte-identical files, and a day with no activity
+//! still gives every file, with zero counts.
+//!
+//! **Reconciliation** reads an acquirer's file for a day: CSV `instruction_id,amount,currency,
+//! status,refund_ids` (major units, `;`-separated refund ids). Each instruction is matched with
+//! the bridge's own view of its payments to that acquirer made that day. The report lists what
+//! matched, what is missing on either side, and what differs in amount, currency, status or
+//! refunds. It is written as `reconciliation-<acquirer>.csv` and `.json` (the acquirer's file is
+//! kept beside them) and returned as the API answer. The CLI exits 3 when anything differs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, SecondsFormat, TimeZone, Utc};
+use qrbridge_fx::{Amount, Currency};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::engine::CancelPolicy;
+use crate::error::ApiError;
+use crate::model::{JournalEntry, PaymentRecord, PaymentState, RefundRecord};
+use crate::store::Store;
+use crate::treasury::{internal, positions, CurrencyPosition, Treasury};
+
+/// How business days fall.
+#[derive(Debug, Clone, Copy)]
+pub struct BusinessDays {
+    pub tz: chrono_tz::Tz,
+    /// The local time a day ends.
+    pub cutoff: NaiveTime,
+    pub cancel: CancelPolicy,
+}
+
+fn noon() -> NaiveTime {
+    NaiveTime::from_hms_opt(12, 0, 0).expect("noon")
+}
+
+/// The business day `at` falls in (see the module's notes).
+pub fn business_day(at: DateTime<Utc>, tz: chrono_tz::Tz, cutoff: NaiveTime) -> NaiveDate {
+    let local = at.with_timezone(&tz).naive_local();
+    let since_midnight = cutoff - NaiveTime::MIN;
+    if cutoff < noon() {
+        (local - since_midnight).date()
+    } else {
+        (local + (Duration::days(1) - since_midnight)).date()
+    }
+}
+
+impl BusinessDays {
+    pub fn day_of(&self, at: DateTime<Utc>) -> NaiveDate {
+        business_day(at, self.tz, self.cutoff)
+    }
+
+    fn local(&self, day: NaiveDate, time: NaiveTime) -> DateTime<Utc> {
+        let t = day.and_time(time);
+        // Asia/Shanghai has no DST; elsewhere a time in a gap is taken just after it.
+        self.tz
+            .from_local_datetime(&t)
+            .earliest()
+            .or_else(|| self.tz.from_local_datetime(&(t + Duration::hours(1))).earliest())
+            .map(|t| t.with_timezone(&Utc))
+            .expect("a local time exists within an hour")
+    }
+
+    /// `[start, end)` of `day`.
+    pub fn bounds(&self, day: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
+        let end_day = if self.cutoff < noon() { day.succ_opt().unwrap_or(day) } else { day };
+        let end = self.local(end_day, self.cutoff);
+        let start_day = end_day.pred_opt().unwrap_or(end_day);
+        (self.local(start_day, self.cutoff), end)
+    }
+
+    /// When `day` can be closed: after its end and after its last payment's cancel window.
+    pub fn closes_at(&self, day: NaiveDate) -> DateTime<Utc> {
+        let (_, end) = self.bounds(day);
+        end.max(self.cancel.deadline(end - Duration::seconds(1)))
+    }
+}
+
+fn ts(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Totals of one partner's statement in one wallet currency.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartnerTotals {
+    pub partner: String,
+    pub currency: Currency,
+    pub file: String,
+    pub payments: u64,
+    pub payments_total: Amount,
+    pub refunds: u64,
+    pub refunds_total: Amount,
+    /// What the partner owes: payments less refunds.
+    pub net_due: Amount,
+}
+
+/// Totals of one acquirer's statement (CNY).
+#[derive(Debug, Clone, Serialize)]
+pub struct AcquirerTotals {
+    pub acquirer: String,
+    pub file: String,
+    pub instructions: u64,
+    pub instructions_total: Amount,
+    pub refunds: u64,
+    pub refunds_total: Amount,
+    /// What the bridge owes the acquirer: instructions less refunds.
+    pub net_payable: Amount,
+}
+
+/// Spread revenue of one partner and pair on the day.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevenueTotals {
+    pub partner: String,
+    pub pair: String,
+    pub payments: u64,
+    pub refunds: u64,
+    pub spread_revenue: Amount,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub day: NaiveDate,
+    pub time_zone: String,
+    pub from: String,
+    pub to: String,
+    pub closes_at: String,
+    pub partners: Vec<PartnerTotals>,
+    pub acquirers: Vec<AcquirerTotals>,
+    pub spread_revenue: Vec<RevenueTotals>,
+    pub positions: Vec<CurrencyPosition>,
+    /// Payments made that day on neither side, by final state.
+    pub excluded: BTreeMap<String, u64>,
+    /// Payments made that day still in doubt: listed, not settled.
+    pub in_doubt: Vec<String>,
+    /// Every other file of the day, with its SHA-256.
+    pub files: BTreeMap<String, String>,
+}
+
+/// What the day's payments and refunds are, as read from the store.
+pub struct DayInput<'a> {
+    pub day: NaiveDate,
+    pub days: &'a BusinessDays,
+    /// Configured partners with their wallet currencies, and acquirers: each gets a file.
+    pub partners: &'a [(String, Vec<Currency>)],
+    pub acquirers: &'a [String],
+    /// Every payment the store holds (filtered here).
+    pub payments: &'a [PaymentRecord],
+    /// Every refund of those payments.
+    pub refunds: &'a [RefundRecord],
+    pub journal: &'a [JournalEntry],
+}
+
+fn csv_bytes(header: &[&str], rows: Vec<Vec<String>>) -> Vec<u8> {
+    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
+    w.write_record(header).expect("CSV into memory");
+    for r in rows {
+        w.write_record(&r).expect("CSV into memory");
+    }
+    w.into_inner().expect("CSV into memory")
+}
+
+fn add(total: &mut Amount, a: &Amount) -> Result<(), ApiError> {
+    *total = total.checked_add(a).map_err(|e| {
+        tracing::error!(error = %e, "statement total out of range");
+        ApiError::Internal
+    })?;
+    Ok(())
+}
+
+/// Builds every file of the day: `(summary, files by name)`.
+pub fn build(input: &DayInput<'_>) -> Result<(Summary, BTreeMap<String, Vec<u8>>), ApiError> {
+    let DayInput { day, days, .. } = *input;
+    let (from, to) = days.bounds(day);
+    let cny = Currency::from_code("CNY").expect("CNY");
+    let mut made: Vec<&PaymentRecord> =
+        input.payments.iter().filter(|p| days.day_of(p.created_at) == day).collect();
+    made.sort_by(|a, b| (a.created_at, &a.payment_id).cmp(&(b.created_at, &b.payment_id)));
+    let mut refunds: Vec<&RefundRecord> =
+        input.refunds.iter().filter(|r| days.day_of(r.created_at) == day).collect();
+    refunds.sort_by(|a, b| (a.created_at, &a.refund_id).cmp(&(b.created_at, &b.refund_id)));
+    let by_id: BTreeMap<&str, &PaymentRecord> =
+        input.payments.iter().map(|p| (p.payment_id.as_str(), p)).collect();
+
+    let settled: Vec<&PaymentRecord> =
+        made.iter().copied().filter(|p| p.state == PaymentState::Succeeded).collect();
+    let mut excluded = BTreeMap::new();
+    let mut in_doubt = Vec::new();
+    for p in &made {
+        match p.state {
+            PaymentState::Succeeded => {}
+            s if s.is_final() => {
+                let why = match (&p.state, &p.failure) {
+                    (PaymentState::Failed, Some(f)) => f.code.clone(),
+                    (s, _) => s.api_status().to_owned(),
+                };
+                *excluded.entry(why).or_insert(0) += 1;
+            }
+            _ => in_doubt.push(*p),
+        }
+    }
+
+    let mut files = BTreeMap::new();
+    let mut partner_totals = Vec::new();
+    for (partner, currencies) in input.partners {
+        for &c in currencies {
+            let file = format!("partner-{partner}-{}.csv", c.code());
+            let mut t = PartnerTotals {
+                partner: partner.clone(),
+                currency: c,
+                file: file.clone(),
+                payments: 0,
+                payments_total: Amount::zero(c),
+                refunds: 0,
+                refunds_total: Amount::zero(c),
+                net_due: Amount::zero(c),
+            };
+            let mut rows = Vec::new();
+            for p in settled.iter().filter(|p| &p.partner == partner && p.wallet.currency() == c) {
+                t.payments += 1;
+                add(&mut t.payments_total, &p.wallet)?;
+                rows.push(vec![
+                    "payment".into(),
+                    p.payment_id.clone(),
+                    String::new(),
+                    p.request_id.clone(),
+                    ts(p.created_at),
+                    p.pay.to_major_string(),
+                    p.wallet.to_major_string(),
+                    c.code().into(),
+                    p.rate.price.to_string(),
+                    p.acquirer.clone(),
+                ]);
+            }
+            for r in
+                refunds.iter().filter(|r| &r.partner == partner && r.wallet_amount.currency() == c)
+            {
+                t.refunds += 1;
+                add(&mut t.refunds_total, &r.wallet_amount)?;
+                let price = by_id
+                    .get(r.payment_id.as_str())
+                    .map(|p| p.rate.price.to_string())
+                    .unwrap_or_default();
+                rows.push(vec![
+                    "refund".into(),
+                    r.payment_id.clone(),
+                    r.refund_id.clone(),
+                    r.acquirer_refund_id.clone(),
+                    ts(r.created_at),
+                    r.amount.to_major_string(),
+                    r.wallet_amount.to_major_string(),
+                    c.code().into(),
+                    price,
+                    r.acquirer.clone(),
+                ]);
+            }
+            t.net_due =
+                t.payments_total.checked_sub(&t.refunds_total).map_err(|_| ApiError::Internal)?;
+            files.insert(
+                file,
+                csv_bytes(
+                    &[
+                        "type",
+                        "payment_id",
+                        "refund_id",
+                        "reference",
+                        "created_at",
+                        "cny_amount",
+                        "wallet_amount",
+                        "wallet_currency",
+                        "price",
+                        "acquirer",
+                    ],
+                    rows,
+                ),
+            );
+            partner_totals.push(t);
+        }
+    }
+
+    let mut acquirer_totals = Vec::new();
+    for acquirer in input.acquirers {
+        let file = format!("acquirer-{acquirer}.csv");
+        let mut t = AcquirerTotals {
+            acquirer: acquirer.clone(),
+            file: file.clone(),
+            instructions: 0,
+            instructions_total: Amount::zero(cny),
+            refunds: 0,
+            refunds_total: Amount::zero(cny),
+            net_payable: Amount::zero(cny),
+        };
+        let mut rows = Vec::new();
+        for p in settled.iter().filter(|p| &p.acquirer == acquirer) {
+            t.instructions += 1;
+            add(&mut t.instructions_total, &p.pay)?;
+            rows.push(vec![
+                "instruction".into(),
+                p.payment_id.clone(),
+                String::new(),
+                p.acquirer_ref.clone().unwrap_or_default(),
+                ts(p.created_at),
+                p.pay.to_major_string(),
+                "CNY".into(),
+                p.merchant.id.clone().unwrap_or_default(),
+            ]);
+        }
+        for r in refunds.iter().filter(|r| &r.acquirer == acquirer) {
+            t.refunds += 1;
+            add(&mut t.refunds_total, &r.amount)?;
+            rows.push(vec![
+                "refund".into(),
+                r.payment_id.clone(),
+                r.acquirer_refund_id.clone(),
+                r.refund_id.clone(),
+                ts(r.created_at),
+                r.amount.to_major_string(),
+                "CNY".into(),
+                by_id
+                    .get(r.payment_id.as_str())
+                    .map(|p| p.merchant.id.clone().unwrap_or_default())
+                    .unwrap_or_default(),
+            ]);
+        }
+        t.net_payable =
+            t.instructions_total.checked_sub(&t.refunds_total).map_err(|_| ApiError::Internal)?;
+        files.insert(
+            file,
+            csv_bytes(
+                &[
+                    "type",
+                    "instruction_id",
+                    "refund_id",
+                    "reference",
+                    "created_at",
+                    "amount",
+                    "currency",
+                    "merchant_id",
+                ],
+                rows,
+            ),
+        );
+        acquirer_totals.push(t);
+    }
+
+    // The treasury report comes from the ledger entries behind the statements: each settled
+    // payment's booking, and each refund of the day.
+    let settled_ids: BTreeSet<&str> = settled.iter().map(|p| p.payment_id.as_str()).collect();
+    let entries: Vec<JournalEntry> = input
+        .journal
+        .iter()
+        .filter(|e| {
+            (e.kind == "payment" && settled_ids.contains(e.payment_id.as_str()))
+                || (e.kind == "refund" && days.day_of(e.at) == day)
+        })
+        .cloned()
+        .collect();
+    let positions = positions(&entries)?;
+    let mut revenue: BTreeMap<(String, Currency), (u64, u64, i128)> = BTreeMap::new();
+    for e in &entries {
+        let partner = e
+            .postings
+            .iter()
+            .find_map(|p| p.account.strip_prefix("partner_receivable:"))
+            .unwrap_or("?");
+        for p in e.postings.iter().filter(|p| p.account.starts_with("spread_revenue:")) {
+            let line = revenue.entry((partner.to_owned(), p.currency)).or_insert((0, 0, 0));
+            if e.kind == "payment" {
+                line.0 += 1
+            } else {
+                line.1 += 1
+            }
+            line.2 -= i128::from(p.minor);
+        }
+    }
+    let spread_revenue = revenue
+        .into_iter()
+        .map(|((partner, c), (payments, refunds, sum))| {
+            let amount = i64::try_from(sum)
+                .ok()
+                .and_then(|m| Amount::from_minor(c, m).ok())
+                .ok_or(ApiError::Internal)?;
+            Ok(RevenueTotals {
+                partner,
+                pair: format!("{}/CNY", c.code()),
+                payments,
+                refunds,
+                spread_revenue: amount,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    files.insert(
+        "treasury-revenue.csv".into(),
+        csv_bytes(
+            &["partner", "pair", "payments", "refunds", "spread_revenue", "currency"],
+            spread_revenue
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.partner.clone(),
+                        r.pair.clone(),
+                        r.payments.to_string(),
+                        r.refunds.to_string(),
+                        r.spread_revenue.to_major_string(),
+                        r.spread_revenue.currency().code().into(),
+                    ]
+                })
+                .collect(),
+        ),
+    );
+    files.insert(
+        "treasury-positions.csv".into(),
+        csv_bytes(
+            &["currency", "partners_owe", "we_owe_acquirers", "spread_revenue", "net_position"],
+            positions
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.currency.code().into(),
+                        p.partners_owe.to_major_string(),
+                        p.we_owe_acquirers.to_major_string(),
+                        p.spread_revenue.to_major_string(),
+                        p.net_position.to_major_string(),
+                    ]
+                })
+                .collect(),
+        ),
+    );
+    files.insert(
+        "in-doubt.csv".into(),
+        csv_bytes(
+            &[
+                "payment_id",
+                "partner",
+                "acquirer",
+                "status",
+                "created_at",
+                "cny_amount",
+                "wallet_amount",
+                "wallet_currency",
+            ],
+            in_doubt
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.payment_id.clone(),
+                        p.partner.clone(),
+                        p.acquirer.clone(),
+                        p.state.api_status().into(),
+                        ts(p.created_at),
+                        p.pay.to_major_string(),
+                        p.wallet.to_major_string(),
+                        p.wallet.currency().code().into(),
+                    ]
+                })
+                .collect(),
+        ),
+    );
+
+    let summary = Summary {
+        day,
+        time_zone: days.tz.name().to_owned(),
+        from: ts(from),
+        to: ts(to),
+        closes_at: ts(days.closes_at(day)),
+        partners: partner_totals,
+        acquirers: acquirer_totals,
+        spread_revenue,
+        positions,
+        excluded,
+        in_doubt: in_doubt.iter().map(|p| p.payment_id.clone()).collect(),
+        files: files.iter().map(|(n, b)| (n.clone(), hex::encode(Sha256::digest(b)))).collect(),
+    };
+    let mut json = serde_json::to_vec_pretty(&summary).expect("JSON of plain data");
+    json.push(b'\n');
+    files.insert("summary.json".into(), json);
+    Ok((summary, files))
+}
+
+/// Writes `files` into `dir`, each through a temporary file renamed into place and synced.
+fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    for (name, bytes) in files {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))?;
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A reconciliation line's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    Matched,
+    MissingAtAcquirer,
+    MissingAtBridge,
+    AmountDiffers,
+    CurrencyDiffers,
+    StatusDiffers,
+    RefundsDiffer,
+}
+
+/// One instruction, as both sides see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconLine {
+    pub instruction_id: String,
+    /// Every difference found (just `MATCHED` when there is none).
+    pub verdicts: Vec<Verdict>,
+    pub bridge_amount: Option<String>,
+    pub acquirer_amount: Option<String>,
+    pub bridge_currency: Option<String>,
+    pub acquirer_currency: Option<String>,
+    pub bridge_status: Option<String>,
+    pub acquirer_status: Option<String>,
+    pub bridge_refunds: Vec<String>,
+    pub acquirer_refunds: Vec<String>,
+    pub note: String,
+}
+
+struct TheirLine {
+    amount: String,
+    currency: String,
+    status: String,
+    refunds: BTreeSet<String>,
+}
+
+/// How the bridge states a payment's standing to an acquirer.
+fn bridge_status(p: &PaymentRecord) -> &'static str {
+    match (p.state, p.failure.as_ref().map(|f| f.code.as_str())) {
+        (PaymentState::Succeeded, _) => "APPROVED",
+        (PaymentState::Failed, Some("DECLINED")) => "DECLINED",
+        (PaymentState::Failed | PaymentState::Cancelled, _) => "REVERSED",
+        _ => "IN_DOUBT",
+    }
+}
+
+/// Compares an acquirer's file with the bridge's view; `payments` are every payment the store
+/// holds, `refunds` their refunds.
+pub fn reconcile(
+    day: NaiveDate,
+    days: &BusinessDays,
+    acquirer: &str,
+    file: &[u8],
+    payments: &[PaymentRecord],
+    refunds: &[RefundRecord],
+) -> Result<Vec<ReconLine>, ApiError> {
+    let bad =
+        |line: u64, m: String| ApiError::InvalidReconciliationFile(format!("line {line}: {m}"));
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(file);
+    let header = reader.headers().map_err(|e| bad(1, e.to_string()))?;
+    let want = ["instruction_id", "amount", "currency", "status", "refund_ids"];
+    if header.iter().collect::<Vec<_>>() != want {
+        return Err(bad(1, format!("the header must be {}", want.join(","))));
+    }
+    let mut theirs: BTreeMap<String, TheirLine> = BTreeMap::new();
+    for (i, row) in reader.records().enumerate() {
+        let line = i as u64 + 2;
+        let row = row.map_err(|e| bad(line, e.to_string()))?;
+        let id = row[0].to_owned();
+        if id.is_empty() {
+            return Err(bad(line, "instruction_id is empty".into()));
+        }
+        let refunds =
+            row[4].split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        let entry = TheirLine {
+            amount: row[1].to_owned(),
+            currency: row[2].to_owned(),
+            status: row[3].to_ascii_uppercase(),
+            refunds,
+        };
+        if theirs.insert(id.clone(), entry).is_some() {
+            return Err(bad(line, format!("instruction {id} is listed twice")));
+        }
+    }
+    let mut refunds_of: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for r in refunds {
+        refunds_of.entry(r.payment_id.as_str()).or_default().insert(r.acquirer_refund_id.clone());
+    }
+    let all: BTreeMap<&str, &PaymentRecord> =
+        payments.iter().map(|p| (p.payment_id.as_str(), p)).collect();
+    let ours: BTreeMap<&str, &PaymentRecord> = payments
+        .iter()
+        .filter(|p| p.acquirer == acquirer && days.day_of(p.created_at) == day)
+        .map(|p| (p.payment_id.as_str(), p))
+        .collect();
+    let ids: BTreeSet<&str> =
+        ours.keys().copied().chain(theirs.keys().map(String::as_str)).collect();
+    let mut lines = Vec::new();
+    for id in ids {
+        let our = ours.get(id).copied();
+        let their = theirs.get(id);
+        let our_refunds: Vec<String> =
+            refunds_of.get(id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let mut line = ReconLine {
+            instruction_id: id.to_owned(),
+            verdicts: Vec::new(),
+            bridge_amount: our.map(|p| p.pay.to_major_string()),
+            acquirer_amount: their.map(|t| t.amount.clone()),
+            bridge_currency: our.map(|p| p.pay.currency().code().to_owned()),
+            acquirer_currency: their.map(|t| t.currency.clone()),
+            bridge_status: our.map(|p| bridge_status(p).to_owned()),
+            acquirer_status: their.map(|t| t.status.clone()),
+            bridge_refunds: our_refunds.clone(),
+            acquirer_refunds: their
+                .map(|t| t.refunds.iter().cloned().collect())
+                .unwrap_or_default(),
+            note: String::new(),
+        };
+        match (our, their) {
+            (Some(_), None) => line.verdicts.push(Verdict::MissingAtAcquirer),
+            (None, Some(_)) => {
+                line.verdicts.push(Verdict::MissingAtBridge);
+                line.note = match all.get(id) {
+                    Some(p) if p.acquirer != acquirer => {
+                        format!("the bridge sent it to {}", p.acquirer)
+                    }
+                    Some(p) => format!("the bridge has it on {}", days.day_of(p.created_at)),
+                    None => "unknown to the bridge".into(),
+                };
+            }
+            (Some(p), Some(t)) => {
+                let currency_ok = t.currency.eq_ignore_ascii_case(p.pay.currency().code());
+                if !currency_ok {
+                    line.verdicts.push(Verdict::CurrencyDiffers);
+                }
+                let amount_ok = currency_ok
+                    && Amount::from_major_str(p.pay.currency(), &t.amount)
+                        .is_ok_and(|a| a == p.pay);
+                if currency_ok && !amount_ok {
+                    line.verdicts.push(Verdict::AmountDiffers);
+                }
+                if bridge_status(p) != t.status {
+                    line.verdicts.push(Verdict::StatusDiffers);
+                    if !p.state.is_final() {
+                        line.note = "in doubt at the bridge".into();
+                    }
+                }
+                if our_refunds.iter().cloned().collect::<BTreeSet<_>>() != t.refunds {
+                    line.verdicts.push(Verdict::RefundsDiffer);
+                }
+                if line.verdicts.is_empty() {
+                    line.verdicts.push(Verdict::Matched);
+                }
+            }
+            (None, None) => unreachable!("the id came from one side"),
+        }
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+/// Settlement over one treasury: runs days, serves their files, reconciles acquirers' files.
+pub struct Settlement<S> {
+    treasury: Arc<Treasury<S>>,
+    days: BusinessDays,
+    dir: PathBuf,
+    partners: Vec<(String, Vec<Currency>)>,
+    acquirers: Vec<String>,
+    /// One run or reconciliation at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+/// A day as the API names it.
+pub fn parse_day(text: &str) -> Result<NaiveDate, ApiError> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| ApiError::InvalidRequest(format!("day {text:?} is not YYYY-MM-DD")))
+}
+
+impl<S: Store> Settlement<S> {
+    pub fn new(
+        treasury: Arc<Treasury<S>>,
+        days: BusinessDays,
+        dir: PathBuf,
+        partners: Vec<(String, Vec<Currency>)>,
+        acquirers: Vec<String>,
+    ) -> Self {
+        Settlement {
+            treasury,
+            days,
+            dir,
+            partners,
+            acquirers,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn days(&self) -> &BusinessDays {
+        &self.days
+    }
+
+    fn ensure_closed(&self, day: NaiveDate) -> Result<(), ApiError> {
+        let closes = self.days.closes_at(day);
+        if self.treasury.engine().now() < closes {
+            return Err(ApiError::DayNotClosed(format!("{day} closes at {}", ts(closes))));
+        }
+        Ok(())
+    }
+
+    fn load(&self) -> Result<(Vec<PaymentRecord>, Vec<RefundRecord>), ApiError> {
+        let store = self.treasury.engine().store();
+        let payments = store.payments().map_err(internal)?;
+        let mut refunds = Vec::new();
+        for p in payments.iter().filter(|p| p.refunded_cny.is_positive()) {
+            refunds.extend(store.refunds_of(&p.payment_id).map_err(internal)?);
+        }
+        Ok((payments, refunds))
+    }
+
+    /// Produces (or produces again) the day's files; returns the summary.
+    pub async fn run(&self, actor: &str, day: NaiveDate) -> Result<Summary, ApiError> {
+        self.ensure_closed(day)?;
+        let _one = self.running.lock().await;
+        let (payments, refunds) = self.load()?;
+        let journal = self.treasury.engine().store().journal().map_err(internal)?;
+        let (summary, files) = build(&DayInput {
+            day,
+            days: &self.days,
+            partners: &self.partners,
+            acquirers: &self.acquirers,
+            payments: &payments,
+            refunds: &refunds,
+            journal: &journal,
+        })?;
+        let dir = self.dir.join(day.to_string());
+        tokio::task::spawn_blocking(move || write_files(&dir, &files))
+            .await
+            .map_err(|_| ApiError::Internal)?
+            .map_err(|e| {
+                tracing::error!(error = %e, "settlement files not written");
+                ApiError::Internal
+            })?;
+        let digest = summary.files.get("in-doubt.csv").cloned();
+        self.treasury
+            .record(
+                actor,
+                "settlement.run",
+                format!("settlement:{day}"),
+                json!({ "in_doubt": summary.in_doubt.len(), "in_doubt_sha256": digest }),
+            )
+            .await?;
+        Ok(summary)
+    }
+
+    fn day_dir(&self, day: NaiveDate) -> PathBuf {
+        self.dir.join(day.to_string())
+    }
+
+    /// A file of a day already run (`summary.json` among them).
+    pub async fn file(&self, day: NaiveDate, name: &str) -> Result<Vec<u8>, ApiError> {
+        let safe = !name.is_empty()
+            && !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        let missing = || {
+            ApiError::SettlementNotFound(format!("no file {name:?} for {day}; run the day first"))
+        };
+        if !safe {
+            return Err(missing());
+        }
+        tokio::fs::read(self.day_dir(day).join(name)).await.map_err(|_| missing())
+    }
+
+    /// Reconciles `acquirer`'s file for `day`; writes and returns the report.
+    pub async fn reconcile(
+        &self,
+        actor: &str,
+        day: NaiveDate,
+        acquirer: &str,
+        file: &[u8],
+    ) -> Result<Value, ApiError> {
+        if !self.acquirers.iter().any(|a| a == acquirer) {
+            return Err(ApiError::AcquirerNotFound(acquirer.to_owned()));
+        }
+        self.ensure_closed(day)?;
+        let _one = self.running.lock().await;
+        let (payments, refunds) = self.load()?;
+        let lines = reconcile(day, &self.days, acquirer, file, &payments, &refunds)?;
+        let mut counts: BTreeMap<Verdict, u64> = BTreeMap::new();
+        for l in &lines {
+            for v in &l.verdicts {
+                *counts.entry(*v).or_insert(0) += 1;
+            }
+        }
+        let clean = lines.iter().all(|l| l.verdicts == [Verdict::Matched]);
+        let report = json!({
+            "day": day, "acquirer": acquirer, "clean": clean,
+            "instructions": lines.len(), "counts": counts, "lines": lines,
+        });
+        let rows = lines
+            .iter()
+            .map(|l| {
+                let verdicts: Vec<String> = l
+                    .verdicts
+                    .iter()
+                    .map(|v| json!(v).as_str().unwrap_or_default().to_owned())
+                    .collect();
+                vec![
+                    l.instruction_id.clone(),
+                    verdicts.join(";"),
+                    l.bridge_amount.clone().unwrap_or_default(),
+                    l.acquirer_amount.clone().unwrap_or_default(),
+                    l.bridge_currency.clone().unwrap_or_default(),
+                    l.acquirer_currency.clone().unwrap_or_default(),
+                    l.bridge_status.clone().unwrap_or_default(),
+                    l.acquirer_status.clone().unwrap_or_default(),
+                    l.bridge_refunds.join(";"),
+                    l.acquirer_refunds.join(";"),
+                    l.note.clone(),
+                ]
+            })
+            .collect();
+        let mut files = BTreeMap::new();
+        files.insert(
+            format!("reconciliation-{acquirer}.csv"),
+            csv_bytes(
+                &[
+                    "instruction_id",
+                    "result",
+                    "bridge_amount",
+                    "acquirer_amount",
+                    "bridge_currency",
+                    "acquirer_currency",
+                    "bridge_status",
+                    "acquirer_status",
+                    "bridge_refunds",
+                    "acquirer_refunds",
+                    "note",
+                ],
+                rows,
+            ),
+        );
+        let mut json_bytes = serde_json::to_vec_pretty(&report).expect("JSON of plain data");
+        json_bytes.push(b'\n');
+        files.insert(format!("reconciliation-{acquirer}.json"), json_bytes);
+        files.insert(format!("acquirer-file-{acquirer}.csv"), file.to_vec());
+        let dir = self.day_dir(day);
+        tokio::task::spawn_blocking(move || write_files(&dir, &files))
+            .await
+            .map_err(|_| ApiError::Internal)?
+            .map_err(|e| {
+                tracing::error!(error = %e, "reconciliation files not written");
+                ApiError::Internal
+            })?;
+        self.treasury
+            .record(
+                actor,
+                "settlement.reconcile",
+                format!("reconciliation:{day}:{acquirer}"),
+                json!({ "clean": clean, "counts": counts }),
+            )
+            .await?;
+        Ok(report)
+    }
+}

@@ -1,0 +1,475 @@
+//! Treasury: the rates and spreads in force, the open positions and spread revenue (straight
+//! from the ledger), and the audit log of every admin change.
+//!
+//! Every admin change is made under one lock, written with its audit record in one sled
+//! transaction, made durable, and only then put in force: an answer "changed" is never sent for a
+//! change a crash could lose, and the log holds every change that was ever in force.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use qrbridge_fx::{Amount, Bps, Currency, Decimal, MidRate, Pair, SpreadKey, SpreadPolicy};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::engine::Engine;
+use crate::error::ApiError;
+use crate::model::{verify_chain, AuditDraft, AuditRecord, ChainCheck, JournalEntry};
+use crate::rates::{Feeds, SourceStatus};
+use crate::settlement::BusinessDays;
+use crate::store::{Store, StoreError};
+
+/// The settings key of the spreads an admin set.
+const SPREADS_KEY: &str = "spreads";
+/// The settings prefix of rates an admin set: `rate/<BASE>/<QUOTE>`.
+const RATE_PREFIX: &str = "rate/";
+
+pub(crate) fn internal(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "store failure");
+    ApiError::Internal
+}
+
+/// Treasury operations over one engine.
+pub struct Treasury<S> {
+    engine: Arc<Engine<S>>,
+    feeds: Arc<Feeds>,
+    /// One admin change at a time, so the policy in force and the stored one agree.
+    changes: tokio::sync::Mutex<()>,
+    days: BusinessDays,
+}
+
+/// A rate as listed.
+#[derive(Debug, Serialize)]
+pub struct RateView {
+    pub base: Currency,
+    pub quote: Currency,
+    pub rate: Decimal,
+    pub source: String,
+    pub as_of: DateTime<Utc>,
+    pub age_s: i64,
+    pub fresh: bool,
+}
+
+/// A rate an admin sets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateInput {
+    pub base: String,
+    pub quote: String,
+    pub rate: String,
+    /// Defaults to now.
+    #[serde(default)]
+    pub as_of: Option<DateTime<Utc>>,
+}
+
+/// A spread change: `bps` none removes the override (the default cannot be removed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpreadChange {
+    #[serde(default)]
+    pub partner: Option<String>,
+    /// `BASE/QUOTE`, e.g. `PHP/CNY`: the wallet currency, then CNY.
+    #[serde(default)]
+    pub pair: Option<String>,
+    pub bps: Option<String>,
+}
+
+/// One position line per currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CurrencyPosition {
+    pub currency: Currency,
+    /// Partners owe us this (wallet currencies).
+    pub partners_owe: Amount,
+    /// We owe acquirers this (CNY).
+    pub we_owe_acquirers: Amount,
+    pub spread_revenue: Amount,
+    /// Long (positive) or short: what we hold in this currency at mid, before settlement.
+    pub net_position: Amount,
+}
+
+/// Spread revenue of one day, partner and pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevenueLine {
+    pub day: NaiveDate,
+    pub partner: String,
+    pub pair: String,
+    pub revenue: Amount,
+    /// Ledger entries behind it: payments, refunds, reversals.
+    pub entries: u64,
+}
+
+fn amount(currency: Currency, minor: i128) -> Result<Amount, ApiError> {
+    i64::try_from(minor).ok().and_then(|m| Amount::from_minor(currency, m).ok()).ok_or_else(|| {
+        tracing::error!(%currency, minor, "ledger sum out of range");
+        ApiError::Internal
+    })
+}
+
+fn target_of(key: &SpreadKey) -> String {
+    format!(
+        "spread:{}:{}",
+        key.partner.as_deref().unwrap_or("*"),
+        key.pair.map_or("*".to_owned(), |p| p.to_string())
+    )
+}
+
+fn parse_pair(text: &str) -> Result<Pair, ApiError> {
+    let bad = || ApiError::InvalidRequest(format!("pair {text:?} is not BASE/QUOTE"));
+    let (b, q) = text.split_once('/').ok_or_else(bad)?;
+    let c = |code: &str| {
+        Currency::from_code(code.trim())
+            .map_err(|e| ApiError::CurrencyNotSupported(format!("{code:?}: {e}")))
+    };
+    let pair = Pair::new(c(b)?, c(q)?);
+    if pair.base == pair.quote {
+        return Err(bad());
+    }
+    Ok(pair)
+}
+
+impl<S: Store> Treasury<S> {
+    pub fn new(engine: Arc<Engine<S>>, feeds: Arc<Feeds>, days: BusinessDays) -> Self {
+        Treasury { engine, feeds, changes: tokio::sync::Mutex::new(()), days }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine<S>> {
+        &self.engine
+    }
+
+    /// Puts what admins set before a restart back in force: spreads (each within today's
+    /// bounds; others are logged and left out) and rates set by hand.
+    pub fn restore(&self) -> Result<(), StoreError> {
+        let store = self.engine.store();
+        if let Some((_, bytes)) =
+            store.settings(SPREADS_KEY)?.into_iter().find(|(k, _)| k == SPREADS_KEY)
+        {
+            let stored: SpreadPolicy = serde_json::from_slice(&bytes).map_err(|e| {
+                StoreError::Corrupt { tree: "settings", message: format!("spreads: {e}") }
+            })?;
+            let mut policy = self.engine.spreads();
+            let default = SpreadKey { partner: None, pair: None };
+            for (key, bps) in
+                std::iter::once((&default, &stored.default_bps())).chain(stored.overrides())
+            {
+                if let Err(e) = policy.set(key.clone(), *bps) {
+                    tracing::warn!(target = %target_of(key), error = %e, "stored spread left out");
+                }
+            }
+            self.engine.set_spreads(policy);
+        }
+        let rates = store
+            .settings(RATE_PREFIX)?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice::<MidRate>(&v))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Corrupt { tree: "settings", message: format!("rate: {e}") })?;
+        self.engine.with_rates(|book| {
+            for r in rates {
+                let _ = book.upsert(r);
+            }
+        });
+        Ok(())
+    }
+
+    /// Every rate held, with its age and whether it may be quoted; every source's last read.
+    pub fn rates(&self) -> (Vec<RateView>, Vec<SourceStatus>) {
+        let now = self.engine.now();
+        let views = self.engine.with_rates(|book| {
+            book.rates()
+                .map(|r| RateView {
+                    base: r.pair.base,
+                    quote: r.pair.quote,
+                    rate: r.rate,
+                    source: r.source.clone(),
+                    as_of: r.as_of,
+                    age_s: (now - r.as_of).num_seconds(),
+                    fresh: book.is_fresh(r, now),
+                })
+                .collect()
+        });
+        (views, self.feeds.status())
+    }
+
+    async fn commit(
+        &self,
+        draft: AuditDraft,
+        settings: &[(String, Option<Vec<u8>>)],
+    ) -> Result<AuditRecord, ApiError> {
+        let store = self.engine.store();
+        let record = store.admin_commit(&draft, settings).map_err(internal)?;
+        store.flush().await.map_err(internal)?;
+        tracing::info!(actor = %draft.actor, action = %draft.action, target = %draft.target, seq = record.seq, "admin change");
+        Ok(record)
+    }
+
+    fn draft(
+        &self,
+        actor: &str,
+        action: &str,
+        target: String,
+        before: Value,
+        after: Value,
+    ) -> AuditDraft {
+        AuditDraft {
+            at: self.engine.now(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target,
+            before,
+            after,
+        }
+    }
+
+    /// Sets mid rates by hand (all or none), as source `admin:<actor>`. Returns each rate and
+    /// whether it was taken (a rate older than the one held is not).
+    pub async fn set_rates(&self, actor: &str, inputs: Vec<RateInput>) -> Result<Value, ApiError> {
+        if inputs.is_empty() {
+            return Err(ApiError::InvalidRate("no rates given".into()));
+        }
+        let now = self.engine.now();
+        let source = format!("admin:{actor}");
+        let mut rates = Vec::with_capacity(inputs.len());
+        for (i, r) in inputs.iter().enumerate() {
+            let bad = |m: String| ApiError::InvalidRate(format!("rates[{i}]: {m}"));
+            let pair =
+                parse_pair(&format!("{}/{}", r.base, r.quote)).map_err(|e| bad(e.to_string()))?;
+            let rate: Decimal = r
+                .rate
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("rate {:?} is not a decimal", r.rate)))?;
+            if rate <= Decimal::ZERO {
+                return Err(bad(format!("rate {:?} is not positive", r.rate)));
+            }
+            rates.push(MidRate {
+                pair,
+                rate,
+                source: source.clone(),
+                as_of: r.as_of.unwrap_or(now),
+            });
+        }
+        let _one = self.changes.lock().await;
+        let (before, taken): (Vec<Value>, Vec<bool>) = self.engine.with_rates(|book| {
+            let held: BTreeMap<Pair, &MidRate> = book.rates().map(|r| (r.pair, r)).collect();
+            rates
+                .iter()
+                .map(|r| {
+                    let old = held.get(&r.pair);
+                    (json!(old), old.is_none_or(|o| o.as_of <= r.as_of))
+                })
+                .unzip()
+        });
+        let kept: Vec<&MidRate> =
+            rates.iter().zip(&taken).filter(|(_, t)| **t).map(|(r, _)| r).collect();
+        let settings: Vec<(String, Option<Vec<u8>>)> = kept
+            .iter()
+            .map(|r| {
+                let key = format!("{RATE_PREFIX}{}/{}", r.pair.base, r.pair.quote);
+                (key, Some(serde_json::to_vec(r).expect("JSON of plain data")))
+            })
+            .collect();
+        let draft = self.draft(actor, "rates.set", "rates".into(), json!(before), json!(rates));
+        let record = self.commit(draft, &settings).await?;
+        self.engine.with_rates(|book| {
+            for r in kept {
+                let _ = book.upsert(r.clone());
+            }
+        });
+        let results: Vec<Value> = rates
+            .iter()
+            .zip(taken)
+            .map(|(r, t)| json!({"base": r.pair.base, "quote": r.pair.quote, "rate": r.rate, "as_of": r.as_of, "source": r.source, "taken": t}))
+            .collect();
+        Ok(json!({ "rates": results, "audit_seq": record.seq }))
+    }
+
+    /// Reads a rate source now (an admin's request), and records that it was asked for.
+    pub async fn refresh(&self, actor: &str, id: &str) -> Result<Value, ApiError> {
+        if !self.feeds.ids().iter().any(|s| s == id) {
+            return Err(ApiError::RateSourceNotFound(id.to_owned()));
+        }
+        let engine = self.engine.clone();
+        let book = move |rates: Vec<MidRate>| {
+            engine.with_rates(|b| {
+                rates.into_iter().filter(|r| b.upsert(r.clone()).unwrap_or(false)).count()
+            })
+        };
+        let taken = self
+            .feeds
+            .refresh(id, &book)
+            .await
+            .map_err(|e| ApiError::RateSourceFailed(format!("source {id:?}: {e}")))?;
+        let _one = self.changes.lock().await;
+        let draft = self.draft(
+            actor,
+            "rates.refresh",
+            format!("source:{id}"),
+            Value::Null,
+            json!({ "taken": taken }),
+        );
+        let record = self.commit(draft, &[]).await?;
+        Ok(json!({ "source": id, "taken": taken, "audit_seq": record.seq }))
+    }
+
+    /// The spreads in force: default, bounds and overrides.
+    pub fn spreads(&self) -> Value {
+        let p = self.engine.spreads();
+        let (min, max) = p.bounds();
+        let overrides: Vec<Value> = p
+            .overrides()
+            .map(|(k, bps)| json!({"partner": k.partner, "pair": k.pair.map(|p| p.to_string()), "bps": bps}))
+            .collect();
+        json!({ "default_bps": p.default_bps(), "min_bps": min, "max_bps": max, "overrides": overrides })
+    }
+
+    /// Sets or removes one spread. New quotes are priced with it; issued quotes keep theirs.
+    pub async fn set_spread(&self, actor: &str, change: SpreadChange) -> Result<Value, ApiError> {
+        let pair = change.pair.as_deref().map(parse_pair).transpose()?;
+        let key = SpreadKey { partner: change.partner.clone(), pair };
+        let bps = change
+            .bps
+            .as_deref()
+            .map(|b| {
+                b.parse::<Bps>().map_err(|e| ApiError::SpreadOutOfBounds(format!("bps {b:?}: {e}")))
+            })
+            .transpose()?;
+        let _one = self.changes.lock().await;
+        let mut policy = self.engine.spreads();
+        let before = if key.partner.is_none() && key.pair.is_none() {
+            Some(policy.default_bps())
+        } else {
+            policy.overrides().find(|(k, _)| **k == key).map(|(_, b)| *b)
+        };
+        match bps {
+            Some(b) => {
+                policy
+                    .set(key.clone(), b)
+                    .map_err(|e| ApiError::SpreadOutOfBounds(e.to_string()))?;
+            }
+            None if key.partner.is_none() && key.pair.is_none() => {
+                return Err(ApiError::InvalidRequest(
+                    "the default spread cannot be removed".into(),
+                ));
+            }
+            None => {
+                policy.remove(&key);
+            }
+        }
+        let stored = serde_json::to_vec(&policy).expect("JSON of plain data");
+        let draft = self.draft(actor, "spreads.set", target_of(&key), json!(before), json!(bps));
+        let record = self.commit(draft, &[(SPREADS_KEY.into(), Some(stored))]).await?;
+        self.engine.set_spreads(policy);
+        let mut answer = self.spreads();
+        answer["audit_seq"] = json!(record.seq);
+        Ok(answer)
+    }
+
+    /// Open positions per currency, from the whole ledger.
+    pub fn positions(&self) -> Result<Vec<CurrencyPosition>, ApiError> {
+        let journal = self.engine.store().journal().map_err(internal)?;
+        positions(&journal)
+    }
+
+    /// Spread revenue by business day, partner and pair, for days in `[from, to]`.
+    pub fn revenue(
+        &self,
+        from: Option<NaiveDate>,
+        to: Option<NaiveDate>,
+    ) -> Result<Vec<RevenueLine>, ApiError> {
+        let journal = self.engine.store().journal().map_err(internal)?;
+        revenue(&journal, |at| self.days.day_of(at), from, to)
+    }
+
+    /// The audit log, verified.
+    pub fn audit(&self) -> Result<(Vec<AuditRecord>, ChainCheck), ApiError> {
+        let (records, head) = self.engine.store().audit_log().map_err(internal)?;
+        let check = verify_chain(&records, head.as_ref());
+        if !check.ok {
+            tracing::error!(broken_at = ?check.broken_at, reason = ?check.reason, "audit chain broken");
+        }
+        Ok((records, check))
+    }
+
+    /// Records an admin action that is not a setting (a settlement run, a reconciliation).
+    pub async fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        target: String,
+        after: Value,
+    ) -> Result<AuditRecord, ApiError> {
+        let _one = self.changes.lock().await;
+        let draft = self.draft(actor, action, target, Value::Null, after);
+        self.commit(draft, &[]).await
+    }
+}
+
+/// Sums of every account kind per currency.
+fn account_sums(journal: &[JournalEntry]) -> BTreeMap<(Currency, &'static str), i128> {
+    let mut sums = BTreeMap::new();
+    for e in journal {
+        for p in &e.postings {
+            let kind =
+                ["partner_receivable:", "acquirer_payable:", "spread_revenue:", "fx_position:"]
+                    .into_iter()
+                    .find(|k| p.account.starts_with(k));
+            if let Some(kind) = kind {
+                *sums.entry((p.currency, kind)).or_insert(0) += i128::from(p.minor);
+            }
+        }
+    }
+    sums
+}
+
+/// Positions per currency from journal entries: debits positive in the ledger, shown here from
+/// the house's side (what it is owed and what it holds positive).
+pub fn positions(journal: &[JournalEntry]) -> Result<Vec<CurrencyPosition>, ApiError> {
+    let sums = account_sums(journal);
+    let currencies: std::collections::BTreeSet<Currency> = sums.keys().map(|(c, _)| *c).collect();
+    currencies
+        .into_iter()
+        .map(|c| {
+            let get = |k: &str| sums.get(&(c, k)).copied().unwrap_or(0);
+            Ok(CurrencyPosition {
+                currency: c,
+                partners_owe: amount(c, get("partner_receivable:"))?,
+                we_owe_acquirers: amount(c, -get("acquirer_payable:"))?,
+                spread_revenue: amount(c, -get("spread_revenue:"))?,
+                net_position: amount(c, -get("fx_position:"))?,
+            })
+        })
+        .collect()
+}
+
+/// Spread revenue per business day (`day_of`), partner and pair, from journal entries.
+pub fn revenue(
+    journal: &[JournalEntry],
+    day_of: impl Fn(DateTime<Utc>) -> NaiveDate,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+) -> Result<Vec<RevenueLine>, ApiError> {
+    let mut lines: BTreeMap<(NaiveDate, String, String, Currency), (i128, u64)> = BTreeMap::new();
+    for e in journal {
+        let day = day_of(e.at);
+        if from.is_some_and(|f| day < f) || to.is_some_and(|t| day > t) {
+            continue;
+        }
+        let partner = e.postings.iter().find_map(|p| p.account.strip_prefix("partner_receivable:"));
+        for p in &e.postings {
+            if p.account.starts_with("spread_revenue:") {
+                let pair = format!("{}/CNY", p.currency);
+                let key = (day, partner.unwrap_or("?").to_owned(), pair, p.currency);
+                let line = lines.entry(key).or_insert((0, 0));
+                line.0 -= i128::from(p.minor);
+                line.1 += 1;
+            }
+        }
+    }
+    lines
+        .into_iter()
+        .map(|((day, partner, pair, c), (sum, entries))| {
+            Ok(RevenueLine { day, partner, pair, revenue: amount(c, sum)?, entries })
+        })
+        .collect()
+}
