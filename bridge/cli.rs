@@ -59,6 +59,10 @@ pub enum Command {
         /// The TOML file.
         file: PathBuf,
     },
+    /// Talk to the admin API with an admin certificate: rates, spreads, positions, revenue,
+    /// settlement, reconciliation, audit. Exits 0 done, 1 failed, 2 refused, 3 reconciliation
+    /// differences.
+    Admin(crate::admin_cli::AdminArgs),
     /// Decode a scanned code: prints the partner API's decode answer as JSON (exit 0), or
     /// `{"error": {"code": "INVALID_CODE", …}}` (exit 2).
     Decode {
@@ -87,6 +91,15 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::CheckConfig { file } => check_config(&file),
         Command::Decode { code, config } => decode(&code, config.as_deref()),
+        Command::Admin(args) => {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(crate::admin_cli::run(args)),
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 

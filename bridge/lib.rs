@@ -19,6 +19,7 @@
 
 pub mod acquirer_api;
 pub mod admin;
+pub mod admin_cli;
 pub mod api;
 pub mod cli;
 pub mod clock;

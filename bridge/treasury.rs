@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use qrbridge_fx::{Amount, Bps, Currency, Decimal, MidRate, Pair, SpreadKey, SpreadPolicy};
+use qrbridge_fx::{Amount, Bps, Currency, Decimal, MidRate, Pair, SpreadKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -37,6 +37,14 @@ pub struct Treasury<S> {
     /// One admin change at a time, so the policy in force and the stored one agree.
     changes: tokio::sync::Mutex<()>,
     days: BusinessDays,
+}
+
+/// A spread as kept in the settings (the default has neither partner nor pair).
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSpread {
+    partner: Option<String>,
+    pair: Option<Pair>,
+    bps: Bps,
 }
 
 /// A rate as listed.
@@ -144,16 +152,14 @@ impl<S: Store> Treasury<S> {
         if let Some((_, bytes)) =
             store.settings(SPREADS_KEY)?.into_iter().find(|(k, _)| k == SPREADS_KEY)
         {
-            let stored: SpreadPolicy = serde_json::from_slice(&bytes).map_err(|e| {
+            let stored: Vec<StoredSpread> = serde_json::from_slice(&bytes).map_err(|e| {
                 StoreError::Corrupt { tree: "settings", message: format!("spreads: {e}") }
             })?;
             let mut policy = self.engine.spreads();
-            let default = SpreadKey { partner: None, pair: None };
-            for (key, bps) in
-                std::iter::once((&default, &stored.default_bps())).chain(stored.overrides())
-            {
-                if let Err(e) = policy.set(key.clone(), *bps) {
-                    tracing::warn!(target = %target_of(key), error = %e, "stored spread left out");
+            for s in stored {
+                let key = SpreadKey { partner: s.partner, pair: s.pair };
+                if let Err(e) = policy.set(key.clone(), s.bps) {
+                    tracing::warn!(target = %target_of(&key), error = %e, "stored spread left out");
                 }
             }
             self.engine.set_spreads(policy);
@@ -356,7 +362,15 @@ impl<S: Store> Treasury<S> {
                 policy.remove(&key);
             }
         }
-        let stored = serde_json::to_vec(&policy).expect("JSON of plain data");
+        let stored =
+            std::iter::once(StoredSpread { partner: None, pair: None, bps: policy.default_bps() })
+                .chain(policy.overrides().map(|(k, b)| StoredSpread {
+                    partner: k.partner.clone(),
+                    pair: k.pair,
+                    bps: *b,
+                }))
+                .collect::<Vec<_>>();
+        let stored = serde_json::to_vec(&stored).expect("JSON of plain data");
         let draft = self.draft(actor, "spreads.set", target_of(&key), json!(before), json!(bps));
         let record = self.commit(draft, &[(SPREADS_KEY.into(), Some(stored))]).await?;
         self.engine.set_spreads(policy);

@@ -1,0 +1,629 @@
+//! `qrbridge admin …`: the admin API from the command line, with an admin certificate.
+//! Tables for people, `--json` for scripts (the API's answer as it came).
+//!
+//! Exit codes: 0 done; 1 the work could not be done (connection, TLS, server error); 2 the
+//! request was refused as bad (4xx: the error's code and message are printed); 3 a
+//! reconciliation found differences.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+/// How to reach the admin API.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The admin listener.
+    #[arg(long, default_value = "https://127.0.0.1:8444")]
+    pub url: String,
+    /// Folder with `admin.crt`, `admin.key` and `ca.crt` (the development PKI by default).
+    #[arg(long, default_value = "var/pki")]
+    pub pki: PathBuf,
+    /// The admin certificate (PEM); default `<pki>/admin.crt`.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Its key (PEM); default `<pki>/admin.key`.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// The CA of the server's certificate; default `<pki>/ca.crt`.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Mid rates and their sources.
+    #[command(subcommand)]
+    Rates(RatesCommand),
+    /// Spreads in basis points.
+    #[command(subcommand)]
+    Spreads(SpreadsCommand),
+    /// Open position per currency, from the ledger.
+    Positions,
+    /// Spread revenue by business day, partner and pair.
+    Revenue {
+        /// First day (YYYY-MM-DD).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day (YYYY-MM-DD).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Daily statements.
+    #[command(subcommand)]
+    Settlement(SettlementCommand),
+    /// Reconcile an acquirer's CSV for a day; exits 3 when anything differs.
+    Reconcile {
+        /// The business day (YYYY-MM-DD).
+        day: String,
+        /// The acquirer's id.
+        acquirer: String,
+        /// The acquirer's file: `instruction_id,amount,currency,status,refund_ids`.
+        file: PathBuf,
+    },
+    /// The audit log, its hash chain verified; exits 1 when the chain is broken.
+    Audit,
+    /// Parked webhook events and the resolver's open work.
+    #[command(subcommand)]
+    Ops(OpsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RatesCommand {
+    /// Every rate held: source, age, whether it may be quoted; then every source's last read.
+    List,
+    /// Set one mid rate by hand.
+    Set {
+        base: String,
+        quote: String,
+        rate: String,
+        /// RFC 3339; default now.
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+    /// Load rates from a CSV file (`base,quote,rate,as_of`), all or none.
+    Load { file: PathBuf },
+    /// Read a configured rate source now.
+    Refresh { source: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpreadsCommand {
+    /// Default, bounds and overrides.
+    List,
+    /// Set a spread: the default, or for a partner, a pair, or both.
+    Set {
+        bps: String,
+        #[arg(long)]
+        partner: Option<String>,
+        /// `PHP/CNY`: the wallet currency, then CNY.
+        #[arg(long)]
+        pair: Option<String>,
+    },
+    /// Remove an override.
+    Clear {
+        #[arg(long)]
+        partner: Option<String>,
+        #[arg(long)]
+        pair: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SettlementCommand {
+    /// Close a day: write its statements and show the summary.
+    Run { day: String },
+    /// Download one of a day's files (to stdout, or --out).
+    Download {
+        day: String,
+        name: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// Webhook events parked after their maximum age.
+    Parked,
+    /// Put a parked event back in the outbox.
+    Replay { event_id: String },
+    /// Payments the resolver still has work for.
+    Resolver,
+}
+
+/// The admin API over mTLS.
+struct Client {
+    http: qrbridge_adapters::https::HttpsClient,
+    base: String,
+}
+
+/// What went wrong, and the exit code it gives.
+enum Failure {
+    /// Connection, TLS, a server error: 1.
+    Work(String),
+    /// The request was refused as bad: 2.
+    Refused(String),
+}
+
+impl Client {
+    fn new(a: &AdminArgs) -> Result<Client, Failure> {
+        let file =
+            |given: &Option<PathBuf>, name: &str| given.clone().unwrap_or_else(|| a.pki.join(name));
+        let (cert, key, ca) =
+            (file(&a.cert, "admin.crt"), file(&a.key, "admin.key"), file(&a.ca, "ca.crt"));
+        let tls = (|| -> Result<rustls::ClientConfig, crate::tls::TlsError> {
+            Ok(rustls::ClientConfig::builder()
+                .with_root_certificates(crate::tls::roots(&[ca.as_path()])?)
+                .with_client_auth_cert(
+                    crate::tls::load_certs(&cert)?,
+                    crate::tls::load_key(&key)?,
+                )?)
+        })()
+        .map_err(|e| Failure::Work(format!("admin certificate: {e}")))?;
+        Ok(Client {
+            http: qrbridge_adapters::https::client(tls, Duration::from_secs(5)),
+            base: a.url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(Bytes, bool), Failure> {
+        let mut req = Request::builder().method(method).uri(format!("{}{path}", self.base));
+        let bytes = match body {
+            Some((kind, b)) => {
+                req = req.header(http::header::CONTENT_TYPE, kind);
+                b
+            }
+            None => Vec::new(),
+        };
+        let req =
+            req.body(Full::new(Bytes::from(bytes))).map_err(|e| Failure::Work(e.to_string()))?;
+        let res = tokio::time::timeout(Duration::from_secs(120), self.http.request(req))
+            .await
+            .map_err(|_| Failure::Work("the admin API did not answer in 120 s".into()))?
+            .map_err(|e| Failure::Work(format!("{}: {e}", self.base)))?;
+        let status = res.status();
+        let is_json = res
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        let body =
+            res.into_body().collect().await.map_err(|e| Failure::Work(e.to_string()))?.to_bytes();
+        if status.is_success() {
+            return Ok((body, is_json));
+        }
+        let err: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let text = format!(
+            "{} {}: {}",
+            status.as_u16(),
+            err["error"]["code"].as_str().unwrap_or("ERROR"),
+            err["error"]["message"]
+                .as_str()
+                .unwrap_or_else(|| std::str::from_utf8(&body).unwrap_or(""))
+        );
+        Err(if status.is_client_error() { Failure::Refused(text) } else { Failure::Work(text) })
+    }
+
+    async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
+        let body =
+            body.map(|b| ("application/json", serde_json::to_vec(&b).expect("JSON of plain data")));
+        let (bytes, _) = self.send(method, path, body).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::Work(format!("the answer is not JSON: {e}")))
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An amount in the API's form (`{"currency", "value"}` in minor units) as major-unit text.
+fn money(v: &Value) -> String {
+    let (Some(c), Some(minor)) = (v["currency"].as_str(), v["value"].as_str()) else {
+        return s(v);
+    };
+    match (qrbridge_fx::Currency::from_code(c), minor.trim_start_matches('-').parse::<i64>()) {
+        (Ok(cur), Ok(m)) => {
+            let m = if minor.starts_with('-') { -m } else { m };
+            qrbridge_fx::Amount::from_minor(cur, m)
+                .map(|a| format!("{} {c}", a.to_major_string()))
+                .unwrap_or_else(|_| format!("{minor} (minor) {c}"))
+        }
+        _ => format!("{minor} (minor) {c}"),
+    }
+}
+
+fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
+    for r in rows {
+        t.add_row(r);
+    }
+    t.to_string()
+}
+
+fn items<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    v[key].as_array().into_iter().flatten()
+}
+
+fn print(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// Runs one admin command.
+pub async fn run(a: AdminArgs) -> ExitCode {
+    let result = async {
+        let c = Client::new(&a)?;
+        execute(&c, &a).await
+    }
+    .await;
+    match result {
+        Ok(code) => code,
+        Err(Failure::Work(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Refused(m)) => {
+            eprintln!("refused: {m}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| Failure::Refused(format!("{}: {e}", path.display())))
+}
+
+async fn execute(c: &Client, a: &AdminArgs) -> Result<ExitCode, Failure> {
+    let show = |v: &Value, human: String| {
+        print(&if a.json {
+            serde_json::to_string_pretty(v).expect("JSON of plain data")
+        } else {
+            human
+        });
+    };
+    match &a.command {
+        AdminCommand::Rates(RatesCommand::List) => {
+            let v = c.json(Method::GET, "/admin/v1/rates", None).await?;
+            let rates = table(
+                &["pair", "rate", "source", "as of", "age s", "fresh"],
+                items(&v, "rates").map(|r| {
+                    vec![
+                        format!("{}/{}", s(&r["base"]), s(&r["quote"])),
+                        s(&r["rate"]),
+                        s(&r["source"]),
+                        s(&r["as_of"]),
+                        s(&r["age_s"]),
+                        s(&r["fresh"]),
+                    ]
+                }),
+            );
+            let sources = table(
+                &["source", "kind", "location", "poll s", "last good read", "rates", "last error"],
+                items(&v, "sources").map(|r| {
+                    vec![
+                        s(&r["id"]),
+                        s(&r["kind"]),
+                        s(&r["location"]),
+                        s(&r["poll_s"]),
+                        s(&r["last_ok_at"]),
+                        s(&r["rates"]),
+                        s(&r["last_error"]),
+                    ]
+                }),
+            );
+            show(&v, format!("{rates}\n{sources}"));
+        }
+        AdminCommand::Rates(RatesCommand::Set { base, quote, rate, as_of }) => {
+            let body = json!({ "rates": [{ "base": base, "quote": quote, "rate": rate, "as_of": as_of }] });
+            let v = c.json(Method::POST, "/admin/v1/rates", Some(body)).await?;
+            show(&v, rates_taken(&v));
+        }
+        AdminCommand::Rates(RatesCommand::Load { file }) => {
+            let (b, _) =
+                c.send(Method::POST, "/admin/v1/rates", Some(("text/csv", read(file)?))).await?;
+            let v: Value = serde_json::from_slice(&b).map_err(|e| Failure::Work(e.to_string()))?;
+            show(&v, rates_taken(&v));
+        }
+        AdminCommand::Rates(RatesCommand::Refresh { source }) => {
+            let v = c
+                .json(Method::POST, &format!("/admin/v1/rates/sources/{source}/refresh"), None)
+                .await?;
+            show(
+                &v,
+                format!(
+                    "{}: {} rates taken (audit #{})",
+                    s(&v["source"]),
+                    s(&v["taken"]),
+                    s(&v["audit_seq"])
+                ),
+            );
+        }
+        AdminCommand::Spreads(cmd) => {
+            let v = match cmd {
+                SpreadsCommand::List => c.json(Method::GET, "/admin/v1/spreads", None).await?,
+                SpreadsCommand::Set { bps, partner, pair } => {
+                    let body = json!({ "partner": partner, "pair": pair, "bps": bps });
+                    c.json(Method::PUT, "/admin/v1/spreads", Some(body)).await?
+                }
+                SpreadsCommand::Clear { partner, pair } => {
+                    let body = json!({ "partner": partner, "pair": pair, "bps": null });
+                    c.json(Method::PUT, "/admin/v1/spreads", Some(body)).await?
+                }
+            };
+            let mut rows = vec![vec!["*".into(), "*".into(), s(&v["default_bps"])]];
+            rows.extend(items(&v, "overrides").map(|o| {
+                let any = |x: &Value| if x.is_null() { "*".to_owned() } else { s(x) };
+                vec![any(&o["partner"]), any(&o["pair"]), s(&o["bps"])]
+            }));
+            let t = table(&["partner", "pair", "bps"], rows);
+            show(&v, format!("{t}\nbounds: {} to {} bps", s(&v["min_bps"]), s(&v["max_bps"])));
+        }
+        AdminCommand::Positions => {
+            let v = c.json(Method::GET, "/admin/v1/positions", None).await?;
+            let t = table(
+                &["currency", "partners owe", "we owe acquirers", "spread revenue", "net position"],
+                items(&v, "positions").map(|p| {
+                    vec![
+                        s(&p["currency"]),
+                        money(&p["partners_owe"]),
+                        money(&p["we_owe_acquirers"]),
+                        money(&p["spread_revenue"]),
+                        money(&p["net_position"]),
+                    ]
+                }),
+            );
+            show(&v, format!("{t}\nas of {}", s(&v["as_of"])));
+        }
+        AdminCommand::Revenue { from, to } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if let Some(f) = from {
+                q.append_pair("from", f);
+            }
+            if let Some(t) = to {
+                q.append_pair("to", t);
+            }
+            let v = c.json(Method::GET, &format!("/admin/v1/revenue?{}", q.finish()), None).await?;
+            let t = table(
+                &["day", "partner", "pair", "revenue", "entries"],
+                items(&v, "revenue").map(|r| {
+                    vec![
+                        s(&r["day"]),
+                        s(&r["partner"]),
+                        s(&r["pair"]),
+                        money(&r["revenue"]),
+                        s(&r["entries"]),
+                    ]
+                }),
+            );
+            show(&v, t);
+        }
+        AdminCommand::Settlement(SettlementCommand::Run { day }) => {
+            let v = c.json(Method::POST, &format!("/admin/v1/settlement/{day}"), None).await?;
+            show(&v, settlement_tables(&v));
+        }
+        AdminCommand::Settlement(SettlementCommand::Download { day, name, out }) => {
+            let (bytes, _) = c
+                .send(Method::GET, &format!("/admin/v1/settlement/{day}/files/{name}"), None)
+                .await?;
+            match out {
+                Some(path) => std::fs::write(path, &bytes)
+                    .map_err(|e| Failure::Work(format!("{}: {e}", path.display())))?,
+                None => {
+                    use std::io::Write;
+                    let _ = std::io::stdout().lock().write_all(&bytes);
+                }
+            }
+        }
+        AdminCommand::Reconcile { day, acquirer, file } => {
+            let body = Some(("text/csv", read(file)?));
+            let (b, _) = c
+                .send(
+                    Method::POST,
+                    &format!("/admin/v1/settlement/{day}/reconciliation/{acquirer}"),
+                    body,
+                )
+                .await?;
+            let v: Value = serde_json::from_slice(&b).map_err(|e| Failure::Work(e.to_string()))?;
+            let differing: Vec<Vec<String>> = items(&v, "lines")
+                .filter(|l| l["verdicts"] != json!(["MATCHED"]))
+                .map(|l| {
+                    let verdicts: Vec<String> = items(l, "verdicts").map(s).collect();
+                    vec![
+                        s(&l["instruction_id"]),
+                        verdicts.join(", "),
+                        format!(
+                            "{} {} {}",
+                            s(&l["bridge_amount"]),
+                            s(&l["bridge_currency"]),
+                            s(&l["bridge_status"])
+                        ),
+                        format!(
+                            "{} {} {}",
+                            s(&l["acquirer_amount"]),
+                            s(&l["acquirer_currency"]),
+                            s(&l["acquirer_status"])
+                        ),
+                        s(&l["note"]),
+                    ]
+                })
+                .collect();
+            let counts = v["counts"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", "));
+            let human = if differing.is_empty() {
+                format!("{day} {acquirer}: clean ({} instructions matched)", s(&v["instructions"]))
+            } else {
+                let t =
+                    table(&["instruction", "differences", "bridge", "acquirer", "note"], differing);
+                format!("{t}\n{day} {acquirer}: {}", counts.unwrap_or_default())
+            };
+            show(&v, human);
+            if v["clean"] != json!(true) {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        AdminCommand::Audit => {
+            let v = c.json(Method::GET, "/admin/v1/audit", None).await?;
+            let t = table(
+                &["#", "at", "actor", "action", "target", "before", "after"],
+                items(&v, "records").map(|r| {
+                    vec![
+                        s(&r["seq"]),
+                        s(&r["at"]),
+                        s(&r["actor"]),
+                        s(&r["action"]),
+                        s(&r["target"]),
+                        s(&r["before"]),
+                        s(&r["after"]),
+                    ]
+                }),
+            );
+            let chain = &v["chain"];
+            let verdict = if chain["ok"] == json!(true) {
+                format!("chain verified: {} records", s(&chain["records"]))
+            } else {
+                format!(
+                    "CHAIN BROKEN at record {}: {}",
+                    s(&chain["broken_at"]),
+                    s(&chain["reason"])
+                )
+            };
+            show(&v, format!("{t}\n{verdict}"));
+            if chain["ok"] != json!(true) {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        AdminCommand::Ops(OpsCommand::Parked) => {
+            let v = c.json(Method::GET, "/admin/v1/webhooks/parked", None).await?;
+            let t = table(
+                &["event", "type", "partner", "payment", "parked at", "attempts", "last error"],
+                items(&v, "events").map(|e| {
+                    vec![
+                        s(&e["event_id"]),
+                        s(&e["type"]),
+                        s(&e["partner"]),
+                        s(&e["payment_id"]),
+                        s(&e["parked_at"]),
+                        s(&e["attempts"]),
+                        s(&e["last_error"]),
+                    ]
+                }),
+            );
+            show(&v, t);
+        }
+        AdminCommand::Ops(OpsCommand::Replay { event_id }) => {
+            let v = c
+                .json(Method::POST, &format!("/admin/v1/webhooks/parked/{event_id}/replay"), None)
+                .await?;
+            show(&v, format!("{event_id} replayed"));
+        }
+        AdminCommand::Ops(OpsCommand::Resolver) => {
+            let v = c.json(Method::GET, "/admin/v1/resolver", None).await?;
+            let t = table(
+                &["payment", "status", "task", "due", "attempt"],
+                items(&v, "open").map(|w| {
+                    vec![
+                        s(&w["payment_id"]),
+                        s(&w["status"]),
+                        s(&w["task"]),
+                        s(&w["due"]),
+                        s(&w["attempt"]),
+                    ]
+                }),
+            );
+            show(&v, t);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rates_taken(v: &Value) -> String {
+    let t = table(
+        &["pair", "rate", "as of", "source", "taken"],
+        items(v, "rates").map(|r| {
+            vec![
+                format!("{}/{}", s(&r["base"]), s(&r["quote"])),
+                s(&r["rate"]),
+                s(&r["as_of"]),
+                s(&r["source"]),
+                s(&r["taken"]),
+            ]
+        }),
+    );
+    format!("{t}\naudit #{}", s(&v["audit_seq"]))
+}
+
+fn settlement_tables(v: &Value) -> String {
+    let partners = table(
+        &["partner", "currency", "payments", "total", "refunds", "total", "net due"],
+        items(v, "partners").map(|p| {
+            vec![
+                s(&p["partner"]),
+                s(&p["currency"]),
+                s(&p["payments"]),
+                money(&p["payments_total"]),
+                s(&p["refunds"]),
+                money(&p["refunds_total"]),
+                money(&p["net_due"]),
+            ]
+        }),
+    );
+    let acquirers = table(
+        &["acquirer", "instructions", "total", "refunds", "total", "net payable"],
+        items(v, "acquirers").map(|a| {
+            vec![
+                s(&a["acquirer"]),
+                s(&a["instructions"]),
+                money(&a["instructions_total"]),
+                s(&a["refunds"]),
+                money(&a["refunds_total"]),
+                money(&a["net_payable"]),
+            ]
+        }),
+    );
+    let revenue = table(
+        &["partner", "pair", "payments", "refunds", "spread revenue"],
+        items(v, "spread_revenue").map(|r| {
+            vec![
+                s(&r["partner"]),
+                s(&r["pair"]),
+                s(&r["payments"]),
+                s(&r["refunds"]),
+                money(&r["spread_revenue"]),
+            ]
+        }),
+    );
+    let doubt = items(v, "in_doubt").count();
+    format!(
+        "business day {} ({} to {}, {})\n{partners}\n{acquirers}\n{revenue}\nin doubt (listed, not settled): {doubt}\nfiles: {}",
+        s(&v["day"]), s(&v["from"]), s(&v["to"]), s(&v["time_zone"]),
+        v["files"].as_object().map(|f| f.keys().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_default()
+    )
+}
