@@ -300,6 +300,7 @@ async fn cancel_reverses_a_payment_and_is_idempotent() {
 async fn every_error_code_is_reachable() {
     let d = TestDaemon::start_with(Setup {
         manual_clock: true,
+        start_at: None,
         webhooks: None,
         tweak: Box::new(|c| {
             c.limits.body_bytes_max = 2_048;
@@ -414,6 +415,7 @@ async fn partners_are_known_by_san_uri_or_fingerprint() {
     use sha2::Digest;
     let d = TestDaemon::start_with(Setup {
         manual_clock: false,
+        start_at: None,
         webhooks: None,
         tweak: Box::new(|c| {
             let pki = c.partners[1].ca.parent().unwrap().to_owned();

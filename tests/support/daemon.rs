@@ -34,6 +34,8 @@ pub struct TestDaemon {
 /// Knobs a test may turn.
 pub struct Setup {
     pub manual_clock: bool,
+    /// Where the manual clock starts (default: now).
+    pub start_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Start a webhook endpoint answering this way, and send both partners' webhooks to it.
     pub webhooks: Option<Mode>,
     pub tweak: Box<dyn FnOnce(&mut Config)>,
@@ -41,7 +43,7 @@ pub struct Setup {
 
 impl Default for Setup {
     fn default() -> Self {
-        Setup { manual_clock: false, webhooks: None, tweak: Box::new(|_| {}) }
+        Setup { manual_clock: false, start_at: None, webhooks: None, tweak: Box::new(|_| {}) }
     }
 }
 
@@ -95,7 +97,8 @@ impl TestDaemon {
             config.webhooks.backoff_max_ms = 100;
         }
         (setup.tweak)(&mut config);
-        let manual = setup.manual_clock.then(|| ManualClock::new(SystemClock.now()));
+        let start = setup.start_at.unwrap_or_else(|| SystemClock.now());
+        let manual = setup.manual_clock.then(|| ManualClock::new(start));
         let clock: Arc<dyn Clock> = match &manual {
             Some(m) => Arc::new(m.clone()),
             None => Arc::new(SystemClock),
@@ -250,6 +253,25 @@ impl TestClient {
 
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
         self.try_send(Method::POST, path, Some(body)).await.expect("an HTTP answer")
+    }
+
+    /// A request with a raw body and content type; the raw answer.
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Bytes) {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let res = self.client.request(req).await.expect("request");
+        let status = res.status();
+        (status, res.into_body().collect().await.unwrap().to_bytes())
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {

@@ -55,6 +55,8 @@ struct State {
     reversals: Vec<String>,
     /// `56` instructions whose approval will land behind their first reversal.
     racing: std::collections::HashSet<String>,
+    /// The amount of each instruction processed, as first received.
+    amounts: HashMap<String, Amount>,
 }
 
 /// A running sandbox acquirer.
@@ -106,6 +108,19 @@ impl Sandbox {
     /// The instruction's standing, as the sandbox records it.
     pub fn status(&self, instruction_id: &str) -> Option<InstructionStatus> {
         self.lock().outcomes.get(instruction_id).map(|o| o.status)
+    }
+
+    /// The sandbox's own books: every instruction it processed, with its amount and standing,
+    /// by id. What an acquirer's daily file is made from.
+    pub fn instructions(&self) -> Vec<(String, Amount, InstructionStatus)> {
+        let st = self.lock();
+        let mut out: Vec<_> = st
+            .amounts
+            .iter()
+            .filter_map(|(id, a)| st.outcomes.get(id).map(|o| (id.clone(), *a, o.status)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -228,6 +243,7 @@ async fn instruct(
             55 => return Err(Reset),
             _ => {}
         }
+        st.amounts.insert(ins.instruction_id.clone(), ins.amount);
         let answer = if fen == 56 {
             st.racing.insert(ins.instruction_id.clone());
             InstructionAnswer {
