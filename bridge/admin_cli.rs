@@ -107,7 +107,7 @@ pub enum SpreadsCommand {
         bps: String,
         #[arg(long)]
         partner: Option<String>,
-        /// `PHP/CNY`: the wallet currency, then CNY.
+        /// `CNY/PHP` as quotes show it: CNY, then the wallet currency.
         #[arg(long)]
         pair: Option<String>,
     },

@@ -412,7 +412,7 @@ pub fn build(input: &DayInput<'_>) -> Result<(Summary, BTreeMap<String, Vec<u8>>
                 .ok_or(ApiError::Internal)?;
             Ok(RevenueTotals {
                 partner,
-                pair: format!("{}/CNY", c.code()),
+                pair: format!("CNY/{}", c.code()),
                 payments,
                 refunds,
                 spread_revenue: amount,

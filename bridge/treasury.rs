@@ -77,7 +77,7 @@ pub struct RateInput {
 pub struct SpreadChange {
     #[serde(default)]
     pub partner: Option<String>,
-    /// `BASE/QUOTE`, e.g. `PHP/CNY`: the wallet currency, then CNY.
+    /// `BASE/QUOTE` as quotes show it, e.g. `CNY/PHP`: CNY, then the wallet currency.
     #[serde(default)]
     pub pair: Option<String>,
     pub bps: Option<String>,
@@ -472,7 +472,7 @@ pub fn revenue(
         let partner = e.postings.iter().find_map(|p| p.account.strip_prefix("partner_receivable:"));
         for p in &e.postings {
             if p.account.starts_with("spread_revenue:") {
-                let pair = format!("{}/CNY", p.currency);
+                let pair = format!("CNY/{}", p.currency);
                 let key = (day, partner.unwrap_or("?").to_owned(), pair, p.currency);
                 let line = lines.entry(key).or_insert((0, 0));
                 line.0 -= i128::from(p.minor);
