@@ -99,7 +99,11 @@ proptest! {
         pay in 1i64..=100_000_000, wallet in currency(), mid in mid(), bps in bps(),
         cuts in proptest::collection::vec(1i64..=100_000_000, 0..6),
     ) {
-        let q = quote(pay, wallet, mid, bps).unwrap();
+        // A quote past the largest amount is refused (the property above checks that); refunds
+        // are about the quotes that exist.
+        let q = quote(pay, wallet, mid, bps);
+        prop_assume!(!matches!(q, Err(qrbridge_fx::QuoteError::Amount(_))));
+        let q = q.unwrap();
         // Split `pay` into partial refunds at the cut points.
         let mut points: Vec<i64> = cuts.into_iter().map(|c| c % pay).filter(|c| *c > 0).collect();
         points.push(pay);
