@@ -32,7 +32,6 @@ use crate::store::{SledStore, Store};
 use crate::tls::{self, Directory};
 use crate::treasury::Treasury;
 use crate::webhooks::DeliveryPolicy;
-use qrbridge_fx::MidRate;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -201,14 +200,7 @@ impl Daemon {
         // Rates: local sources now (start-up waits for them), URLs and polls in a worker; then
         // what admins set before the restart.
         let feeds = Arc::new(Feeds::new(&config.fx, opts.clock.clone())?);
-        let book: Arc<dyn Fn(Vec<MidRate>) -> usize + Send + Sync> = {
-            let engine = engine.clone();
-            Arc::new(move |rates: Vec<MidRate>| {
-                engine.with_rates(|b| {
-                    rates.into_iter().filter(|r| b.upsert(r.clone()).unwrap_or(false)).count()
-                })
-            })
-        };
+        let book = crate::treasury::rate_sink(engine.clone());
         feeds.refresh_local(book.as_ref()).await;
         let (h, m) = qrbridge_config::validate::parse_hhmm(&settlement.cutoff)
             .ok_or_else(|| StartError::Config("settlement.cutoff".into()))?;

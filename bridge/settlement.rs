@@ -521,6 +521,17 @@ fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> std::io::Result
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// [`write_files`] off the runtime; a failure is logged and answered `INTERNAL`.
+async fn write_day(dir: PathBuf, files: BTreeMap<String, Vec<u8>>) -> Result<(), ApiError> {
+    tokio::task::spawn_blocking(move || write_files(&dir, &files))
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "settlement files not written");
+            ApiError::Internal
+        })
+}
+
 /// A reconciliation line's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -756,13 +767,7 @@ impl<S: Store> Settlement<S> {
             journal: &journal,
         })?;
         let dir = self.dir.join(day.to_string());
-        tokio::task::spawn_blocking(move || write_files(&dir, &files))
-            .await
-            .map_err(|_| ApiError::Internal)?
-            .map_err(|e| {
-                tracing::error!(error = %e, "settlement files not written");
-                ApiError::Internal
-            })?;
+        write_day(dir, files).await?;
         let digest = summary.files.get("in-doubt.csv").cloned();
         self.treasury
             .record(
@@ -867,13 +872,7 @@ impl<S: Store> Settlement<S> {
         files.insert(format!("reconciliation-{acquirer}.json"), json_bytes);
         files.insert(format!("acquirer-file-{acquirer}.csv"), file.to_vec());
         let dir = self.day_dir(day);
-        tokio::task::spawn_blocking(move || write_files(&dir, &files))
-            .await
-            .map_err(|_| ApiError::Internal)?
-            .map_err(|e| {
-                tracing::error!(error = %e, "reconciliation files not written");
-                ApiError::Internal
-            })?;
+        write_day(dir, files).await?;
         self.treasury
             .record(
                 actor,

@@ -295,15 +295,10 @@ impl<S: Store> Treasury<S> {
         if !self.feeds.ids().iter().any(|s| s == id) {
             return Err(ApiError::RateSourceNotFound(id.to_owned()));
         }
-        let engine = self.engine.clone();
-        let book = move |rates: Vec<MidRate>| {
-            engine.with_rates(|b| {
-                rates.into_iter().filter(|r| b.upsert(r.clone()).unwrap_or(false)).count()
-            })
-        };
+        let book = rate_sink(self.engine.clone());
         let taken = self
             .feeds
-            .refresh(id, &book)
+            .refresh(id, book.as_ref())
             .await
             .map_err(|e| ApiError::RateSourceFailed(format!("source {id:?}: {e}")))?;
         let _one = self.changes.lock().await;
@@ -417,6 +412,18 @@ impl<S: Store> Treasury<S> {
         let draft = self.draft(actor, action, target, Value::Null, after);
         self.commit(draft, &[]).await
     }
+}
+
+/// Where feeds put the rates they read: the engine's rate book (a rate older than the one held
+/// is not taken); returns how many were taken.
+pub fn rate_sink<S: Store>(
+    engine: Arc<Engine<S>>,
+) -> Arc<dyn Fn(Vec<MidRate>) -> usize + Send + Sync> {
+    Arc::new(move |rates: Vec<MidRate>| {
+        engine.with_rates(|b| {
+            rates.into_iter().filter(|r| b.upsert(r.clone()).unwrap_or(false)).count()
+        })
+    })
 }
 
 /// Sums of every account kind per currency.

@@ -336,6 +336,15 @@ fn phase<T>(work: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(work)
 }
 
+/// The chain as the store at `path` holds it, verified.
+fn chain(path: &std::path::Path) -> qrbridge::model::ChainCheck {
+    phase(async {
+        let store = SledStore::open(path, 1 << 20).unwrap();
+        let (records, head) = store.audit_log().unwrap();
+        verify_chain(&records, head.as_ref())
+    })
+}
+
 #[test]
 fn the_audit_chain_catches_an_edited_or_missing_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -367,12 +376,8 @@ fn the_audit_chain_catches_an_edited_or_missing_record() {
         audit.insert(2u64.to_be_bytes(), serde_json::to_vec(&v).unwrap()).unwrap();
         db.flush().unwrap();
     }
-    phase(async {
-        let store = SledStore::open(&path, 1 << 20).unwrap();
-        let (records, head) = store.audit_log().unwrap();
-        let check = verify_chain(&records, head.as_ref());
-        assert_eq!((check.ok, check.broken_at), (false, Some(2)), "{check:?}");
-    });
+    let check = chain(&path);
+    assert_eq!((check.ok, check.broken_at), (false, Some(2)), "{check:?}");
     // Remove the last record: the chain head no longer matches.
     {
         let db = sled::open(&path).unwrap();
@@ -381,13 +386,9 @@ fn the_audit_chain_catches_an_edited_or_missing_record() {
         audit.remove(2u64.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    phase(async {
-        let store = SledStore::open(&path, 1 << 20).unwrap();
-        let (records, head) = store.audit_log().unwrap();
-        let check = verify_chain(&records, head.as_ref());
-        assert_eq!((check.ok, check.broken_at), (false, Some(2)), "{check:?}");
-        assert!(check.reason.unwrap().contains("chain head"));
-    });
+    let check = chain(&path);
+    assert_eq!((check.ok, check.broken_at), (false, Some(2)), "{check:?}");
+    assert!(check.reason.unwrap().contains("chain head"));
 }
 
 trait IntoJson {
