@@ -114,7 +114,9 @@ async fn baseline_server(pki: PathBuf) {
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let limits = qrbridge_adapters::https::ServeLimits {
         connections_max: 4096,
+        connections_per_ip_max: 4096,
         handshake_timeout: Duration::from_secs(5),
+        ..Default::default()
     };
     qrbridge_adapters::https::serve(listener, tls, limits, stopped, move |req, _conn| {
         let (quote, payment) = (quote.clone(), payment.clone());
@@ -173,6 +175,7 @@ async fn start_daemon(dir: &Path) -> (Server, Duration) {
         p.limits.burst = 1_000_000;
     }
     c.limits.connections_max = 4096;
+    c.limits.connections_per_ip_max = 4096;
     c.limits.concurrency_max = 4096;
     let config = dir.join("qrbridge.toml");
     std::fs::write(&config, toml::to_string(&c).unwrap()).unwrap();
@@ -528,13 +531,7 @@ async fn preload_run(args: &Args, n: u64) {
                 p.payment_id = new_id("pay");
                 p.quote_id = q.quote_id.clone();
                 p.request_id = format!("preload-{i}");
-                let work = WorkItem {
-                    v: 1,
-                    payment_id: p.payment_id.clone(),
-                    task: Task::Inquire,
-                    due: now,
-                    attempt: 0,
-                };
+                let work = WorkItem::new(&p.payment_id, Task::Inquire, now, 0);
                 store.begin_payment(&p, &work, now).unwrap();
                 let mut next = p.successor(now);
                 next.state = PaymentState::Succeeded;
@@ -667,6 +664,10 @@ async fn sample(
         refunded_cny: qrbridge_fx::Amount::zero(qrbridge_fx::Currency::CNY),
         refunded_wallet: qrbridge_fx::Amount::zero(wallet),
         late_approvals: 0,
+        order: None,
+        acquirer_reason: None,
+        cancel_refusal: None,
+        reversal_refused: false,
         created_at: now,
         updated_at: now,
         rev: 0,

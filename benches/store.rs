@@ -42,6 +42,10 @@ fn payment(i: u64, now: chrono::DateTime<chrono::Utc>) -> PaymentRecord {
         refunded_cny: cny(0),
         refunded_wallet: wallet(0),
         late_approvals: 0,
+        order: None,
+        acquirer_reason: None,
+        cancel_refusal: None,
+        reversal_refused: false,
         created_at: now,
         updated_at: now,
         rev: 0,
@@ -89,13 +93,7 @@ fn seed(
             quote,
         };
         store.put_quote(&q).unwrap();
-        let work = WorkItem {
-            v: RECORD_VERSION,
-            payment_id: p.payment_id.clone(),
-            task: Task::Inquire,
-            due: now,
-            attempt: 0,
-        };
+        let work = WorkItem::new(&p.payment_id, Task::Inquire, now, 0);
         store.begin_payment(&p, &work, now).unwrap();
         p.state = PaymentState::Pending;
         out.push(p);

@@ -9,7 +9,7 @@
 //! | `POST /admin/v1/webhooks/parked/{event_id}/replay` | puts the event back in the outbox |
 //! | `GET /admin/v1/resolver` | payments the resolver still has work for |
 //! | `GET /admin/v1/rates` | every rate held (source, age, fresh) and every source's last read |
-//! | `POST /admin/v1/rates` | sets rates by hand: JSON `{"rates": [...]}` or CSV `base,quote,rate,as_of` |
+//! | `POST /admin/v1/rates` | sets rates by hand: JSON `{"rates": [...], "force": false}` or CSV `base,quote,rate,as_of` (`?force=true`) |
 //! | `POST /admin/v1/rates/sources/{id}/refresh` | reads a rate source now |
 //! | `GET /admin/v1/spreads` | default, bounds, overrides |
 //! | `PUT /admin/v1/spreads` | sets (or, with `bps: null`, removes) one spread |
@@ -33,7 +33,9 @@ use tower::util::BoxCloneSyncService;
 
 use crate::engine::Engine;
 use crate::error::ApiError;
-use crate::http::{allow, json_response, read_body, read_json, service, HttpLimits, Req, Resp};
+use crate::http::{
+    allow, allow_any, json_response, read_body, read_json, service, HttpLimits, Req, Resp,
+};
 use crate::model::Task;
 use crate::settlement::{parse_day, Settlement};
 use crate::store::Store;
@@ -97,9 +99,18 @@ struct ParkedView {
 struct WorkView {
     payment_id: String,
     status: &'static str,
+    /// The bridge's own state (`UNKNOWN`, `CANCELLING`, `REVERSING`, …).
+    state: Option<crate::model::PaymentState>,
     task: Task,
     due: DateTime<Utc>,
     attempt: u32,
+    /// Reversals the acquirer refused so far (the bridge gives up at the configured maximum).
+    refusals: u32,
+    /// What the last attempt got: the acquirer's answer or error, for operators.
+    last_error: Option<String>,
+    /// The bridge stopped reversing this payment (the acquirer refused): it inquires until the
+    /// acquirer says how it ended.
+    reversal_refused: bool,
 }
 
 use crate::treasury::internal;
@@ -108,6 +119,20 @@ use crate::treasury::internal;
 #[serde(deny_unknown_fields)]
 struct RatesBody {
     rates: Vec<RateInput>,
+    /// Take rates that move more than `fx.rate_move_bps_max` from the held ones (audited).
+    #[serde(default)]
+    force: bool,
+}
+
+/// `?force=true` (CSV uploads): `true` or `false`, nothing else.
+fn force_param(req: &Req) -> Result<bool, ApiError> {
+    match query(req).get("force").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => {
+            Err(ApiError::InvalidRequest(format!("force {other:?} is neither true nor false")))
+        }
+    }
 }
 
 /// Rates in the plain CSV form, as an admin uploads them.
@@ -195,30 +220,33 @@ async fn route<S: Store>(
             allow(&method, &Method::GET)?;
             let mut open = Vec::new();
             for w in store.open_work().map_err(internal)? {
-                let status = store
-                    .payment(&w.payment_id)
-                    .map_err(internal)?
-                    .map_or("UNKNOWN", |p| p.state.api_status());
+                let p = store.payment(&w.payment_id).map_err(internal)?;
                 open.push(WorkView {
                     payment_id: w.payment_id,
-                    status,
+                    status: p.as_ref().map_or("UNKNOWN", |p| p.state.api_status()),
+                    state: p.as_ref().map(|p| p.state),
                     task: w.task,
                     due: w.due,
                     attempt: w.attempt,
+                    refusals: w.refusals,
+                    last_error: w.last_error,
+                    reversal_refused: p.as_ref().is_some_and(|p| p.reversal_refused),
                 });
             }
             Ok(json_response(StatusCode::OK, &serde_json::json!({ "open": open })))
         }
         ["admin", "v1", "rates"] if method == Method::POST => {
-            let rates = if is_csv(&req) {
-                rates_from_csv(&read_body(req, ADMIN_FILE_BYTES_MAX).await?)?
+            let (rates, force) = if is_csv(&req) {
+                let force = force_param(&req)?;
+                (rates_from_csv(&read_body(req, ADMIN_FILE_BYTES_MAX).await?)?, force)
             } else {
-                read_json::<RatesBody>(req, body_max).await?.rates
+                let body = read_json::<RatesBody>(req, body_max).await?;
+                (body.rates, body.force)
             };
-            Ok(json_response(StatusCode::OK, &treasury.set_rates(&admin, rates).await?))
+            Ok(json_response(StatusCode::OK, &treasury.set_rates(&admin, rates, force).await?))
         }
         ["admin", "v1", "rates"] => {
-            allow(&method, &Method::GET)?;
+            allow_any(&method, &[Method::GET, Method::POST])?;
             let (rates, sources) = treasury.rates();
             Ok(json_response(
                 StatusCode::OK,
@@ -234,7 +262,7 @@ async fn route<S: Store>(
             Ok(json_response(StatusCode::OK, &treasury.set_spread(&admin, change).await?))
         }
         ["admin", "v1", "spreads"] => {
-            allow(&method, &Method::GET)?;
+            allow_any(&method, &[Method::GET, Method::PUT])?;
             Ok(json_response(StatusCode::OK, &treasury.spreads()))
         }
         ["admin", "v1", "positions"] => {

@@ -91,9 +91,18 @@ pub enum RatesCommand {
         /// RFC 3339; default now.
         #[arg(long)]
         as_of: Option<String>,
+        /// Take it even when it moves more than `fx.rate_move_bps_max` from the held rate
+        /// (audited as `rates.force`).
+        #[arg(long)]
+        force: bool,
     },
     /// Load rates from a CSV file (`base,quote,rate,as_of`), all or none.
-    Load { file: PathBuf },
+    Load {
+        file: PathBuf,
+        /// Take them even when they move more than `fx.rate_move_bps_max` (audited).
+        #[arg(long)]
+        force: bool,
+    },
     /// Read a configured rate source now.
     Refresh { source: String },
 }
@@ -124,7 +133,7 @@ pub enum SpreadsCommand {
 pub enum SettlementCommand {
     /// Close a day: write its statements and show the summary.
     Run { day: String },
-    /// Download one of a day's files (to stdout, or --out).
+    /// Download one of a day's files (to stdout, or --out, made readable to its owner only).
     Download {
         day: String,
         name: String,
@@ -340,14 +349,14 @@ async fn execute(c: &Client, a: &AdminArgs) -> Result<ExitCode, Failure> {
             );
             show(&v, format!("{rates}\n{sources}"));
         }
-        AdminCommand::Rates(RatesCommand::Set { base, quote, rate, as_of }) => {
-            let body = json!({ "rates": [{ "base": base, "quote": quote, "rate": rate, "as_of": as_of }] });
+        AdminCommand::Rates(RatesCommand::Set { base, quote, rate, as_of, force }) => {
+            let body = json!({ "rates": [{ "base": base, "quote": quote, "rate": rate, "as_of": as_of }], "force": force });
             let v = c.json(Method::POST, "/admin/v1/rates", Some(body)).await?;
             show(&v, rates_taken(&v));
         }
-        AdminCommand::Rates(RatesCommand::Load { file }) => {
-            let (b, _) =
-                c.send(Method::POST, "/admin/v1/rates", Some(("text/csv", read(file)?))).await?;
+        AdminCommand::Rates(RatesCommand::Load { file, force }) => {
+            let path = if *force { "/admin/v1/rates?force=true" } else { "/admin/v1/rates" };
+            let (b, _) = c.send(Method::POST, path, Some(("text/csv", read(file)?))).await?;
             let v: Value = serde_json::from_slice(&b).map_err(|e| Failure::Work(e.to_string()))?;
             show(&v, rates_taken(&v));
         }
@@ -355,13 +364,16 @@ async fn execute(c: &Client, a: &AdminArgs) -> Result<ExitCode, Failure> {
             let v = c
                 .json(Method::POST, &format!("/admin/v1/rates/sources/{source}/refresh"), None)
                 .await?;
+            let refused: Vec<String> =
+                items(&v, "refused").map(|r| format!("\n  refused: {}", s(r))).collect();
             show(
                 &v,
                 format!(
-                    "{}: {} rates taken (audit #{})",
+                    "{}: {} rates taken (audit #{}){}",
                     s(&v["source"]),
                     s(&v["taken"]),
-                    s(&v["audit_seq"])
+                    s(&v["audit_seq"]),
+                    refused.concat()
                 ),
             );
         }
@@ -433,7 +445,7 @@ async fn execute(c: &Client, a: &AdminArgs) -> Result<ExitCode, Failure> {
                 .send(Method::GET, &format!("/admin/v1/settlement/{day}/files/{name}"), None)
                 .await?;
             match out {
-                Some(path) => std::fs::write(path, &bytes)
+                Some(path) => write_private(path, &bytes)
                     .map_err(|e| Failure::Work(format!("{}: {e}", path.display())))?,
                 None => {
                     use std::io::Write;
@@ -562,6 +574,23 @@ async fn execute(c: &Client, a: &AdminArgs) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a downloaded settlement file readable to its owner only (`0600`), as the daemon keeps
+/// it.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::settlement::FILE_MODE)
+        .open(path)?;
+    // An existing file keeps its mode on open: narrow it too.
+    f.set_permissions(std::fs::Permissions::from_mode(crate::settlement::FILE_MODE))?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 fn rates_taken(v: &Value) -> String {

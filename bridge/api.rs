@@ -138,6 +138,10 @@ pub struct PaymentAnswer {
     /// What has been refunded to the partner, in the wallet currency.
     pub refunded_amount: Amount,
     pub failure: Option<FailureView>,
+    /// A cancel the acquirer would not carry out (`REVERSAL_REFUSED`): the payment stands as it
+    /// is; ask the merchant for a refund. Absent when no cancel was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_refusal: Option<FailureView>,
     #[serde(with = "rfc3339")]
     pub created_at: chrono::DateTime<chrono::Utc>,
     #[serde(with = "rfc3339")]
@@ -158,6 +162,10 @@ impl PaymentAnswer {
             refunded_amount: p.refunded_wallet,
             failure: p
                 .failure
+                .as_ref()
+                .map(|f| FailureView { code: f.code.clone(), message: f.message.clone() }),
+            cancel_refusal: p
+                .cancel_refusal
                 .as_ref()
                 .map(|f| FailureView { code: f.code.clone(), message: f.message.clone() }),
             created_at: p.created_at,

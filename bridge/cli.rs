@@ -168,13 +168,21 @@ fn out(line: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
+/// Whether log lines on stderr may carry ANSI colour: only on a terminal (a file or a pipe gets
+/// plain text), and never when `NO_COLOR` is set (<https://no-color.org>).
+pub fn log_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR")))
         .init();
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt.block_on(work),
@@ -247,7 +255,29 @@ async fn serve(
             key = p("partner-demo.key"),
         ));
     }
-    terminated().await;
+    // SIGHUP re-reads the listeners' certificates and CRLs.
+    #[cfg(unix)]
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let stop = terminated();
+    tokio::pin!(stop);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = hangup => {
+                tracing::info!("SIGHUP: reloading TLS certificates and CRLs");
+                let _ = daemon.reload_tls();
+            }
+        }
+    }
     tracing::info!("shutting down: draining connections");
     daemon.shutdown().await;
     ExitCode::SUCCESS

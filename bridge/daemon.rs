@@ -62,6 +62,10 @@ pub struct Daemon {
     pub engine: Arc<Engine<SledStore>>,
     pub sandbox: Option<Sandbox>,
     shutdown: watch::Sender<bool>,
+    /// How long shutdown waits for connections and workers before it drops them.
+    shutdown_timeout: Duration,
+    /// Each listener's TLS configuration, made again from its files by [`Daemon::reload_tls`].
+    tls: Vec<(&'static str, tls::ReloadableTls)>,
     listeners: Vec<tokio::task::JoinHandle<()>>,
     workers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -70,7 +74,7 @@ pub struct Daemon {
 struct Listen {
     what: &'static str,
     addr: SocketAddr,
-    tls: Arc<rustls::ServerConfig>,
+    tls: tls::ReloadableTls,
     svc: tower::util::BoxCloneSyncService<Req, Resp, std::convert::Infallible>,
 }
 
@@ -80,20 +84,20 @@ impl Listen {
         self,
         limits: ServeLimits,
         shutdown: &watch::Receiver<bool>,
-    ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
+    ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>, tls::ReloadableTls), StartError> {
         let Listen { what, addr, tls, svc } = self;
         let bind = |source| StartError::Bind { what, addr, source };
-        let listener = TcpListener::bind(addr).await.map_err(bind)?;
+        let listener = https::listen(addr).map_err(bind)?;
         let bound = listener.local_addr().map_err(bind)?;
         let task = tokio::spawn(https::serve(
             listener,
-            tls,
+            tls.source(),
             limits,
             shutdown.clone(),
             move |req, conn| partner_http::serve_request(svc.clone(), req, conn),
         ));
         tracing::info!(addr = %bound, "{what} listening");
-        Ok((bound, task))
+        Ok((bound, task, tls))
     }
 }
 
@@ -149,7 +153,8 @@ impl Daemon {
                 client_tls(&config, &a.ca)?,
                 Duration::from_millis(a.connect_timeout_ms),
                 Duration::from_millis(a.timeout_ms),
-            );
+            )
+            .with_answer_bytes_max(a.answer_bytes_max as usize);
             acquirers.insert(a.id.clone(), AcquirerService::new(client));
         }
 
@@ -184,7 +189,7 @@ impl Daemon {
                 .collect(),
             quote_ttl: chrono::Duration::seconds(config.fx.quote_ttl_s as i64),
             decode_limits: DecodeLimits { max_chars: config.limits.code_chars_max as usize },
-            cancel: CancelPolicy { tz, until },
+            cancel: CancelPolicy::contract(until),
             resolver: ResolverPolicy {
                 schedule: config
                     .resolver
@@ -193,6 +198,7 @@ impl Daemon {
                     .map(|s| chrono::Duration::seconds(*s as i64))
                     .collect(),
                 expiry: chrono::Duration::seconds(config.resolver.payment_expiry_s as i64),
+                reversal_refusals_max: config.resolver.reversal_refusals_max,
             },
             refund_window_days: settlement.refund_window_days,
         });
@@ -208,7 +214,7 @@ impl Daemon {
             tz,
             cutoff: chrono::NaiveTime::from_hms_opt(h, m, 0)
                 .ok_or_else(|| StartError::Config("settlement.cutoff".into()))?,
-            cancel: CancelPolicy { tz, until },
+            cancel: CancelPolicy::contract(until),
         };
         let treasury = Arc::new(Treasury::new(engine.clone(), feeds.clone(), days));
         treasury.restore()?;
@@ -220,22 +226,34 @@ impl Daemon {
             config.acquirers.iter().map(|a| a.id.clone()).collect(),
         ));
 
+        let l = &config.limits;
         let http_limits = HttpLimits {
-            body_bytes_max: config.limits.body_bytes_max,
-            concurrency_max: config.limits.concurrency_max as usize,
-            request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
+            body_bytes_max: l.body_bytes_max,
+            concurrency_max: l.concurrency_max as usize,
+            caller_concurrency_max: HashMap::new(),
+            request_timeout: Duration::from_millis(l.request_timeout_ms),
+            body_read_timeout: Duration::from_millis(l.body_read_timeout_ms),
         };
         let serve_limits = ServeLimits {
-            connections_max: config.limits.connections_max as usize,
-            handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+            connections_max: l.connections_max as usize,
+            connections_per_ip_max: l.connections_per_ip_max as usize,
+            handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
+            header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+            connection_max_age: Duration::from_secs(l.connection_max_age_s),
+            http2_keep_alive_interval: Duration::from_millis(l.http2_keep_alive_interval_ms),
+            http2_keep_alive_timeout: Duration::from_millis(l.http2_keep_alive_timeout_ms),
+            http2_streams_max: l.http2_streams_max,
+            shutdown_timeout: Duration::from_millis(l.shutdown_timeout_ms),
         };
         let server_tls = |cas: &[&Path]| {
-            tls::server_config(
-                &config.tls.server_cert,
-                &config.tls.server_key,
-                tls::roots(cas)?,
-                config.tls.allow_tls12,
-            )
+            tls::ReloadableTls::new(tls::ServerTlsFiles {
+                cert: config.tls.server_cert.clone(),
+                key: config.tls.server_key.clone(),
+                client_cas: cas.iter().map(|p| p.to_path_buf()).collect(),
+                crls: config.tls.crls.clone(),
+                allow_tls12: config.tls.allow_tls12,
+            })
         };
 
         // Partners.
@@ -260,7 +278,14 @@ impl Daemon {
                 engine.clone(),
                 directory,
                 rates,
-                http_limits.clone(),
+                HttpLimits {
+                    caller_concurrency_max: config
+                        .partners
+                        .iter()
+                        .filter_map(|p| Some((p.id.clone(), p.limits.concurrency_max? as usize)))
+                        .collect(),
+                    ..http_limits.clone()
+                },
             ),
         };
 
@@ -320,11 +345,12 @@ impl Daemon {
                 let ca = p.webhook_ca.as_ref().unwrap_or(&p.ca);
                 let sender = WebhookSender::new(
                     url,
-                    secret.as_bytes(),
+                    secret.expose().as_bytes(),
                     client_tls(&config, ca)?,
                     Duration::from_millis(config.webhooks.timeout_ms.min(5_000)),
                     Duration::from_millis(config.webhooks.timeout_ms),
-                );
+                )
+                .with_answer_bytes_max(config.webhooks.answer_bytes_max as usize);
                 senders.insert(p.id.clone(), sender);
             }
         }
@@ -334,6 +360,7 @@ impl Daemon {
             backoff_max: Duration::from_millis(w.backoff_max_ms),
             max_age: chrono::Duration::seconds(w.max_age_s as i64),
             concurrency: w.concurrency as usize,
+            partner_concurrency: w.partner_concurrency as usize,
         };
 
         // Workers first, so what the last process left is under way before new requests come.
@@ -360,9 +387,9 @@ impl Daemon {
                 "resuming payments in doubt and undelivered webhooks"
             );
         }
-        let (acquirer_addr, t1) = acquirer.spawn(serve_limits, &shutdown_rx).await?;
-        let (admin_addr, t2) = admin.spawn(serve_limits, &shutdown_rx).await?;
-        let (partner_addr, t3) = partner.spawn(serve_limits, &shutdown_rx).await?;
+        let (acquirer_addr, t1, acquirer_tls) = acquirer.spawn(serve_limits, &shutdown_rx).await?;
+        let (admin_addr, t2, admin_tls) = admin.spawn(serve_limits, &shutdown_rx).await?;
+        let (partner_addr, t3, partner_tls) = partner.spawn(serve_limits, &shutdown_rx).await?;
         Ok(Daemon {
             partner_addr,
             acquirer_addr,
@@ -370,6 +397,12 @@ impl Daemon {
             engine,
             sandbox,
             shutdown,
+            shutdown_timeout: serve_limits.shutdown_timeout,
+            tls: vec![
+                ("acquirer API", acquirer_tls),
+                ("admin API", admin_tls),
+                ("partner API", partner_tls),
+            ],
             listeners: vec![t1, t2, t3],
             workers,
         })
@@ -379,18 +412,50 @@ impl Daemon {
         self.engine.store()
     }
 
+    /// Makes every listener's TLS configuration again from its files (certificates, CAs, CRLs):
+    /// the next handshake uses it, and connections already open meet it at their maximum age.
+    /// A listener whose files are bad keeps what it had; the first error is returned.
+    pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
+        let mut first = Ok(());
+        for (what, t) in &self.tls {
+            match t.reload() {
+                Ok(()) => tracing::info!("{what}: TLS configuration reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "{what}: TLS reload failed; keeping the old one");
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
+            }
+        }
+        first
+    }
+
     /// Stops accepting, lets open connections finish and the workers finish their current task,
-    /// flushes, and stops the sandbox.
+    /// flushes, and stops the sandbox — all within `limits.shutdown_timeout_ms`: what has not
+    /// finished by then is dropped (payments in doubt are the resolver's at the next start).
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         let _ = self.shutdown.send(true);
-        for t in self.listeners.into_iter().chain(self.workers) {
-            let _ = t.await;
+        let tasks: Vec<_> = self.listeners.into_iter().chain(self.workers).collect();
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let joined = tokio::time::timeout_at(deadline, async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+        .await;
+        if joined.is_err() {
+            tracing::warn!("shutdown deadline passed: stopping what is left");
+            aborts.iter().for_each(|a| a.abort());
         }
         if let Err(e) = self.engine.store().flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
         if let Some(sb) = self.sandbox {
-            sb.shutdown().await;
+            if tokio::time::timeout_at(deadline, sb.shutdown()).await.is_err() {
+                tracing::warn!("the sandbox acquirer did not stop in time");
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ pub fn dev_config(data_dir: &Path) -> Config {
         identity: Some(Identity::SanDns("acquirer-sandbox".into())),
         timeout_ms: 2_000,
         connect_timeout_ms: 500,
+        answer_bytes_max: 64 * 1024,
     }];
     c.routes = vec![Route {
         acquirer: "sandbox".into(),

@@ -57,6 +57,9 @@ pub struct ResolverPolicy {
     /// After this long (from the payment's creation) with the outcome unknown, the payment is
     /// reversed and ends `FAILED` / `EXPIRED`.
     pub expiry: Duration,
+    /// Explicit refusals of a reversal before the bridge stops reversing
+    /// ([`Engine::reversal_refused`]).
+    pub reversal_refusals_max: u32,
 }
 
 impl ResolverPolicy {
@@ -72,6 +75,7 @@ impl Default for ResolverPolicy {
         ResolverPolicy {
             schedule: [4, 4, 30, 60, 60, 60, 300, 300].map(Duration::seconds).to_vec(),
             expiry: Duration::seconds(900),
+            reversal_refusals_max: 3,
         }
     }
 }
@@ -91,6 +95,12 @@ pub struct CancelPolicy {
 }
 
 impl CancelPolicy {
+    /// The partner contract's window: until `until` (00:30) Asia/Shanghai on the day after the
+    /// payment, whatever zone settlement runs in.
+    pub fn contract(until: NaiveTime) -> Self {
+        CancelPolicy { tz: chrono_tz::Asia::Shanghai, until }
+    }
+
     /// The last moment a payment made at `at` can be cancelled.
     pub fn deadline(&self, at: DateTime<Utc>) -> DateTime<Utc> {
         let local_day = at.with_timezone(&self.tz).date_naive();
@@ -139,7 +149,14 @@ pub struct Engine<S> {
     resolver: ResolverPolicy,
     refund_window_days: u32,
     /// Payments being paid by this process: replays wait for them to finish.
-    inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    inflight: Arc<Claims>,
+    /// Resolver tasks being done by this process, by payment and task: the same task of the same
+    /// payment is never asked of the acquirer twice at once.
+    stepping: Arc<Claims>,
+    /// Payments whose PENDING flush failed here: known never sent, so a repeated request may send
+    /// them (the only case a PENDING payment is sent again; after a restart nobody knows, and
+    /// the resolver asks instead). Left when the payment moves on.
+    unsent: Mutex<std::collections::HashSet<String>>,
     locks: Vec<tokio::sync::Mutex<()>>,
     /// Signalled when resolver work is written that is due before the resolver means to wake.
     pub work_written: Notify,
@@ -194,7 +211,9 @@ impl<S: Store> Engine<S> {
             cancel: p.cancel,
             resolver: p.resolver,
             refund_window_days: p.refund_window_days,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Arc::default(),
+            stepping: Arc::default(),
+            unsent: Mutex::default(),
             locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             work_written: Notify::new(),
             resolver_wake_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
@@ -233,7 +252,7 @@ impl<S: Store> Engine<S> {
 
     /// Whether this process is paying `payment_id` right now (its instruction is on the wire).
     pub fn is_inflight(&self, payment_id: &str) -> bool {
-        self.lock_inflight().contains_key(payment_id)
+        self.inflight.waiter(payment_id).is_some()
     }
 
     pub fn store(&self) -> &Arc<S> {
@@ -272,17 +291,23 @@ impl<S: Store> Engine<S> {
         Ok(svc.clone().oneshot(req).await)
     }
 
-    /// The acquirer's answer about an instruction, or `None` when it gave none we can use.
-    async fn ask(
-        &self,
-        p: &PaymentRecord,
-        req: AcquirerRequest,
-    ) -> Result<Option<InstructionAnswer>, ApiError> {
+    /// What the acquirer says about `p`'s instruction.
+    async fn ask(&self, p: &PaymentRecord, req: AcquirerRequest) -> Result<Asked, ApiError> {
         Ok(match self.call(&p.acquirer, req).await? {
-            Ok(AcquirerResponse::Instruction(a)) if a.instruction_id == p.payment_id => Some(a),
-            other => {
+            Ok(AcquirerResponse::Instruction(a)) if a.instruction_id == p.payment_id => {
+                Asked::Answer(a)
+            }
+            Ok(other) => {
                 tracing::warn!(payment = %p.payment_id, answer = ?other, "no usable acquirer answer");
-                None
+                Asked::NoAnswer("an answer about another instruction".into())
+            }
+            Err(e @ AcquirerError::Rejected { .. }) => {
+                tracing::warn!(payment = %p.payment_id, error = %e, "acquirer refused the request");
+                Asked::Refused(e.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(payment = %p.payment_id, error = %e, "no acquirer answer");
+                Asked::NoAnswer(e.to_string())
             }
         })
     }
@@ -436,6 +461,10 @@ impl<S: Store> Engine<S> {
     }
 
     /// `POST /v1/payments`: the payment and whether this request created it.
+    ///
+    /// Once PENDING is written, the rest (its flush, the instruction, the outcome) runs in a task
+    /// of its own: a partner hanging up, an HTTP/2 reset or the request timeout drops only the
+    /// wait for it, never the payment.
     pub async fn pay(
         self: &Arc<Self>,
         partner: &str,
@@ -446,7 +475,7 @@ impl<S: Store> Engine<S> {
                 "request_id: 1-64 characters of A-Z a-z 0-9 . _ : -".into(),
             ));
         }
-        if body.quote_id.is_empty() || body.quote_id.len() > 64 {
+        if body.quote_id.is_empty() || body.quote_id.chars().count() > 64 {
             return Err(ApiError::InvalidRequest("quote_id: 1-64 characters".into()));
         }
         if body.payer.id.is_empty() || body.payer.id.chars().count() > 128 {
@@ -463,6 +492,9 @@ impl<S: Store> Engine<S> {
             _ => return Err(ApiError::QuoteNotFound),
         };
         let now = self.clock.now();
+        // An order code pays one order: its key is the order (acquirer, merchant, code).
+        let order = (q.code.code_type == "DYNAMIC")
+            .then(|| content_hash(&[&q.code.acquirer, &q.code.merchant_id, &q.code.text]));
         let record = PaymentRecord {
             v: RECORD_VERSION,
             payment_id: new_id("pay"),
@@ -485,26 +517,29 @@ impl<S: Store> Engine<S> {
             refunded_cny: Amount::zero(Currency::CNY),
             refunded_wallet: Amount::zero(q.quote.wallet.currency()),
             late_approvals: 0,
+            order,
+            acquirer_reason: None,
+            cancel_refusal: None,
+            reversal_refused: false,
             created_at: now,
             updated_at: now,
             rev: 0,
         };
         // If this process dies before the outcome is written, the resolver asks the acquirer.
-        let work = WorkItem {
-            v: RECORD_VERSION,
-            payment_id: record.payment_id.clone(),
-            task: Task::Inquire,
-            due: self.inquiry_due(&record, now, 0),
-            attempt: 0,
+        let work =
+            WorkItem::new(&record.payment_id, Task::Inquire, self.inquiry_due(&record, now, 0), 0);
+        // Claimed before the write, so a concurrent replay that sees the record can wait.
+        let Ok(inflight) = self.inflight.claim(&record.payment_id) else {
+            tracing::error!(payment = %record.payment_id, "a new payment id is already in flight");
+            return Err(ApiError::Internal);
         };
-        // Registered before the write, so a concurrent replay that sees the record can wait.
-        let (done_tx, done_rx) = watch::channel(false);
-        self.lock_inflight().insert(record.payment_id.clone(), done_rx);
-        let begun = self.store.begin_payment(&record, &work, now);
-        let begun = match begun {
-            Ok(b) => b,
+        match self.store.begin_payment(&record, &work, now) {
+            Ok(Begin::Created) => {}
+            Ok(Begin::Replay(existing)) => {
+                drop(inflight);
+                return self.replay(*existing, &hash).await.map(|p| (p, false));
+            }
             Err(e) => {
-                self.lock_inflight().remove(&record.payment_id);
                 return Err(match e {
                     StoreError::Begin(BeginError::RequestConflict) => {
                         ApiError::RepeatReqInconsistent
@@ -512,56 +547,105 @@ impl<S: Store> Engine<S> {
                     StoreError::Begin(BeginError::QuoteNotFound) => ApiError::QuoteNotFound,
                     StoreError::Begin(BeginError::QuoteExpired) => ApiError::QuoteExpired,
                     StoreError::Begin(BeginError::QuoteUsed) => ApiError::QuoteAlreadyUsed,
+                    StoreError::Begin(BeginError::OrderPaid) => ApiError::OrderAlreadyPaid,
                     other => internal(other),
-                });
+                })
             }
-        };
-        if let Begin::Replay(existing) = begun {
-            self.lock_inflight().remove(&record.payment_id);
-            return self.replay(*existing, &hash).await.map(|p| (p, false));
         }
         tracing::info!(payment = %record.payment_id, partner, quote = %record.quote_id, "payment pending");
-        // The acquirer is called only once PENDING is durable.
-        if let Err(e) = self.store.flush().await {
-            self.lock_inflight().remove(&record.payment_id);
-            return Err(internal(e));
-        }
-        // The resolver learns of the payment, in case its outcome stays unknown.
-        self.work_due(work.due);
-        let engine = self.clone();
-        let task = tokio::spawn(async move {
-            let id = record.payment_id.clone();
-            let result = engine.instruct(record, &q).await;
-            // Done: off the in-flight list, then tell whoever waits.
-            engine.lock_inflight().remove(&id);
-            let _ = done_tx.send(true);
-            result
-        });
-        let result = task.await.map_err(|e| {
+        self.spawn_drive(record, q, inflight).await.map(|p| (p, true))
+    }
+
+    /// Runs [`Engine::drive`] in a task of its own and waits for it.
+    async fn spawn_drive(
+        self: &Arc<Self>,
+        p: PaymentRecord,
+        q: QuoteRecord,
+        inflight: Claim,
+    ) -> Result<PaymentRecord, ApiError> {
+        let task = tokio::spawn(self.clone().drive(p, q, inflight));
+        task.await.map_err(|e| {
             tracing::error!(error = %e, "payment task failed");
             ApiError::Internal
-        })?;
-        result.map(|p| (p, true))
+        })?
     }
 
-    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<bool>>> {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    /// Makes PENDING durable, then sends the instruction and records the outcome. `_inflight`
+    /// is released however this ends (an error, a panic), so nothing waits on it for ever.
+    async fn drive(
+        self: Arc<Self>,
+        p: PaymentRecord,
+        q: QuoteRecord,
+        _inflight: Claim,
+    ) -> Result<PaymentRecord, ApiError> {
+        // The acquirer is called only once PENDING is durable. When this flush fails the partner
+        // hears INTERNAL, and the same request repeated finishes the payment (see `replay`).
+        if let Err(e) = self.store.flush().await {
+            self.unsent_set().insert(p.payment_id.clone());
+            return Err(internal(e));
+        }
+        self.unsent_set().remove(&p.payment_id);
+        // The resolver learns of the payment, in case its outcome stays unknown.
+        self.work_due(self.inquiry_due(&p, p.created_at, 0));
+        self.instruct(p, &q).await
     }
 
-    /// A repeated request: the same content gets the payment as it now stands.
-    async fn replay(&self, p: PaymentRecord, hash: &str) -> Result<PaymentRecord, ApiError> {
+    fn unsent_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.unsent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A repeated request: the same content gets the payment as it now stands. A payment still
+    /// PENDING whose PENDING flush failed in this process (so it was never sent) is finished by
+    /// this request, under the same payment id, so "retry with the same request_id" is true. One
+    /// written by a process that stopped is not sent again (it may have been): the resolver asks.
+    async fn replay(
+        self: &Arc<Self>,
+        p: PaymentRecord,
+        hash: &str,
+    ) -> Result<PaymentRecord, ApiError> {
         if p.request_hash != hash {
             return Err(ApiError::RepeatReqInconsistent);
         }
-        self.settled(p).await
+        let p = self.settled(p).await?;
+        let unsent = self.unsent_set().contains(&p.payment_id);
+        if unsent && p.state == PaymentState::Pending {
+            if let Ok(inflight) = self.inflight.claim(&p.payment_id) {
+                // Read again now that it is ours: it may have moved on meanwhile.
+                let p = self.store.payment(&p.payment_id).map_err(internal)?.ok_or_else(|| {
+                    tracing::error!(payment = %p.payment_id, "a replayed payment vanished");
+                    ApiError::Internal
+                })?;
+                if p.state == PaymentState::Pending {
+                    let q = self.store.quote(&p.quote_id).map_err(internal)?.ok_or_else(|| {
+                        tracing::error!(payment = %p.payment_id, "the payment's quote is missing");
+                        ApiError::Internal
+                    })?;
+                    tracing::info!(payment = %p.payment_id, "repeated request finishes a pending payment");
+                    return self.spawn_drive(p, q, inflight).await;
+                }
+                drop(inflight);
+                return self.visible(p).await;
+            }
+            let p = self.settled(p).await?;
+            return self.visible(p).await;
+        }
+        self.visible(p).await
     }
 
     /// `p` once this process has finished paying it (at once when it is not paying it).
     async fn settled(&self, p: PaymentRecord) -> Result<PaymentRecord, ApiError> {
-        let waiting = self.lock_inflight().get(&p.payment_id).cloned();
+        let waiting = self.inflight.waiter(&p.payment_id);
         let Some(mut rx) = waiting else { return Ok(p) };
+        // Err: the payer's task ended without saying so (a panic); its guard still cleared it.
         let _ = rx.wait_for(|done| *done).await;
         self.store.payment(&p.payment_id).map_err(internal)?.ok_or(ApiError::Internal)
+    }
+
+    /// `p`, once everything read so far is durable: nothing leaves the process (an answer, a
+    /// webhook, an acquirer call) that a crash could take back.
+    async fn visible<T>(&self, value: T) -> Result<T, ApiError> {
+        self.store.flush().await.map_err(internal)?;
+        Ok(value)
     }
 
     /// When inquiry `attempt` of `p` is due, counting from `from`: never past the payment's
@@ -571,13 +655,7 @@ impl<S: Store> Engine<S> {
     }
 
     fn work(&self, p: &PaymentRecord, task: Task, due: DateTime<Utc>, attempt: u32) -> Work {
-        Work::Set(WorkItem {
-            v: RECORD_VERSION,
-            payment_id: p.payment_id.clone(),
-            task,
-            due,
-            attempt,
-        })
+        Work::Set(WorkItem::new(&p.payment_id, task, due, attempt))
     }
 
     /// Sends the instruction and records the outcome. The payment is durable as `Pending`.
@@ -590,30 +668,56 @@ impl<S: Store> Engine<S> {
             amount: p.pay,
         };
         let outcome = self.call(&p.acquirer, AcquirerRequest::Send(instruction)).await?;
-        let _guard = self.lock_payment(&p.payment_id).await;
-        let now = self.clock.now();
+        let guard = self.lock_payment(&p.payment_id).await;
+        let current = self.store.payment(&p.payment_id).map_err(internal)?.ok_or_else(|| {
+            tracing::error!(payment = %p.payment_id, "an instructed payment vanished");
+            ApiError::Internal
+        })?;
+        // Changed while the instruction was out (another node's resolver): the outcome still
+        // applies while nothing is known; otherwise the resolver reconciles what it says.
+        if current.rev != p.rev
+            && !matches!(current.state, PaymentState::Pending | PaymentState::Unknown)
+        {
+            drop(guard);
+            tracing::info!(payment = %p.payment_id, "the payment moved on while it was instructed");
+            return self.visible(current).await;
+        }
+        let change = self.instruct_outcome(&current, outcome, self.clock.now());
+        self.store.apply(&change).map_err(internal)?;
+        drop(guard);
+        self.durable(change).await
+    }
+
+    /// The change an instruction's outcome makes. Only an explicit answer decides: an approval,
+    /// a decline, a refusal of the request, or no connection at all (nothing sent); anything else
+    /// leaves the outcome unknown, for the resolver.
+    fn instruct_outcome(
+        &self,
+        p: &PaymentRecord,
+        outcome: Result<AcquirerResponse, AcquirerError>,
+        now: DateTime<Utc>,
+    ) -> Change {
         let mut change = Change::of(p.successor(now));
         change.work = Work::Done;
+        let ours = |a: &InstructionAnswer| a.instruction_id == p.payment_id;
         match outcome {
-            Ok(AcquirerResponse::Instruction(a)) if a.status == InstructionStatus::Approved => {
+            Ok(AcquirerResponse::Instruction(a))
+                if ours(&a) && a.status == InstructionStatus::Approved =>
+            {
                 change.payment.state = PaymentState::Succeeded;
                 change.payment.acquirer_ref = a.acquirer_ref;
                 change.payment.booked = true;
                 change.journal = Some(ledger::payment(&change.payment, now));
             }
-            Ok(AcquirerResponse::Instruction(a)) if a.status == InstructionStatus::Declined => {
-                change.payment.state = PaymentState::Failed;
-                change.payment.failure = Some(Failure {
-                    code: "DECLINED".into(),
-                    message: a.reason.unwrap_or_else(|| "the acquirer declined the payment".into()),
-                });
+            Ok(AcquirerResponse::Instruction(a))
+                if ours(&a) && a.status == InstructionStatus::Declined =>
+            {
+                tracing::info!(payment = %p.payment_id, reason = ?a.reason, "acquirer declined");
+                declined(&mut change.payment, a.reason);
             }
-            Err(AcquirerError::Rejected { status, message }) => {
-                change.payment.state = PaymentState::Failed;
-                change.payment.failure = Some(Failure {
-                    code: "DECLINED".into(),
-                    message: format!("the acquirer refused the instruction ({status}): {message}"),
-                });
+            Err(e @ AcquirerError::Rejected { .. }) => {
+                tracing::warn!(payment = %p.payment_id, error = %e, "acquirer refused the instruction");
+                declined(&mut change.payment, Some(e.to_string()));
             }
             Err(AcquirerError::NotSent(e)) => {
                 tracing::warn!(payment = %p.payment_id, error = %e, "acquirer unavailable, nothing sent");
@@ -625,7 +729,7 @@ impl<S: Store> Engine<S> {
                 change.release_quote = true;
             }
             Ok(other) => {
-                tracing::warn!(payment = %p.payment_id, answer = ?other, "unexpected acquirer answer; outcome unknown");
+                tracing::warn!(payment = %p.payment_id, answer = ?other, "no usable acquirer answer; outcome unknown");
                 change.payment.state = PaymentState::Unknown;
                 change.work = Work::Keep;
             }
@@ -636,7 +740,7 @@ impl<S: Store> Engine<S> {
             }
         }
         self.event_for(&mut change, now);
-        self.commit(change).await
+        change
     }
 
     /// Adds the webhook event a new final state calls for.
@@ -647,6 +751,11 @@ impl<S: Store> Engine<S> {
             PaymentState::Cancelled => "payment.cancelled",
             _ => return,
         };
+        self.payment_event(change, kind, now);
+    }
+
+    /// Adds a `kind` event carrying the payment as it becomes.
+    fn payment_event(&self, change: &mut Change, kind: &str, now: DateTime<Utc>) {
         let data =
             serde_json::to_value(PaymentAnswer::new(&change.payment)).expect("JSON of plain data");
         change.events.push(self.event(&change.payment, kind, data, now));
@@ -671,13 +780,8 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// Applies `change` and makes it durable; wakes the workers it gives work to.
-    async fn commit(&self, change: Change) -> Result<PaymentRecord, ApiError> {
-        self.store.apply(&change).map_err(internal)?;
-        self.durable(change).await
-    }
-
-    /// Makes an applied change durable, then wakes the workers it gives work to.
+    /// Makes an applied change durable, then wakes the workers it gives work to. Called after
+    /// the payment's lock is released: a flush is I/O.
     async fn durable(&self, change: Change) -> Result<PaymentRecord, ApiError> {
         self.store.flush().await.map_err(internal)?;
         tracing::info!(payment = %change.payment.payment_id, state = ?change.payment.state, "payment updated");
@@ -701,38 +805,76 @@ impl<S: Store> Engine<S> {
     }
 
     /// [`Engine::step`], also saying whether a task was done.
+    ///
+    /// No lock is held while the acquirer is asked: the payment and its task are read, made
+    /// durable, the acquirer asked; then, under the lock, read again — if either changed
+    /// meanwhile (a cancel, a refund, another step) the answer is dropped and the task stays for
+    /// the next round (acquirer calls are idempotent by instruction id).
     pub async fn step_counted(
         &self,
         payment_id: &str,
         only: Option<Task>,
     ) -> Result<(Option<PaymentRecord>, bool), ApiError> {
-        let _guard = self.lock_payment(payment_id).await;
         let mut only = only;
         let mut acted = false;
         loop {
             let p = self.store.payment(payment_id).map_err(internal)?;
             let Some(p) = p else { return Ok((None, acted)) };
             let Some(item) = self.store.work_item(payment_id).map_err(internal)? else {
-                return Ok((Some(p), acted));
+                return Ok((Some(self.visible(p).await?), acted));
             };
-            let now = self.clock.now();
             let go = match only {
                 Some(task) => task == item.task,
-                None => item.due <= now,
+                None => item.due <= self.clock.now(),
             };
             if !go || self.is_inflight(payment_id) {
-                return Ok((Some(p), acted));
+                return Ok((Some(self.visible(p).await?), acted));
+            }
+            let _stepping = match self.stepping.claim(&format!("{payment_id}/{:?}", item.task)) {
+                Ok(claim) => claim,
+                // Another step of this process is doing this very task: a caller that wants its
+                // result (a cancel) waits for it and looks again; the resolver leaves it.
+                Err(mut rx) if only.is_some() => {
+                    let _ = rx.wait_for(|done| *done).await;
+                    continue;
+                }
+                Err(_) => return Ok((Some(self.visible(p).await?), acted)),
+            };
+            // What the acquirer is about to hear of must survive a crash.
+            self.store.flush().await.map_err(internal)?;
+            let request = match item.task {
+                Task::Inquire | Task::Verify => AcquirerRequest::Inquire(p.payment_id.clone()),
+                Task::Reverse => AcquirerRequest::Reverse(p.payment_id.clone()),
+            };
+            let asked = self.ask(&p, request).await?;
+            let guard = self.lock_payment(payment_id).await;
+            let now_p = self.store.payment(payment_id).map_err(internal)?;
+            let now_item = self.store.work_item(payment_id).map_err(internal)?;
+            if now_p.as_ref().map(|c| c.rev) != Some(p.rev) || now_item.as_ref() != Some(&item) {
+                drop(guard);
+                tracing::debug!(payment = %payment_id, "changed while the acquirer was asked; answer dropped");
+                let now_p = match now_p {
+                    Some(p) => Some(self.visible(p).await?),
+                    None => None,
+                };
+                return Ok((now_p, acted));
             }
             acted = true;
+            let now = self.clock.now();
             let change = match item.task {
-                Task::Inquire => self.inquire(&p, &item).await?,
-                Task::Reverse => self.reverse(&p, &item).await?,
-                Task::Verify => self.verify(&p, &item).await?,
+                Task::Inquire => self.inquired(&p, &item, asked, now),
+                Task::Reverse => self.reversed(&p, &item, asked, now),
+                Task::Verify => self.verified(&p, &item, asked, now),
             };
             // A reversal due at once follows at once: at expiry, and after a late approval.
             let follow = matches!(&change.work, Work::Set(w)
-                if w.task == Task::Reverse && item.task != Task::Reverse && w.due <= self.clock.now());
-            let p = self.commit(change).await?;
+                if w.task == Task::Reverse && item.task != Task::Reverse && w.due <= now);
+            self.store.apply(&change).map_err(internal)?;
+            drop(guard);
+            if p.state == PaymentState::Pending {
+                self.unsent_set().remove(payment_id);
+            }
+            let p = self.durable(change).await?;
             if !follow {
                 return Ok((Some(p), acted));
             }
@@ -749,62 +891,82 @@ impl<S: Store> Engine<S> {
         c
     }
 
-    /// Asks the acquirer about a payment whose outcome is unknown.
-    async fn inquire(&self, p: &PaymentRecord, item: &WorkItem) -> Result<Change, ApiError> {
-        let answer = self.ask(p, AcquirerRequest::Inquire(p.payment_id.clone())).await?;
-        let now = self.clock.now();
+    /// The same task again after `delay(attempt)`, saying what the last attempt got.
+    fn again(
+        &self,
+        item: &WorkItem,
+        due: DateTime<Utc>,
+        refusals: u32,
+        last_error: Option<String>,
+    ) -> Work {
+        let attempt = item.attempt + 1;
+        Work::Set(WorkItem { due, attempt, refusals, last_error, ..item.clone() })
+    }
+
+    /// What an inquiry about a payment whose outcome is unknown says.
+    fn inquired(&self, p: &PaymentRecord, item: &WorkItem, asked: Asked, now: DateTime<Utc>) -> Change {
         let mut change = Change::of(p.successor(now));
         change.work = Work::Done;
-        match answer.as_ref().map(|a| a.status) {
+        let (status, last_error) = asked.status();
+        match status {
             Some(InstructionStatus::Approved) => {
                 change.payment.state = PaymentState::Succeeded;
-                change.payment.acquirer_ref = answer.and_then(|a| a.acquirer_ref);
-                change.payment.booked = true;
-                change.journal = Some(ledger::payment(&change.payment, now));
+                change.payment.acquirer_ref = asked.acquirer_ref();
+                if !p.booked {
+                    change.payment.booked = true;
+                    change.journal = Some(ledger::payment(&change.payment, now));
+                }
             }
-            Some(InstructionStatus::Declined) => {
-                change.payment.state = PaymentState::Failed;
-                change.payment.failure = Some(Failure {
-                    code: "DECLINED".into(),
-                    message: answer
-                        .and_then(|a| a.reason)
-                        .unwrap_or_else(|| "the acquirer declined the payment".into()),
-                });
-            }
+            Some(InstructionStatus::Declined) => declined(&mut change.payment, asked.reason()),
             Some(InstructionStatus::Reversed) => {
                 change.payment.state = PaymentState::Failed;
                 change.payment.failure =
                     Some(expired("the acquirer reports the instruction reversed"));
             }
+            Some(InstructionStatus::NotFound) if p.reversal_refused => {
+                // Nothing to pay and nothing the acquirer will reverse: failed, verified later.
+                change.payment.state = PaymentState::Failed;
+                change.payment.failure =
+                    Some(expired("the outcome stayed unknown; the acquirer holds no such payment"));
+                change.work = self.work(p, Task::Verify, now + self.resolver.delay(0), 0);
+            }
             Some(InstructionStatus::NotFound | InstructionStatus::Processing) | None => {
+                let attempt = item.attempt + 1;
+                if p.reversal_refused {
+                    // The acquirer will not reverse it: ask until it says how it ended.
+                    let due = item.due.max(now) + self.resolver.delay(attempt);
+                    return Self::unchanged(p, now, self.again(item, due, item.refusals, last_error));
+                }
                 if now >= p.created_at + self.resolver.expiry {
                     tracing::warn!(payment = %p.payment_id, "outcome still unknown at expiry; reversing");
                     change.payment.state = PaymentState::Reversing;
                     change.work = self.work(p, Task::Reverse, now, 0);
-                } else {
-                    let attempt = item.attempt + 1;
-                    let due = self.inquiry_due(p, item.due.max(now), attempt);
-                    if p.state == PaymentState::Pending {
-                        change.payment.state = PaymentState::Unknown;
-                    } else {
-                        change = Self::unchanged(p, now, Work::Keep);
-                    }
-                    change.work = self.work(p, Task::Inquire, due, attempt);
+                    return change;
                 }
-                return Ok(change);
+                let due = self.inquiry_due(p, item.due.max(now), attempt);
+                let work = self.again(item, due, item.refusals, last_error);
+                if p.state == PaymentState::Pending {
+                    change.payment.state = PaymentState::Unknown;
+                    change.work = work;
+                    return change;
+                }
+                return Self::unchanged(p, now, work);
             }
         }
         tracing::info!(payment = %p.payment_id, state = ?change.payment.state, "resolved by inquiry");
         self.event_for(&mut change, now);
-        Ok(change)
+        change
     }
 
-    /// Reverses the instruction (expiry, cancel, or a late approval).
-    async fn reverse(&self, p: &PaymentRecord, item: &WorkItem) -> Result<Change, ApiError> {
-        let answer = self.ask(p, AcquirerRequest::Reverse(p.payment_id.clone())).await?;
-        let now = self.clock.now();
+    /// What a reversal (expiry, cancel, or a late approval) got. A reversal the acquirer refuses
+    /// (an explicit refusal, or an answer that the payment is approved or still processing) is
+    /// tried `reversal_refusals_max` times; then the bridge gives up reversing (see
+    /// [`Engine::reversal_refused`]). No answer at all is unknown, and is tried again on the
+    /// schedule.
+    fn reversed(&self, p: &PaymentRecord, item: &WorkItem, asked: Asked, now: DateTime<Utc>) -> Change {
+        let (status, last_error) = asked.status();
         let confirmed = matches!(
-            answer.as_ref().map(|a| a.status),
+            status,
             // Nothing to reverse is as good as reversed; what comes after is verified.
             Some(
                 InstructionStatus::Reversed
@@ -813,9 +975,15 @@ impl<S: Store> Engine<S> {
             )
         );
         if !confirmed {
-            let attempt = item.attempt + 1;
-            let due = item.due.max(now) + self.resolver.delay(attempt);
-            return Ok(Self::unchanged(p, now, self.work(p, Task::Reverse, due, attempt)));
+            let refused = matches!(asked, Asked::Refused(_))
+                || matches!(status, Some(InstructionStatus::Approved));
+            let refusals = item.refusals + u32::from(refused);
+            if refused && refusals >= self.resolver.reversal_refusals_max {
+                let approved = matches!(status, Some(InstructionStatus::Approved));
+                return self.reversal_refused(p, &asked, approved, now);
+            }
+            let due = item.due.max(now) + self.resolver.delay(item.attempt + 1);
+            return Self::unchanged(p, now, self.again(item, due, refusals, last_error));
         }
         let mut change = Change::of(p.successor(now));
         match p.state {
@@ -833,20 +1001,77 @@ impl<S: Store> Engine<S> {
             change.journal = Some(ledger::reversal(p, kind, now));
             change.payment.booked = false;
         }
-        let due = now + self.resolver.delay(0);
-        change.work = self.work(p, Task::Verify, due, 0);
+        change.work = self.work(p, Task::Verify, now + self.resolver.delay(0), 0);
         if change.payment.state != p.state {
             tracing::info!(payment = %p.payment_id, state = ?change.payment.state, "reversal confirmed");
             self.event_for(&mut change, now);
         }
-        Ok(change)
+        change
+    }
+
+    /// The acquirer refused the reversal as often as the policy allows: the bridge stops
+    /// reversing and the payment ends as the acquirer has it.
+    /// - A cancel: refused (`cancel_refusal`, a `payment.cancel_refused` event); the payment
+    ///   stays SUCCEEDED when it was, or the acquirer says it is approved; otherwise its outcome
+    ///   is found by inquiry.
+    /// - A reversal at expiry: an approval the acquirer will not reverse is a success; otherwise
+    ///   the bridge inquires until the acquirer says how it ended (never guessed).
+    /// - A late approval on a final payment: it stays booked (the admin API shows the payment).
+    fn reversal_refused(
+        &self,
+        p: &PaymentRecord,
+        asked: &Asked,
+        approved: bool,
+        now: DateTime<Utc>,
+    ) -> Change {
+        tracing::warn!(payment = %p.payment_id, answer = ?asked, "the acquirer refuses to reverse; giving up reversing");
+        let mut change = Change::of(p.successor(now));
+        change.payment.reversal_refused = true;
+        change.work = Work::Done;
+        let succeed = |change: &mut Change| {
+            change.payment.state = PaymentState::Succeeded;
+            if !p.booked {
+                change.payment.booked = true;
+                change.journal = Some(ledger::payment(&change.payment, now));
+            }
+        };
+        let inquire = self.work(p, Task::Inquire, now + self.resolver.delay(0), 0);
+        match p.state {
+            PaymentState::Cancelling => {
+                change.payment.cancel_refusal = Some(Failure {
+                    code: "REVERSAL_REFUSED".into(),
+                    message: "the acquirer would not reverse the payment; ask for a refund".into(),
+                });
+                if approved || p.booked {
+                    succeed(&mut change);
+                    self.payment_event(&mut change, "payment.cancel_refused", now);
+                    if !p.booked {
+                        self.event_for(&mut change, now);
+                    }
+                } else {
+                    change.payment.state = PaymentState::Unknown;
+                    change.work = inquire;
+                    self.payment_event(&mut change, "payment.cancel_refused", now);
+                }
+            }
+            PaymentState::Reversing => {
+                if approved {
+                    succeed(&mut change);
+                    self.event_for(&mut change, now);
+                } else {
+                    change.payment.state = PaymentState::Unknown;
+                    change.work = inquire;
+                }
+            }
+            _ => change.payment.updated_at = p.updated_at,
+        }
+        change
     }
 
     /// After a confirmed reversal: was anything approved behind it?
-    async fn verify(&self, p: &PaymentRecord, item: &WorkItem) -> Result<Change, ApiError> {
-        let answer = self.ask(p, AcquirerRequest::Inquire(p.payment_id.clone())).await?;
-        let now = self.clock.now();
-        match answer.as_ref().map(|a| a.status) {
+    fn verified(&self, p: &PaymentRecord, item: &WorkItem, asked: Asked, now: DateTime<Utc>) -> Change {
+        let (status, last_error) = asked.status();
+        match status {
             Some(InstructionStatus::Approved) => {
                 // An approval that arrived after the reversal: book it, never lose it, and
                 // reverse it again.
@@ -857,13 +1082,12 @@ impl<S: Store> Engine<S> {
                 let mut entry = ledger::payment(&change.payment, now);
                 entry.kind = "late_approval".into();
                 change.journal = Some(entry);
-                Ok(change)
+                change
             }
-            Some(_) => Ok(Self::unchanged(p, now, Work::Done)),
+            Some(_) => Self::unchanged(p, now, Work::Done),
             None => {
-                let attempt = item.attempt + 1;
-                let due = item.due.max(now) + self.resolver.delay(attempt);
-                Ok(Self::unchanged(p, now, self.work(p, Task::Verify, due, attempt)))
+                let due = item.due.max(now) + self.resolver.delay(item.attempt + 1);
+                Self::unchanged(p, now, self.again(item, due, item.refusals, last_error))
             }
         }
     }
@@ -885,12 +1109,18 @@ impl<S: Store> Engine<S> {
         Ok(done)
     }
 
-    /// A partner's own payment, by id.
-    pub async fn get(&self, partner: &str, payment_id: &str) -> Result<PaymentRecord, ApiError> {
+    /// A partner's own payment, by id, as stored (maybe not durable yet).
+    fn own(&self, partner: &str, payment_id: &str) -> Result<PaymentRecord, ApiError> {
         match self.store.payment(payment_id).map_err(internal)? {
             Some(p) if p.partner == partner => Ok(p),
             _ => Err(ApiError::PaymentNotFound),
         }
+    }
+
+    /// A partner's own payment, by id.
+    pub async fn get(&self, partner: &str, payment_id: &str) -> Result<PaymentRecord, ApiError> {
+        let p = self.own(partner, payment_id)?;
+        self.visible(p).await
     }
 
     /// A partner's own payment, by its request id.
@@ -899,38 +1129,55 @@ impl<S: Store> Engine<S> {
         partner: &str,
         request_id: &str,
     ) -> Result<PaymentRecord, ApiError> {
-        self.store
+        if !valid_request_id(request_id) {
+            return Err(ApiError::InvalidRequest(
+                "request_id: 1-64 characters of A-Z a-z 0-9 . _ : -".into(),
+            ));
+        }
+        let p = self
+            .store
             .payment_by_request(partner, request_id)
             .map_err(internal)?
-            .ok_or(ApiError::PaymentNotFound)
+            .ok_or(ApiError::PaymentNotFound)?;
+        self.visible(p).await
     }
 
     /// `POST /v1/payments/{id}/cancel`: reverses the payment in full. Idempotent: a cancelled or
     /// failed payment is returned as it is; one whose reversal is not confirmed yet is tried again.
+    /// A payment whose reversal the acquirer refused is not cancelled again (ask for a refund).
     pub async fn cancel(&self, partner: &str, payment_id: &str) -> Result<PaymentRecord, ApiError> {
-        let p = self.get(partner, payment_id).await?;
+        let p = self.own(partner, payment_id)?;
         self.settled(p).await?;
-        {
-            let _guard = self.lock_payment(payment_id).await;
-            let p = self.get(partner, payment_id).await?;
-            match p.state {
-                PaymentState::Failed | PaymentState::Cancelled | PaymentState::Reversing => {
-                    return Ok(p)
+        let guard = self.lock_payment(payment_id).await;
+        let p = self.own(partner, payment_id)?;
+        match p.state {
+            PaymentState::Failed | PaymentState::Cancelled | PaymentState::Reversing => {
+                drop(guard);
+                return self.visible(p).await;
+            }
+            PaymentState::Cancelling => drop(guard),
+            PaymentState::Pending | PaymentState::Unknown | PaymentState::Succeeded => {
+                if p.refunded_cny.is_positive() {
+                    return Err(ApiError::CancelNotAllowed(
+                        "the payment has refunds; it can no longer be cancelled".into(),
+                    ));
                 }
-                PaymentState::Cancelling => {}
-                PaymentState::Pending | PaymentState::Unknown | PaymentState::Succeeded => {
-                    if p.refunded_cny.is_positive() {
-                        return Err(ApiError::CancelNotAllowed);
-                    }
-                    let now = self.clock.now();
-                    if now > self.cancel.deadline(p.created_at) {
-                        return Err(ApiError::CancelWindowClosed);
-                    }
-                    let mut change = Change::of(p.successor(now));
-                    change.payment.state = PaymentState::Cancelling;
-                    change.work = self.work(&p, Task::Reverse, now, 0);
-                    self.commit(change).await?;
+                if p.reversal_refused {
+                    return Err(ApiError::CancelNotAllowed(
+                        "the acquirer would not reverse this payment; ask for a refund".into(),
+                    ));
                 }
+                let now = self.clock.now();
+                if now > self.cancel.deadline(p.created_at) {
+                    return Err(ApiError::CancelWindowClosed);
+                }
+                let mut change = Change::of(p.successor(now));
+                change.payment.state = PaymentState::Cancelling;
+                change.work = self.work(&p, Task::Reverse, now, 0);
+                self.store.apply(&change).map_err(internal)?;
+                drop(guard);
+                self.unsent_set().remove(payment_id);
+                self.durable(change).await?;
             }
         }
         // The reversal; when it is not confirmed the resolver keeps trying, and the payment shows
@@ -944,9 +1191,9 @@ impl<S: Store> Engine<S> {
         partner: &str,
         payment_id: &str,
     ) -> Result<(PaymentRecord, Vec<RefundRecord>), ApiError> {
-        let p = self.get(partner, payment_id).await?;
+        let p = self.own(partner, payment_id)?;
         let refunds = self.store.refunds_of(payment_id).map_err(internal)?;
-        Ok((p, refunds))
+        self.visible((p, refunds)).await
     }
 
     /// `POST /acquirer/v1/refunds`: acquirer `acquirer` refunded (part of) a payment it was
@@ -961,12 +1208,15 @@ impl<S: Store> Engine<S> {
                 "refund_id: 1-64 characters of A-Z a-z 0-9 . _ : -".into(),
             ));
         }
-        if body.instruction_id.is_empty() || body.instruction_id.len() > 64 {
+        if body.instruction_id.is_empty() || body.instruction_id.chars().count() > 64 {
             return Err(ApiError::InvalidRequest("instruction_id: 1-64 characters".into()));
         }
+        // Counted as sent (docs/acquirer-api.yaml), kept without surrounding blanks.
         let reason = body.reason.trim();
-        if reason.is_empty() || reason.chars().count() > 256 {
-            return Err(ApiError::InvalidRequest("reason: 1-256 characters".into()));
+        if reason.is_empty() || body.reason.chars().count() > 256 {
+            return Err(ApiError::InvalidRequest(
+                "reason: 1-256 characters, not only blanks".into(),
+            ));
         }
         let c = Currency::from_code(&body.amount.currency)
             .map_err(|e| ApiError::InvalidAmount(format!("amount.currency: {e}")))?;
@@ -980,19 +1230,23 @@ impl<S: Store> Engine<S> {
         }
         let hash =
             content_hash(&[&body.refund_id, &body.instruction_id, &body.amount.value, reason]);
-        let replay = |r: RefundRecord| {
-            if r.request_hash == hash {
-                Ok((r, false))
-            } else {
-                Err(ApiError::RepeatReqInconsistent)
+        let replay = |r: RefundRecord| async {
+            if r.request_hash != hash {
+                return Err(ApiError::RepeatReqInconsistent);
             }
+            self.visible((r, false)).await
         };
-        if let Some(r) =
-            self.store.refund_by_acquirer_id(acquirer, &body.refund_id).map_err(internal)?
-        {
-            return replay(r);
+        let recorded = || self.store.refund_by_acquirer_id(acquirer, &body.refund_id);
+        if let Some(r) = recorded().map_err(internal)? {
+            return replay(r).await;
         }
-        let _guard = self.lock_payment(&body.instruction_id).await;
+        let guard = self.lock_payment(&body.instruction_id).await;
+        // Again under the lock: a concurrent retry of this refund may have recorded it meanwhile
+        // (then the payment already counts it, and checking the amount would refuse it).
+        if let Some(r) = recorded().map_err(internal)? {
+            drop(guard);
+            return replay(r).await;
+        }
         let p = match self.store.payment(&body.instruction_id).map_err(internal)? {
             Some(p) if p.acquirer == acquirer => p,
             _ => return Err(ApiError::PaymentNotFound),
@@ -1039,15 +1293,101 @@ impl<S: Store> Engine<S> {
         let data = serde_json::to_value(RefundAnswer::new(&record)).expect("JSON of plain data");
         change.events.push(self.event(&p, "refund.succeeded", data, now));
         change.refund = Some(record.clone());
-        match self.store.apply(&change) {
+        let applied = self.store.apply(&change);
+        drop(guard);
+        match applied {
             Ok(()) => {}
             // Taken meanwhile (by a request for another payment, under another lock).
-            Err(StoreError::RefundExists(existing)) => return replay(*existing),
+            Err(StoreError::RefundExists(existing)) => return replay(*existing).await,
             Err(e) => return Err(internal(e)),
         }
         self.durable(change).await?;
         tracing::info!(payment = %p.payment_id, refund = %record.refund_id, "refund recorded");
         Ok((record, true))
+    }
+}
+
+/// A payment the acquirer declined: our words for the partner, its own for logs and admins.
+fn declined(p: &mut PaymentRecord, acquirer_reason: Option<String>) {
+    p.state = PaymentState::Failed;
+    p.failure =
+        Some(Failure { code: "DECLINED".into(), message: "the acquirer declined the payment".into() });
+    p.acquirer_reason = acquirer_reason;
+}
+
+/// Work this process is doing, by key: who else wants it waits, or leaves it.
+#[derive(Default)]
+struct Claims(Mutex<HashMap<String, watch::Receiver<bool>>>);
+
+impl Claims {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<bool>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes `key`, or says who holds it (wait on it).
+    fn claim(self: &Arc<Self>, key: &str) -> Result<Claim, watch::Receiver<bool>> {
+        let mut map = self.map();
+        if let Some(rx) = map.get(key) {
+            return Err(rx.clone());
+        }
+        let (done, rx) = watch::channel(false);
+        map.insert(key.to_owned(), rx);
+        Ok(Claim { claims: self.clone(), key: key.to_owned(), done })
+    }
+
+    /// Whom to wait on for `key`, if anyone holds it.
+    fn waiter(&self, key: &str) -> Option<watch::Receiver<bool>> {
+        self.map().get(key).cloned()
+    }
+}
+
+/// A key held for as long as this lives; dropping it (however its holder ends: done, an error,
+/// a panic) frees the key and wakes whoever waits.
+struct Claim {
+    claims: Arc<Claims>,
+    key: String,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.claims.map().remove(&self.key);
+        let _ = self.done.send(true);
+    }
+}
+
+/// What the acquirer said about an instruction.
+#[derive(Debug)]
+enum Asked {
+    /// An answer about this instruction.
+    Answer(InstructionAnswer),
+    /// The acquirer refused the request outright (its own words, for logs and admins).
+    Refused(String),
+    /// No usable answer: the outcome is as unknown as before.
+    NoAnswer(String),
+}
+
+impl Asked {
+    /// The instruction's status, if the answer gave one, and what to show admins otherwise.
+    fn status(&self) -> (Option<InstructionStatus>, Option<String>) {
+        match self {
+            Asked::Answer(a) => (Some(a.status), Some(format!("{:?}", a.status).to_uppercase())),
+            Asked::Refused(e) | Asked::NoAnswer(e) => (None, Some(e.clone())),
+        }
+    }
+
+    fn acquirer_ref(&self) -> Option<String> {
+        match self {
+            Asked::Answer(a) => a.acquirer_ref.clone(),
+            _ => None,
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        match self {
+            Asked::Answer(a) => a.reason.clone(),
+            _ => None,
+        }
     }
 }
 

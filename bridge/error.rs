@@ -49,9 +49,10 @@ pub enum ApiError {
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
-    /// The method is not served on this path.
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// The method is not served on this path; the value is what the path does serve, for the
+    /// answer's `allow` header (RFC 9110 §15.5.6), e.g. `GET, POST`.
+    #[error("method not allowed; this path allows {0}")]
+    MethodNotAllowed(String),
     /// The daemon is at its concurrency limit; retry.
     #[error("overloaded; retry shortly")]
     Overloaded,
@@ -61,9 +62,13 @@ pub enum ApiError {
     /// The merchant's acquirer could not be asked about the code; retry.
     #[error("{0}")]
     AcquirerUnavailable(String),
-    /// A cancel of a payment that already has refunds: only further refunds can undo it.
-    #[error("the payment has refunds; it can no longer be cancelled")]
-    CancelNotAllowed,
+    /// A cancel of a payment that already has refunds, or whose reversal the acquirer refused:
+    /// only refunds can undo it.
+    #[error("{0}")]
+    CancelNotAllowed(String),
+    /// A dynamic (order) code whose order another payment paid, or is paying.
+    #[error("this order is already paid, or being paid, by another payment")]
+    OrderAlreadyPaid,
     /// A refund of a payment that did not succeed, or was cancelled.
     #[error("{0}")]
     PaymentNotRefundable(String),
@@ -86,6 +91,12 @@ pub enum ApiError {
     /// A rate that cannot be taken: not positive, one currency, bad line (admin).
     #[error("{0}")]
     InvalidRate(String),
+    /// A rate whose `as_of` lies beyond now plus `fx.as_of_skew_s` (admin).
+    #[error("{0}")]
+    RateFromFuture(String),
+    /// A rate moving more than `fx.rate_move_bps_max` from the held one, not forced (admin).
+    #[error("{0}")]
+    RateMoveTooLarge(String),
     /// No such rate source (admin).
     #[error("no rate source {0:?}")]
     RateSourceNotFound(String),
@@ -133,13 +144,14 @@ impl ApiError {
             Internal => ("INTERNAL", StatusCode::INTERNAL_SERVER_ERROR, true),
             ClientNotRecognised => ("CLIENT_NOT_RECOGNISED", StatusCode::FORBIDDEN, false),
             NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, false),
-            MethodNotAllowed => ("METHOD_NOT_ALLOWED", StatusCode::METHOD_NOT_ALLOWED, false),
+            MethodNotAllowed(_) => ("METHOD_NOT_ALLOWED", StatusCode::METHOD_NOT_ALLOWED, false),
             Overloaded => ("OVERLOADED", StatusCode::SERVICE_UNAVAILABLE, true),
             Timeout => ("TIMEOUT", StatusCode::SERVICE_UNAVAILABLE, true),
             AcquirerUnavailable(_) => {
                 ("ACQUIRER_UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE, true)
             }
-            CancelNotAllowed => ("CANCEL_NOT_ALLOWED", StatusCode::CONFLICT, false),
+            CancelNotAllowed(_) => ("CANCEL_NOT_ALLOWED", StatusCode::CONFLICT, false),
+            OrderAlreadyPaid => ("ORDER_ALREADY_PAID", StatusCode::CONFLICT, false),
             PaymentNotRefundable(_) => ("PAYMENT_NOT_REFUNDABLE", StatusCode::CONFLICT, false),
             RefundExceedsPayment(_) => {
                 ("REFUND_EXCEEDS_PAYMENT", StatusCode::UNPROCESSABLE_ENTITY, false)
@@ -151,6 +163,8 @@ impl ApiError {
                 ("SPREAD_OUT_OF_BOUNDS", StatusCode::UNPROCESSABLE_ENTITY, false)
             }
             InvalidRate(_) => ("INVALID_RATE", StatusCode::UNPROCESSABLE_ENTITY, false),
+            RateFromFuture(_) => ("RATE_FROM_FUTURE", StatusCode::UNPROCESSABLE_ENTITY, false),
+            RateMoveTooLarge(_) => ("RATE_MOVE_TOO_LARGE", StatusCode::UNPROCESSABLE_ENTITY, false),
             RateSourceNotFound(_) => ("RATE_SOURCE_NOT_FOUND", StatusCode::NOT_FOUND, false),
             RateSourceFailed(_) => ("RATE_SOURCE_FAILED", StatusCode::BAD_GATEWAY, true),
             DayNotClosed(_) => ("DAY_NOT_CLOSED", StatusCode::CONFLICT, true),
@@ -173,6 +187,11 @@ impl ApiError {
         let mut r = crate::http::json_response(status, &body);
         if matches!(self, ApiError::RateLimited | ApiError::Overloaded) {
             r.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        }
+        if let ApiError::MethodNotAllowed(allow) = self {
+            if let Ok(v) = http::HeaderValue::from_str(allow) {
+                r.headers_mut().insert(http::header::ALLOW, v);
+            }
         }
         r
     }

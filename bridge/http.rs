@@ -1,13 +1,22 @@
 //! The partner API over HTTP: the tower stack around the handlers, and the handlers.
 //!
-//! Outside in: request id and tracing span → errors to API answers (the one place, via
-//! [`rescue`]) → load shedding → concurrency limit → request timeout → partner authentication →
-//! per-partner rate limit → routes. The body size limit applies where bodies are read.
+//! Outside in: request id, tracing span and the body's deadline ([`RequestId`]) → errors to API
+//! answers (the one place, via [`rescue`]) → request timeout → caller authentication → per-caller
+//! rate limit → admission: the caller's own share of the concurrency limit, then the listener's
+//! ([`Admit`]) → routes. Admission comes after authentication so that one caller's requests can
+//! use only its own share; nothing is limited in `poll_ready`, so a refused request holds nothing.
+//! Bodies are read where the route needs them, at most `body_bytes_max` bytes and by the body's
+//! deadline (`body_read_timeout`), so a slow sender holds its share only briefly.
+//!
+//! An answer given before the body was read (a refusal, 404, 413…) would leave unread bytes on an
+//! HTTP/1.1 connection: the rate limit reads a small body first so the connection stays usable,
+//! and any other such answer says `connection: close` so the client does not reuse it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,10 +25,11 @@ use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use qrbridge_adapters::https::Conn;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tracing::Instrument;
@@ -61,12 +71,18 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Resp {
 #[derive(Debug, Clone)]
 pub struct Caller(pub Arc<str>);
 
-/// Limits of the partner API's stack.
+/// Limits of a listener's stack.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     pub body_bytes_max: u64,
+    /// Requests under way at once on the listener; more are shed (503 OVERLOADED).
     pub concurrency_max: usize,
+    /// Requests one caller may have under way at once, by caller id; a caller not named here
+    /// gets an equal share of `concurrency_max` among the listener's callers.
+    pub caller_concurrency_max: HashMap<String, usize>,
     pub request_timeout: Duration,
+    /// A request's body must have arrived this long after its head.
+    pub body_read_timeout: Duration,
 }
 
 /// Per-partner rate: sustained per second and burst.
@@ -74,6 +90,15 @@ pub struct HttpLimits {
 pub struct Rate {
     pub per_s: u32,
     pub burst: u32,
+}
+
+/// What the stack knows about a request's body: its deadline and size limit, and whether it has
+/// been read to its end (set by [`read_body`]).
+#[derive(Debug, Clone)]
+pub struct BodyState {
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    read: Arc<AtomicBool>,
 }
 
 /// The one place errors become answers: what escaped the handlers (shedding, timeouts, faults)
@@ -106,7 +131,7 @@ pub fn partner_service<S: Store>(
 }
 
 /// A listener's service: `routes` behind the whole stack, callers known by `directory` (others
-/// get `refused`), each limited to its `rates`.
+/// get `refused`), each limited to its `rates` and its share of the concurrency limit.
 pub fn service<R, F>(
     directory: Directory,
     refused: ApiError,
@@ -128,6 +153,19 @@ where
             })
             .collect(),
     );
+    let callers = directory.ids().count().max(1);
+    let share = limits.concurrency_max.max(callers);
+    let shares: Arc<HashMap<String, Arc<Semaphore>>> = Arc::new(
+        directory
+            .ids()
+            .map(|id| {
+                let n = limits.caller_concurrency_max.get(id).copied().unwrap_or(share).max(1);
+                (id.to_owned(), Arc::new(Semaphore::new(n)))
+            })
+            .collect(),
+    );
+    let listener = Arc::new(Semaphore::new(limits.concurrency_max.max(1)));
+    let body_max = limits.body_bytes_max;
     let routes = tower::service_fn(move |req: Req| {
         let routes = routes.clone();
         async move {
@@ -140,20 +178,33 @@ where
     });
     let inner = ServiceBuilder::new()
         .layer(tower::layer::layer_fn(|inner| Rescue { inner, failed: None }))
-        .load_shed()
-        .concurrency_limit(limits.concurrency_max)
         .timeout(limits.request_timeout)
         .layer(tower::layer::layer_fn(move |inner| {
             let directory = directory.clone();
             let refused = refused.clone();
-            Guard { inner, check: move |req: &mut Req| authenticate(&directory, &refused, req) }
+            Guard {
+                inner,
+                // The certificate will not change on this connection: no point reading the body.
+                drain_max: None,
+                check: move |req: &mut Req| authenticate(&directory, &refused, req),
+            }
         }))
         .layer(tower::layer::layer_fn(move |inner| {
             let limiters = limiters.clone();
-            Guard { inner, check: move |req: &mut Req| rate_limit(&limiters, req) }
+            Guard {
+                inner,
+                // A client at its rate keeps its connection: a small body is read first.
+                drain_max: Some(body_max),
+                check: move |req: &mut Req| rate_limit(&limiters, req),
+            }
+        }))
+        .layer(tower::layer::layer_fn(move |inner| Admit {
+            inner,
+            listener: listener.clone(),
+            shares: shares.clone(),
         }))
         .service(routes);
-    BoxCloneSyncService::new(RequestId { inner })
+    BoxCloneSyncService::new(RequestId { inner, body_read_timeout: limits.body_read_timeout })
 }
 
 /// Turns every error of the stack below into an API answer ([`rescue`]).
@@ -199,10 +250,13 @@ where
 }
 
 /// Gives each request an id (the caller's `x-request-id` when it is sane) and a tracing span,
-/// and echoes the id in the answer.
+/// echoes the id in the answer, and sets the body's deadline. An HTTP/1 answer to a request whose
+/// body was not read to its end says `connection: close`: the unread bytes make the connection
+/// unusable, and the client must know before it sends another request on it.
 #[derive(Clone)]
 struct RequestId<S> {
     inner: S,
+    body_read_timeout: Duration,
 }
 
 impl<S> Service<Req> for RequestId<S>
@@ -218,7 +272,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, mut req: Req) -> Self::Future {
         let id = req
             .headers()
             .get("x-request-id")
@@ -227,10 +281,22 @@ where
             .map(str::to_owned)
             .unwrap_or_else(|| crate::model::new_id("req"));
         let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path(), caller = tracing::field::Empty);
+        let body = BodyState {
+            deadline: tokio::time::Instant::now() + self.body_read_timeout,
+            timeout: self.body_read_timeout,
+            read: Arc::new(AtomicBool::new(false)),
+        };
+        let unread_closes = req.version() < http::Version::HTTP_2 && !req.body().is_end_stream();
+        let read = body.read.clone();
+        req.extensions_mut().insert(body);
         let fut = self.inner.call(req);
         Box::pin(
             async move {
                 let mut resp = fut.await?;
+                if unread_closes && !read.load(Ordering::Acquire) {
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 tracing::info!(status = resp.status().as_u16(), "answered");
                 if let Ok(v) = HeaderValue::from_str(&id) {
                     resp.headers_mut().insert("x-request-id", v);
@@ -243,10 +309,13 @@ where
 }
 
 /// A layer that looks at a request before the service below and may answer it itself: `check`
-/// returns `Some(answer)` to refuse, `None` to pass the request on (possibly amended).
+/// returns `Some(answer)` to refuse, `None` to pass the request on (possibly amended). With
+/// `drain_max`, a refused request's body (up to that many bytes, by its deadline) is read before
+/// the answer, so an HTTP/1.1 connection stays usable.
 #[derive(Clone)]
 struct Guard<S, F> {
     inner: S,
+    drain_max: Option<u64>,
     check: F,
 }
 
@@ -265,10 +334,72 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        match (self.check)(&mut req) {
-            Some(answer) => Box::pin(async { Ok(answer) }),
-            None => Box::pin(self.inner.call(req)),
+        match ((self.check)(&mut req), self.drain_max) {
+            (Some(answer), Some(max)) => Box::pin(async move {
+                drain_body(req, max).await;
+                Ok(answer)
+            }),
+            (Some(answer), None) => Box::pin(async { Ok(answer) }),
+            (None, _) => Box::pin(self.inner.call(req)),
         }
+    }
+}
+
+/// Admission: a request goes on only with a place in its caller's share and one in the
+/// listener's limit, taken at once or not at all (503 OVERLOADED, `retry-after`), and held until
+/// its answer. A caller sending slowly or too much fills only its own share.
+struct Admit<S> {
+    inner: S,
+    listener: Arc<Semaphore>,
+    shares: Arc<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl<S: Clone> Clone for Admit<S> {
+    fn clone(&self) -> Self {
+        Admit {
+            inner: self.inner.clone(),
+            listener: self.listener.clone(),
+            shares: self.shares.clone(),
+        }
+    }
+}
+
+impl<S> Service<Req> for Admit<S>
+where
+    S: Service<Req, Response = Resp, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Resp, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let caller = req.extensions().get::<Caller>().map(|c| c.0.clone());
+        let own: Option<OwnedSemaphorePermit> =
+            match caller.as_deref().and_then(|c| self.shares.get(c)) {
+                Some(share) => match share.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        tracing::debug!("the caller's share of concurrent requests is in use");
+                        return Box::pin(async { Ok(ApiError::Overloaded.response()) });
+                    }
+                },
+                None => None,
+            };
+        let Ok(listener) = self.listener.clone().try_acquire_owned() else {
+            tracing::debug!("the listener's concurrent requests are all in use");
+            return Box::pin(async { Ok(ApiError::Overloaded.response()) });
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let answer = fut.await;
+            drop((own, listener));
+            answer
+        })
     }
 }
 
@@ -302,9 +433,32 @@ fn rate_limit(limiters: &HashMap<String, DefaultDirectRateLimiter>, req: &mut Re
     limited.then(|| ApiError::RateLimited.response())
 }
 
-/// Reads a JSON body of at most `max` bytes into `T`, naming the field that is wrong.
-/// The whole body, at most `max` bytes (`PAYLOAD_TOO_LARGE` beyond).
+/// Reads and drops a body of at most `max` bytes by the request's body deadline; a larger or
+/// slower one is left unread (and the answer will say `connection: close`).
+async fn drain_body(req: Req, max: u64) {
+    let state = req.extensions().get::<BodyState>().cloned();
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return;
+    }
+    let body = Limited::new(req.into_body(), usize::try_from(max).unwrap_or(usize::MAX));
+    let read = match &state {
+        Some(s) => tokio::time::timeout_at(s.deadline, body.collect()).await.ok(),
+        None => Some(body.collect().await),
+    };
+    if let (Some(Ok(_)), Some(s)) = (read, state) {
+        s.read.store(true, Ordering::Release);
+    }
+}
+
+/// The whole body, at most `max` bytes (`PAYLOAD_TOO_LARGE` beyond), by the request's body
+/// deadline (`INVALID_REQUEST` after it).
 pub async fn read_body(req: Req, max: u64) -> Result<Bytes, ApiError> {
+    let state = req.extensions().get::<BodyState>().cloned();
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -314,8 +468,25 @@ pub async fn read_body(req: Req, max: u64) -> Result<Bytes, ApiError> {
         return Err(ApiError::PayloadTooLarge(max));
     }
     let body = Limited::new(req.into_body(), usize::try_from(max).unwrap_or(usize::MAX));
-    match body.collect().await {
-        Ok(b) => Ok(b.to_bytes()),
+    let collected = match &state {
+        Some(s) => match tokio::time::timeout_at(s.deadline, body.collect()).await {
+            Ok(c) => c,
+            Err(_) => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "the body did not arrive within {} ms",
+                    s.timeout.as_millis()
+                )))
+            }
+        },
+        None => body.collect().await,
+    };
+    match collected {
+        Ok(b) => {
+            if let Some(s) = state {
+                s.read.store(true, Ordering::Release);
+            }
+            Ok(b.to_bytes())
+        }
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(max)),
         Err(e) => Err(ApiError::InvalidRequest(format!("the body could not be read: {e}"))),
     }
@@ -372,7 +543,7 @@ async fn route<S: Store>(
             Ok(json_response(status, &PaymentAnswer::new(&p)))
         }
         ["v1", "payments"] => {
-            allow(&method, &Method::GET)?;
+            allow_any(&method, &[Method::GET, Method::POST])?;
             let query = req.uri().query().unwrap_or("");
             let request_id = form_urlencoded::parse(query.as_bytes())
                 .find(|(k, _)| k == "request_id")
@@ -407,11 +578,19 @@ async fn route<S: Store>(
     }
 }
 
+/// The path serves `want` only: any other method is 405, `allow: <want>`.
 pub fn allow(method: &Method, want: &Method) -> Result<(), ApiError> {
-    if method == want {
+    allow_any(method, std::slice::from_ref(want))
+}
+
+/// The path serves the methods `wants`: any other method is 405 with an `allow` header naming
+/// them all (RFC 9110 §15.5.6).
+pub fn allow_any(method: &Method, wants: &[Method]) -> Result<(), ApiError> {
+    if wants.contains(method) {
         Ok(())
     } else {
-        Err(ApiError::MethodNotAllowed)
+        let names: Vec<&str> = wants.iter().map(Method::as_str).collect();
+        Err(ApiError::MethodNotAllowed(names.join(", ")))
     }
 }
 

@@ -122,6 +122,21 @@ pub struct PaymentRecord {
     /// booked and reversed again.
     #[serde(default)]
     pub late_approvals: u32,
+    /// For a dynamic (order) code: the order's key (SHA-256 of acquirer, merchant and code
+    /// text). An order is paid by at most one payment at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
+    /// What the acquirer itself said when it declined or refused (its raw text): for logs and the
+    /// admin API only, never for partners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acquirer_reason: Option<String>,
+    /// A cancel the acquirer would not carry out: the payment stayed as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_refusal: Option<Failure>,
+    /// The acquirer refused to reverse this payment as many times as the policy allows: the
+    /// bridge stops reversing and only inquires until the acquirer says how it ended.
+    #[serde(default)]
+    pub reversal_refused: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Bumped on every change; the store refuses a change made from a stale copy.
@@ -209,6 +224,27 @@ pub struct WorkItem {
     pub due: DateTime<Utc>,
     /// Attempts of this task so far (indexes the schedule).
     pub attempt: u32,
+    /// Explicit refusals of a reversal so far (bounded by the policy).
+    #[serde(default)]
+    pub refusals: u32,
+    /// What the last attempt got, for the admin API (our words, or the acquirer's for admins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl WorkItem {
+    /// Task `task` for `payment_id`, due at `due`, its `attempt`th try, nothing refused yet.
+    pub fn new(payment_id: &str, task: Task, due: DateTime<Utc>, attempt: u32) -> Self {
+        WorkItem {
+            v: RECORD_VERSION,
+            payment_id: payment_id.to_owned(),
+            task,
+            due,
+            attempt,
+            refusals: 0,
+            last_error: None,
+        }
+    }
 }
 
 /// The resolver's tasks.

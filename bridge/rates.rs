@@ -12,6 +12,13 @@
 //! `as_of` and go stale on their own, so quoting stops rather than using an old price. A feed is
 //! taken whole or not at all: one bad line refuses the read, and the error names the line.
 //!
+//! Every rate read is held to the rate book's guard ([`qrbridge_fx::RateGuard`], from
+//! `fx.as_of_skew_s` and `fx.rate_move_bps_max`): a rate whose `as_of` lies beyond now plus the
+//! skew, or that moves further from the held rate than the bound, is refused on its own. The
+//! pair keeps its old rate, which goes stale by the usual rule (quoting then answers
+//! `RATE_UNAVAILABLE`) until a sane rate comes or an admin forces one. Refusals are logged and
+//! shown in the source's status (`refused`).
+//!
 //! Rates an admin sets (`source = admin:<identity>`) are kept in the store's settings, so they
 //! survive a restart.
 
@@ -25,7 +32,7 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use http_body_util::{BodyExt, Full, Limited};
 use qrbridge_adapters::https::{self, HttpsClient};
 use qrbridge_config::{Fx, RateSource, RateSourceKind};
-use qrbridge_fx::{Currency, Decimal, MidRate, Pair, RateBook};
+use qrbridge_fx::{Currency, Decimal, MidRate, Pair, RateBook, RateError, RateGuard};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -71,9 +78,33 @@ pub enum FeedError {
     UnknownSource(String),
 }
 
-/// An empty rate book with `fx`'s staleness limits and pivots.
+/// What became of the rates a read offered the book.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Offered {
+    /// Rates taken (a rate older than the one held is neither taken nor refused).
+    pub taken: usize,
+    /// Rates refused by the guard: from the future, or moving too far.
+    pub refused: Vec<RateError>,
+}
+
+/// Where a read's rates go: the engine's rate book, through its guard.
+pub type RateSink = dyn Fn(Vec<MidRate>) -> Offered + Send + Sync;
+
+/// The guard new rates are held to under `fx`.
+pub fn guard(fx: &Fx) -> RateGuard {
+    RateGuard {
+        as_of_skew: i64::try_from(fx.as_of_skew_s)
+            .ok()
+            .and_then(Duration::try_seconds)
+            .unwrap_or(Duration::MAX),
+        move_bps_max: Some(fx.rate_move_bps_max),
+    }
+}
+
+/// An empty rate book with `fx`'s staleness limits, pivots and guard.
 pub fn book(fx: &Fx) -> RateBook {
     let mut book = RateBook::new(Duration::seconds(fx.max_age_s as i64), fx.pivots.clone());
+    book.set_guard(guard(fx));
     for source in &fx.sources {
         if let Some(age) = source.max_age_s {
             book.set_max_age(&source.id, Duration::seconds(age as i64));
@@ -108,9 +139,17 @@ pub fn builtin(source: &str, now: DateTime<Utc>) -> Vec<MidRate> {
         .collect()
 }
 
-fn positive(text: &str) -> Result<Decimal, String> {
-    let rate: Decimal =
-        text.trim().parse().map_err(|_| format!("rate {text:?} is not a decimal"))?;
+/// A rate as text: plain decimal digits with at most one `.` (no sign, no exponent), exact (no
+/// digits rounded away), above zero.
+pub fn positive(text: &str) -> Result<Decimal, String> {
+    let t = text.trim();
+    let plain = !t.is_empty()
+        && t.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && t.bytes().filter(|b| *b == b'.').count() <= 1;
+    let rate = plain
+        .then(|| Decimal::from_str_exact(t).ok())
+        .flatten()
+        .ok_or_else(|| format!("rate {text:?} is not a plain decimal"))?;
     if rate <= Decimal::ZERO {
         return Err(format!("rate {text:?} is not positive"));
     }
@@ -228,6 +267,9 @@ pub struct SourceStatus {
     pub rates: usize,
     /// Currencies the last good read left out (ECB only: no minor unit here).
     pub skipped: usize,
+    /// Rates the last good read offered that the guard refused, and why (the pair keeps its old
+    /// rate).
+    pub refused: Vec<String>,
     pub last_error: Option<String>,
 }
 
@@ -271,6 +313,7 @@ impl Feeds {
                     last_ok_at: None,
                     rates: 0,
                     skipped: 0,
+                    refused: Vec::new(),
                     last_error: None,
                 },
             );
@@ -320,12 +363,8 @@ impl Feeds {
         }
     }
 
-    /// Reads one source now and puts its rates in `book`; returns how many were taken.
-    pub async fn refresh(
-        &self,
-        id: &str,
-        book: &(dyn Fn(Vec<MidRate>) -> usize + Send + Sync),
-    ) -> Result<usize, FeedError> {
+    /// Reads one source now and offers its rates to `book`; returns what became of them.
+    pub async fn refresh(&self, id: &str, book: &RateSink) -> Result<Offered, FeedError> {
         let (source, client) = self
             .sources
             .iter()
@@ -348,13 +387,17 @@ impl Feeds {
         st.last_read_at = Some(started);
         match parsed {
             Ok((rates, skipped)) => {
-                let taken = book(rates);
+                let offered = book(rates);
                 st.last_ok_at = Some(started);
-                st.rates = taken;
+                st.rates = offered.taken;
                 st.skipped = skipped;
+                st.refused = offered.refused.iter().map(ToString::to_string).collect();
                 st.last_error = None;
-                tracing::info!(source = %id, taken, skipped, "rate source read");
-                Ok(taken)
+                for e in &offered.refused {
+                    tracing::warn!(source = %id, error = %e, "rate refused; the pair keeps its old rate");
+                }
+                tracing::info!(source = %id, taken = offered.taken, refused = offered.refused.len(), skipped, "rate source read");
+                Ok(offered)
             }
             Err(e) => {
                 tracing::warn!(source = %id, error = %e, "rate source not read; rates held keep their age");
@@ -365,7 +408,7 @@ impl Feeds {
     }
 
     /// Reads every local source (built in, files) once: what start-up waits for.
-    pub async fn refresh_local(&self, book: &(dyn Fn(Vec<MidRate>) -> usize + Send + Sync)) {
+    pub async fn refresh_local(&self, book: &RateSink) {
         let local: Vec<String> =
             self.sources.iter().filter(|(_, c)| c.is_none()).map(|(s, _)| s.id.clone()).collect();
         for id in local {
@@ -375,11 +418,7 @@ impl Feeds {
 
     /// Reads every URL source at once, then each polled source on its schedule, until
     /// `shutdown` says true.
-    pub async fn run(
-        self: Arc<Self>,
-        book: Arc<dyn Fn(Vec<MidRate>) -> usize + Send + Sync>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn run(self: Arc<Self>, book: Arc<RateSink>, mut shutdown: watch::Receiver<bool>) {
         let remote: Vec<String> =
             self.sources.iter().filter(|(_, c)| c.is_some()).map(|(s, _)| s.id.clone()).collect();
         for id in remote {
@@ -409,5 +448,34 @@ impl Feeds {
         }
         https::stopped(&mut shutdown).await;
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ecb(day: &str) -> String {
+        format!(
+            r#"<Envelope><Cube><Cube time="{day}"><Cube currency="USD" rate="1.05"/></Cube></Cube></Envelope>"#
+        )
+    }
+
+    /// A feed's dates at the ends of chrono's range are read or refused, never a panic.
+    #[test]
+    fn extreme_feed_dates_do_not_panic() {
+        for day in ["262142-12-31", "-262143-01-01", "+262142-12-31", "9999-12-31", "0001-01-01"] {
+            let _ = parse_ecb(ecb(day).as_bytes(), "ecb");
+        }
+        let csv = "base,quote,rate,as_of\nUSD,PHP,58,+262142-12-31T23:59:59Z\n";
+        let _ = parse_csv(csv.as_bytes(), "csv");
+    }
+
+    #[test]
+    fn rates_are_plain_positive_decimals() {
+        assert_eq!(positive(" 57.90 "), Ok("57.90".parse().unwrap()));
+        for bad in ["1e5", "-1", "+1", "0", "0.000", "1.2.3", "", ".", "NaN", "0.00000000000000000000000000001"] {
+            assert!(positive(bad).is_err(), "{bad}");
+        }
     }
 }

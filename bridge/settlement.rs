@@ -4,7 +4,15 @@
 //! **The business day.** Day D ends at the configured cut-off (local time in `settlement.time_zone`):
 //! a cut-off before noon ends D on the next calendar day (the default `00:00` makes D the
 //! calendar day), a cut-off from noon on ends D on D itself (`22:00`: D runs from 22:00 on D−1
-//! to 22:00 on D). A payment belongs to the day it was made; a refund to the day it was made.
+//! to 22:00 on D).
+//!
+//! **What belongs to a day** — one rule, for the statements here and for treasury revenue
+//! ([`BusinessDays::day_of_entry`]): a payment belongs to the day it was made (its instruction
+//! left then, and that is the day the acquirer files it under), and so does every ledger entry
+//! that books or undoes it — its booking (even when an inquiry learns the outcome on a later
+//! day), a cancel, a reversal, a late approval. A refund is a money movement of its own and
+//! belongs to the day it was made. So revenue for D and D's statements are the same entries, and
+//! nothing done on a later day other than resolving D's own payments changes D.
 //!
 //! **Closing.** A day closes only after its end *and* after the cancel window of its last
 //! payment (`cancel_until` on the next day), so nothing can still change it by a cancel. Before
@@ -17,25 +25,40 @@
 //!   never guessed. A later run of the day, once it has resolved, includes it.
 //! - Every refund made that day is on both statements, whatever day its payment was made.
 //!
-//! **The files**, under `<settlement.dir>/<day>/`:
-//! - `partner-<id>-<CUR>.csv`: one for each partner and each of its wallet currencies.
-//! - `acquirer-<id>.csv`: in CNY.
+//! **The files**, under `<settlement.dir>/<day>/` (folders `0700`, files `0600`: statements are
+//! for the treasury, not for every account on the host):
+//! - `partner-<id>-<CUR>.csv`: one for each configured partner and each of its wallet
+//!   currencies, and one for every other partner and currency with activity that day (a partner
+//!   since removed from the configuration still gets the statement of a day it traded).
+//! - `acquirer-<id>.csv`: in CNY, for each configured acquirer and each other with activity.
 //! - `treasury-revenue.csv` and `treasury-positions.csv`.
 //! - `in-doubt.csv`.
 //! - `summary.json`: counts, totals, net amounts and each file's SHA-256.
 //!
 //! The files hold no time of their own making and are written in a fixed order. Running a day
 //! twice over the same state therefore gives byte-identical files, and a day with no activity
-//! still gives every file, with zero counts.
+//! still gives every file, with zero counts. Every CSV cell that a spreadsheet would take for a
+//! formula (text starting with `=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading `'`
+//! ([`csv_cell`]); plain numbers such as `-12.50` are left as they are.
 //!
 //! **Reconciliation** reads an acquirer's file for a day: CSV `instruction_id,amount,currency,
 //! status,refund_ids` (major units, `;`-separated refund ids). Each instruction is matched with
-//! the bridge's own view of its payments to that acquirer made that day. The report lists what
-//! matched, what is missing on either side, and what differs in amount, currency, status or
-//! refunds. It is written as `reconciliation-<acquirer>.csv` and `.json` (the acquirer's file is
-//! kept beside them) and returned as the API answer. The CLI exits 3 when anything differs.
+//! the bridge's own view of its payments to that acquirer made that day, as of the day's end:
+//! refunds made on a later day belong to that day and are not expected in D's file. The bridge
+//! expects at the acquirer every instruction the acquirer is known to have seen: approved
+//! (`APPROVED`), declined by its answer (`DECLINED`), approved then cancelled (`REVERSED`), and
+//! those still in doubt. A payment that failed with `ACQUIRER_UNAVAILABLE` never left the bridge
+//! and is not expected (if the acquirer lists it anyway, that is a `STATUS_DIFFERS`, bridge status
+//! `NOT_SENT`); one reversed while its outcome was unknown (`EXPIRED`, or cancelled before any
+//! answer) may never have arrived, so it is compared when listed and not missed when absent. The
+//! report lists what matched, what is missing on either side, and what differs in amount,
+//! currency, status or refunds. It is written as `reconciliation-<acquirer>.csv` and `.json`
+//! (the acquirer's file is kept beside them, byte for byte as received: it is the acquirer's
+//! evidence, not ours to rewrite) and returned as the API answer. The CLI exits 3 when anything
+//! differs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -49,7 +72,7 @@ use crate::engine::CancelPolicy;
 use crate::error::ApiError;
 use crate::model::{JournalEntry, PaymentRecord, PaymentState, RefundRecord};
 use crate::store::Store;
-use crate::treasury::{internal, positions, CurrencyPosition, Treasury};
+use crate::treasury::{internal, positions, revenue_sums, CurrencyPosition, Treasury};
 
 /// How business days fall.
 #[derive(Debug, Clone, Copy)]
@@ -80,15 +103,30 @@ impl BusinessDays {
         business_day(at, self.tz, self.cutoff)
     }
 
+    /// The business day a ledger entry belongs to (see the module's notes): a refund's own day;
+    /// for every other entry the day its payment was made (`made_at`; the entry's own time when
+    /// the payment is unknown). The one rule for statements and for revenue.
+    pub fn day_of_entry(&self, e: &JournalEntry, made_at: Option<DateTime<Utc>>) -> NaiveDate {
+        match made_at {
+            Some(made) if e.kind != "refund" => self.day_of(made),
+            _ => self.day_of(e.at),
+        }
+    }
+
     fn local(&self, day: NaiveDate, time: NaiveTime) -> DateTime<Utc> {
         let t = day.and_time(time);
-        // Asia/Shanghai has no DST; elsewhere a time in a gap is taken just after it.
+        // Asia/Shanghai has no DST; elsewhere a time in a gap is taken just after it. Days are
+        // refused outside years 1-9999 (`parse_day`), so the last fallback, the time read
+        // as UTC, is only there so that no input can panic.
         self.tz
             .from_local_datetime(&t)
             .earliest()
-            .or_else(|| self.tz.from_local_datetime(&(t + Duration::hours(1))).earliest())
+            .or_else(|| {
+                let later = t.checked_add_signed(Duration::hours(1))?;
+                self.tz.from_local_datetime(&later).earliest()
+            })
             .map(|t| t.with_timezone(&Utc))
-            .expect("a local time exists within an hour")
+            .unwrap_or_else(|| t.and_utc())
     }
 
     /// `[start, end)` of `day`.
@@ -102,7 +140,8 @@ impl BusinessDays {
     /// When `day` can be closed: after its end and after its last payment's cancel window.
     pub fn closes_at(&self, day: NaiveDate) -> DateTime<Utc> {
         let (_, end) = self.bounds(day);
-        end.max(self.cancel.deadline(end - Duration::seconds(1)))
+        let last = end.checked_sub_signed(Duration::seconds(1)).unwrap_or(end);
+        end.max(self.cancel.deadline(last))
     }
 }
 
@@ -171,7 +210,8 @@ pub struct Summary {
 pub struct DayInput<'a> {
     pub day: NaiveDate,
     pub days: &'a BusinessDays,
-    /// Configured partners with their wallet currencies, and acquirers: each gets a file.
+    /// Configured partners with their wallet currencies, and acquirers: each gets a file (and so
+    /// does every other partner, currency and acquirer with activity that day).
     pub partners: &'a [(String, Vec<Currency>)],
     pub acquirers: &'a [String],
     /// Every payment the store holds (filtered here).
@@ -181,11 +221,33 @@ pub struct DayInput<'a> {
     pub journal: &'a [JournalEntry],
 }
 
+/// Whether `cell` is a plain decimal number (`12`, `-12.50`): a spreadsheet reads it as a number.
+fn plain_number(cell: &str) -> bool {
+    let digits = cell.strip_prefix('-').unwrap_or(cell);
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, "0"));
+    !int.is_empty()
+        && !frac.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A CSV cell a spreadsheet can open safely (OWASP, CSV injection): text starting with `=`, `+`,
+/// `-`, `@`, a tab or a carriage return is prefixed with `'`, so it is shown and never evaluated
+/// as a formula. Plain numbers are left alone. Every CSV the daemon writes goes through here.
+pub fn csv_cell(cell: &str) -> Cow<'_, str> {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') if !plain_number(cell) => {
+            Cow::Owned(format!("'{cell}"))
+        }
+        _ => Cow::Borrowed(cell),
+    }
+}
+
 fn csv_bytes(header: &[&str], rows: Vec<Vec<String>>) -> Vec<u8> {
     let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
     w.write_record(header).expect("CSV into memory");
     for r in rows {
-        w.write_record(&r).expect("CSV into memory");
+        w.write_record(r.iter().map(|c| csv_cell(c).into_owned())).expect("CSV into memory");
     }
     w.into_inner().expect("CSV into memory")
 }
@@ -230,10 +292,36 @@ pub fn build(input: &DayInput<'_>) -> Result<(Summary, BTreeMap<String, Vec<u8>>
         }
     }
 
+    // Every configured partner and currency, then every other one with activity that day.
+    let mut statements: Vec<(String, Currency)> = input
+        .partners
+        .iter()
+        .flat_map(|(partner, currencies)| currencies.iter().map(move |c| (partner.clone(), *c)))
+        .collect();
+    let active: BTreeSet<(String, Currency)> = settled
+        .iter()
+        .map(|p| (p.partner.clone(), p.wallet.currency()))
+        .chain(refunds.iter().map(|r| (r.partner.clone(), r.wallet_amount.currency())))
+        .collect();
+    for pc in active {
+        if !statements.contains(&pc) {
+            statements.push(pc);
+        }
+    }
+    let mut acquirers: Vec<String> = input.acquirers.to_vec();
+    let active: BTreeSet<&String> =
+        settled.iter().map(|p| &p.acquirer).chain(refunds.iter().map(|r| &r.acquirer)).collect();
+    for a in active {
+        if !acquirers.contains(a) {
+            acquirers.push(a.clone());
+        }
+    }
+
     let mut files = BTreeMap::new();
     let mut partner_totals = Vec::new();
-    for (partner, currencies) in input.partners {
-        for &c in currencies {
+    for (partner, c) in &statements {
+        let (partner, c) = (partner, *c);
+        {
             let file = format!("partner-{partner}-{}.csv", c.code());
             let mut t = PartnerTotals {
                 partner: partner.clone(),
@@ -309,7 +397,7 @@ pub fn build(input: &DayInput<'_>) -> Result<(Summary, BTreeMap<String, Vec<u8>>
     }
 
     let mut acquirer_totals = Vec::new();
-    for acquirer in input.acquirers {
+    for acquirer in &acquirers {
         let file = format!("acquirer-{acquirer}.csv");
         let mut t = AcquirerTotals {
             acquirer: acquirer.clone(),
@@ -373,52 +461,25 @@ pub fn build(input: &DayInput<'_>) -> Result<(Summary, BTreeMap<String, Vec<u8>>
         acquirer_totals.push(t);
     }
 
-    // The treasury report comes from the ledger entries behind the statements: each settled
-    // payment's booking, and each refund of the day.
-    let settled_ids: BTreeSet<&str> = settled.iter().map(|p| p.payment_id.as_str()).collect();
-    let entries: Vec<JournalEntry> = input
-        .journal
-        .iter()
-        .filter(|e| {
-            (e.kind == "payment" && settled_ids.contains(e.payment_id.as_str()))
-                || (e.kind == "refund" && days.day_of(e.at) == day)
-        })
-        .cloned()
-        .collect();
+    // The treasury report comes from the ledger entries of the day, by the one rule that
+    // treasury revenue uses too: the bookings of the day's payments (and what undid them), and
+    // the day's refunds.
+    let made = made_at(input.payments);
+    let entry_day =
+        |e: &JournalEntry| days.day_of_entry(e, made.get(e.payment_id.as_str()).copied());
+    let entries: Vec<JournalEntry> =
+        input.journal.iter().filter(|e| entry_day(e) == day).cloned().collect();
     let positions = positions(&entries)?;
-    let mut revenue: BTreeMap<(String, Currency), (u64, u64, i128)> = BTreeMap::new();
-    for e in &entries {
-        let partner = e
-            .postings
-            .iter()
-            .find_map(|p| p.account.strip_prefix("partner_receivable:"))
-            .unwrap_or("?");
-        for p in e.postings.iter().filter(|p| p.account.starts_with("spread_revenue:")) {
-            let line = revenue.entry((partner.to_owned(), p.currency)).or_insert((0, 0, 0));
-            if e.kind == "payment" {
-                line.0 += 1
-            } else {
-                line.1 += 1
-            }
-            line.2 -= i128::from(p.minor);
-        }
-    }
-    let spread_revenue = revenue
+    let spread_revenue = revenue_sums(&entries, entry_day, Some(day), Some(day))?
         .into_iter()
-        .map(|((partner, c), (payments, refunds, sum))| {
-            let amount = i64::try_from(sum)
-                .ok()
-                .and_then(|m| Amount::from_minor(c, m).ok())
-                .ok_or(ApiError::Internal)?;
-            Ok(RevenueTotals {
-                partner,
-                pair: format!("CNY/{}", c.code()),
-                payments,
-                refunds,
-                spread_revenue: amount,
-            })
+        .map(|((_, partner, c), sum)| RevenueTotals {
+            partner,
+            pair: format!("CNY/{}", c.code()),
+            payments: u64::try_from(sum.payments).unwrap_or(0),
+            refunds: sum.refunds,
+            spread_revenue: sum.revenue,
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .collect::<Vec<_>>();
     files.insert(
         "treasury-revenue.csv".into(),
         csv_bytes(
@@ -507,13 +568,38 @@ pub fn build(input: &DayInput<'_>) -> Result<(Summary, BTreeMap<String, Vec<u8>>
     Ok((summary, files))
 }
 
-/// Writes `files` into `dir`, each through a temporary file renamed into place and synced.
+/// When each payment was made, by id: what [`BusinessDays::day_of_entry`] needs.
+pub fn made_at(payments: &[PaymentRecord]) -> HashMap<&str, DateTime<Utc>> {
+    payments.iter().map(|p| (p.payment_id.as_str(), p.created_at)).collect()
+}
+
+/// Mode of settlement folders: the owner only.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of settlement files: the owner only.
+pub const FILE_MODE: u32 = 0o600;
+
+/// Writes `files` into `dir` (a day's folder under the settlement root), each through a
+/// temporary file renamed into place and synced. Folders are made `0700` and files `0600`; the
+/// root and the day's folder are set to `0700` even when an older build made them readable to
+/// others (the files of every older day are then out of reach too).
 fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
     use std::io::Write;
-    std::fs::create_dir_all(dir)?;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
+    let owner_only = || std::fs::Permissions::from_mode(DIR_MODE);
+    if let Some(root) = dir.parent() {
+        std::fs::set_permissions(root, owner_only())?;
+    }
+    std::fs::set_permissions(dir, owner_only())?;
     for (name, bytes) in files {
         let tmp = dir.join(format!(".{name}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
+        // A temporary file left by a crash may have an older build's mode: start afresh.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(name))?;
@@ -569,18 +655,41 @@ struct TheirLine {
     refunds: BTreeSet<String>,
 }
 
-/// How the bridge states a payment's standing to an acquirer.
-fn bridge_status(p: &PaymentRecord) -> &'static str {
+/// What the bridge expects an acquirer's file to say of one of its instructions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    /// The acquirer saw the instruction: it must be listed, with this status.
+    Listed(&'static str),
+    /// Reversed while its outcome was unknown: it may never have arrived. Compared when listed,
+    /// not missed when absent.
+    IfListed(&'static str),
+    /// Nothing was sent (`ACQUIRER_UNAVAILABLE`): it must not be listed.
+    NotSent,
+}
+
+/// What the bridge expects of `p` at its acquirer.
+fn expected(p: &PaymentRecord) -> Expected {
+    let seen = p.acquirer_ref.is_some() || p.late_approvals > 0;
     match (p.state, p.failure.as_ref().map(|f| f.code.as_str())) {
-        (PaymentState::Succeeded, _) => "APPROVED",
-        (PaymentState::Failed, Some("DECLINED")) => "DECLINED",
-        (PaymentState::Failed | PaymentState::Cancelled, _) => "REVERSED",
-        _ => "IN_DOUBT",
+        (PaymentState::Succeeded, _) => Expected::Listed("APPROVED"),
+        (PaymentState::Failed, Some("DECLINED")) => Expected::Listed("DECLINED"),
+        (PaymentState::Failed, Some("ACQUIRER_UNAVAILABLE")) => Expected::NotSent,
+        (PaymentState::Failed | PaymentState::Cancelled, _) if seen => Expected::Listed("REVERSED"),
+        (PaymentState::Failed | PaymentState::Cancelled, _) => Expected::IfListed("REVERSED"),
+        _ => Expected::Listed("IN_DOUBT"),
     }
 }
 
-/// Compares an acquirer's file with the bridge's view; `payments` are every payment the store
-/// holds, `refunds` their refunds.
+/// How the bridge states a payment's standing to an acquirer.
+fn bridge_status(p: &PaymentRecord) -> &'static str {
+    match expected(p) {
+        Expected::Listed(s) | Expected::IfListed(s) => s,
+        Expected::NotSent => "NOT_SENT",
+    }
+}
+
+/// Compares an acquirer's file with the bridge's view as of the end of `day`; `payments` are
+/// every payment the store holds, `refunds` their refunds (those made after `day` are left out).
 pub fn reconcile(
     day: NaiveDate,
     days: &BusinessDays,
@@ -618,7 +727,7 @@ pub fn reconcile(
         }
     }
     let mut refunds_of: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    for r in refunds {
+    for r in refunds.iter().filter(|r| days.day_of(r.created_at) <= day) {
         refunds_of.entry(r.payment_id.as_str()).or_default().insert(r.acquirer_refund_id.clone());
     }
     let all: BTreeMap<&str, &PaymentRecord> =
@@ -636,6 +745,12 @@ pub fn reconcile(
         let their = theirs.get(id);
         let our_refunds: Vec<String> =
             refunds_of.get(id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        if let (Some(p), None) = (our, their) {
+            if !matches!(expected(p), Expected::Listed(_)) {
+                // Never sent, or perhaps never arrived: its absence is no difference.
+                continue;
+            }
+        }
         let mut line = ReconLine {
             instruction_id: id.to_owned(),
             verdicts: Vec::new(),
@@ -678,6 +793,8 @@ pub fn reconcile(
                     line.verdicts.push(Verdict::StatusDiffers);
                     if !p.state.is_final() {
                         line.note = "in doubt at the bridge".into();
+                    } else if expected(p) == Expected::NotSent {
+                        line.note = "the bridge never sent it (acquirer unavailable)".into();
                     }
                 }
                 if our_refunds.iter().cloned().collect::<BTreeSet<_>>() != t.refunds {
@@ -705,10 +822,32 @@ pub struct Settlement<S> {
     running: tokio::sync::Mutex<()>,
 }
 
-/// A day as the API names it.
+/// The first and last day the API takes: the four-digit years of RFC 3339 `full-date`.
+const DAY_MIN: (i32, u32, u32) = (1, 1, 1);
+const DAY_MAX: (i32, u32, u32) = (9999, 12, 31);
+
+/// A day as the API names it: `YYYY-MM-DD` (RFC 3339 `full-date`), 0001-01-01 to 9999-12-31.
+/// Anything else (a sign, a fifth year digit) is `INVALID_REQUEST`: no day bound can overflow.
 pub fn parse_day(text: &str) -> Result<NaiveDate, ApiError> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map_err(|_| ApiError::InvalidRequest(format!("day {text:?} is not YYYY-MM-DD")))
+    let bad = || {
+        ApiError::InvalidRequest(format!(
+            "day {text:?} is not a date YYYY-MM-DD from 0001-01-01 to 9999-12-31"
+        ))
+    };
+    let shape = text.len() == 10
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    if !shape {
+        return Err(bad());
+    }
+    let day = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| bad())?;
+    let bound = |(y, m, d)| NaiveDate::from_ymd_opt(y, m, d);
+    match (bound(DAY_MIN), bound(DAY_MAX)) {
+        (Some(min), Some(max)) if (min..=max).contains(&day) => Ok(day),
+        _ => Err(bad()),
+    }
 }
 
 impl<S: Store> Settlement<S> {
@@ -806,12 +945,16 @@ impl<S: Store> Settlement<S> {
         acquirer: &str,
         file: &[u8],
     ) -> Result<Value, ApiError> {
-        if !self.acquirers.iter().any(|a| a == acquirer) {
+        let _one = self.running.lock().await;
+        let (payments, refunds) = self.load()?;
+        // A configured acquirer, or one the bridge has instructed (since removed from the
+        // configuration): its days can still be reconciled.
+        if !self.acquirers.iter().any(|a| a == acquirer)
+            && !payments.iter().any(|p| p.acquirer == acquirer)
+        {
             return Err(ApiError::AcquirerNotFound(acquirer.to_owned()));
         }
         self.ensure_closed(day)?;
-        let _one = self.running.lock().await;
-        let (payments, refunds) = self.load()?;
         let lines = reconcile(day, &self.days, acquirer, file, &payments, &refunds)?;
         let mut counts: BTreeMap<Verdict, u64> = BTreeMap::new();
         for l in &lines {

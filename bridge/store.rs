@@ -58,6 +58,8 @@ pub enum BeginError {
     QuoteExpired,
     #[error("another request_id already paid this quote")]
     QuoteUsed,
+    #[error("another payment paid, or is paying, this order")]
+    OrderPaid,
 }
 
 /// What starting a payment did.
@@ -189,33 +191,85 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// One flush shared by every write waiting when it starts.
+/// One flush shared by every write waiting when it starts, and none when an earlier flush already
+/// covered everything written.
+///
+/// Writes are counted as they begin and as they end ([`GroupCommit::write`]). A flush that starts
+/// when every write begun so far has also ended covers them all, and records that count once it
+/// succeeds. So a caller that has read something — its own write or another's — and then calls
+/// [`GroupCommit::flush`] skips the flush only when a successful flush started after every write
+/// begun before the call had ended: nothing it read can be taken back by a crash.
 #[derive(Clone)]
 pub struct GroupCommit {
     tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), StoreError>>>,
+    marks: Arc<Marks>,
+}
+
+#[derive(Default)]
+struct Marks {
+    /// Writes begun.
+    begun: std::sync::atomic::AtomicU64,
+    /// Writes ended (made, or failed).
+    ended: std::sync::atomic::AtomicU64,
+    /// Every write up to this count is durable.
+    durable: std::sync::atomic::AtomicU64,
+}
+
+/// A write under way; dropping it marks it ended.
+pub struct WriteMark(Arc<Marks>);
+
+impl Drop for WriteMark {
+    fn drop(&mut self) {
+        self.0.ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl GroupCommit {
     /// Starts the flusher task for `db`.
     pub fn start(db: sled::Db) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), StoreError>>>();
+        let marks = Arc::new(Marks::default());
+        let m = marks.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut waiting = vec![first];
                 while let Ok(more) = rx.try_recv() {
                     waiting.push(more);
                 }
-                // Every waiter wrote before it enqueued, so this flush covers all of them.
-                let result = db.flush_async().await.map(|_| ()).map_err(StoreError::from);
+                // Ended first, then begun: equal means no write was under way in between, so
+                // this flush covers every write begun so far. Every waiter wrote before it
+                // enqueued, so the flush covers all of them in any case.
+                let ended = m.ended.load(SeqCst);
+                let begun = m.begun.load(SeqCst);
+                let result = if m.durable.load(SeqCst) >= begun {
+                    Ok(())
+                } else {
+                    db.flush_async().await.map(|_| ()).map_err(StoreError::from)
+                };
+                if result.is_ok() && ended == begun {
+                    m.durable.fetch_max(begun, SeqCst);
+                }
                 for w in waiting {
                     let _ = w.send(result.clone());
                 }
             }
         });
-        GroupCommit { tx }
+        GroupCommit { tx, marks }
     }
 
+    /// Marks a write as begun (call it before writing) until the mark is dropped.
+    pub fn write(&self) -> WriteMark {
+        self.marks.begun.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        WriteMark(self.marks.clone())
+    }
+
+    /// Returns once everything written before the call is durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.marks.durable.load(SeqCst) >= self.marks.begun.load(SeqCst) {
+            return Ok(());
+        }
         let (tx, rx) = oneshot::channel();
         let closed =
             || StoreError::Sled(Arc::new(sled::Error::ReportableBug("flusher stopped".into())));
@@ -232,6 +286,8 @@ pub struct SledStore {
     payments: sled::Tree,
     idem: sled::Tree,
     quote_use: sled::Tree,
+    /// Order key → the payment that holds the order (dynamic codes only).
+    orders: sled::Tree,
     ledger: sled::Tree,
     outbox: sled::Tree,
     delivered: sled::Tree,
@@ -316,6 +372,7 @@ impl SledStore {
             payments: db.open_tree("payments")?,
             idem: db.open_tree("idempotency")?,
             quote_use: db.open_tree("quote_use")?,
+            orders: db.open_tree("orders")?,
             ledger: db.open_tree("ledger")?,
             outbox: db.open_tree("outbox")?,
             delivered: db.open_tree("webhooks_delivered")?,
@@ -360,6 +417,7 @@ impl SledStore {
         seq: EventSeq,
         value: Vec<u8>,
     ) -> Result<(), StoreError> {
+        let _write = self.flusher.write();
         let key = seq.to_be_bytes();
         unwrap_tx((from, to).transaction(|(from, to)| {
             from.remove(&key)?;
@@ -378,6 +436,7 @@ impl SledStore {
 
 impl Store for SledStore {
     fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError> {
+        let _write = self.flusher.write();
         self.quotes.insert(q.quote_id.as_bytes(), encode(q))?;
         Ok(())
     }
@@ -392,13 +451,15 @@ impl Store for SledStore {
         work: &WorkItem,
         now: DateTime<Utc>,
     ) -> Result<Begin, StoreError> {
+        let _write = self.flusher.write();
         let key = pair_key(&p.partner, &p.request_id);
         let record = encode(p);
         let work = encode(work);
         let idem_entry =
             encode(&IdemEntry { hash: p.request_hash.clone(), payment_id: p.payment_id.clone() });
-        let trees = (&self.idem, &self.quotes, &self.quote_use, &self.payments, &self.work);
-        unwrap_tx(trees.transaction(|(idem, quotes, quote_use, payments, work_tree)| {
+        let trees =
+            (&self.idem, &self.quotes, &self.quote_use, &self.payments, &self.work, &self.orders);
+        unwrap_tx(trees.transaction(|(idem, quotes, quote_use, payments, work_tree, orders)| {
             if let Some(seen) = tx_get::<IdemEntry>(idem, "idempotency", &key)? {
                 if seen.hash != p.request_hash {
                     return abort(BeginError::RequestConflict);
@@ -424,6 +485,12 @@ impl Store for SledStore {
             }
             if quote_use.get(p.quote_id.as_bytes()).map_err(storage)?.is_some() {
                 return abort(BeginError::QuoteUsed);
+            }
+            if let Some(order) = &p.order {
+                if orders.get(order.as_bytes())?.is_some() {
+                    return abort(BeginError::OrderPaid);
+                }
+                orders.insert(order.as_bytes(), p.payment_id.as_bytes())?;
             }
             payments.insert(p.payment_id.as_bytes(), record.as_slice())?;
             idem.insert(key.as_slice(), idem_entry.as_slice())?;
@@ -452,6 +519,7 @@ impl Store for SledStore {
     }
 
     fn apply(&self, c: &Change) -> Result<(), StoreError> {
+        let _write = self.flusher.write();
         if let Some(j) = &c.journal {
             // A journal entry that does not balance is a bug: stop rather than book wrong money.
             assert!(
@@ -487,15 +555,22 @@ impl Store for SledStore {
             (r, encode(r), idem)
         });
         // Only the trees this change touches take part: the refund trees only for a refund.
-        let mut trees =
-            vec![&self.payments, &self.ledger, &self.outbox, &self.quote_use, &self.work];
+        let mut trees = vec![
+            &self.payments,
+            &self.ledger,
+            &self.outbox,
+            &self.quote_use,
+            &self.work,
+            &self.orders,
+        ];
         if refund.is_some() {
             trees.extend([&self.refunds, &self.refunds_by_payment, &self.refund_idem]);
         }
         unwrap_tx(trees.as_slice().transaction(|t| {
-            let [payments, ledger, outbox, quote_use, work_tree, refund_trees @ ..] = t.as_slice()
+            let [payments, ledger, outbox, quote_use, work_tree, orders, refund_trees @ ..] =
+                t.as_slice()
             else {
-                unreachable!("at least five trees in, as many out");
+                unreachable!("at least six trees in, as many out");
             };
             let Some(current) = tx_get::<PaymentRecord>(payments, "payments", id)? else {
                 return abort(StoreError::Stale(c.payment.payment_id.clone()));
@@ -542,6 +617,14 @@ impl Store for SledStore {
                 && quote_use.get(c.payment.quote_id.as_bytes())?.as_deref() == Some(id)
             {
                 quote_use.remove(c.payment.quote_id.as_bytes())?;
+            }
+            // An order whose payment failed or was cancelled may be paid again.
+            if let Some(order) = &c.payment.order {
+                let released =
+                    matches!(c.payment.state, PaymentState::Failed | PaymentState::Cancelled);
+                if released && orders.get(order.as_bytes())?.as_deref() == Some(id) {
+                    orders.remove(order.as_bytes())?;
+                }
             }
             Ok(())
         }))
@@ -620,6 +703,7 @@ impl Store for SledStore {
         draft: &AuditDraft,
         settings: &[(String, Option<Vec<u8>>)],
     ) -> Result<AuditRecord, StoreError> {
+        let _write = self.flusher.write();
         unwrap_tx((&self.settings, &self.audit).transaction(|(set, audit)| {
             let head = tx_get::<AuditHead>(set, "settings", AUDIT_HEAD.as_bytes())?
                 .unwrap_or(AuditHead { seq: 0, hash: AUDIT_GENESIS.into() });

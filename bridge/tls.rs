@@ -1,17 +1,26 @@
 //! mTLS: loading PEM material, the listeners' rustls configurations, and turning a verified client
 //! certificate into a partner (or admin, or acquirer) identity.
 //!
+//! A listener's server configuration is made from files ([`ServerTlsFiles`]): the certificate, the
+//! CAs whose clients it accepts and the CAs' revocation lists. [`ReloadableTls`] makes it again on
+//! reload and hands it to the accept loop, so new certificates and CRLs apply to the next
+//! handshake; the listeners' maximum connection age brings them to connections already open.
+//! The CertificateRequest names no CA (a scanner learns nothing of who our partners are), only
+//! TLS 1.3 is spoken unless 1.2 is allowed, and sessions are not resumed, so every connection's
+//! certificate is checked (expiry, revocation) by a full handshake.
+//!
 //! The handshake accepts a client certificate from any configured CA of that listener; then
 //! [`Directory::resolve`] finds the party whose configured identity (SAN URI, SAN DNS name or
 //! SHA-256 fingerprint) the certificate carries and checks the certificate again against that
 //! party's own CA, so one partner's CA can never vouch for another partner's name.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use qrbridge_adapters::https::ServerTls;
 use qrbridge_config::Identity;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -63,6 +72,25 @@ pub fn roots(paths: &[&Path]) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(store))
 }
 
+/// Every CRL in a PEM file (`-----BEGIN X509 CRL-----`).
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let pem_err = |e: rustls::pki_types::pem::Error| TlsError::Pem {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(pem_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_err)?;
+    if crls.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.display().to_string(),
+            message: "no X509 CRL found".into(),
+        });
+    }
+    Ok(crls)
+}
+
 /// A server configuration requiring a client certificate from `client_roots`. TLS 1.3 always,
 /// 1.2 when allowed; ALPN h2 and http/1.1. The provider is rustls's default (aws-lc-rs), whose
 /// key exchange prefers the post-quantum hybrid X25519MLKEM768.
@@ -72,7 +100,24 @@ pub fn server_config(
     client_roots: Arc<RootCertStore>,
     allow_tls12: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder(client_roots).build()?;
+    server_config_with_crls(cert, key, client_roots, Vec::new(), allow_tls12)
+}
+
+/// [`server_config`], refusing client certificates that `crls` revoke. A certificate whose CA has
+/// no CRL here is not checked for revocation (CRLs are given per CA, where the CA publishes one).
+pub fn server_config_with_crls(
+    cert: &Path,
+    key: &Path,
+    client_roots: Arc<RootCertStore>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    allow_tls12: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = WebPkiClientVerifier::builder(client_roots)
+        // The CertificateRequest would otherwise list every trusted CA's name to anyone.
+        .clear_root_hint_subjects()
+        .with_crls(crls)
+        .allow_unknown_revocation_status()
+        .build()?;
     let versions: &[&rustls::SupportedProtocolVersion] = if allow_tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
@@ -82,7 +127,62 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(load_certs(cert)?, load_key(key)?)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // A resumed session skips the client certificate check: no resumption, so an expired or
+    // revoked certificate cannot come back on an old session.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
+}
+
+/// The files a listener's TLS configuration is made from.
+#[derive(Debug, Clone)]
+pub struct ServerTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CAs whose client certificates the handshake accepts.
+    pub client_cas: Vec<PathBuf>,
+    /// Revocation lists (PEM), each applying to the certificates of the CA that signed it.
+    pub crls: Vec<PathBuf>,
+    pub allow_tls12: bool,
+}
+
+impl ServerTlsFiles {
+    /// Reads every file and makes the configuration.
+    pub fn load(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let cas: Vec<&Path> = self.client_cas.iter().map(PathBuf::as_path).collect();
+        let mut crls = Vec::new();
+        for path in &self.crls {
+            crls.extend(load_crls(path)?);
+        }
+        server_config_with_crls(&self.cert, &self.key, roots(&cas)?, crls, self.allow_tls12)
+    }
+}
+
+/// A listener's TLS configuration that can be made again from its files: [`Self::reload`] swaps
+/// it in for the next handshake, or leaves the current one when a file is bad.
+#[derive(Debug)]
+pub struct ReloadableTls {
+    files: ServerTlsFiles,
+    current: tokio::sync::watch::Sender<Arc<ServerConfig>>,
+}
+
+impl ReloadableTls {
+    pub fn new(files: ServerTlsFiles) -> Result<Self, TlsError> {
+        let config = files.load()?;
+        Ok(ReloadableTls { files, current: tokio::sync::watch::channel(config).0 })
+    }
+
+    /// What the accept loop reads the configuration from.
+    pub fn source(&self) -> ServerTls {
+        self.current.subscribe().into()
+    }
+
+    /// Reads the files again; the next handshake uses them. On an error nothing changes.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = self.files.load()?;
+        self.current.send_replace(config);
+        Ok(())
+    }
 }
 
 /// What a client certificate says about its holder.
@@ -149,9 +249,16 @@ impl std::fmt::Debug for Directory {
 impl Directory {
     /// Adds a party whose certificates `ca` issues.
     pub fn add(&mut self, id: &str, identity: Identity, ca: &Path) -> Result<(), TlsError> {
+        // Revocation was checked by the handshake (with the CRLs current then); this check only
+        // binds the name to its own CA.
         let verifier = WebPkiClientVerifier::builder(roots(&[ca])?).build()?;
         self.entries.push((id.to_owned(), identity, verifier));
         Ok(())
+    }
+
+    /// The ids of every party, in the order they were added.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(id, _, _)| id.as_str())
     }
 
     /// The id of the party `peer` is, or `None`.

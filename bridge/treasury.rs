@@ -4,20 +4,28 @@
 //! Every admin change is made under one lock, written with its audit record in one sled
 //! transaction, made durable, and only then put in force: an answer "changed" is never sent for a
 //! change a crash could lose, and the log holds every change that was ever in force.
+//!
+//! Rates an admin sets are held to the same guard as feeds: an `as_of` beyond now plus
+//! `fx.as_of_skew_s` is refused (`RATE_FROM_FUTURE`), and a move from the held rate larger than
+//! `fx.rate_move_bps_max` is refused (`RATE_MOVE_TOO_LARGE`) unless the request says
+//! `force: true`; a forced change is recorded as `rates.force`, with each move it forced.
+//!
+//! Revenue falls on business days by the one rule settlement uses
+//! ([`BusinessDays::day_of_entry`]), so a day's revenue here equals its treasury report.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use qrbridge_fx::{Amount, Bps, Currency, Decimal, MidRate, Pair, SpreadKey};
+use qrbridge_fx::{Amount, Bps, Currency, Decimal, MidRate, Pair, RateError, SpreadKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::model::{verify_chain, AuditDraft, AuditRecord, ChainCheck, JournalEntry};
-use crate::rates::{Feeds, SourceStatus};
-use crate::settlement::BusinessDays;
+use crate::rates::{Feeds, Offered, RateSink, SourceStatus};
+use crate::settlement::{made_at, BusinessDays};
 use crate::store::{Store, StoreError};
 
 /// The settings key of the spreads an admin set.
@@ -170,9 +178,14 @@ impl<S: Store> Treasury<S> {
             .map(|(_, v)| serde_json::from_slice::<MidRate>(&v))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::Corrupt { tree: "settings", message: format!("rate: {e}") })?;
+        let now = self.engine.now();
         self.engine.with_rates(|book| {
             for r in rates {
-                let _ = book.upsert(r);
+                // Not held to the move bound (it was taken once), but one from the future
+                // (kept by an older build) would shadow every later rate.
+                if let Err(e) = book.offer(r, now, true) {
+                    tracing::warn!(error = %e, "stored rate left out");
+                }
             }
         });
         Ok(())
@@ -228,8 +241,14 @@ impl<S: Store> Treasury<S> {
     }
 
     /// Sets mid rates by hand (all or none), as source `admin:<actor>`. Returns each rate and
-    /// whether it was taken (a rate older than the one held is not).
-    pub async fn set_rates(&self, actor: &str, inputs: Vec<RateInput>) -> Result<Value, ApiError> {
+    /// whether it was taken (a rate older than the one held is not). Each is held to the rate
+    /// book's guard; `force` lets a move past the bound through, and is audited.
+    pub async fn set_rates(
+        &self,
+        actor: &str,
+        inputs: Vec<RateInput>,
+        force: bool,
+    ) -> Result<Value, ApiError> {
         if inputs.is_empty() {
             return Err(ApiError::InvalidRate("no rates given".into()));
         }
@@ -240,14 +259,7 @@ impl<S: Store> Treasury<S> {
             let bad = |m: String| ApiError::InvalidRate(format!("rates[{i}]: {m}"));
             let pair =
                 parse_pair(&format!("{}/{}", r.base, r.quote)).map_err(|e| bad(e.to_string()))?;
-            let rate: Decimal = r
-                .rate
-                .trim()
-                .parse()
-                .map_err(|_| bad(format!("rate {:?} is not a decimal", r.rate)))?;
-            if rate <= Decimal::ZERO {
-                return Err(bad(format!("rate {:?} is not positive", r.rate)));
-            }
+            let rate = crate::rates::positive(&r.rate).map_err(bad)?;
             rates.push(MidRate {
                 pair,
                 rate,
@@ -256,16 +268,27 @@ impl<S: Store> Treasury<S> {
             });
         }
         let _one = self.changes.lock().await;
-        let (before, taken): (Vec<Value>, Vec<bool>) = self.engine.with_rates(|book| {
+        let checked = self.engine.with_rates(|book| {
             let held: BTreeMap<Pair, &MidRate> = book.rates().map(|r| (r.pair, r)).collect();
+            let max_bps = book.guard().move_bps_max.map(Decimal::from);
             rates
                 .iter()
-                .map(|r| {
-                    let old = held.get(&r.pair);
-                    (json!(old), old.is_none_or(|o| o.as_of <= r.as_of))
+                .enumerate()
+                .map(|(i, r)| {
+                    let taken = book.check(r, now, force).map_err(|e| refusal(i, e))?;
+                    let moved = book.move_bps(r, now);
+                    let forced = taken && max_bps.is_some_and(|m| moved.is_none_or(|b| b > m));
+                    let forced = forced.then(|| {
+                        json!({"pair": r.pair.to_string(), "held": held.get(&r.pair).map(|h| h.rate),
+                               "rate": r.rate, "move_bps": moved.map(|b| b.round_dp(2))})
+                    });
+                    Ok((json!(held.get(&r.pair)), taken, forced))
                 })
-                .unzip()
-        });
+                .collect::<Result<Vec<_>, ApiError>>()
+        })?;
+        let forced: Vec<Value> = checked.iter().filter_map(|(_, _, f)| f.clone()).collect();
+        let (before, taken): (Vec<Value>, Vec<bool>) =
+            checked.into_iter().map(|(b, t, _)| (b, t)).unzip();
         let kept: Vec<&MidRate> =
             rates.iter().zip(&taken).filter(|(_, t)| **t).map(|(r, _)| r).collect();
         let settings: Vec<(String, Option<Vec<u8>>)> = kept
@@ -275,7 +298,13 @@ impl<S: Store> Treasury<S> {
                 (key, Some(serde_json::to_vec(r).expect("JSON of plain data")))
             })
             .collect();
-        let draft = self.draft(actor, "rates.set", "rates".into(), json!(before), json!(rates));
+        let draft = if forced.is_empty() {
+            self.draft(actor, "rates.set", "rates".into(), json!(before), json!(rates))
+        } else {
+            tracing::warn!(actor, forced = forced.len(), "rates forced past the move bound");
+            let after = json!({ "rates": rates, "forced": forced });
+            self.draft(actor, "rates.force", "rates".into(), json!(before), after)
+        };
         let record = self.commit(draft, &settings).await?;
         self.engine.with_rates(|book| {
             for r in kept {
@@ -296,21 +325,22 @@ impl<S: Store> Treasury<S> {
             return Err(ApiError::RateSourceNotFound(id.to_owned()));
         }
         let book = rate_sink(self.engine.clone());
-        let taken = self
+        let Offered { taken, refused } = self
             .feeds
             .refresh(id, book.as_ref())
             .await
             .map_err(|e| ApiError::RateSourceFailed(format!("source {id:?}: {e}")))?;
+        let refused: Vec<String> = refused.iter().map(ToString::to_string).collect();
         let _one = self.changes.lock().await;
         let draft = self.draft(
             actor,
             "rates.refresh",
             format!("source:{id}"),
             Value::Null,
-            json!({ "taken": taken }),
+            json!({ "taken": taken, "refused": refused }),
         );
         let record = self.commit(draft, &[]).await?;
-        Ok(json!({ "source": id, "taken": taken, "audit_seq": record.seq }))
+        Ok(json!({ "source": id, "taken": taken, "refused": refused, "audit_seq": record.seq }))
     }
 
     /// The spreads in force: default, bounds and overrides.
@@ -380,14 +410,20 @@ impl<S: Store> Treasury<S> {
         positions(&journal)
     }
 
-    /// Spread revenue by business day, partner and pair, for days in `[from, to]`.
+    /// Spread revenue by business day, partner and pair, for days in `[from, to]`; entries fall
+    /// on days by [`BusinessDays::day_of_entry`], as in settlement.
     pub fn revenue(
         &self,
         from: Option<NaiveDate>,
         to: Option<NaiveDate>,
     ) -> Result<Vec<RevenueLine>, ApiError> {
-        let journal = self.engine.store().journal().map_err(internal)?;
-        revenue(&journal, |at| self.days.day_of(at), from, to)
+        let store = self.engine.store();
+        let journal = store.journal().map_err(internal)?;
+        let payments = store.payments().map_err(internal)?;
+        let made = made_at(&payments);
+        let day_of =
+            |e: &JournalEntry| self.days.day_of_entry(e, made.get(e.payment_id.as_str()).copied());
+        revenue(&journal, day_of, from, to)
     }
 
     /// The audit log, verified.
@@ -414,14 +450,32 @@ impl<S: Store> Treasury<S> {
     }
 }
 
-/// Where feeds put the rates they read: the engine's rate book (a rate older than the one held
-/// is not taken); returns how many were taken.
-pub fn rate_sink<S: Store>(
-    engine: Arc<Engine<S>>,
-) -> Arc<dyn Fn(Vec<MidRate>) -> usize + Send + Sync> {
+/// An admin's rate refused by the guard, as an API error naming the rate.
+fn refusal(i: usize, e: RateError) -> ApiError {
+    match e {
+        RateError::FromFuture { .. } => ApiError::RateFromFuture(format!("rates[{i}]: {e}")),
+        RateError::MoveTooLarge { .. } => ApiError::RateMoveTooLarge(format!(
+            "rates[{i}]: {e}; send \"force\": true to set it anyway (audited)"
+        )),
+        other => ApiError::InvalidRate(format!("rates[{i}]: {other}")),
+    }
+}
+
+/// Where feeds put the rates they read: the engine's rate book, through its guard (a rate older
+/// than the one held is not taken; one from the future, or moving too far, is refused and the
+/// pair keeps its rate).
+pub fn rate_sink<S: Store>(engine: Arc<Engine<S>>) -> Arc<RateSink> {
     Arc::new(move |rates: Vec<MidRate>| {
+        let now = engine.now();
         engine.with_rates(|b| {
-            rates.into_iter().filter(|r| b.upsert(r.clone()).unwrap_or(false)).count()
+            let mut offered = Offered::default();
+            for r in rates {
+                match b.offer(r, now, false) {
+                    Ok(taken) => offered.taken += usize::from(taken),
+                    Err(e) => offered.refused.push(e),
+                }
+            }
+            offered
         })
     })
 }
@@ -463,34 +517,77 @@ pub fn positions(journal: &[JournalEntry]) -> Result<Vec<CurrencyPosition>, ApiE
         .collect()
 }
 
-/// Spread revenue per business day (`day_of`), partner and pair, from journal entries.
-pub fn revenue(
+/// Spread revenue of one business day, partner and wallet currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevenueSum {
+    pub revenue: Amount,
+    /// Ledger entries behind it.
+    pub entries: u64,
+    /// Payment bookings less the cancels and reversals that undid them.
+    pub payments: i64,
+    pub refunds: u64,
+}
+
+/// A revenue line's business day, partner and wallet currency.
+pub type RevenueKey = (NaiveDate, String, Currency);
+
+/// Spread revenue per business day (`day_of`), partner and wallet currency, from journal
+/// entries, for days in `[from, to]`: the one sum behind both the revenue report and each day's
+/// treasury report.
+pub fn revenue_sums(
     journal: &[JournalEntry],
-    day_of: impl Fn(DateTime<Utc>) -> NaiveDate,
+    day_of: impl Fn(&JournalEntry) -> NaiveDate,
     from: Option<NaiveDate>,
     to: Option<NaiveDate>,
-) -> Result<Vec<RevenueLine>, ApiError> {
-    let mut lines: BTreeMap<(NaiveDate, String, String, Currency), (i128, u64)> = BTreeMap::new();
+) -> Result<BTreeMap<RevenueKey, RevenueSum>, ApiError> {
+    // Per line: the sum in minor units, entries, net payments, refunds.
+    type Line = (i128, u64, i64, u64);
+    let mut lines: BTreeMap<RevenueKey, Line> = BTreeMap::new();
     for e in journal {
-        let day = day_of(e.at);
+        let day = day_of(e);
         if from.is_some_and(|f| day < f) || to.is_some_and(|t| day > t) {
             continue;
         }
         let partner = e.postings.iter().find_map(|p| p.account.strip_prefix("partner_receivable:"));
         for p in &e.postings {
             if p.account.starts_with("spread_revenue:") {
-                let pair = format!("CNY/{}", p.currency);
-                let key = (day, partner.unwrap_or("?").to_owned(), pair, p.currency);
-                let line = lines.entry(key).or_insert((0, 0));
+                let key = (day, partner.unwrap_or("?").to_owned(), p.currency);
+                let line = lines.entry(key).or_insert((0, 0, 0, 0));
                 line.0 -= i128::from(p.minor);
                 line.1 += 1;
+                match e.kind.as_str() {
+                    "payment" | "late_approval" => line.2 += 1,
+                    "cancel" | "reversal" => line.2 -= 1,
+                    "refund" => line.3 += 1,
+                    _ => {}
+                }
             }
         }
     }
     lines
         .into_iter()
-        .map(|((day, partner, pair, c), (sum, entries))| {
-            Ok(RevenueLine { day, partner, pair, revenue: amount(c, sum)?, entries })
+        .map(|((day, partner, c), (sum, entries, payments, refunds))| {
+            let revenue = amount(c, sum)?;
+            Ok(((day, partner, c), RevenueSum { revenue, entries, payments, refunds }))
         })
         .collect()
+}
+
+/// Spread revenue per business day (`day_of`), partner and pair, from journal entries.
+pub fn revenue(
+    journal: &[JournalEntry],
+    day_of: impl Fn(&JournalEntry) -> NaiveDate,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+) -> Result<Vec<RevenueLine>, ApiError> {
+    Ok(revenue_sums(journal, day_of, from, to)?
+        .into_iter()
+        .map(|((day, partner, c), sum)| RevenueLine {
+            day,
+            partner,
+            pair: format!("CNY/{c}"),
+            revenue: sum.revenue,
+            entries: sum.entries,
+        })
+        .collect())
 }

@@ -3,13 +3,20 @@
 //! Events are written to the outbox in the same transaction as the change they report. This
 //! worker POSTs each to its partner's URL ([`WebhookSender`]: mTLS, signed), in the order they
 //! were written for any one payment (an event waits while an earlier one of the same payment is
-//! undelivered or parked), several payments at a time. A 2xx moves the event to the delivered log;
+//! undelivered or parked), several payments at a time.
+//!
+//! Each partner has its own lane, so one partner's endpoint that stalls (every attempt waiting out
+//! the timeout) delays no other partner: a lane holds at most `partner_concurrency` deliveries,
+//! partners take turns for free slots (the one whose oldest ready event is oldest first), the
+//! total stays within `concurrency`, and a partner with nothing under way may always start one
+//! even when the others fill `concurrency` (so at most `concurrency` + one per partner run at
+//! once). A 2xx moves the event to the delivered log;
 //! anything else is retried with exponential backoff and jitter, under the same `event_id`, until
 //! the event is older than the maximum age: then it is parked, for an operator to list and replay
 //! (admin API). The outbox is the state, so a restart resumes delivery; attempts counted in memory
 //! start again from the first backoff step.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +38,10 @@ pub struct DeliveryPolicy {
     pub backoff_max: Duration,
     /// After this long undelivered (from the event's creation) an event is parked.
     pub max_age: chrono::Duration,
-    /// Deliveries under way at once.
+    /// Deliveries under way at once, across partners (see the module doc for the exception).
     pub concurrency: usize,
+    /// Deliveries under way at once to any one partner.
+    pub partner_concurrency: usize,
 }
 
 impl DeliveryPolicy {
@@ -73,20 +82,23 @@ pub async fn run<S: Store>(
     let mut attempts: HashMap<EventSeq, Attempts> = HashMap::new();
     let mut running: JoinSet<(EventSeq, OutboxEvent, Result<(), String>)> = JoinSet::new();
     let mut busy: HashSet<EventSeq> = HashSet::new();
+    // Deliveries under way per partner, and what each task holds, so that even a task that
+    // panicked gives its event and its lane's slot back.
+    let mut lanes: HashMap<String, usize> = HashMap::new();
+    let mut tasks: HashMap<tokio::task::Id, (EventSeq, String)> = HashMap::new();
     loop {
         let woken = engine.events_written.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         let next = match plan(&engine, &senders, &policy, &mut attempts, &busy) {
             Ok(plan) => {
-                for (seq, event) in plan.start {
-                    if running.len() >= policy.concurrency {
-                        break;
-                    }
+                for (seq, event) in pick(plan.start, &lanes, running.len(), &policy) {
                     let sender = senders.get(&event.partner).cloned();
                     let now = engine.now().timestamp();
                     busy.insert(seq);
-                    running.spawn(async move {
+                    *lanes.entry(event.partner.clone()).or_default() += 1;
+                    let partner = event.partner.clone();
+                    let task = running.spawn(async move {
                         let result = match sender {
                             Some(s) => s
                                 .deliver(&event.event_id, body(&event), now)
@@ -96,6 +108,7 @@ pub async fn run<S: Store>(
                         };
                         (seq, event, result)
                     });
+                    tasks.insert(task.id(), (seq, partner));
                 }
                 plan.next
             }
@@ -106,9 +119,21 @@ pub async fn run<S: Store>(
         };
         let sleep = tokio::time::sleep(next.unwrap_or(Duration::from_secs(3600)));
         tokio::select! {
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                let Ok((seq, event, result)) = done else { continue };
-                busy.remove(&seq);
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let id = match &done {
+                    Ok((id, _)) => *id,
+                    Err(e) => e.id(),
+                };
+                if let Some((seq, partner)) = tasks.remove(&id) {
+                    busy.remove(&seq);
+                    if let Some(n) = lanes.get_mut(&partner) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+                let Ok((_, (seq, event, result))) = done else {
+                    tracing::error!("a webhook delivery task failed; its event will be retried");
+                    continue;
+                };
                 let a = attempts.entry(seq).or_default();
                 a.count += 1;
                 match result {
@@ -154,6 +179,48 @@ async fn record<S: Store>(
 ) -> Result<(), StoreError> {
     write(engine.store())?;
     engine.store().flush().await
+}
+
+/// Which of the `ready` events (oldest first) to start now, given the deliveries under way per
+/// partner (`lanes`) and in all (`running`): partners take turns, the one with the oldest ready
+/// event first, each up to `partner_concurrency`; the total stays within `concurrency`, except
+/// that a partner with nothing under way may always start one.
+fn pick(
+    ready: Vec<(EventSeq, OutboxEvent)>,
+    lanes: &HashMap<String, usize>,
+    running: usize,
+    policy: &DeliveryPolicy,
+) -> Vec<(EventSeq, OutboxEvent)> {
+    let mut queues: Vec<(usize, VecDeque<(EventSeq, OutboxEvent)>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (seq, event) in ready {
+        let i = *index.entry(event.partner.clone()).or_insert_with(|| {
+            queues.push((lanes.get(&event.partner).copied().unwrap_or(0), VecDeque::new()));
+            queues.len() - 1
+        });
+        queues[i].1.push_back((seq, event));
+    }
+    let mut total = running;
+    let mut start = Vec::new();
+    loop {
+        let mut any = false;
+        for (lane, queue) in &mut queues {
+            let room =
+                *lane < policy.partner_concurrency && (total < policy.concurrency || *lane == 0);
+            if !room {
+                continue;
+            }
+            if let Some(next) = queue.pop_front() {
+                start.push(next);
+                *lane += 1;
+                total += 1;
+                any = true;
+            }
+        }
+        if !any {
+            return start;
+        }
+    }
 }
 
 struct Plan {
@@ -245,4 +312,74 @@ fn park<S: Store>(
         last_error: reason.to_owned(),
     };
     store.park(seq, &p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(concurrency: usize, partner_concurrency: usize) -> DeliveryPolicy {
+        DeliveryPolicy {
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(100),
+            max_age: chrono::Duration::hours(1),
+            concurrency,
+            partner_concurrency,
+        }
+    }
+
+    /// Ready events, oldest first, for `partners` in that order (one event per payment).
+    fn ready(partners: &[&str]) -> Vec<(EventSeq, OutboxEvent)> {
+        partners
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let event = OutboxEvent {
+                    v: RECORD_VERSION,
+                    event_id: format!("evt_{i}"),
+                    partner: (*p).to_owned(),
+                    kind: "payment.succeeded".into(),
+                    payment_id: format!("pay_{i}"),
+                    created_at: DateTime::<Utc>::UNIX_EPOCH,
+                    data: serde_json::Value::Null,
+                    replayed_at: None,
+                };
+                (i as EventSeq, event)
+            })
+            .collect()
+    }
+
+    fn seqs(started: &[(EventSeq, OutboxEvent)]) -> Vec<EventSeq> {
+        started.iter().map(|(s, _)| *s).collect()
+    }
+
+    #[test]
+    fn a_partner_with_a_backlog_takes_turns_and_holds_at_most_its_lane() {
+        // A wrote six events before B's two: B's still go out in the first round.
+        let events = ready(&["a", "a", "a", "a", "a", "a", "b", "b"]);
+        let started = pick(events, &HashMap::new(), 0, &policy(4, 2));
+        assert_eq!(seqs(&started), vec![0, 6, 1, 7]);
+    }
+
+    #[test]
+    fn a_stalled_partner_at_its_cap_gets_nothing_more_and_others_still_start() {
+        let lanes = HashMap::from([("a".to_owned(), 2)]);
+        let started = pick(ready(&["a", "a", "b", "a", "b", "b"]), &lanes, 2, &policy(8, 2));
+        assert_eq!(seqs(&started), vec![2, 4]);
+    }
+
+    #[test]
+    fn a_partner_with_nothing_under_way_always_gets_one() {
+        // Stalled partners fill every slot of `concurrency`; B and C still get one each, no more.
+        let lanes = HashMap::from([("a".to_owned(), 2), ("z".to_owned(), 2)]);
+        let started = pick(ready(&["b", "b", "c", "a"]), &lanes, 4, &policy(4, 2));
+        assert_eq!(seqs(&started), vec![0, 2]);
+    }
+
+    #[test]
+    fn the_total_stays_within_concurrency_otherwise() {
+        let started =
+            pick(ready(&["a", "b", "c", "a", "b", "c"]), &HashMap::new(), 0, &policy(4, 4));
+        assert_eq!(seqs(&started), vec![0, 1, 2, 3]);
+    }
 }

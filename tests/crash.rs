@@ -113,11 +113,19 @@ async fn run(seed: u64, kills: usize) {
         load.push(tokio::spawn(replay(client.clone(), retry, book.clone())));
         for w in 0..WORKERS {
             let rng = fastrand::Rng::with_seed(rng.u64(..));
+            // The last worker hangs up on some of its pay requests mid-flight, on a connection
+            // of its own (an HTTP/2 reset, or a closed HTTP/1 connection).
+            let (client, hang_up) = if w + 1 == WORKERS {
+                (TestClient::new(&pki, Some("partner-demo"), addr, w % 2 == 0), true)
+            } else {
+                (client.clone(), false)
+            };
             load.push(tokio::spawn(pay_loop(
-                client.clone(),
+                client,
                 format!("c{cycle}w{w}"),
                 rng,
                 book.clone(),
+                hang_up,
             )));
         }
         // The random moment.
@@ -323,6 +331,7 @@ fn write_config(dir: &Path, sandbox: SocketAddr, hooks: &str) -> PathBuf {
         identity: Some(Identity::SanDns("acquirer-sandbox".into())),
         timeout_ms: 300,
         connect_timeout_ms: 300,
+        answer_bytes_max: 64 * 1024,
     }];
     c.partners.truncate(1);
     c.partners[0].webhook_url = Some(hooks.to_owned());
@@ -372,12 +381,15 @@ async fn stop(mut child: Child) {
 }
 
 /// Quotes and pays until the daemon dies. Amounts pick the sandbox's behaviours: mostly approved
-/// at once, some declined, late, hung, failing with 500, reset, or racing a reversal.
+/// at once, some declined, late, hung, failing with 500, reset, or racing a reversal. With
+/// `hang_up`, every other pay request is dropped after 0–20 ms, answered or not: the client went
+/// away (its request stays in the book as sent and unanswered).
 async fn pay_loop(
     client: TestClient,
     prefix: String,
     mut rng: fastrand::Rng,
     book: Arc<Mutex<Book>>,
+    hang_up: bool,
 ) {
     for n in 0.. {
         let fen = match rng.u8(0..20) {
@@ -408,10 +420,14 @@ async fn pay_loop(
             "payer": {"id": format!("payer-{}", rng.u32(..1000))},
         });
         book.lock().unwrap().sent.insert(request_id.clone(), body.clone());
-        let Ok((s, p)) = client
-            .try_send(Method::POST, "/v1/payments", Some(body.to_string().into_bytes()))
-            .await
-        else {
+        let send = client.try_send(Method::POST, "/v1/payments", Some(body.to_string().into_bytes()));
+        if hang_up && rng.bool() {
+            // Whatever came back within the patience is not read either.
+            let patience = Duration::from_millis(rng.u64(0..=20));
+            let _ = tokio::time::timeout(patience, send).await;
+            continue;
+        }
+        let Ok((s, p)) = send.await else {
             return;
         };
         assert!(s == StatusCode::CREATED || s == StatusCode::OK, "{s}: {p}");

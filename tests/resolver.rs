@@ -205,6 +205,7 @@ async fn an_approval_behind_the_reversal_is_booked_and_reversed_again() {
     let policy = ResolverPolicy {
         schedule: vec![chrono::Duration::seconds(2)],
         expiry: chrono::Duration::seconds(5),
+        ..ResolverPolicy::default()
     };
     let mut rig = rig(script, policy).await;
     let p = pay(&rig.engine).await;

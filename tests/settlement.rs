@@ -7,6 +7,12 @@
 //! - the in-doubt payment is listed, not guessed;
 //! - reconciling the sandbox acquirer's own books gives a clean report, or names each difference,
 //!   both in the API answer and as the CLI's exit code.
+//!
+//! Then one test per way a day could come out wrong (issue 12, items 8 and 17): payments never
+//! sent or perhaps never arrived are not missed at the acquirer; a refund on a later day leaves
+//! a closed day as it was; a partner and an acquirer gone from the configuration still get their
+//! statements; revenue and statements put every entry on the same business day; and the files are
+//! the owner's only, with no cell a spreadsheet would run as a formula.
 
 mod support;
 
@@ -334,6 +340,324 @@ async fn a_day_settles_to_the_ledger_and_reconciles_with_the_acquirer() {
         .collect();
     assert_eq!(actions.iter().filter(|a| **a == "settlement.run").count(), 4, "{actions:?}");
     assert_eq!(actions.iter().filter(|a| **a == "settlement.reconcile").count(), 5, "{actions:?}");
+    d.finish().await;
+}
+
+/// A daemon on a manual clock at 10:00 on [`DAY`], whose resolver inquires a minute after an
+/// unknown outcome and reverses after ten.
+async fn day_daemon() -> TestDaemon {
+    TestDaemon::start_with(Setup {
+        manual_clock: true,
+        start_at: Some(morning()),
+        tweak: Box::new(|c| {
+            c.resolver.inquiry_schedule_s = vec![60];
+            c.resolver.payment_expiry_s = 600;
+        }),
+        ..Setup::default()
+    })
+    .await
+}
+
+/// A static code routed to the acquirer `dead`, which refuses connections.
+fn dead_code() -> String {
+    use qrbridge_adapters::decode::tlv::field;
+    support::flows::code_with(
+        None,
+        &field(26, &(field(0, "TEST.DEAD.ACQUIRER") + &field(1, "M-1"))),
+        "156",
+    )
+}
+
+/// The sandbox acquirer's own file for everything it processed, with `refund_ids` per id.
+fn sandbox_file(d: &TestDaemon, refund_ids: &dyn Fn(&str) -> String) -> Vec<u8> {
+    let mut out = String::from("instruction_id,amount,currency,status,refund_ids\n");
+    for (id, amount, status) in d.daemon().sandbox.as_ref().unwrap().instructions() {
+        let status = serde_json::to_value(status).unwrap();
+        out += &format!(
+            "{id},{},CNY,{},{}\n",
+            amount.to_major_string(),
+            status.as_str().unwrap(),
+            refund_ids(&id)
+        );
+    }
+    out.into_bytes()
+}
+
+async fn reconcile(admin: &TestClient, day: &str, acquirer: &str, file: Vec<u8>) -> Value {
+    let path = format!("/admin/v1/settlement/{day}/reconciliation/{acquirer}");
+    let (s, report) = admin.send_raw(Method::POST, &path, "text/csv", file).await;
+    let report: Value = serde_json::from_slice(&report).unwrap();
+    assert_eq!(s, StatusCode::OK, "{report}");
+    report
+}
+
+/// Item 8: a payment that failed with ACQUIRER_UNAVAILABLE never left the bridge, and one reversed
+/// while its outcome was unknown may never have reached the acquirer: neither is missed when the
+/// acquirer's file leaves it out. An unsent payment the acquirer lists anyway is a difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_never_sent_or_never_arrived_are_not_missed_at_the_acquirer() {
+    let d = day_daemon().await;
+    let c = d.client("partner-demo");
+    let admin = d.admin_client("admin");
+    let (s, q) = quote(&c, &dead_code(), Some(2_000), "PHP").await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let (_, unsent) = support::flows::pay(&c, "unsent", q["quote_id"].as_str().unwrap(), "u").await;
+    assert_eq!(unsent["failure"]["code"], "ACQUIRER_UNAVAILABLE", "{unsent}");
+    let unsent = unsent["payment_id"].as_str().unwrap().to_owned();
+    // Fen 55: the sandbox resets the connection before it processes anything; the bridge never
+    // learns more and reverses the payment at expiry (EXPIRED).
+    let (_, lost) = quote_and_pay(&c, 1_055, "lost").await;
+    let lost = lost["payment_id"].as_str().unwrap().to_owned();
+    let (_, ok) = quote_and_pay(&c, 1_000, "ok").await;
+    let ok = ok["payment_id"].as_str().unwrap().to_owned();
+    d.resolve_all(Duration::hours(1)).await;
+    let p = d.daemon().store().payment(&lost).unwrap().unwrap();
+    assert_eq!(p.failure.map(|f| f.code).as_deref(), Some("EXPIRED"));
+    d.clock.as_ref().unwrap().advance(Duration::hours(15)); // past the day's close
+
+    // The dead acquirer got nothing, and its (empty) file says so.
+    let empty = b"instruction_id,amount,currency,status,refund_ids\n".to_vec();
+    let report = reconcile(&admin, DAY, "dead", empty).await;
+    assert_eq!(
+        (report["clean"].as_bool(), report["instructions"].as_u64()),
+        (Some(true), Some(0)),
+        "{report}"
+    );
+    // The sandbox's books hold the approved payment only: clean.
+    let report = reconcile(&admin, DAY, "sandbox", sandbox_file(&d, &|_| String::new())).await;
+    assert_eq!(report["counts"], json!({"MATCHED": 1}), "{report}");
+    assert_eq!(report["lines"][0]["instruction_id"], ok.as_str());
+    // An acquirer that lists what the bridge never sent: a difference, and why.
+    let listed =
+        format!("instruction_id,amount,currency,status,refund_ids\n{unsent},20.00,CNY,APPROVED,\n");
+    let report = reconcile(&admin, DAY, "dead", listed.into_bytes()).await;
+    assert_eq!(report["counts"], json!({"STATUS_DIFFERS": 1}), "{report}");
+    assert_eq!(report["lines"][0]["bridge_status"], "NOT_SENT", "{report}");
+    assert!(report["lines"][0]["note"].as_str().unwrap().contains("never sent"), "{report}");
+    // The reversed payment, when the acquirer does list it, is compared as REVERSED.
+    let listed = format!(
+        "instruction_id,amount,currency,status,refund_ids\n{ok},10.00,CNY,APPROVED,\n{lost},10.55,CNY,REVERSED,\n"
+    );
+    let report = reconcile(&admin, DAY, "sandbox", listed.into_bytes()).await;
+    assert_eq!(report["counts"], json!({"MATCHED": 2}), "{report}");
+    d.finish().await;
+}
+
+/// Item 8: a day is settled and reconciled as of its end. A refund made on a later day belongs to
+/// that day: it changes neither the earlier day's reconciliation nor its files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_on_a_later_day_leaves_a_closed_day_as_it_was() {
+    let d = day_daemon().await;
+    let c = d.client("partner-demo");
+    let acq = d.acquirer_client("acquirer-sandbox");
+    let admin = d.admin_client("admin");
+    let (_, p) = quote_and_pay(&c, 30_000, "refunded-later").await;
+    let p = p["payment_id"].as_str().unwrap().to_owned();
+    d.clock.as_ref().unwrap().advance(Duration::hours(15)); // 01:00 on the 21st
+    let (s, first) = admin.post(&format!("/admin/v1/settlement/{DAY}"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let as_filed = sandbox_file(&d, &|_| String::new());
+    assert_eq!(reconcile(&admin, DAY, "sandbox", as_filed.clone()).await["clean"], true);
+    let (_, revenue_before) = admin.get(&format!("/admin/v1/revenue?from={DAY}&to={DAY}")).await;
+
+    // The next day the merchant refunds part of it.
+    let (s, r) = acq.post("/acquirer/v1/refunds", &refund("LATER-1", &p, 10_000)).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+
+    // The 20th's file still matches: the refund is not on the 20th.
+    let report = reconcile(&admin, DAY, "sandbox", as_filed).await;
+    assert_eq!(report["counts"], json!({"MATCHED": 1}), "{report}");
+    let (s, again) = admin.post(&format!("/admin/v1/settlement/{DAY}"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(again, first, "the 20th changed after a refund on the 21st");
+    let (_, revenue_after) = admin.get(&format!("/admin/v1/revenue?from={DAY}&to={DAY}")).await;
+    assert_eq!(revenue_after, revenue_before);
+    // It is on the 21st, with its refund id in that day's reconciliation.
+    d.clock.as_ref().unwrap().advance(Duration::days(1));
+    let (s, next) = admin.post("/admin/v1/settlement/2026-11-21", &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{next}");
+    let sandbox =
+        next["acquirers"].as_array().unwrap().iter().find(|a| a["acquirer"] == "sandbox").unwrap();
+    assert_eq!(
+        (sandbox["instructions"].as_u64(), sandbox["refunds"].as_u64()),
+        (Some(0), Some(1)),
+        "{next}"
+    );
+    d.finish().await;
+}
+
+/// Item 8: statements are for everyone with activity that day, not only those configured today.
+/// A settlement over the same store whose configuration names no partner and no acquirer (all
+/// removed since) still writes each one's statement, and still reconciles the acquirer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partners_and_acquirers_gone_from_the_config_still_get_their_statements() {
+    let d = day_daemon().await;
+    let (_, p) = quote_and_pay(&d.client("partner-demo"), 12_300, "gone-1").await;
+    assert_eq!(p["status"], "SUCCEEDED", "{p}");
+    let other = d.client("partner-other");
+    let (s, q) = quote(&other, &support::flows::code(None), Some(20_000), "KRW").await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    support::flows::pay(&other, "gone-2", q["quote_id"].as_str().unwrap(), "u").await;
+    d.clock.as_ref().unwrap().advance(Duration::hours(15));
+
+    let engine = d.daemon().engine.clone();
+    let config = qrbridge::daemon::embedded_config(d.dir.path(), support::loopback()).unwrap();
+    let clock: std::sync::Arc<dyn qrbridge::clock::Clock> =
+        std::sync::Arc::new(d.clock.as_ref().unwrap().clone());
+    let feeds = std::sync::Arc::new(qrbridge::rates::Feeds::new(&config.fx, clock).unwrap());
+    let shanghai = chrono_tz::Asia::Shanghai;
+    let days = qrbridge::settlement::BusinessDays {
+        tz: shanghai,
+        cutoff: chrono::NaiveTime::MIN,
+        cancel: qrbridge::engine::CancelPolicy {
+            tz: shanghai,
+            until: chrono::NaiveTime::from_hms_opt(0, 30, 0).unwrap(),
+        },
+    };
+    let treasury = std::sync::Arc::new(qrbridge::treasury::Treasury::new(engine, feeds, days));
+    let out = tempfile::tempdir().unwrap();
+    let settlement = qrbridge::settlement::Settlement::new(
+        treasury,
+        days,
+        out.path().to_owned(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let day = DAY.parse().unwrap();
+    let summary = settlement.run("admin", day).await.unwrap();
+    let partners: Vec<(String, String, u64)> = summary
+        .partners
+        .iter()
+        .map(|p| (p.partner.clone(), p.currency.code().to_owned(), p.payments))
+        .collect();
+    assert_eq!(
+        partners,
+        vec![("partner-demo".into(), "PHP".into(), 1), ("partner-other".into(), "KRW".into(), 1)]
+    );
+    let acquirers: Vec<(&str, u64)> =
+        summary.acquirers.iter().map(|a| (a.acquirer.as_str(), a.instructions)).collect();
+    assert_eq!(acquirers, vec![("sandbox", 2)]);
+    for name in
+        ["partner-partner-demo-PHP.csv", "partner-partner-other-KRW.csv", "acquirer-sandbox.csv"]
+    {
+        assert!(out.path().join(DAY).join(name).exists(), "{name}");
+    }
+    let report = settlement
+        .reconcile("admin", day, "sandbox", &sandbox_file(&d, &|_| String::new()))
+        .await
+        .unwrap();
+    assert_eq!(report["clean"], true, "{report}");
+    assert!(matches!(
+        settlement.reconcile("admin", day, "never-configured", b"").await,
+        Err(qrbridge::error::ApiError::AcquirerNotFound(_))
+    ));
+    d.finish().await;
+}
+
+/// Item 8: one business day for revenue and settlement. A payment made just before midnight whose
+/// outcome is learned after it, and one cancelled after midnight within its window, belong to the
+/// day they were made: that day's revenue equals its treasury report, and the next day has none
+/// of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revenue_and_statements_put_every_entry_on_the_same_business_day() {
+    let d = day_daemon().await;
+    let c = d.client("partner-demo");
+    let admin = d.admin_client("admin");
+    let clock = d.clock.as_ref().unwrap();
+    let (_, early) = quote_and_pay(&c, 10_000, "early").await;
+    assert_eq!(early["status"], "SUCCEEDED");
+    clock.advance(Duration::seconds(13 * 3_600 + 59 * 60 + 30)); // 23:59:30 local
+                                                                 // Fen 53: approved, but the answer never comes; the inquiry after midnight learns it.
+    let (_, late) = quote_and_pay(&c, 20_053, "late").await;
+    assert_eq!(late["status"], "PROCESSING", "{late}");
+    let (_, cancelled) = quote_and_pay(&c, 30_000, "cancelled").await;
+    assert_eq!(cancelled["status"], "SUCCEEDED");
+    d.resolve_after(Duration::minutes(2)).await; // 00:01:30 on the 21st
+    let late = late["payment_id"].as_str().unwrap();
+    assert_eq!(c_status(&d, late).await, "SUCCEEDED");
+    let id = cancelled["payment_id"].as_str().unwrap();
+    let (s, r) = c.post(&format!("/v1/payments/{id}/cancel"), &json!({})).await;
+    assert_eq!((s, r["status"].as_str()), (StatusCode::OK, Some("CANCELLED")), "{r}");
+    // The ledger booked the late payment and the cancel on the 21st.
+    let journal = d.daemon().store().journal().unwrap();
+    assert!(
+        journal
+            .iter()
+            .filter(|e| e.at > Utc.with_ymd_and_hms(2026, 11, 20, 16, 0, 0).unwrap())
+            .count()
+            >= 2
+    );
+
+    clock.advance(Duration::hours(1));
+    let (s, summary) = admin.post(&format!("/admin/v1/settlement/{DAY}"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{summary}");
+    let demo = summary["partners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["partner"] == "partner-demo" && p["currency"] == "PHP")
+        .unwrap();
+    assert_eq!(demo["payments"], 2, "{summary}");
+    let report: Vec<Value> = summary["spread_revenue"].as_array().unwrap().clone();
+    assert_eq!(report.len(), 1, "{summary}");
+    assert_eq!(report[0]["payments"], 2, "{summary}");
+    let (_, revenue) = admin.get(&format!("/admin/v1/revenue?from={DAY}&to={DAY}")).await;
+    let lines = revenue["revenue"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{revenue}");
+    assert_eq!(lines[0]["revenue"], report[0]["spread_revenue"], "{revenue} {summary}");
+    let (_, next) = admin.get("/admin/v1/revenue?from=2026-11-21&to=2026-11-21").await;
+    assert_eq!(next["revenue"], json!([]), "{next}");
+    d.finish().await;
+}
+
+/// Item 17: settlement folders are `0700` and files `0600`, even where an older build left them
+/// readable to others; and no CSV cell starts a formula: a merchant id and a request id that
+/// would (`=…`, `-…`) come out quoted with `'`, while plain negative numbers stay numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_files_are_private_and_carry_no_formulas() {
+    use qrbridge_adapters::decode::tlv::field;
+    use std::os::unix::fs::PermissionsExt;
+    let d = day_daemon().await;
+    let c = d.client("partner-demo");
+    let admin = d.admin_client("admin");
+    let hostile = support::flows::code_with(
+        None,
+        &field(26, &(field(0, "CN.EXAMPLE.PAY") + &field(1, "=1+2"))),
+        "156",
+    );
+    let (s, q) = quote(&c, &hostile, Some(4_200), "PHP").await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let (s, p) = support::flows::pay(&c, "-2-3", q["quote_id"].as_str().unwrap(), "u").await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    let id = p["payment_id"].as_str().unwrap().to_owned();
+    // An older build's folder, readable to all.
+    let root = d.dir.path().join("settlement");
+    std::fs::create_dir_all(root.join("2026-11-19")).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    d.clock.as_ref().unwrap().advance(Duration::hours(15));
+    let (s, summary) = admin.post(&format!("/admin/v1/settlement/{DAY}"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{summary}");
+    reconcile(&admin, DAY, "sandbox", sandbox_file(&d, &|_| String::new())).await;
+
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root), 0o700, "the settlement root");
+    let day_dir = root.join(DAY);
+    assert_eq!(mode(&day_dir), 0o700);
+    let mut names = Vec::new();
+    for f in std::fs::read_dir(&day_dir).unwrap() {
+        let f = f.unwrap();
+        assert_eq!(mode(&f.path()), 0o600, "{:?}", f.file_name());
+        names.push(f.file_name().into_string().unwrap());
+    }
+    assert!(names.len() >= 8, "{names:?}");
+
+    let acquirer = String::from_utf8(file(&admin, DAY, "acquirer-sandbox.csv").await).unwrap();
+    assert!(acquirer.contains(",'=1+2\r\n"), "{acquirer}");
+    let partner =
+        String::from_utf8(file(&admin, DAY, "partner-partner-demo-PHP.csv").await).unwrap();
+    assert!(partner.contains(&format!("payment,{id},,'-2-3,")), "{partner}");
+    let positions = String::from_utf8(file(&admin, DAY, "treasury-positions.csv").await).unwrap();
+    assert!(positions.contains(",-42.00\r\n") || positions.contains(",-42.00,"), "{positions}");
     d.finish().await;
 }
 

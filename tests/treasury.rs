@@ -2,7 +2,10 @@
 //! - rate feeds: an ECB XML file, and a CSV served over real HTTPS, read again on request;
 //! - rates and spreads set by hand (within bounds, new quotes only);
 //! - positions and revenue from the ledger;
-//! - the audit chain, which must catch tampering.
+//! - the audit chain, which must catch tampering;
+//! - the rate guard (issue 12, item 10): a rate from the future, from a feed or an admin, is
+//!   refused and blocks nothing; a rate that moves too far is refused, feeds keep the old one, and
+//!   an admin may force it, audited.
 
 mod support;
 
@@ -54,6 +57,7 @@ async fn feed_server(dir: &std::path::Path, body: Arc<Mutex<String>>) -> std::ne
     let limits = qrbridge_adapters::https::ServeLimits {
         connections_max: 16,
         handshake_timeout: std::time::Duration::from_secs(5),
+        ..Default::default()
     };
     tokio::spawn(qrbridge_adapters::https::serve(listener, tls, limits, rx, move |_req, _conn| {
         let text = body.lock().unwrap().clone();
@@ -232,6 +236,163 @@ async fn rates_come_from_feeds_and_admins_and_say_how_fresh_they_are() {
     assert_eq!(rec["after"][0]["rate"], "58.00");
     assert_eq!(rec["before"][0]["source"], "builtin");
     d.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rates_from_the_future_or_moving_too_far_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // The ECB file of a day that has not come yet (a source with a wrong clock).
+    let ecb = dir.path().join("eurofxref-daily.xml");
+    std::fs::write(&ecb, ECB.replace("2026-11-20", "2026-11-22")).unwrap();
+    let served = Arc::new(Mutex::new(
+        "base,quote,rate,as_of\nUSD,CHF,0.8812,2026-11-22T09:00:00Z\n".to_owned(),
+    ));
+    let feed_pki = dir.path().join("feed-pki");
+    let feed = feed_server(&feed_pki, served.clone()).await;
+    let ecb_path = ecb.clone();
+    let d = TestDaemon::start_with(Setup {
+        manual_clock: true,
+        start_at: Some(
+            chrono::DateTime::parse_from_rfc3339("2026-11-21T09:00:00Z").unwrap().into(),
+        ),
+        tweak: Box::new(move |c| {
+            c.fx.sources.push(qrbridge_config::RateSource {
+                id: "ecb".into(),
+                kind: qrbridge_config::RateSourceKind::EcbXml,
+                location: Some(ecb_path.display().to_string()),
+                poll_s: None,
+                max_age_s: Some(172_800),
+                ca: None,
+            });
+            c.fx.sources.push(qrbridge_config::RateSource {
+                id: "treasury-csv".into(),
+                kind: qrbridge_config::RateSourceKind::Csv,
+                location: Some(format!("https://{feed}/mid.csv")),
+                poll_s: None,
+                max_age_s: Some(600),
+                ca: Some(feed_pki.join("ca.crt")),
+            });
+        }),
+        ..Setup::default()
+    })
+    .await;
+    let admin = d.admin_client("admin");
+    let rates = || async { admin.get("/admin/v1/rates").await.1 };
+    let held = |v: &Value, pair: &str| -> Value {
+        v["rates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| {
+                format!("{}/{}", r["base"].as_str().unwrap(), r["quote"].as_str().unwrap()) == pair
+            })
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let source = |v: &Value, id: &str| -> Value {
+        v["sources"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap().clone()
+    };
+
+    // The ECB read at start: every rate from tomorrow refused, none held, and the status says why.
+    let v = rates().await;
+    assert_eq!(held(&v, "EUR/PHP"), Value::Null, "{v}");
+    let ecb_status = source(&v, "ecb");
+    assert_eq!(ecb_status["rates"], 0, "{ecb_status}");
+    assert_eq!(ecb_status["refused"].as_array().unwrap().len(), 4, "{ecb_status}");
+    assert!(ecb_status["refused"][0].as_str().unwrap().contains("later than now"), "{ecb_status}");
+
+    // The CSV feed from tomorrow: refused, and it does not block today's rate.
+    let refresh = "/admin/v1/rates/sources/treasury-csv/refresh";
+    let (s, r) = admin.post(refresh, &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["taken"], 0, "{r}");
+    assert!(r["refused"][0].as_str().unwrap().contains("USD/CHF"), "{r}");
+    *served.lock().unwrap() = "base,quote,rate,as_of\nUSD,CHF,0.8812,2026-11-21T08:59:00Z\n".into();
+    let (_, r) = admin.post(refresh, &json!({})).await;
+    assert_eq!(
+        (r["taken"].as_u64(), r["refused"].as_array().map(Vec::len)),
+        (Some(1), Some(0)),
+        "{r}"
+    );
+    assert_eq!(held(&rates().await, "USD/CHF")["rate"], "0.8812");
+
+    // A jump of 13.5 % (over the default 1000 bps): refused, the old rate kept, to go stale.
+    *served.lock().unwrap() = "base,quote,rate,as_of\nUSD,CHF,1.0000,2026-11-21T09:01:00Z\n".into();
+    let (_, r) = admin.post(refresh, &json!({})).await;
+    assert_eq!(r["taken"], 0, "{r}");
+    assert!(r["refused"][0].as_str().unwrap().contains("moves 1348.16 bps"), "{r}");
+    let v = rates().await;
+    assert_eq!(held(&v, "USD/CHF")["rate"], "0.8812");
+    assert_eq!(source(&v, "treasury-csv")["refused"], r["refused"]);
+    d.clock.as_ref().unwrap().advance(chrono::Duration::minutes(10));
+    assert_eq!(held(&rates().await, "USD/CHF")["fresh"], false);
+
+    // Admins: a rate from the future is refused; one within the allowed skew is taken.
+    let set = |body: Value| {
+        let admin = admin.clone();
+        async move { admin.post("/admin/v1/rates", &body).await }
+    };
+    let (s, e) = set(json!({"rates": [{"base": "USD", "quote": "KRW", "rate": "1391", "as_of": "2026-11-21T10:00:00Z"}]})).await;
+    assert_error(&(s, e.clone()), 422, "RATE_FROM_FUTURE");
+    assert!(e["error"]["message"].as_str().unwrap().contains("rates[0]"), "{e}");
+    let (s, ok) = set(json!({"rates": [{"base": "USD", "quote": "KRW", "rate": "1391", "as_of": "2026-11-21T09:12:00Z"}]})).await;
+    assert_eq!((s, ok["rates"][0]["taken"].as_bool()), (StatusCode::OK, Some(true)), "{ok}");
+    let (s, e) = admin
+        .send_raw(
+            Method::POST,
+            "/admin/v1/rates",
+            "text/csv",
+            b"base,quote,rate,as_of\nUSD,THB,34.2,2026-11-22T09:00:00Z\n".to_vec(),
+        )
+        .await
+        .into_json();
+    assert_error(&(s, e), 422, "RATE_FROM_FUTURE");
+
+    // A move of 20.9 %: refused unless forced; forced, it is taken and audited as such.
+    let (s, e) = set(json!({"rates": [{"base": "USD", "quote": "PHP", "rate": "70"}]})).await;
+    assert_error(&(s, e.clone()), 422, "RATE_MOVE_TOO_LARGE");
+    assert!(e["error"]["message"].as_str().unwrap().contains("force"), "{e}");
+    assert_eq!(held(&rates().await, "USD/PHP")["rate"], "57.90");
+    let (s, forced) =
+        set(json!({"rates": [{"base": "USD", "quote": "PHP", "rate": "70"}], "force": true})).await;
+    assert_eq!(
+        (s, forced["rates"][0]["taken"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{forced}"
+    );
+    assert_eq!(held(&rates().await, "USD/PHP")["rate"], "70");
+    let (_, audit) = admin.get("/admin/v1/audit").await;
+    let rec = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "rates.force")
+        .unwrap()
+        .clone();
+    assert_eq!(rec["after"]["forced"][0]["pair"], "USD/PHP", "{rec}");
+    assert_eq!(rec["after"]["forced"][0]["move_bps"], "2089.81", "{rec}");
+    assert_eq!(rec["before"][0]["rate"], "57.90", "{rec}");
+    // The same for a CSV upload, forced with ?force=true.
+    let csv = b"base,quote,rate,as_of\nUSD,PHP,90,2026-11-21T09:10:00Z\n".to_vec();
+    let (s, e) =
+        admin.send_raw(Method::POST, "/admin/v1/rates", "text/csv", csv.clone()).await.into_json();
+    assert_error(&(s, e), 422, "RATE_MOVE_TOO_LARGE");
+    let (s, e) = admin
+        .send_raw(Method::POST, "/admin/v1/rates?force=yes", "text/csv", csv.clone())
+        .await
+        .into_json();
+    assert_error(&(s, e), 400, "INVALID_REQUEST");
+    let (s, ok) = admin
+        .send_raw(Method::POST, "/admin/v1/rates?force=true", "text/csv", csv)
+        .await
+        .into_json();
+    assert_eq!((s, ok["rates"][0]["taken"].as_bool()), (StatusCode::OK, Some(true)), "{ok}");
+    assert_eq!(audit_chain_ok(&admin).await, true);
+    d.finish().await;
+}
+
+async fn audit_chain_ok(admin: &support::daemon::TestClient) -> bool {
+    admin.get("/admin/v1/audit").await.1["chain"]["ok"] == true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

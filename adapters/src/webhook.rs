@@ -4,13 +4,18 @@
 //! taken with the partner's secret over `"<t>.<body>"`. The event id also goes in
 //! `qrbridge-event-id`, the same on every attempt. [`verify`] is the check a partner makes (and
 //! the tests make).
+//!
+//! Only the answer's status counts (any 2xx acknowledges). Its body is read only when it is short
+//! (`answer_bytes_max`), so the connection can be reused; a longer one is not read at all (the
+//! connection is dropped), and nothing is read past the delivery's timeout.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body as _;
 use sha2::Sha256;
 
 use crate::https::HttpsClient;
@@ -91,7 +96,12 @@ pub struct WebhookSender {
     url: String,
     secret: Vec<u8>,
     timeout: Duration,
+    /// Longest answer body read; see [`WebhookSender::with_answer_bytes_max`].
+    answer_bytes_max: usize,
 }
+
+/// How much of an endpoint's answer is read when the configuration does not say.
+pub const ANSWER_BYTES_MAX_DEFAULT: usize = 4 * 1024;
 
 impl std::fmt::Debug for WebhookSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,7 +124,14 @@ impl WebhookSender {
             url: url.to_owned(),
             secret: secret.to_vec(),
             timeout,
+            answer_bytes_max: ANSWER_BYTES_MAX_DEFAULT,
         }
+    }
+
+    /// Reads at most `bytes` of an answer's body (which means nothing: only its status counts).
+    pub fn with_answer_bytes_max(mut self, bytes: usize) -> Self {
+        self.answer_bytes_max = bytes;
+        self
     }
 
     /// POSTs `body` (the event's JSON) signed at `now` (unix seconds); any 2xx acknowledges.
@@ -132,21 +149,25 @@ impl WebhookSender {
             .header(SIGNATURE_HEADER, sign(&self.secret, now, &body))
             .body(Full::new(body))
             .map_err(|e| DeliveryError::Send(e.to_string()))?;
-        let work = async {
-            let resp =
-                self.client.request(req).await.map_err(|e| DeliveryError::Send(e.to_string()))?;
-            let status = resp.status();
-            // Read (and drop) the answer so the connection can be reused.
-            let _ = resp.into_body().collect().await;
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(DeliveryError::Status(status.as_u16()))
-            }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+            Ok(r) => r.map_err(|e| DeliveryError::Send(e.to_string()))?,
+            Err(_) => return Err(DeliveryError::Timeout(self.timeout.as_millis())),
         };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(DeliveryError::Timeout(self.timeout.as_millis())),
+        let status = resp.status();
+        // The status is the answer. A short body is drained so the connection goes back to the
+        // pool; a long or endless one is dropped unread, and so is whatever is not in by the
+        // deadline (dropping an unfinished body closes the connection).
+        let body = resp.into_body();
+        let max = u64::try_from(self.answer_bytes_max).unwrap_or(u64::MAX);
+        if !body.is_end_stream() && body.size_hint().lower() <= max {
+            let drain = Limited::new(body, self.answer_bytes_max).collect();
+            let _ = tokio::time::timeout_at(deadline, drain).await;
+        }
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(DeliveryError::Status(status.as_u16()))
         }
     }
 }

@@ -75,6 +75,7 @@ fn resolve_paths(c: &mut Config, base: &Path) {
     fix(&mut c.tls.client_cert);
     fix(&mut c.tls.client_key);
     fix(&mut c.tls.admin_ca);
+    c.tls.crls.iter_mut().for_each(fix);
     fix(&mut c.storage.path);
     c.partners.iter_mut().for_each(|p| fix(&mut p.ca));
     c.partners.iter_mut().filter_map(|p| p.webhook_ca.as_mut()).for_each(fix);

@@ -71,8 +71,13 @@ pub struct Tls {
     pub admin_ca: PathBuf,
     /// Identities (certificate SAN URI or DNS name) that the admin API accepts.
     pub admin_identities: Vec<String>,
-    /// When true, TLS 1.2 is accepted besides 1.3 (some partners' stacks still need it).
+    /// When true, TLS 1.2 is accepted besides 1.3 (for a partner whose stack still needs it).
+    /// Off by default: TLS 1.3 only.
     pub allow_tls12: bool,
+    /// Certificate revocation lists (PEM), one or more per CA that publishes one; each applies to
+    /// the client certificates its CA signed, on every listener. Re-read on reload. Certificates
+    /// of a CA with no CRL here are not checked for revocation.
+    pub crls: Vec<PathBuf>,
 }
 
 impl Default for Tls {
@@ -84,7 +89,8 @@ impl Default for Tls {
             client_key: "pki/bridge-client.key".into(),
             admin_ca: "pki/ca.crt".into(),
             admin_identities: vec!["admin".into()],
-            allow_tls12: true,
+            allow_tls12: false,
+            crls: Vec::new(),
         }
     }
 }
@@ -115,9 +121,10 @@ pub struct Partner {
     /// Where webhooks go (HTTPS); none means the partner polls.
     #[serde(default)]
     pub webhook_url: Option<String>,
-    /// HMAC-SHA256 key for the webhook signature header. Never logged.
-    #[serde(default)]
-    pub webhook_secret: Option<String>,
+    /// HMAC-SHA256 key for the webhook signature header. A [`Secret`]: never in `Debug` or logs;
+    /// serialized only because a configuration written back out must load again.
+    #[serde(default, serialize_with = "serialize_exposed")]
+    pub webhook_secret: Option<Secret>,
     /// CA (PEM) of the webhook endpoint's server certificate; `ca` when not given.
     #[serde(default)]
     pub webhook_ca: Option<PathBuf>,
@@ -135,11 +142,19 @@ pub struct PartnerLimits {
     pub burst: u32,
     /// Largest single payment, in CNY minor units (fen).
     pub payment_cny_minor_max: i64,
+    /// Requests this partner may have under way at once; more are shed with 503. Unset: an equal
+    /// share of `limits.concurrency_max` among the partners, so no partner can crowd out another.
+    pub concurrency_max: Option<u32>,
 }
 
 impl Default for PartnerLimits {
     fn default() -> Self {
-        PartnerLimits { requests_per_s: 500, burst: 1000, payment_cny_minor_max: 5_000_000 }
+        PartnerLimits {
+            requests_per_s: 500,
+            burst: 1000,
+            payment_cny_minor_max: 5_000_000,
+            concurrency_max: None,
+        }
     }
 }
 
@@ -162,10 +177,18 @@ pub struct Acquirer {
     /// How long to wait for a connection; no connection means nothing was sent.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Largest answer read from it. A longer one is not read on: the call's outcome is unknown
+    /// (the instruction may have gone out), so the resolver inquires. Stops a broken or hostile
+    /// endpoint from filling the bridge's memory.
+    #[serde(default = "default_acquirer_answer_bytes_max")]
+    pub answer_bytes_max: u64,
 }
 
 fn default_acquirer_timeout_ms() -> u64 {
     5_000
+}
+fn default_acquirer_answer_bytes_max() -> u64 {
+    64 * 1024
 }
 fn default_connect_timeout_ms() -> u64 {
     1_000
@@ -204,6 +227,11 @@ pub struct Fx {
     pub pivots: Vec<Currency>,
     /// Staleness limit for sources without their own.
     pub max_age_s: u64,
+    /// How far past now a rate's `as_of` may lie (clocks differ); later ones are refused.
+    pub as_of_skew_s: u64,
+    /// Largest move of a new rate from the one held for its pair, in basis points; a larger one
+    /// is refused (feeds keep the old rate; an admin may force it, audited).
+    pub rate_move_bps_max: u32,
     /// How long a quote can be paid.
     pub quote_ttl_s: u64,
     pub spread: Spread,
@@ -218,6 +246,8 @@ impl Default for Fx {
                 Currency::from_code("EUR").expect("EUR"),
             ],
             max_age_s: 3_600,
+            as_of_skew_s: 300,
+            rate_move_bps_max: 1_000,
             quote_ttl_s: 120,
             spread: Spread::default(),
             sources: vec![RateSource {
@@ -307,7 +337,8 @@ pub struct Settlement {
     pub time_zone: String,
     /// When the business day ends, `HH:MM` local.
     pub cutoff: String,
-    /// Cancels are accepted until this time (local) on the day after the payment.
+    /// Cancels are accepted until this time, Asia/Shanghai (the partner contract's zone, whatever
+    /// `time_zone` says), on the day after the payment.
     pub cancel_until: String,
     /// Refunds are accepted for this many days after the payment.
     pub refund_window_days: u32,
@@ -337,6 +368,10 @@ pub struct Resolver {
     pub payment_expiry_s: u64,
     /// Payments resolved at once.
     pub concurrency: u32,
+    /// Explicit refusals of a reversal (the acquirer says no, or that the payment is approved)
+    /// before the bridge gives up reversing: a cancel is then refused and the payment stays as
+    /// the acquirer has it.
+    pub reversal_refusals_max: u32,
 }
 
 impl Default for Resolver {
@@ -345,6 +380,7 @@ impl Default for Resolver {
             inquiry_schedule_s: vec![4, 4, 30, 60, 60, 60, 300, 300],
             payment_expiry_s: 900,
             concurrency: 64,
+            reversal_refusals_max: 3,
         }
     }
 }
@@ -360,6 +396,13 @@ pub struct Webhooks {
     pub max_age_s: u64,
     /// Deliveries under way at once (each payment's events go one after another).
     pub concurrency: u32,
+    /// Deliveries under way at once to any one partner, so a partner whose endpoint stalls holds
+    /// at most this many; a partner with nothing under way may always start one, even when
+    /// `concurrency` is used up by others.
+    pub partner_concurrency: u32,
+    /// Largest answer read from a partner's endpoint. Only its status counts; a small body is
+    /// read so the connection can be reused, a longer one is not read at all.
+    pub answer_bytes_max: u64,
 }
 
 impl Default for Webhooks {
@@ -370,6 +413,8 @@ impl Default for Webhooks {
             backoff_max_ms: 600_000,
             max_age_s: 3 * 86_400,
             concurrency: 32,
+            partner_concurrency: 4,
+            answer_bytes_max: 4 * 1024,
         }
     }
 }
@@ -382,7 +427,11 @@ pub struct Limits {
     pub body_bytes_max: u64,
     /// Open connections per listener; more wait in the accept queue.
     pub connections_max: u32,
-    /// Requests being handled at once; more are shed with 503.
+    /// Open connections from one IP address per listener; more are closed at once. Behind a load
+    /// balancer that hides client addresses, raise it to `connections_max`.
+    pub connections_per_ip_max: u32,
+    /// Requests being handled at once per listener; more are shed with 503. Each caller also has
+    /// its own share (`partners[].limits.concurrency_max`).
     pub concurrency_max: u32,
     /// Longest a request may take end to end.
     pub request_timeout_ms: u64,
@@ -390,6 +439,26 @@ pub struct Limits {
     pub code_chars_max: u32,
     /// TLS handshake deadline, so idle sockets cannot hold connection slots.
     pub handshake_timeout_ms: u64,
+    /// An HTTP/1 request head must arrive within this; it is also the longest wait for the next
+    /// request on a keep-alive connection.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request under way for this long is closed (a TLS connection that
+    /// never sends a request, an HTTP/2 connection with no streams).
+    pub idle_timeout_ms: u64,
+    /// Connections are closed gracefully at this age, so certificate expiry, revocation and
+    /// reloaded TLS settings reach long-lived connections.
+    pub connection_max_age_s: u64,
+    /// HTTP/2: a quiet connection is pinged this often, and dropped when the answer does not come
+    /// within `http2_keep_alive_timeout_ms`.
+    pub http2_keep_alive_interval_ms: u64,
+    pub http2_keep_alive_timeout_ms: u64,
+    /// HTTP/2: streams open at once on one connection.
+    pub http2_streams_max: u32,
+    /// A request's body must have arrived this long after its head, or the request is refused;
+    /// a slow sender cannot hold a share of `concurrency_max` for long.
+    pub body_read_timeout_ms: u64,
+    /// Shutdown lets connections finish their requests for at most this long, then drops them.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -401,6 +470,52 @@ impl Default for Limits {
             request_timeout_ms: 15_000,
             code_chars_max: 2_048,
             handshake_timeout_ms: 5_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            connection_max_age_s: 600,
+            http2_keep_alive_interval_ms: 20_000,
+            http2_keep_alive_timeout_ms: 10_000,
+            http2_streams_max: 128,
+            body_read_timeout_ms: 5_000,
+            shutdown_timeout_ms: 20_000,
+            connections_per_ip_max: 256,
         }
     }
+}
+
+/// A secret from the configuration (a webhook signing key). Its `Debug` masks it and it does
+/// not implement `Serialize`: reading it takes [`Secret::expose`], and a field that must be
+/// written out says so with `serialize_with`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it (signing).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+/// Writes an optional secret out in clear: only for fields that must round-trip (the config).
+fn serialize_exposed<S: serde::Serializer>(v: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    v.as_ref().map(Secret::expose).serialize(s)
 }

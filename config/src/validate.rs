@@ -108,7 +108,7 @@ fn partners(p: &mut Problems, partners: &[Partner]) {
                 if !url.starts_with("https://") {
                     p.add(format!("{at}.webhook_url"), "must be an https:// URL");
                 }
-                if secret.as_ref().is_none_or(|s| s.len() < 16) {
+                if secret.as_ref().is_none_or(|s| s.expose().len() < 16) {
                     p.add(
                         format!("{at}.webhook_secret"),
                         "a secret of at least 16 characters is needed with a webhook_url",
@@ -147,6 +147,7 @@ fn acquirers(p: &mut Problems, acquirers: &[Acquirer]) -> HashSet<String> {
         }
         p.range(&format!("{at}.timeout_ms"), a.timeout_ms, 1, 120_000);
         p.range(&format!("{at}.connect_timeout_ms"), a.connect_timeout_ms, 1, 60_000);
+        p.range(&format!("{at}.answer_bytes_max"), a.answer_bytes_max, 1_024, 16 << 20);
     }
     ids
 }
@@ -195,6 +196,8 @@ fn fx(p: &mut Problems, fx: &Fx) {
         }
     }
     p.range("fx.max_age_s", fx.max_age_s, 1, 86_400 * 366);
+    p.range("fx.as_of_skew_s", fx.as_of_skew_s, 0, 3_600);
+    p.range("fx.rate_move_bps_max", u64::from(fx.rate_move_bps_max), 1, 1_000_000);
     p.range("fx.quote_ttl_s", fx.quote_ttl_s, 1, 3_600);
     let s = &fx.spread;
     if s.min_bps > s.max_bps {
@@ -271,7 +274,16 @@ fn others(p: &mut Problems, c: &Config) {
     p.range("webhooks.backoff_max_ms", w.backoff_max_ms, 1, 86_400_000);
     p.range("webhooks.max_age_s", w.max_age_s, 1, 30 * 86_400);
     p.range("webhooks.concurrency", u64::from(w.concurrency), 1, 1_024);
+    let lane_max = u64::from(w.concurrency.max(1));
+    p.range("webhooks.partner_concurrency", u64::from(w.partner_concurrency), 1, lane_max);
+    p.range("webhooks.answer_bytes_max", w.answer_bytes_max, 0, 1 << 20);
     p.range("resolver.concurrency", u64::from(c.resolver.concurrency), 1, 1_024);
+    p.range(
+        "resolver.reversal_refusals_max",
+        u64::from(c.resolver.reversal_refusals_max),
+        1,
+        100,
+    );
     let l = &c.limits;
     p.range("limits.body_bytes_max", l.body_bytes_max, 256, 16 << 20);
     p.range("limits.connections_max", l.connections_max.into(), 1, 1_000_000);
@@ -279,4 +291,29 @@ fn others(p: &mut Problems, c: &Config) {
     p.range("limits.request_timeout_ms", l.request_timeout_ms, 1, 600_000);
     p.range("limits.code_chars_max", l.code_chars_max.into(), 64, 65_536);
     p.range("limits.handshake_timeout_ms", l.handshake_timeout_ms, 1, 120_000);
+    p.range(
+        "limits.connections_per_ip_max",
+        l.connections_per_ip_max.into(),
+        1,
+        l.connections_max.max(1).into(),
+    );
+    p.range("limits.header_read_timeout_ms", l.header_read_timeout_ms, 1, 600_000);
+    p.range("limits.idle_timeout_ms", l.idle_timeout_ms, 1, 3_600_000);
+    p.range("limits.connection_max_age_s", l.connection_max_age_s, 1, 7 * 86_400);
+    p.range("limits.http2_keep_alive_interval_ms", l.http2_keep_alive_interval_ms, 1, 3_600_000);
+    p.range("limits.http2_keep_alive_timeout_ms", l.http2_keep_alive_timeout_ms, 1, 600_000);
+    p.range("limits.http2_streams_max", l.http2_streams_max.into(), 1, 10_000);
+    // A body deadline past the request's own would never fire.
+    p.range("limits.body_read_timeout_ms", l.body_read_timeout_ms, 1, l.request_timeout_ms.max(1));
+    p.range("limits.shutdown_timeout_ms", l.shutdown_timeout_ms, 1, 600_000);
+    for (i, partner) in c.partners.iter().enumerate() {
+        if let Some(n) = partner.limits.concurrency_max {
+            p.range(
+                &format!("partners[{i}].limits.concurrency_max"),
+                n.into(),
+                1,
+                l.concurrency_max.max(1).into(),
+            );
+        }
+    }
 }

@@ -146,3 +146,24 @@ body_bytes_max = 1
     }
     assert_eq!(got.len(), 21, "{}", got.join("\n"));
 }
+
+#[test]
+fn listener_limits_are_checked_and_tls_defaults_to_1_3() {
+    let c: Config = from_str("", Path::new(".")).unwrap();
+    assert!(!c.tls.allow_tls12, "TLS 1.2 is off unless asked for");
+    assert!(c.tls.crls.is_empty());
+    assert!(c.limits.connections_per_ip_max <= c.limits.connections_max);
+    assert!(c.limits.body_read_timeout_ms <= c.limits.request_timeout_ms);
+    let text = format!(
+        "{PARTNER}limits = {{ concurrency_max = 600 }}\n\n[limits]\nconnections_max = 100\nconnections_per_ip_max = 101\nconcurrency_max = 512\nbody_read_timeout_ms = 20000\nidle_timeout_ms = 0\n"
+    );
+    assert_eq!(
+        problems(&text),
+        vec![
+            "limits.connections_per_ip_max: 101 is outside 1..=100",
+            "limits.idle_timeout_ms: 0 is outside 1..=3600000",
+            "limits.body_read_timeout_ms: 20000 is outside 1..=15000",
+            "partners[0].limits.concurrency_max: 600 is outside 1..=512",
+        ]
+    );
+}

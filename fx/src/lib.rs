@@ -21,6 +21,6 @@ pub mod spread;
 pub use amount::{Amount, AmountError};
 pub use currency::{Currency, CurrencyError};
 pub use quote::{Quote, QuoteError, QuoteRequest, RefundSplit};
-pub use rate::{MidRate, Pair, RateBook, RateError, ResolvedRate};
+pub use rate::{MidRate, Pair, RateBook, RateError, RateGuard, ResolvedRate};
 pub use rust_decimal::Decimal;
 pub use spread::{Bps, SpreadError, SpreadKey, SpreadPolicy};

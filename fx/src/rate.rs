@@ -1,6 +1,12 @@
 //! The rate book: mid rates as feeds give them, resolved for any pair directly, by inverse, or
 //! across a pivot currency (feeds usually quote everything against USD or EUR). A rate older than
 //! its source's staleness limit is not used: the pair is then unavailable, never priced stale.
+//!
+//! New rates are offered through [`RateBook::offer`], which holds them to the book's [`RateGuard`]:
+//! an `as_of` later than now plus a small skew is refused (it would count as fresh for ever and
+//! shadow every later rate), and so is a rate that moves further from the one held than the
+//! configured bound, unless the caller forces it (an admin who knows the market moved). A held
+//! rate from beyond the skew is never fresh and never shadows a new one.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -64,6 +70,26 @@ pub enum RateError {
     Stale { pair: Pair, as_of: DateTime<Utc> },
     #[error("rate arithmetic overflows for {pair}")]
     Overflow { pair: Pair },
+    #[error("the rate for {pair} is as of {as_of}, later than now ({now}) plus the allowed skew of {skew_s} s")]
+    FromFuture { pair: Pair, as_of: DateTime<Utc>, now: DateTime<Utc>, skew_s: i64 },
+    #[error("the rate for {pair} moves {move_bps} bps (from {held} to {rate}), more than the {max_bps} bps allowed")]
+    MoveTooLarge { pair: Pair, held: Decimal, rate: Decimal, move_bps: Decimal, max_bps: u32 },
+}
+
+/// What a new rate is held to before the book takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateGuard {
+    /// How far past now an `as_of` may lie (the source's clock and ours differ a little).
+    pub as_of_skew: Duration,
+    /// Largest move from the rate held for the pair, in basis points of the held rate; `None`
+    /// takes any move.
+    pub move_bps_max: Option<u32>,
+}
+
+impl Default for RateGuard {
+    fn default() -> Self {
+        RateGuard { as_of_skew: Duration::seconds(300), move_bps_max: None }
+    }
 }
 
 /// A mid rate as a source published it.
@@ -95,13 +121,113 @@ pub struct RateBook {
     max_age: BTreeMap<String, Duration>,
     default_max_age: Duration,
     pivots: Vec<Currency>,
+    guard: RateGuard,
 }
 
 impl RateBook {
     /// `default_max_age` applies to sources without their own limit; `pivots` are tried in order
     /// for cross rates.
     pub fn new(default_max_age: Duration, pivots: Vec<Currency>) -> Self {
-        RateBook { rates: BTreeMap::new(), max_age: BTreeMap::new(), default_max_age, pivots }
+        RateBook {
+            rates: BTreeMap::new(),
+            max_age: BTreeMap::new(),
+            default_max_age,
+            pivots,
+            guard: RateGuard::default(),
+        }
+    }
+
+    /// Sets what [`RateBook::offer`] holds new rates to.
+    pub fn set_guard(&mut self, guard: RateGuard) {
+        self.guard = guard;
+    }
+
+    pub fn guard(&self) -> RateGuard {
+        self.guard
+    }
+
+    /// Whether `as_of` lies beyond `now` plus the allowed skew.
+    fn beyond_skew(&self, as_of: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        now.checked_add_signed(self.guard.as_of_skew).is_some_and(|latest| as_of > latest)
+    }
+
+    /// The rate held for `pair` as published or as the inverse of the held one (a held rate from
+    /// beyond the skew does not count).
+    fn held_price(&self, pair: Pair, now: DateTime<Utc>) -> Option<(&MidRate, Decimal)> {
+        if let Some(r) = self.rates.get(&pair).filter(|r| !self.beyond_skew(r.as_of, now)) {
+            return Some((r, r.rate));
+        }
+        let r = self.rates.get(&pair.inverse()).filter(|r| !self.beyond_skew(r.as_of, now))?;
+        Some((r, Decimal::ONE.checked_div(r.rate)?))
+    }
+
+    /// How far `rate` moves from the rate held for its pair, in basis points of the held rate
+    /// (`None` when none is held, or when the move is too large to compute).
+    pub fn move_bps(&self, rate: &MidRate, now: DateTime<Utc>) -> Option<Decimal> {
+        let (_, held) = self.held_price(rate.pair, now)?;
+        let diff = rate.rate.checked_sub(held)?.abs();
+        diff.checked_mul(Decimal::from(10_000))?.checked_div(held)
+    }
+
+    /// Checks a new rate against the guard without taking it: `Ok(false)` when it is older than
+    /// the rate held (not an error: feeds arrive out of order); `force` lets a move past the bound
+    /// through, never a rate from the future.
+    pub fn check(
+        &self,
+        rate: &MidRate,
+        now: DateTime<Utc>,
+        force: bool,
+    ) -> Result<bool, RateError> {
+        let pair = rate.pair;
+        if pair.base == pair.quote {
+            return Err(RateError::SameCurrency { pair });
+        }
+        if rate.rate <= Decimal::ZERO {
+            return Err(RateError::NotPositive { pair });
+        }
+        if self.beyond_skew(rate.as_of, now) {
+            return Err(RateError::FromFuture {
+                pair,
+                as_of: rate.as_of,
+                now,
+                skew_s: self.guard.as_of_skew.num_seconds(),
+            });
+        }
+        if let Some(held) = self.rates.get(&pair) {
+            if held.as_of > rate.as_of && !self.beyond_skew(held.as_of, now) {
+                return Ok(false);
+            }
+        }
+        if let (Some(max_bps), false) = (self.guard.move_bps_max, force) {
+            if let Some((_, held)) = self.held_price(pair, now) {
+                // A move too large to compute is too large.
+                let move_bps = self.move_bps(rate, now).unwrap_or(Decimal::MAX);
+                if move_bps > Decimal::from(max_bps) {
+                    return Err(RateError::MoveTooLarge {
+                        pair,
+                        held: held.round_dp(12).normalize(),
+                        rate: rate.rate,
+                        move_bps: move_bps.round_dp(2),
+                        max_bps,
+                    });
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Takes a new rate if it passes [`RateBook::check`]; returns whether it was taken.
+    pub fn offer(
+        &mut self,
+        rate: MidRate,
+        now: DateTime<Utc>,
+        force: bool,
+    ) -> Result<bool, RateError> {
+        if !self.check(&rate, now, force)? {
+            return Ok(false);
+        }
+        self.rates.insert(rate.pair, rate);
+        Ok(true)
     }
 
     /// Sets the staleness limit of one source.
@@ -109,8 +235,9 @@ impl RateBook {
         self.max_age.insert(source.to_owned(), max_age);
     }
 
-    /// Records a rate. A rate older than the one held for the pair is ignored (feeds can arrive
-    /// out of order); returns whether it was taken.
+    /// Records a rate without the guard (rates already taken once, snapshots). A rate older than
+    /// the one held for the pair is ignored (feeds can arrive out of order); returns whether it was
+    /// taken. New rates from outside go through [`RateBook::offer`].
     pub fn upsert(&mut self, rate: MidRate) -> Result<bool, RateError> {
         if rate.pair.base == rate.pair.quote {
             return Err(RateError::SameCurrency { pair: rate.pair });
@@ -132,10 +259,11 @@ impl RateBook {
         self.rates.values()
     }
 
-    /// Whether a held rate is within its source's limit at `now`.
+    /// Whether a held rate is within its source's limit at `now`. A rate from beyond the allowed
+    /// skew is not: it would otherwise stay fresh for ever.
     pub fn is_fresh(&self, rate: &MidRate, now: DateTime<Utc>) -> bool {
         let limit = self.max_age.get(&rate.source).copied().unwrap_or(self.default_max_age);
-        now.signed_duration_since(rate.as_of) <= limit
+        now.signed_duration_since(rate.as_of) <= limit && !self.beyond_skew(rate.as_of, now)
     }
 
     /// A fresh mid for `pair` published directly or as its inverse. `Err(Some(stale))` when only a
@@ -258,6 +386,53 @@ mod tests {
         ));
         assert!(matches!(b.upsert(rate("CNY/THB", "0", 0)), Err(RateError::NotPositive { .. })));
         assert!(matches!(b.upsert(rate("CNY/CNY", "1", 0)), Err(RateError::SameCurrency { .. })));
+    }
+
+    #[test]
+    fn a_rate_from_the_future_is_refused_and_never_fresh() {
+        let mut b = book();
+        let pair: Pair = "CNY/KRW".parse().unwrap();
+        // 300 s of skew is allowed; 301 s is not.
+        assert!(b.offer(rate("CNY/KRW", "190.3", 310), t(10), false).unwrap());
+        let err = b.offer(rate("CNY/KRW", "190.4", 10 + 301 + 300), t(10), false).unwrap_err();
+        assert!(matches!(err, RateError::FromFuture { .. }), "{err}");
+        assert!(err.to_string().contains("later than now"), "{err}");
+        // One that got in unguarded (an older build) is not fresh and does not shadow new ones.
+        b.upsert(rate("CNY/KRW", "999", 86_400)).unwrap();
+        assert!(matches!(b.resolve(pair, t(20)), Err(RateError::Stale { .. })));
+        assert!(b.offer(rate("CNY/KRW", "190.5", 20), t(20), false).unwrap());
+        assert_eq!(b.resolve(pair, t(21)).unwrap().mid, d("190.5"));
+    }
+
+    #[test]
+    fn an_outsized_move_is_refused_unless_forced() {
+        let mut b = book();
+        b.set_guard(RateGuard { move_bps_max: Some(500), ..RateGuard::default() });
+        let pair: Pair = "CNY/KRW".parse().unwrap();
+        // 190.25 → 199.76 is 499.87 bps: taken.
+        assert!(b.offer(rate("CNY/KRW", "199.76", 1), t(1), false).unwrap());
+        // 199.76 → 210 is 512.6 bps: refused, the held rate stays.
+        let err = b.offer(rate("CNY/KRW", "210", 2), t(2), false).unwrap_err();
+        assert!(
+            matches!(&err, RateError::MoveTooLarge { move_bps, max_bps: 500, .. } if *move_bps == d("512.62")),
+            "{err}"
+        );
+        assert_eq!(b.resolve(pair, t(3)).unwrap().mid, d("199.76"));
+        // Against the inverse too: KRW/CNY held as 1/199.76.
+        assert!(matches!(
+            b.check(&rate("KRW/CNY", "0.01", 3), t(3), false),
+            Err(RateError::MoveTooLarge { .. })
+        ));
+        // Forced, it is taken; a rate from the future cannot be forced.
+        assert!(b.offer(rate("CNY/KRW", "210", 2), t(2), true).unwrap());
+        assert_eq!(b.resolve(pair, t(3)).unwrap().mid, d("210"));
+        assert!(matches!(
+            b.offer(rate("CNY/KRW", "210", 4_000), t(3), true),
+            Err(RateError::FromFuture { .. })
+        ));
+        // A pair with nothing held takes any first rate; an older rate is not taken, not refused.
+        assert!(b.offer(rate("CNY/THB", "4.9", 1), t(1), false).unwrap());
+        assert!(!b.offer(rate("CNY/KRW", "1", 0), t(3), false).unwrap());
     }
 
     #[test]

@@ -68,6 +68,7 @@ impl TestDaemon {
             identity: None,
             timeout_ms: 400,
             connect_timeout_ms: 400,
+            answer_bytes_max: 64 * 1024,
         });
         config.routes.insert(
             0,

@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod engine;
 pub mod flows;
+pub mod stores;
 pub mod webhook;
 
 use std::path::PathBuf;

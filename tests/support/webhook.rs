@@ -1,5 +1,8 @@
 //! A partner's webhook endpoint for tests: HTTPS with mTLS (the bridge's client certificate is
 //! required), checks each signature, records every delivery, and answers as told.
+//!
+//! A request to a path ending in `/stall` is a stalled endpoint instead: it is held unanswered
+//! (counted, with a signal) until the test releases it, then answered 503.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,12 +49,51 @@ struct State {
     mode: Option<Mode>,
     attempts: HashMap<String, u32>,
     received: Vec<Received>,
+    stalls: Stalls,
+}
+
+/// Requests to the stalling path.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stalls {
+    /// Held unanswered now.
+    pub held: usize,
+    /// The most held at once.
+    pub held_max: usize,
+    /// Received in all.
+    pub total: usize,
+}
+
+/// One held request; counted out when its handler ends or is dropped (the client gave up).
+struct Held {
+    state: Arc<Mutex<State>>,
+    signal: Arc<watch::Sender<Stalls>>,
+}
+
+impl Held {
+    fn start(state: &Arc<Mutex<State>>, signal: &Arc<watch::Sender<Stalls>>) -> Held {
+        let mut s = state.lock().unwrap();
+        s.stalls.held += 1;
+        s.stalls.total += 1;
+        s.stalls.held_max = s.stalls.held_max.max(s.stalls.held);
+        signal.send_replace(s.stalls);
+        Held { state: state.clone(), signal: signal.clone() }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.stalls.held -= 1;
+        self.signal.send_replace(s.stalls);
+    }
 }
 
 pub struct Receiver {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     progress: watch::Sender<usize>,
+    stalled: Arc<watch::Sender<Stalls>>,
+    release: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -69,17 +111,31 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State { mode: Some(mode), ..State::default() }));
         let (progress, _) = watch::channel(0usize);
+        let stalled = Arc::new(watch::channel(Stalls::default()).0);
+        let (release, released) = watch::channel(false);
         let (shutdown, stop) = watch::channel(false);
         let st = state.clone();
         let tx = progress.clone();
+        let stalls = stalled.clone();
         let limits = ServeLimits {
             connections_max: 256,
             handshake_timeout: std::time::Duration::from_secs(5),
+            ..ServeLimits::default()
         };
         tokio::spawn(https::serve(listener, tls, limits, stop, move |req, _conn| {
             let st = st.clone();
             let tx = tx.clone();
+            let stalls = stalls.clone();
+            let mut released = released.clone();
             async move {
+                if req.uri().path().ends_with("/stall") {
+                    let _held = Held::start(&st, &stalls);
+                    let _ = released.wait_for(|r| *r).await;
+                    return Ok(Response::builder()
+                        .status(StatusCode::SERVICE_UNAVAILABLE)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap());
+                }
                 let header = |name: &str| {
                     req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
                 };
@@ -121,7 +177,31 @@ impl Receiver {
                 Ok(Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
             }
         }));
-        Receiver { addr, state, progress, shutdown }
+        Receiver { addr, state, progress, stalled, release, shutdown }
+    }
+
+    /// The stalling path's URL: requests to it are held until [`Receiver::release_stalled`].
+    pub fn stalling_url(&self) -> String {
+        format!("https://{}/hooks/stall", self.addr)
+    }
+
+    /// Requests to the stalling path so far.
+    pub fn stalls(&self) -> Stalls {
+        self.state.lock().unwrap().stalls
+    }
+
+    /// Answers every held request (503), and every later one at once.
+    pub fn release_stalled(&self) {
+        self.release.send_replace(true);
+    }
+
+    /// Waits (on the endpoint's signal) until `done` holds of the stalling path's counts; fails
+    /// after `limit` as a safety net.
+    pub async fn wait_stalls(&self, limit: std::time::Duration, done: impl Fn(Stalls) -> bool) {
+        let mut rx = self.stalled.subscribe();
+        if tokio::time::timeout(limit, rx.wait_for(|s| done(*s))).await.is_err() {
+            panic!("stalled requests not as awaited in {limit:?}: {:?}", self.stalls());
+        }
     }
 
     pub fn url(&self) -> String {
@@ -161,6 +241,7 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
+        self.release.send_replace(true);
         let _ = self.shutdown.send(true);
     }
 }

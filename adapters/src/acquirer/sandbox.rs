@@ -78,8 +78,16 @@ impl Sandbox {
         let state = Arc::new(Mutex::new(State::default()));
         let (tx, rx) = watch::channel(false);
         let st = state.clone();
-        let limits =
-            ServeLimits { connections_max: 1024, handshake_timeout: Duration::from_secs(5) };
+        // The bridge is its only client: one address may use every slot. Idle connections are
+        // kept longer than the bridge's pool keeps them, so the pool never reuses one that the
+        // sandbox is closing.
+        let limits = ServeLimits {
+            connections_max: 1024,
+            connections_per_ip_max: 1024,
+            header_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            ..ServeLimits::default()
+        };
         let task = tokio::spawn(https::serve(listener, tls, limits, rx, move |req, conn| {
             handle(req, conn, st.clone(), config)
         }));

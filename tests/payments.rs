@@ -1,0 +1,450 @@
+//! Proves the payment paths hold under hang-ups, races, refusals and slow disks: a payment whose
+//! request is dropped still finishes; a refused reversal ends (the cancel is refused, with a
+//! reason and a webhook); no lock is held while the acquirer is asked; a refund retried
+//! concurrently gets the same refund; only an explicit decline is a decline (in our words);
+//! nothing is answered before it is durable; a failed PENDING flush is finished by the retry; an
+//! order code pays once. The engine runs over a store whose flushes the test gates, and an
+//! acquirer the test scripts (and holds, where a race must be lined up); the cancel window runs on
+//! the real daemon over mTLS.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qrbridge::api::{PayRequestBody, Payer, QuoteRequestBody, RawAmount, RefundRequestBody};
+use qrbridge::clock::SystemClock;
+use qrbridge::engine::{AcquirerService, Engine};
+use qrbridge::error::ApiError;
+use qrbridge::model::*;
+use qrbridge::store::Store;
+use qrbridge_adapters::acquirer::wire::{InstructionAnswer, InstructionStatus};
+use qrbridge_adapters::acquirer::{AcquirerError, AcquirerRequest, AcquirerResponse};
+use support::stores::ControlledStore;
+use tokio::sync::{mpsc, watch};
+
+/// How the scripted acquirer answers one kind of call.
+#[derive(Debug, Clone)]
+enum Reply {
+    Status(InstructionStatus),
+    /// An answer about some other instruction.
+    ForOther(InstructionStatus),
+    Fail(AcquirerError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Send,
+    Inquire,
+    Reverse,
+}
+
+struct Script {
+    send: Reply,
+    inquire: Reply,
+    reverse: Reply,
+}
+
+struct Rig {
+    engine: Arc<Engine<ControlledStore>>,
+    store: Arc<ControlledStore>,
+    script: Arc<Mutex<Script>>,
+    /// Every call the acquirer saw.
+    calls: mpsc::UnboundedReceiver<Kind>,
+    /// While false, inquiries wait.
+    inquiries_open: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+fn rig(send: Reply) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ControlledStore::open(&dir.path().join("db"));
+    let script = Arc::new(Mutex::new(Script {
+        send,
+        inquire: Reply::Status(InstructionStatus::Processing),
+        reverse: Reply::Status(InstructionStatus::Reversed),
+    }));
+    let (tx, calls) = mpsc::unbounded_channel();
+    let (inquiries_open, open_rx) = watch::channel(true);
+    let s = script.clone();
+    let acquirer = AcquirerService::new(tower::service_fn(move |req: AcquirerRequest| {
+        let s = s.clone();
+        let tx = tx.clone();
+        let mut open = open_rx.clone();
+        async move {
+            let (kind, id) = match req {
+                AcquirerRequest::Send(i) => (Kind::Send, i.instruction_id),
+                AcquirerRequest::Inquire(id) => (Kind::Inquire, id),
+                AcquirerRequest::Reverse(id) => (Kind::Reverse, id),
+                AcquirerRequest::Lookup(_) => {
+                    return Err(AcquirerError::NotSent("scripted: no lookups".into()))
+                }
+            };
+            let _ = tx.send(kind);
+            if kind == Kind::Inquire {
+                let _ = open.wait_for(|o| *o).await;
+            }
+            let reply = {
+                let s = s.lock().unwrap();
+                match kind {
+                    Kind::Send => s.send.clone(),
+                    Kind::Inquire => s.inquire.clone(),
+                    Kind::Reverse => s.reverse.clone(),
+                }
+            };
+            let answer = |instruction_id: String, status| {
+                Ok(AcquirerResponse::Instruction(InstructionAnswer {
+                    instruction_id,
+                    status,
+                    acquirer_ref: Some("ACQ-REF".into()),
+                    reason: Some("ACQ-RAW: card 4111 on hold (internal code 77)".into()),
+                }))
+            };
+            match reply {
+                Reply::Status(st) => answer(id, st),
+                Reply::ForOther(st) => answer("pay_someone_else".into(), st),
+                Reply::Fail(e) => Err(e),
+            }
+        }
+    }));
+    let engine = Engine::new(support::engine::parts(
+        dir.path(),
+        store.clone(),
+        Arc::new(SystemClock),
+        HashMap::from([("sandbox".to_owned(), acquirer)]),
+    ));
+    Rig { engine, store, script, calls, inquiries_open, _dir: dir }
+}
+
+fn quote_body(code: String) -> QuoteRequestBody {
+    QuoteRequestBody {
+        code,
+        amount: Some(RawAmount { currency: "CNY".into(), value: "2372".into() }),
+        wallet_currency: "PHP".into(),
+    }
+}
+
+fn pay_body(request_id: &str, quote_id: &str) -> PayRequestBody {
+    PayRequestBody {
+        request_id: request_id.into(),
+        quote_id: quote_id.into(),
+        payer: Payer { id: "payer-1".into() },
+    }
+}
+
+/// An upper bound for something that must happen (never a speed assertion).
+const BOUND: Duration = Duration::from_secs(30);
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, f).await.unwrap_or_else(|_| panic!("{what}: did not happen"))
+}
+
+impl Rig {
+    async fn quote(&self, code: String) -> QuoteRecord {
+        self.engine.quote("p", quote_body(code)).await.unwrap()
+    }
+
+    /// Pays 23.72 CNY to a static code.
+    async fn pay(&self, request_id: &str) -> PaymentRecord {
+        let q = self.quote(support::flows::code(None)).await;
+        let (p, created) = self.engine.pay("p", pay_body(request_id, &q.quote_id)).await.unwrap();
+        assert!(created);
+        p
+    }
+
+    fn payment(&self, id: &str) -> PaymentRecord {
+        self.store.payment(id).unwrap().unwrap()
+    }
+
+    fn event_kinds(&self) -> Vec<String> {
+        self.store.outbox().unwrap().into_iter().map(|(_, e)| e.kind).collect()
+    }
+
+    fn calls_seen(&mut self) -> Vec<Kind> {
+        let mut seen = Vec::new();
+        while let Ok(k) = self.calls.try_recv() {
+            seen.push(k);
+        }
+        seen
+    }
+}
+
+// Item 1: the request future dropped while PENDING is being flushed.
+#[tokio::test]
+async fn a_payment_dropped_while_pending_is_flushed_still_finishes() {
+    let mut rig = rig(Reply::Status(InstructionStatus::Approved));
+    let q = rig.quote(support::flows::code(None)).await;
+    rig.store.close_gate();
+    let waiting = rig.store.flush_waiting.notified();
+    let engine = rig.engine.clone();
+    let quote_id = q.quote_id.clone();
+    let request = tokio::spawn(async move { engine.pay("p", pay_body("r-1", &quote_id)).await });
+    within("PENDING reaches its flush", waiting).await;
+    // The partner hangs up (or the 15 s request timeout fires): the request future is dropped.
+    request.abort();
+    assert!(request.await.unwrap_err().is_cancelled());
+    rig.store.open_gate();
+
+    // The payment is instructed anyway, and a retry sees it finished.
+    assert_eq!(within("the instruction", rig.calls.recv()).await, Some(Kind::Send));
+    let (p, created) =
+        within("the retry", rig.engine.pay("p", pay_body("r-1", &q.quote_id))).await.unwrap();
+    assert!(!created);
+    assert_eq!(p.state, PaymentState::Succeeded);
+    assert!(!rig.engine.is_inflight(&p.payment_id), "nothing left in flight");
+    assert!(rig.store.work_item(&p.payment_id).unwrap().is_none(), "the resolver has nothing");
+    assert_eq!(rig.calls_seen(), vec![], "one instruction only");
+}
+
+// Item 7: a failed PENDING flush answers INTERNAL; the same request repeated finishes the payment.
+#[tokio::test]
+async fn a_failed_pending_flush_is_finished_by_the_retry() {
+    let mut rig = rig(Reply::Status(InstructionStatus::Approved));
+    let q = rig.quote(support::flows::code(None)).await;
+    rig.store.set_failing(true);
+    let err = rig.engine.pay("p", pay_body("r-1", &q.quote_id)).await.unwrap_err();
+    assert_eq!(err, ApiError::Internal);
+    assert_eq!(rig.calls_seen(), vec![], "nothing is sent before PENDING is durable");
+    assert!(!rig.engine.is_inflight("any"), "no bookkeeping left behind");
+
+    rig.store.set_failing(false);
+    let (p, created) = rig.engine.pay("p", pay_body("r-1", &q.quote_id)).await.unwrap();
+    assert!(!created, "the same payment, not a second one");
+    assert_eq!(p.state, PaymentState::Succeeded);
+    assert_eq!(rig.calls_seen(), vec![Kind::Send]);
+    // And again: a replay, nothing sent.
+    let (again, created) = rig.engine.pay("p", pay_body("r-1", &q.quote_id)).await.unwrap();
+    assert_eq!((again.payment_id, again.state, created), (p.payment_id, p.state, false));
+    assert_eq!(rig.calls_seen(), vec![]);
+}
+
+// Item 6: what a read shows has been made durable first; a failed flush shows nothing.
+#[tokio::test]
+async fn reads_wait_for_durability_and_fail_with_the_flush() {
+    let rig = rig(Reply::Status(InstructionStatus::Approved));
+    let q = rig.quote(support::flows::code(None)).await;
+    rig.store.close_gate();
+    let engine = rig.engine.clone();
+    let quote_id = q.quote_id.clone();
+    let waiting = rig.store.flush_waiting.notified();
+    let paying = tokio::spawn(async move { engine.pay("p", pay_body("r-1", &quote_id)).await });
+    within("PENDING reaches its flush", waiting).await;
+    // PENDING is in the store but not durable: a GET may not show it yet.
+    let engine = rig.engine.clone();
+    let mut get = tokio::spawn(async move { engine.get_by_request("p", "r-1").await });
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut get).await;
+    assert!(early.is_err(), "a GET answered before the state was durable: {early:?}");
+    // The flush fails: neither the payment nor the GET says anything about it.
+    rig.store.set_failing(true);
+    rig.store.open_gate();
+    assert_eq!(within("pay", paying).await.unwrap().unwrap_err(), ApiError::Internal);
+    assert_eq!(within("get", get).await.unwrap().unwrap_err(), ApiError::Internal);
+}
+
+// Item 3: a resolver step waiting on the acquirer holds no lock: a cancel goes through.
+#[tokio::test]
+async fn no_lock_is_held_while_the_acquirer_is_asked() {
+    let mut rig = rig(Reply::Fail(AcquirerError::Unknown("timeout".into())));
+    let p = rig.pay("r-1").await;
+    assert_eq!(p.state, PaymentState::Unknown);
+    assert_eq!(rig.calls_seen(), vec![Kind::Send]);
+
+    rig.inquiries_open.send_replace(false);
+    let engine = rig.engine.clone();
+    let id = p.payment_id.clone();
+    let step = tokio::spawn(async move { engine.step(&id, Some(Task::Inquire)).await });
+    assert_eq!(within("the inquiry", rig.calls.recv()).await, Some(Kind::Inquire));
+    // The inquiry hangs at the acquirer; the partner's cancel does not wait for it.
+    let cancelled = tokio::time::timeout(Duration::from_secs(10), rig.engine.cancel("p", &p.payment_id))
+        .await
+        .expect("the cancel waited on the resolver's acquirer call")
+        .unwrap();
+    assert_eq!(cancelled.state, PaymentState::Cancelled);
+    // The inquiry's answer, now stale, changes nothing.
+    rig.script.lock().unwrap().inquire = Reply::Status(InstructionStatus::Approved);
+    rig.inquiries_open.send_replace(true);
+    within("the step", step).await.unwrap().unwrap();
+    let now = rig.payment(&p.payment_id);
+    assert_eq!((now.state, now.booked), (PaymentState::Cancelled, false));
+    assert_eq!(rig.store.work_item(&p.payment_id).unwrap().unwrap().task, Task::Verify);
+}
+
+// Item 2: a cancel the acquirer refuses ends: the payment stays SUCCEEDED, with a reason and a
+// webhook, after a bounded number of tries; a second cancel is refused at once.
+#[tokio::test]
+async fn a_refused_reversal_ends_in_a_refused_cancel() {
+    let mut rig = rig(Reply::Status(InstructionStatus::Approved));
+    let p = rig.pay("r-1").await;
+    assert_eq!(p.state, PaymentState::Succeeded);
+    rig.script.lock().unwrap().reverse = Reply::Status(InstructionStatus::Approved);
+    let c = rig.engine.cancel("p", &p.payment_id).await.unwrap();
+    assert_eq!(c.state.api_status(), "PROCESSING");
+    let w = rig.store.work_item(&p.payment_id).unwrap().unwrap();
+    assert_eq!((w.task, w.refusals), (Task::Reverse, 1));
+    assert_eq!(w.last_error.as_deref(), Some("APPROVED"), "the admin API shows why");
+    // The resolver tries again, twice (reversal_refusals_max = 3), then gives up.
+    rig.script.lock().unwrap().reverse =
+        Reply::Fail(AcquirerError::Rejected { status: 409, message: "ACQ-RAW: too late".into() });
+    for _ in 0..2 {
+        rig.engine.step(&p.payment_id, Some(Task::Reverse)).await.unwrap();
+    }
+    let end = rig.payment(&p.payment_id);
+    assert_eq!((end.state, end.booked, end.reversal_refused), (PaymentState::Succeeded, true, true));
+    let refusal = end.cancel_refusal.clone().expect("a reason");
+    assert_eq!(refusal.code, "REVERSAL_REFUSED");
+    assert!(!refusal.message.contains("ACQ-RAW"), "our words to partners");
+    assert!(rig.store.work_item(&p.payment_id).unwrap().is_none(), "no endless retries");
+    assert_eq!(rig.event_kinds(), vec!["payment.succeeded", "payment.cancel_refused"]);
+    let kinds: Vec<String> = rig.store.journal().unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec!["payment"], "the payment stays booked, once");
+    assert_eq!(rig.calls_seen(), vec![Kind::Send, Kind::Reverse, Kind::Reverse, Kind::Reverse]);
+    // Cancelling again: refused at once, nothing sent.
+    let again = rig.engine.cancel("p", &p.payment_id).await.unwrap_err();
+    assert_eq!(again.code(), "CANCEL_NOT_ALLOWED");
+    assert_eq!(rig.calls_seen(), vec![]);
+}
+
+// Item 2: a cancel of a payment in doubt whose reversal is refused goes back to inquiry, which
+// settles it; and a reversal at expiry that the acquirer answers "approved" ends SUCCEEDED.
+#[tokio::test]
+async fn a_refused_reversal_of_a_payment_in_doubt_is_settled_by_inquiry() {
+    let mut rig = rig(Reply::Fail(AcquirerError::Unknown("timeout".into())));
+    let p = rig.pay("r-1").await;
+    rig.script.lock().unwrap().reverse =
+        Reply::Fail(AcquirerError::Rejected { status: 422, message: "ACQ-RAW: no".into() });
+    rig.engine.cancel("p", &p.payment_id).await.unwrap();
+    for _ in 0..2 {
+        rig.engine.step(&p.payment_id, Some(Task::Reverse)).await.unwrap();
+    }
+    let mid = rig.payment(&p.payment_id);
+    assert_eq!((mid.state, mid.reversal_refused), (PaymentState::Unknown, true));
+    assert_eq!(rig.store.work_item(&p.payment_id).unwrap().unwrap().task, Task::Inquire);
+    rig.script.lock().unwrap().inquire = Reply::Status(InstructionStatus::Approved);
+    let end = rig.engine.step(&p.payment_id, Some(Task::Inquire)).await.unwrap().unwrap();
+    assert_eq!((end.state, end.booked), (PaymentState::Succeeded, true));
+    assert_eq!(end.cancel_refusal.unwrap().code, "REVERSAL_REFUSED");
+    assert_eq!(rig.event_kinds(), vec!["payment.cancel_refused", "payment.succeeded"]);
+    assert!(rig.store.work_item(&p.payment_id).unwrap().is_none());
+    assert_eq!(rig.calls_seen().iter().filter(|k| **k == Kind::Reverse).count(), 3);
+}
+
+// Item 4: a refund retried while the first is being recorded gets that refund, not a 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_refund_retry_gets_the_same_refund() {
+    let rig = rig(Reply::Status(InstructionStatus::Approved));
+    let p = rig.pay("r-1").await;
+    let body = || RefundRequestBody {
+        refund_id: "acq-ref-1".into(),
+        instruction_id: p.payment_id.clone(),
+        amount: RawAmount { currency: "CNY".into(), value: "2372".into() },
+        reason: "customer returned the noodles".into(),
+    };
+    // The first request's write waits until the retry has looked the refund up (and missed it).
+    rig.store.hold_refund_write.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (e1, e2) = (rig.engine.clone(), rig.engine.clone());
+    let (b1, b2) = (body(), body());
+    let first = tokio::spawn(async move { e1.refund("sandbox", b1).await });
+    let second = tokio::spawn(async move { e2.refund("sandbox", b2).await });
+    let (r1, r2) = (within("first", first).await.unwrap(), within("second", second).await.unwrap());
+    let (r1, r2) = (r1.expect("first refund"), r2.expect("the retry gets the refund, not 422"));
+    assert_eq!(r1.0.refund_id, r2.0.refund_id);
+    assert_eq!(u8::from(r1.1) + u8::from(r2.1), 1, "exactly one made it");
+    assert_eq!(rig.payment(&p.payment_id).refunded_cny.minor(), 2372);
+    assert!(rig.store.ledger_sums().unwrap().values().all(|s| *s == 0));
+}
+
+// Item 5 (engine side) and 17: only an explicit answer about this instruction decides; a decline
+// is told in our words, the acquirer's own kept for admins.
+#[tokio::test]
+async fn only_an_explicit_answer_decides_and_partners_get_our_words() {
+    for (send, state) in [
+        (Reply::ForOther(InstructionStatus::Approved), PaymentState::Unknown),
+        (Reply::ForOther(InstructionStatus::Declined), PaymentState::Unknown),
+        (Reply::Status(InstructionStatus::Processing), PaymentState::Unknown),
+        (Reply::Status(InstructionStatus::NotFound), PaymentState::Unknown),
+        (Reply::Fail(AcquirerError::Unknown("429 Too Many Requests".into())), PaymentState::Unknown),
+        (Reply::Status(InstructionStatus::Declined), PaymentState::Failed),
+        (
+            Reply::Fail(AcquirerError::Rejected {
+                status: 422,
+                message: "ACQ-RAW: merchant 123 frozen".into(),
+            }),
+            PaymentState::Failed,
+        ),
+    ] {
+        let rig = rig(send.clone());
+        let p = rig.pay("r-1").await;
+        assert_eq!(p.state, state, "{send:?}");
+        if state == PaymentState::Failed {
+            let f = p.failure.clone().unwrap();
+            assert_eq!(f.code, "DECLINED");
+            assert!(!f.message.contains("ACQ-RAW"), "raw acquirer text reached the partner: {f:?}");
+            let body = serde_json::to_string(&qrbridge::api::PaymentAnswer::new(&p)).unwrap();
+            assert!(!body.contains("ACQ-RAW"), "{body}");
+            assert!(p.acquirer_reason.as_deref().is_some_and(|r| r.contains("ACQ-RAW")));
+            let events = rig.store.outbox().unwrap();
+            assert!(!serde_json::to_string(&events[0].1.data).unwrap().contains("ACQ-RAW"));
+        } else {
+            assert_eq!(rig.store.work_item(&p.payment_id).unwrap().unwrap().task, Task::Inquire);
+        }
+    }
+}
+
+// Item 9: an order code is paid at most once; a static code any number of times; an order whose
+// payment failed may be paid again.
+#[tokio::test]
+async fn an_order_code_is_paid_once() {
+    let rig = rig(Reply::Status(InstructionStatus::Approved));
+    let order = support::flows::code(Some("23.72"));
+    let q1 = rig.quote(order.clone()).await;
+    assert_eq!(q1.code.code_type, "DYNAMIC");
+    let (p1, _) = rig.engine.pay("p", pay_body("r-1", &q1.quote_id)).await.unwrap();
+    assert_eq!(p1.state, PaymentState::Succeeded);
+    let q2 = rig.quote(order.clone()).await;
+    let err = rig.engine.pay("p", pay_body("r-2", &q2.quote_id)).await.unwrap_err();
+    assert_eq!(err, ApiError::OrderAlreadyPaid);
+    assert_eq!(err.response().status().as_u16(), 409);
+    // The refused request left nothing: its request id is free, the quote unused.
+    assert!(rig.store.payment_by_request("p", "r-2").unwrap().is_none());
+
+    // Static codes pay again and again.
+    for i in 0..3 {
+        rig.pay(&format!("s-{i}")).await;
+    }
+
+    // A declined order may be paid again.
+    let rig = self::rig(Reply::Status(InstructionStatus::Declined));
+    let q1 = rig.quote(order.clone()).await;
+    let (p1, _) = rig.engine.pay("p", pay_body("r-1", &q1.quote_id)).await.unwrap();
+    assert_eq!(p1.state, PaymentState::Failed);
+    rig.script.lock().unwrap().send = Reply::Status(InstructionStatus::Approved);
+    let q2 = rig.quote(order).await;
+    let (p2, _) = rig.engine.pay("p", pay_body("r-2", &q2.quote_id)).await.unwrap();
+    assert_eq!(p2.state, PaymentState::Succeeded);
+}
+
+// Item 11: the cancel window is the contract's (00:30 Asia/Shanghai, T+1), whatever zone
+// settlement runs in. Over the real daemon and mTLS.
+#[tokio::test]
+async fn the_cancel_window_ends_0030_shanghai_whatever_the_settlement_zone() {
+    use support::daemon::{assert_error, Setup, TestDaemon};
+    use support::flows::quote_and_pay;
+    // 23:00 in Shanghai (15:00 UTC, 11:00 in New York).
+    let start = chrono::DateTime::parse_from_rfc3339("2026-05-22T15:00:00Z").unwrap().into();
+    let d = TestDaemon::start_with(Setup {
+        manual_clock: true,
+        start_at: Some(start),
+        tweak: Box::new(|c| c.settlement.time_zone = "America/New_York".into()),
+        ..Setup::default()
+    })
+    .await;
+    let c = d.client("partner-demo");
+    let (_, p) = quote_and_pay(&c, 3_000, "late-evening").await;
+    let id = p["payment_id"].as_str().unwrap().to_owned();
+    // 00:40 in Shanghai the next day (16:40 UTC; still the same day in New York): too late.
+    d.clock.as_ref().unwrap().advance(chrono::Duration::minutes(100));
+    let late = c.post(&format!("/v1/payments/{id}/cancel"), &serde_json::json!({})).await;
+    assert_error(&late, 409, "CANCEL_WINDOW_CLOSED");
+    d.finish().await;
+}

@@ -1,0 +1,165 @@
+//! A sled store the test controls: flushes that fail or wait at a gate, and a refund write that
+//! waits until another request has looked the refund up (to line up a race deterministically).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use chrono::{DateTime, Utc};
+use qrbridge::model::*;
+use qrbridge::store::{Begin, Change, EventSeq, SledStore, Store, StoreError, StoreFuture};
+use tokio::sync::{watch, Notify};
+
+pub struct ControlledStore {
+    pub inner: SledStore,
+    /// Every flush fails while set.
+    pub fail: AtomicBool,
+    /// While false, flushes wait (each signals `flush_waiting` first).
+    gate: watch::Sender<bool>,
+    pub flush_waiting: Notify,
+    /// Refund lookups so far, and a refund write armed to wait for one more.
+    lookups: Mutex<u64>,
+    looked_up: Condvar,
+    pub hold_refund_write: AtomicBool,
+}
+
+impl ControlledStore {
+    pub fn new(inner: SledStore) -> Arc<Self> {
+        Arc::new(ControlledStore {
+            inner,
+            fail: AtomicBool::new(false),
+            gate: watch::channel(true).0,
+            flush_waiting: Notify::new(),
+            lookups: Mutex::new(0),
+            looked_up: Condvar::new(),
+            hold_refund_write: AtomicBool::new(false),
+        })
+    }
+
+    pub fn open(path: &std::path::Path) -> Arc<Self> {
+        Self::new(SledStore::open(path, 8 << 20).unwrap())
+    }
+
+    /// Flushes wait from now on, until [`ControlledStore::open_gate`].
+    pub fn close_gate(&self) {
+        self.gate.send_replace(false);
+    }
+
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    pub fn set_failing(&self, fail: bool) {
+        self.fail.store(fail, Ordering::SeqCst);
+    }
+}
+
+impl Store for ControlledStore {
+    fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError> {
+        self.inner.put_quote(q)
+    }
+    fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
+        self.inner.quote(id)
+    }
+    fn begin_payment(
+        &self,
+        p: &PaymentRecord,
+        work: &WorkItem,
+        now: DateTime<Utc>,
+    ) -> Result<Begin, StoreError> {
+        self.inner.begin_payment(p, work, now)
+    }
+    fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
+        self.inner.payment(id)
+    }
+    fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.inner.payments()
+    }
+    fn payment_by_request(
+        &self,
+        partner: &str,
+        request_id: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        self.inner.payment_by_request(partner, request_id)
+    }
+    fn apply(&self, change: &Change) -> Result<(), StoreError> {
+        if change.refund.is_some() && self.hold_refund_write.swap(false, Ordering::SeqCst) {
+            // Wait (on this thread) until another request has looked the refund up.
+            let mut n = self.lookups.lock().unwrap();
+            let start = *n;
+            let limit = std::time::Duration::from_secs(10);
+            while *n == start {
+                let (guard, timeout) = self.looked_up.wait_timeout(n, limit).unwrap();
+                n = guard;
+                assert!(!timeout.timed_out(), "no second refund request came");
+            }
+        }
+        self.inner.apply(change)
+    }
+    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        self.inner.journal()
+    }
+    fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError> {
+        self.inner.work_item(payment_id)
+    }
+    fn open_work(&self) -> Result<Vec<WorkItem>, StoreError> {
+        self.inner.open_work()
+    }
+    fn refund_by_acquirer_id(
+        &self,
+        acquirer: &str,
+        acquirer_refund_id: &str,
+    ) -> Result<Option<RefundRecord>, StoreError> {
+        let found = self.inner.refund_by_acquirer_id(acquirer, acquirer_refund_id);
+        *self.lookups.lock().unwrap() += 1;
+        self.looked_up.notify_all();
+        found
+    }
+    fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
+        self.inner.refunds_of(payment_id)
+    }
+    fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
+        self.inner.outbox()
+    }
+    fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
+        self.inner.delivered(seq, d)
+    }
+    fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError> {
+        self.inner.delivered_events()
+    }
+    fn park(&self, seq: EventSeq, parked: &ParkedEvent) -> Result<(), StoreError> {
+        self.inner.park(seq, parked)
+    }
+    fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
+        self.inner.parked()
+    }
+    fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.inner.unpark(event_id, now)
+    }
+    fn admin_commit(
+        &self,
+        draft: &AuditDraft,
+        settings: &[(String, Option<Vec<u8>>)],
+    ) -> Result<AuditRecord, StoreError> {
+        self.inner.admin_commit(draft, settings)
+    }
+    fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
+        self.inner.audit_log()
+    }
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.settings(prefix)
+    }
+    fn flush(&self) -> StoreFuture<'_, ()> {
+        let mut gate = self.gate.subscribe();
+        Box::pin(async move {
+            if !*gate.borrow_and_update() {
+                self.flush_waiting.notify_one();
+                let _ = gate.wait_for(|open| *open).await;
+            }
+            if self.fail.load(Ordering::SeqCst) {
+                let e = sled::Error::Io(std::io::Error::other("injected: disk full"));
+                return Err(StoreError::Sled(Arc::new(e)));
+            }
+            self.inner.flush().await
+        })
+    }
+}
