@@ -154,7 +154,7 @@ where
             .collect(),
     );
     let callers = directory.ids().count().max(1);
-    let share = limits.concurrency_max.max(callers);
+    let share = (limits.concurrency_max / callers).max(1);
     let shares: Arc<HashMap<String, Arc<Semaphore>>> = Arc::new(
         directory
             .ids()

@@ -474,7 +474,18 @@ mod tests {
     #[test]
     fn rates_are_plain_positive_decimals() {
         assert_eq!(positive(" 57.90 "), Ok("57.90".parse().unwrap()));
-        for bad in ["1e5", "-1", "+1", "0", "0.000", "1.2.3", "", ".", "NaN", "0.00000000000000000000000000001"] {
+        for bad in [
+            "1e5",
+            "-1",
+            "+1",
+            "0",
+            "0.000",
+            "1.2.3",
+            "",
+            ".",
+            "NaN",
+            "0.00000000000000000000000000001",
+        ] {
             assert!(positive(bad).is_err(), "{bad}");
         }
     }

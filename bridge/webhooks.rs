@@ -90,7 +90,15 @@ pub async fn run<S: Store>(
         let woken = engine.events_written.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let next = match plan(&engine, &senders, &policy, &mut attempts, &busy) {
+        let planned = match plan(&engine, &senders, &policy, &mut attempts, &busy) {
+            Ok(plan) if plan.start.is_empty() => Ok(plan),
+            // Nothing leaves that a crash could take back: an event read from the outbox may
+            // belong to a change whose flush has not finished (or failed); it goes out only once
+            // a flush covers it.
+            Ok(plan) => engine.store().flush().await.map(|()| plan),
+            Err(e) => Err(e),
+        };
+        let next = match planned {
             Ok(plan) => {
                 for (seq, event) in pick(plan.start, &lanes, running.len(), &policy) {
                     let sender = senders.get(&event.partner).cloned();

@@ -276,10 +276,11 @@ async fn one_address_cannot_take_every_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_heads_and_idle_http1_and_http2_connections_are_closed() {
+async fn slow_heads_and_idle_http1_connections_meet_the_header_deadline() {
     let d = TestDaemon::start_with(setup(|c| {
         c.limits.header_read_timeout_ms = 1_000;
-        c.limits.idle_timeout_ms = 1_000;
+        // Only the head deadline can close anything here.
+        c.limits.idle_timeout_ms = 300_000;
         c.limits.shutdown_timeout_ms = 2_000;
     }))
     .await;
@@ -301,6 +302,18 @@ async fn slow_heads_and_idle_http1_and_http2_connections_are_closed() {
         bounded("closing an idle HTTP/1.1 connection", BOUND, closed_by_server(&mut raw.io)).await
     );
 
+    stop_within_deadline(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed() {
+    let d = TestDaemon::start_with(setup(|c| {
+        c.limits.header_read_timeout_ms = 300_000;
+        c.limits.idle_timeout_ms = 1_000;
+        c.limits.shutdown_timeout_ms = 2_000;
+    }))
+    .await;
+    let local = Ipv4Addr::LOCALHOST;
     // An HTTP/2 connection after its request: the server says GOAWAY and closes.
     let h2 = tls_config(&d.pki(), "partner-demo", &[b"h2"]);
     let io = tls_from(local, d.addr(), h2).await.unwrap();
@@ -326,7 +339,10 @@ async fn slow_heads_and_idle_http1_and_http2_connections_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickling_partner_never_gets_another_partner_a_503() {
     const TRICKLES: usize = 512;
+    // Two partners and 512 concurrent requests: each partner's share is 256.
+    const SHARE: usize = 256;
     let d = TestDaemon::start_with(setup(|c| {
+        c.limits.concurrency_max = 512;
         c.limits.body_read_timeout_ms = 5_000;
         c.limits.shutdown_timeout_ms = 2_000;
         c.partners[1].limits.requests_per_s = 1_000_000;
@@ -338,61 +354,86 @@ async fn a_trickling_partner_never_gets_another_partner_a_503() {
 
     // partner-demo opens 512 connections (from four hosts), then starts a quote on each at
     // once and sends only the first bytes of each body.
-    let mut trickles = JoinSet::new();
+    let (answered, mut answers) = tokio::sync::mpsc::unbounded_channel();
     let all_open = Arc::new(tokio::sync::Barrier::new(TRICKLES));
     for i in 0..TRICKLES {
         let from = Ipv4Addr::new(127, 0, 0, 30 + (i % 4) as u8);
-        let h1 = h1.clone();
-        let all_open = all_open.clone();
-        trickles.spawn(async move {
+        let (h1, all_open, answered) = (h1.clone(), all_open.clone(), answered.clone());
+        tokio::spawn(async move {
             let mut raw = Raw::new(tls_from(from, addr, h1).await.expect("connects"));
             all_open.wait().await;
             raw.head("POST", "/v1/quotes", 200).await.expect("head");
             raw.send(b"{\"code\": \"0002").await.expect("a first byte");
-            raw.answer().await
+            let _ = answered.send(raw.answer().await);
         });
     }
-
-    // partner-other works the whole time the trickles are out.
-    let other = TestClient::new(&d.pki(), Some("partner-other"), addr, false);
-    let statuses = Arc::new(Mutex::new(Vec::new()));
-    let working = {
-        let statuses = statuses.clone();
-        tokio::spawn(async move {
-            loop {
-                let (s, body) = other.post_raw("/v1/codes/decode", decode_body()).await;
-                statuses.lock().unwrap().push((s, body.to_string()));
-                let (s, body) = other.get("/v1/payments/pay_nope").await;
-                statuses.lock().unwrap().push((s, body.to_string()));
-            }
-        })
+    drop(answered);
+    let overloaded = |a: &Option<Answer>| {
+        a.as_ref().is_some_and(|a| a.status == 503 && a.body.contains("OVERLOADED"))
     };
-    let mut answers = Vec::new();
-    bounded("the trickles' answers", BOUND, async {
-        while let Some(a) = trickles.join_next().await {
-            answers.push(a.unwrap());
+    let late = |a: &Option<Answer>| {
+        a.as_ref().is_some_and(|a| a.status == 400 && a.body.contains("did not arrive"))
+    };
+
+    // Past its share, the trickler's requests are shed at once: then its share is full.
+    let mut got = Vec::new();
+    bounded("the trickler's share filling up", BOUND, async {
+        while got.iter().filter(|a| overloaded(a)).count() < TRICKLES - SHARE {
+            match answers.recv().await {
+                Some(a) => got.push(a),
+                None => break,
+            }
         }
     })
     .await;
-    working.abort();
+    assert_eq!(
+        got.iter().filter(|a| overloaded(a)).count(),
+        TRICKLES - SHARE,
+        "the trickler was not held to its share: {:?}",
+        got.iter().map(|a| a.as_ref().map(|a| a.status)).collect::<Vec<_>>()
+    );
 
-    let statuses = statuses.lock().unwrap().clone();
-    eprintln!("DIAG other {} 503s {} trickles {:?}", statuses.len(), statuses.iter().filter(|s| s.0 == 503).count(), answers.iter().map(|a| a.as_ref().map(|a| a.status)).fold(std::collections::BTreeMap::new(), |mut m, s| { *m.entry(s).or_insert(0) += 1; m }));
-    assert!(statuses.len() >= 10, "partner-other made only {} requests", statuses.len());
-    for (s, body) in statuses.iter() {
+    // While the trickler holds its whole share, partner-other is served: eight at a time.
+    let other = TestClient::new(&d.pki(), Some("partner-other"), addr, false);
+    let mut work = JoinSet::new();
+    for _ in 0..8 {
+        let other = other.clone();
+        work.spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..10 {
+                let (s, body) = other.post_raw("/v1/codes/decode", decode_body()).await;
+                statuses.push((s, body.to_string()));
+                let (s, body) = other.get("/v1/payments/pay_nope").await;
+                statuses.push((s, body.to_string()));
+            }
+            statuses
+        });
+    }
+    let mut statuses = Vec::new();
+    bounded("partner-other's requests", BOUND, async {
+        while let Some(s) = work.join_next().await {
+            statuses.extend(s.unwrap());
+        }
+    })
+    .await;
+    for (s, body) in &statuses {
         assert_ne!(*s, StatusCode::SERVICE_UNAVAILABLE, "partner-other was refused: {body}");
     }
-    // The trickler got its own refusals: past its share, shed at once; within it, refused at the
-    // body deadline.
-    let shed = answers.iter().flatten().filter(|a| a.status == 503).count();
-    let late = answers
-        .iter()
-        .flatten()
-        .filter(|a| a.status == 400 && a.body.contains("did not arrive"))
-        .count();
-    assert!(shed > 0, "{answers:?}");
-    assert!(late > 0, "{answers:?}");
-    assert_eq!(shed + late, TRICKLES, "every trickle is answered one way or the other");
+
+    // The trickles within the share end at the body deadline: the share comes back.
+    bounded("the trickles' answers", BOUND, async {
+        while let Some(a) = answers.recv().await {
+            got.push(a);
+        }
+    })
+    .await;
+    assert_eq!(got.len(), TRICKLES);
+    assert_eq!(
+        got.iter().filter(|a| late(a)).count(),
+        SHARE,
+        "{:?}",
+        got.iter().map(|a| a.as_ref().map(|a| a.status)).collect::<Vec<_>>()
+    );
     stop_within_deadline(d).await;
 }
 

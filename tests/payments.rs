@@ -448,3 +448,60 @@ async fn the_cancel_window_ends_0030_shanghai_whatever_the_settlement_zone() {
     assert_error(&late, 409, "CANCEL_WINDOW_CLOSED");
     d.finish().await;
 }
+
+// Item 6: a webhook event goes out only once a flush covers it: an event whose change's flush
+// failed waits in the outbox until a flush succeeds.
+#[tokio::test]
+async fn a_webhook_waits_until_its_change_is_durable() {
+    use qrbridge::webhooks::DeliveryPolicy;
+    use qrbridge_adapters::webhook::WebhookSender;
+    use support::webhook::{Mode, Receiver, SECRET};
+    let rig = rig(Reply::Fail(AcquirerError::Unknown("timeout".into())));
+    let p = rig.pay("r-1").await;
+    assert_eq!(p.state, PaymentState::Unknown);
+    // The inquiry finds it approved, but the outcome's flush fails (the one before the inquiry
+    // passes): the event sits in the outbox, not durable.
+    rig.store.fail_after(1);
+    rig.script.lock().unwrap().inquire = Reply::Status(InstructionStatus::Approved);
+    let err = rig.engine.step(&p.payment_id, Some(Task::Inquire)).await.unwrap_err();
+    assert_eq!(err, ApiError::Internal);
+    assert_eq!(rig.event_kinds(), vec!["payment.succeeded"]);
+
+    let pki = rig._dir.path().join("pki");
+    let hooks = Receiver::start(&pki, Mode::Ack).await;
+    let sender = WebhookSender::new(
+        &hooks.url(),
+        SECRET.as_bytes(),
+        support::daemon::client_config(&pki, Some("bridge-client")),
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+    );
+    let policy = DeliveryPolicy {
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(100),
+        max_age: chrono::Duration::hours(1),
+        concurrency: 4,
+        partner_concurrency: 2,
+    };
+    rig.store.close_gate();
+    let waiting = rig.store.flush_waiting.notified();
+    let (stop, stopped) = watch::channel(false);
+    let worker = tokio::spawn(qrbridge::webhooks::run(
+        rig.engine.clone(),
+        HashMap::from([("p".to_owned(), sender)]),
+        policy,
+        stopped,
+    ));
+    // The worker found the event and waits for a flush before sending it.
+    within("the worker's flush", waiting).await;
+    assert!(hooks.received().is_empty(), "an event went out before it was durable");
+    rig.store.set_failing(false);
+    rig.store.open_gate();
+    hooks.wait_until(BOUND, |r| !r.is_empty()).await;
+    assert_eq!(hooks.received()[0].event_id, rig.store.outbox().unwrap().first().map_or_else(
+        || rig.store.delivered_events().unwrap()[0].event.event_id.clone(),
+        |(_, e)| e.event_id.clone(),
+    ));
+    stop.send(true).unwrap();
+    within("the worker stops", worker).await.unwrap();
+}

@@ -3,7 +3,8 @@
 //!
 //! No peer can hold a connection slot for long without using it:
 //! - a connection permit is taken before `accept` (`connections_max` bounds open sockets), and
-//!   one address holds at most `connections_per_ip_max` of them (more are closed at once);
+//!   one address (an IPv6 /64) holds at most `connections_per_ip_max` of them (more are closed at
+//!   once);
 //! - the TLS handshake has a deadline;
 //! - HTTP/1 request heads have a deadline (hyper's, which needs the timer set here; it also runs
 //!   between requests on a keep-alive connection);
@@ -70,8 +71,9 @@ impl std::error::Error for Reset {}
 pub struct ServeLimits {
     /// Open connections; more wait in the kernel's accept queue.
     pub connections_max: usize,
-    /// Open connections from one IP address; more are closed as soon as they are accepted.
-    /// Behind a load balancer that hides client addresses, set it to `connections_max`.
+    /// Open connections from one IP address (an IPv6 /64 counts as one); more are closed as soon
+    /// as they are accepted. Behind a load balancer that hides client addresses, set it to
+    /// `connections_max`.
     pub connections_per_ip_max: usize,
     /// The TLS handshake must finish within this.
     pub handshake_timeout: Duration,
@@ -141,6 +143,20 @@ impl From<watch::Receiver<Arc<rustls::ServerConfig>>> for ServerTls {
 struct PerIp {
     max: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// The host an address counts as for the per-address limit: an IPv4 address (also when mapped
+/// into IPv6), or an IPv6 /64, which one host or site gets whole.
+fn host(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
+            )),
+        },
+    }
 }
 
 /// One connection's place in [`PerIp`]; given back on drop.
@@ -276,7 +292,7 @@ pub async fn serve<H, F>(
             },
             _ = stopped(&mut shutdown) => break,
         };
-        let Some(slot) = PerIp::take(&per_ip, remote.ip()) else {
+        let Some(slot) = PerIp::take(&per_ip, host(remote.ip())) else {
             tracing::debug!(%remote, "closing a connection past the per-address limit");
             continue;
         };
@@ -410,4 +426,31 @@ pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<
 /// Resolves once `shutdown` says true (or its sender is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_host_and_mapped_ipv4_is_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::7".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(host(a), host(b));
+        assert_ne!(host(a), host(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(host(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn per_address_slots_are_given_back() {
+        let table = Arc::new(PerIp { max: 2, open: Mutex::default() });
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let one = PerIp::take(&table, ip).expect("first");
+        let _two = PerIp::take(&table, ip).expect("second");
+        assert!(PerIp::take(&table, ip).is_none());
+        drop(one);
+        assert!(PerIp::take(&table, ip).is_some());
+    }
 }

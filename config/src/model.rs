@@ -427,8 +427,9 @@ pub struct Limits {
     pub body_bytes_max: u64,
     /// Open connections per listener; more wait in the accept queue.
     pub connections_max: u32,
-    /// Open connections from one IP address per listener; more are closed at once. Behind a load
-    /// balancer that hides client addresses, raise it to `connections_max`.
+    /// Open connections from one IP address (an IPv6 /64 counts as one) per listener; more are
+    /// closed at once. Behind a load balancer that hides client addresses, raise it to
+    /// `connections_max`.
     pub connections_per_ip_max: u32,
     /// Requests being handled at once per listener; more are shed with 503. Each caller also has
     /// its own share (`partners[].limits.concurrency_max`).

@@ -11,8 +11,9 @@ use tokio::sync::{watch, Notify};
 
 pub struct ControlledStore {
     pub inner: SledStore,
-    /// Every flush fails while set.
+    /// Every flush fails while set (but for the next `passes`).
     pub fail: AtomicBool,
+    passes: std::sync::atomic::AtomicU32,
     /// While false, flushes wait (each signals `flush_waiting` first).
     gate: watch::Sender<bool>,
     pub flush_waiting: Notify,
@@ -27,6 +28,7 @@ impl ControlledStore {
         Arc::new(ControlledStore {
             inner,
             fail: AtomicBool::new(false),
+            passes: std::sync::atomic::AtomicU32::new(0),
             gate: watch::channel(true).0,
             flush_waiting: Notify::new(),
             lookups: Mutex::new(0),
@@ -50,6 +52,12 @@ impl ControlledStore {
 
     pub fn set_failing(&self, fail: bool) {
         self.fail.store(fail, Ordering::SeqCst);
+    }
+
+    /// The next `n` flushes succeed, every one after fails.
+    pub fn fail_after(&self, n: u32) {
+        self.passes.store(n, Ordering::SeqCst);
+        self.fail.store(true, Ordering::SeqCst);
     }
 }
 
@@ -155,7 +163,11 @@ impl Store for ControlledStore {
                 self.flush_waiting.notify_one();
                 let _ = gate.wait_for(|open| *open).await;
             }
-            if self.fail.load(Ordering::SeqCst) {
+            let pass = self
+                .passes
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if self.fail.load(Ordering::SeqCst) && !pass {
                 let e = sled::Error::Io(std::io::Error::other("injected: disk full"));
                 return Err(StoreError::Sled(Arc::new(e)));
             }
