@@ -904,7 +904,13 @@ impl<S: Store> Engine<S> {
     }
 
     /// What an inquiry about a payment whose outcome is unknown says.
-    fn inquired(&self, p: &PaymentRecord, item: &WorkItem, asked: Asked, now: DateTime<Utc>) -> Change {
+    fn inquired(
+        &self,
+        p: &PaymentRecord,
+        item: &WorkItem,
+        asked: Asked,
+        now: DateTime<Utc>,
+    ) -> Change {
         let mut change = Change::of(p.successor(now));
         change.work = Work::Done;
         let (status, last_error) = asked.status();
@@ -935,7 +941,11 @@ impl<S: Store> Engine<S> {
                 if p.reversal_refused {
                     // The acquirer will not reverse it: ask until it says how it ended.
                     let due = item.due.max(now) + self.resolver.delay(attempt);
-                    return Self::unchanged(p, now, self.again(item, due, item.refusals, last_error));
+                    return Self::unchanged(
+                        p,
+                        now,
+                        self.again(item, due, item.refusals, last_error),
+                    );
                 }
                 if now >= p.created_at + self.resolver.expiry {
                     tracing::warn!(payment = %p.payment_id, "outcome still unknown at expiry; reversing");
@@ -963,7 +973,13 @@ impl<S: Store> Engine<S> {
     /// tried `reversal_refusals_max` times; then the bridge gives up reversing (see
     /// [`Engine::reversal_refused`]). No answer at all is unknown, and is tried again on the
     /// schedule.
-    fn reversed(&self, p: &PaymentRecord, item: &WorkItem, asked: Asked, now: DateTime<Utc>) -> Change {
+    fn reversed(
+        &self,
+        p: &PaymentRecord,
+        item: &WorkItem,
+        asked: Asked,
+        now: DateTime<Utc>,
+    ) -> Change {
         let (status, last_error) = asked.status();
         let confirmed = matches!(
             status,
@@ -1069,7 +1085,13 @@ impl<S: Store> Engine<S> {
     }
 
     /// After a confirmed reversal: was anything approved behind it?
-    fn verified(&self, p: &PaymentRecord, item: &WorkItem, asked: Asked, now: DateTime<Utc>) -> Change {
+    fn verified(
+        &self,
+        p: &PaymentRecord,
+        item: &WorkItem,
+        asked: Asked,
+        now: DateTime<Utc>,
+    ) -> Change {
         let (status, last_error) = asked.status();
         match status {
             Some(InstructionStatus::Approved) => {
@@ -1310,8 +1332,10 @@ impl<S: Store> Engine<S> {
 /// A payment the acquirer declined: our words for the partner, its own for logs and admins.
 fn declined(p: &mut PaymentRecord, acquirer_reason: Option<String>) {
     p.state = PaymentState::Failed;
-    p.failure =
-        Some(Failure { code: "DECLINED".into(), message: "the acquirer declined the payment".into() });
+    p.failure = Some(Failure {
+        code: "DECLINED".into(),
+        message: "the acquirer declined the payment".into(),
+    });
     p.acquirer_reason = acquirer_reason;
 }
 

@@ -420,7 +420,8 @@ async fn pay_loop(
             "payer": {"id": format!("payer-{}", rng.u32(..1000))},
         });
         book.lock().unwrap().sent.insert(request_id.clone(), body.clone());
-        let send = client.try_send(Method::POST, "/v1/payments", Some(body.to_string().into_bytes()));
+        let send =
+            client.try_send(Method::POST, "/v1/payments", Some(body.to_string().into_bytes()));
         if hang_up && rng.bool() {
             // Whatever came back within the patience is not read either.
             let patience = Duration::from_millis(rng.u64(0..=20));

@@ -256,10 +256,11 @@ async fn no_lock_is_held_while_the_acquirer_is_asked() {
     let step = tokio::spawn(async move { engine.step(&id, Some(Task::Inquire)).await });
     assert_eq!(within("the inquiry", rig.calls.recv()).await, Some(Kind::Inquire));
     // The inquiry hangs at the acquirer; the partner's cancel does not wait for it.
-    let cancelled = tokio::time::timeout(Duration::from_secs(10), rig.engine.cancel("p", &p.payment_id))
-        .await
-        .expect("the cancel waited on the resolver's acquirer call")
-        .unwrap();
+    let cancelled =
+        tokio::time::timeout(Duration::from_secs(10), rig.engine.cancel("p", &p.payment_id))
+            .await
+            .expect("the cancel waited on the resolver's acquirer call")
+            .unwrap();
     assert_eq!(cancelled.state, PaymentState::Cancelled);
     // The inquiry's answer, now stale, changes nothing.
     rig.script.lock().unwrap().inquire = Reply::Status(InstructionStatus::Approved);
@@ -290,7 +291,10 @@ async fn a_refused_reversal_ends_in_a_refused_cancel() {
         rig.engine.step(&p.payment_id, Some(Task::Reverse)).await.unwrap();
     }
     let end = rig.payment(&p.payment_id);
-    assert_eq!((end.state, end.booked, end.reversal_refused), (PaymentState::Succeeded, true, true));
+    assert_eq!(
+        (end.state, end.booked, end.reversal_refused),
+        (PaymentState::Succeeded, true, true)
+    );
     let refusal = end.cancel_refusal.clone().expect("a reason");
     assert_eq!(refusal.code, "REVERSAL_REFUSED");
     assert!(!refusal.message.contains("ACQ-RAW"), "our words to partners");
@@ -363,7 +367,10 @@ async fn only_an_explicit_answer_decides_and_partners_get_our_words() {
         (Reply::ForOther(InstructionStatus::Declined), PaymentState::Unknown),
         (Reply::Status(InstructionStatus::Processing), PaymentState::Unknown),
         (Reply::Status(InstructionStatus::NotFound), PaymentState::Unknown),
-        (Reply::Fail(AcquirerError::Unknown("429 Too Many Requests".into())), PaymentState::Unknown),
+        (
+            Reply::Fail(AcquirerError::Unknown("429 Too Many Requests".into())),
+            PaymentState::Unknown,
+        ),
         (Reply::Status(InstructionStatus::Declined), PaymentState::Failed),
         (
             Reply::Fail(AcquirerError::Rejected {
@@ -498,10 +505,13 @@ async fn a_webhook_waits_until_its_change_is_durable() {
     rig.store.set_failing(false);
     rig.store.open_gate();
     hooks.wait_until(BOUND, |r| !r.is_empty()).await;
-    assert_eq!(hooks.received()[0].event_id, rig.store.outbox().unwrap().first().map_or_else(
-        || rig.store.delivered_events().unwrap()[0].event.event_id.clone(),
-        |(_, e)| e.event_id.clone(),
-    ));
+    assert_eq!(
+        hooks.received()[0].event_id,
+        rig.store.outbox().unwrap().first().map_or_else(
+            || rig.store.delivered_events().unwrap()[0].event.event_id.clone(),
+            |(_, e)| e.event_id.clone(),
+        )
+    );
     stop.send(true).unwrap();
     within("the worker stops", worker).await.unwrap();
 }

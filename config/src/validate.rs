@@ -278,12 +278,7 @@ fn others(p: &mut Problems, c: &Config) {
     p.range("webhooks.partner_concurrency", u64::from(w.partner_concurrency), 1, lane_max);
     p.range("webhooks.answer_bytes_max", w.answer_bytes_max, 0, 1 << 20);
     p.range("resolver.concurrency", u64::from(c.resolver.concurrency), 1, 1_024);
-    p.range(
-        "resolver.reversal_refusals_max",
-        u64::from(c.resolver.reversal_refusals_max),
-        1,
-        100,
-    );
+    p.range("resolver.reversal_refusals_max", u64::from(c.resolver.reversal_refusals_max), 1, 100);
     let l = &c.limits;
     p.range("limits.body_bytes_max", l.body_bytes_max, 256, 16 << 20);
     p.range("limits.connections_max", l.connections_max.into(), 1, 1_000_000);
