@@ -115,6 +115,7 @@ async fn baseline_server(pki: PathBuf) {
     let limits = qrbridge_adapters::https::ServeLimits {
         connections_max: 4096,
         connections_per_ip_max: 4096,
+        handshakes_max: 4096,
         handshake_timeout: Duration::from_secs(5),
         ..Default::default()
     };
@@ -176,6 +177,7 @@ async fn start_daemon(dir: &Path) -> (Server, Duration) {
     }
     c.limits.connections_max = 4096;
     c.limits.connections_per_ip_max = 4096;
+    c.limits.handshakes_max = 4096;
     c.limits.concurrency_max = 4096;
     let config = dir.join("qrbridge.toml");
     std::fs::write(&config, toml::to_string(&c).unwrap()).unwrap();

@@ -199,6 +199,7 @@ impl Daemon {
                     .collect(),
                 expiry: chrono::Duration::seconds(config.resolver.payment_expiry_s as i64),
                 reversal_refusals_max: config.resolver.reversal_refusals_max,
+                acquirer_concurrency_max: config.resolver.acquirer_concurrency_max as usize,
             },
             refund_window_days: settlement.refund_window_days,
         });
@@ -237,6 +238,7 @@ impl Daemon {
         let serve_limits = ServeLimits {
             connections_max: l.connections_max as usize,
             connections_per_ip_max: l.connections_per_ip_max as usize,
+            handshakes_max: l.handshakes_max as usize,
             handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
             header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),

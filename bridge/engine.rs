@@ -60,6 +60,9 @@ pub struct ResolverPolicy {
     /// Explicit refusals of a reversal before the bridge stops reversing
     /// ([`Engine::reversal_refused`]).
     pub reversal_refusals_max: u32,
+    /// Resolver steps under way at once against any one acquirer: one acquirer's outage holds at
+    /// most this many, and the others' payments go on being resolved.
+    pub acquirer_concurrency_max: usize,
 }
 
 impl ResolverPolicy {
@@ -75,7 +78,8 @@ impl Default for ResolverPolicy {
         ResolverPolicy {
             schedule: [4, 4, 30, 60, 60, 60, 300, 300].map(Duration::seconds).to_vec(),
             expiry: Duration::seconds(900),
-            reversal_refusals_max: 3,
+            reversal_refusals_max: 5,
+            acquirer_concurrency_max: 16,
         }
     }
 }
@@ -131,6 +135,9 @@ pub struct EngineParts<S> {
     pub refund_window_days: u32,
 }
 
+/// Approvals behind the bridge's reversals of one payment before an operator is asked to look.
+const LATE_APPROVALS_MAX: u32 = 3;
+
 /// Payment locks: a payment's state changes one at a time. Striped, so the table never grows.
 const LOCK_STRIPES: usize = 256;
 
@@ -157,6 +164,8 @@ pub struct Engine<S> {
     /// them (the only case a PENDING payment is sent again; after a restart nobody knows, and
     /// the resolver asks instead). Left when the payment moves on.
     unsent: Mutex<std::collections::HashSet<String>>,
+    /// Per acquirer, the resolver steps it may have under way ([`ResolverPolicy`]).
+    lanes: HashMap<String, Arc<tokio::sync::Semaphore>>,
     locks: Vec<tokio::sync::Mutex<()>>,
     /// Signalled when resolver work is written that is due before the resolver means to wake.
     pub work_written: Notify,
@@ -198,6 +207,12 @@ fn valid_request_id(s: &str) -> bool {
 
 impl<S: Store> Engine<S> {
     pub fn new(p: EngineParts<S>) -> Arc<Self> {
+        let lane = p.resolver.acquirer_concurrency_max.max(1);
+        let lanes = p
+            .acquirers
+            .keys()
+            .map(|id| (id.clone(), Arc::new(tokio::sync::Semaphore::new(lane))))
+            .collect();
         Arc::new(Engine {
             store: p.store,
             clock: p.clock,
@@ -214,6 +229,7 @@ impl<S: Store> Engine<S> {
             inflight: Arc::default(),
             stepping: Arc::default(),
             unsent: Mutex::default(),
+            lanes,
             locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             work_written: Notify::new(),
             resolver_wake_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
@@ -292,8 +308,13 @@ impl<S: Store> Engine<S> {
     }
 
     /// What the acquirer says about `p`'s instruction.
-    async fn ask(&self, p: &PaymentRecord, req: AcquirerRequest) -> Result<Asked, ApiError> {
-        Ok(match self.call(&p.acquirer, req).await? {
+    /// A payment whose acquirer has no client (removed from the configuration) gets no answer,
+    /// backs off and says why on the admin API, like any other.
+    async fn ask(&self, p: &PaymentRecord, req: AcquirerRequest) -> Asked {
+        let Ok(answer) = self.call(&p.acquirer, req).await else {
+            return Asked::NoAnswer(format!("no client for acquirer {}", p.acquirer));
+        };
+        match answer {
             Ok(AcquirerResponse::Instruction(a)) if a.instruction_id == p.payment_id => {
                 Asked::Answer(a)
             }
@@ -309,7 +330,7 @@ impl<S: Store> Engine<S> {
                 tracing::warn!(payment = %p.payment_id, error = %e, "no acquirer answer");
                 Asked::NoAnswer(e.to_string())
             }
-        })
+        }
     }
 
     async fn resolve(&self, text: &str) -> Result<Resolved, ApiError> {
@@ -540,6 +561,8 @@ impl<S: Store> Engine<S> {
                 return self.replay(*existing, &hash).await.map(|p| (p, false));
             }
             Err(e) => {
+                // A conflict may rest on another request's write: say it once that is durable.
+                self.visible(()).await?;
                 return Err(match e {
                     StoreError::Begin(BeginError::RequestConflict) => {
                         ApiError::RepeatReqInconsistent
@@ -549,7 +572,7 @@ impl<S: Store> Engine<S> {
                     StoreError::Begin(BeginError::QuoteUsed) => ApiError::QuoteAlreadyUsed,
                     StoreError::Begin(BeginError::OrderPaid) => ApiError::OrderAlreadyPaid,
                     other => internal(other),
-                })
+                });
             }
         }
         tracing::info!(payment = %record.payment_id, partner, quote = %record.quote_id, "payment pending");
@@ -582,6 +605,8 @@ impl<S: Store> Engine<S> {
         // hears INTERNAL, and the same request repeated finishes the payment (see `replay`).
         if let Err(e) = self.store.flush().await {
             self.unsent_set().insert(p.payment_id.clone());
+            // The resolver finishes it if the partner does not repeat the request.
+            self.work_due(self.inquiry_due(&p, p.created_at, 0));
             return Err(internal(e));
         }
         self.unsent_set().remove(&p.payment_id);
@@ -604,6 +629,7 @@ impl<S: Store> Engine<S> {
         hash: &str,
     ) -> Result<PaymentRecord, ApiError> {
         if p.request_hash != hash {
+            self.visible(()).await?;
             return Err(ApiError::RepeatReqInconsistent);
         }
         let p = self.settled(p).await?;
@@ -827,26 +853,39 @@ impl<S: Store> Engine<S> {
                 Some(task) => task == item.task,
                 None => item.due <= self.clock.now(),
             };
-            if !go || self.is_inflight(payment_id) {
+            if !go || item.task == Task::Attention || self.is_inflight(payment_id) {
                 return Ok((Some(self.visible(p).await?), acted));
             }
             let _stepping = match self.stepping.claim(&format!("{payment_id}/{:?}", item.task)) {
                 Ok(claim) => claim,
                 // Another step of this process is doing this very task: a caller that wants its
-                // result (a cancel) waits for it and looks again; the resolver leaves it.
+                // result (a cancel) waits for it and looks again — then only at a task that is
+                // due (the other step has rescheduled it); the resolver leaves it.
                 Err(mut rx) if only.is_some() => {
                     let _ = rx.wait_for(|done| *done).await;
+                    only = None;
                     continue;
                 }
                 Err(_) => return Ok((Some(self.visible(p).await?), acted)),
             };
+            if p.state == PaymentState::Pending && self.unsent_set().contains(payment_id) {
+                return self.unsent_step(p, item).await.map(|p| (Some(p), true));
+            }
+            // One acquirer's outage holds at most its own lane; a full lane is left for later.
+            let lane = self.lanes.get(&p.acquirer).and_then(|l| l.clone().try_acquire_owned().ok());
+            if lane.is_none() && self.lanes.contains_key(&p.acquirer) {
+                return Ok((Some(self.visible(p).await?), acted));
+            }
             // What the acquirer is about to hear of must survive a crash.
             self.store.flush().await.map_err(internal)?;
             let request = match item.task {
-                Task::Inquire | Task::Verify => AcquirerRequest::Inquire(p.payment_id.clone()),
+                Task::Inquire | Task::Verify | Task::Attention => {
+                    AcquirerRequest::Inquire(p.payment_id.clone())
+                }
                 Task::Reverse => AcquirerRequest::Reverse(p.payment_id.clone()),
             };
-            let asked = self.ask(&p, request).await?;
+            let asked = self.ask(&p, request).await;
+            drop(lane);
             let guard = self.lock_payment(payment_id).await;
             let now_p = self.store.payment(payment_id).map_err(internal)?;
             let now_item = self.store.work_item(payment_id).map_err(internal)?;
@@ -865,6 +904,7 @@ impl<S: Store> Engine<S> {
                 Task::Inquire => self.inquired(&p, &item, asked, now),
                 Task::Reverse => self.reversed(&p, &item, asked, now),
                 Task::Verify => self.verified(&p, &item, asked, now),
+                Task::Attention => unreachable!("never stepped: checked above"),
             };
             // A reversal due at once follows at once: at expiry, and after a late approval.
             let follow = matches!(&change.work, Work::Set(w)
@@ -880,6 +920,48 @@ impl<S: Store> Engine<S> {
             }
             only = Some(Task::Reverse);
         }
+    }
+
+    /// A payment this process knows it never sent (its PENDING flush failed): no acquirer is
+    /// asked. It waits, while its quote is valid, for the partner to repeat the request (which
+    /// sends it); then it fails as never sent (`ACQUIRER_UNAVAILABLE`: nothing left the bridge,
+    /// and the quote may be paid again).
+    async fn unsent_step(
+        &self,
+        p: PaymentRecord,
+        item: WorkItem,
+    ) -> Result<PaymentRecord, ApiError> {
+        let q = self.store.quote(&p.quote_id).map_err(internal)?;
+        let guard = self.lock_payment(&p.payment_id).await;
+        let now_p = self.store.payment(&p.payment_id).map_err(internal)?;
+        let now_item = self.store.work_item(&p.payment_id).map_err(internal)?;
+        if now_p.as_ref().map(|c| c.rev) != Some(p.rev) || now_item.as_ref() != Some(&item) {
+            drop(guard);
+            return self.visible(now_p.unwrap_or(p)).await;
+        }
+        let now = self.clock.now();
+        let wait_until = q.map(|q| q.quote.expires_at).filter(|at| *at > now);
+        let change = match wait_until {
+            Some(at) => Self::unchanged(&p, now, Work::Set(WorkItem { due: at, ..item })),
+            None => {
+                let mut change = Change::of(p.successor(now));
+                change.payment.state = PaymentState::Failed;
+                change.payment.failure = Some(Failure {
+                    code: "ACQUIRER_UNAVAILABLE".into(),
+                    message: "the payment could not be recorded in time; nothing was sent".into(),
+                });
+                change.release_quote = true;
+                change.work = Work::Done;
+                self.event_for(&mut change, now);
+                change
+            }
+        };
+        self.store.apply(&change).map_err(internal)?;
+        drop(guard);
+        if change.payment.state != PaymentState::Pending {
+            self.unsent_set().remove(&p.payment_id);
+        }
+        self.durable(change).await
     }
 
     /// A change that leaves the payment as it is (its partner-visible `updated_at` too) and
@@ -991,8 +1073,12 @@ impl<S: Store> Engine<S> {
             )
         );
         if !confirmed {
+            // A reversal answered "approved" or "still processing" is refused, like an explicit no.
             let refused = matches!(asked, Asked::Refused(_))
-                || matches!(status, Some(InstructionStatus::Approved));
+                || matches!(
+                    status,
+                    Some(InstructionStatus::Approved | InstructionStatus::Processing)
+                );
             let refusals = item.refusals + u32::from(refused);
             if refused && refusals >= self.resolver.reversal_refusals_max {
                 let approved = matches!(status, Some(InstructionStatus::Approved));
@@ -1079,7 +1165,19 @@ impl<S: Store> Engine<S> {
                     change.work = inquire;
                 }
             }
-            _ => change.payment.updated_at = p.updated_at,
+            _ => {
+                // A late approval the acquirer will not reverse: the payment is final for the
+                // partner but booked; an operator settles it.
+                tracing::error!(payment = %p.payment_id, "late approval the acquirer will not reverse; needs an operator");
+                change.payment.updated_at = p.updated_at;
+                change.work = Work::Set(WorkItem {
+                    last_error: Some(
+                        "approved behind the bridge's reversal; the acquirer refuses to reverse it"
+                            .into(),
+                    ),
+                    ..WorkItem::new(&p.payment_id, Task::Attention, now, 0)
+                });
+            }
         }
         change
     }
@@ -1100,6 +1198,16 @@ impl<S: Store> Engine<S> {
                 tracing::warn!(payment = %p.payment_id, "approved after its reversal; reversing again");
                 let mut change = Self::unchanged(p, now, self.work(p, Task::Reverse, now, 0));
                 change.payment.late_approvals += 1;
+                if change.payment.late_approvals >= LATE_APPROVALS_MAX {
+                    tracing::error!(payment = %p.payment_id, "approved behind every reversal; needs an operator");
+                    change.work = Work::Set(WorkItem {
+                        last_error: Some(format!(
+                            "approved behind the bridge's reversal {} times",
+                            change.payment.late_approvals
+                        )),
+                        ..WorkItem::new(&p.payment_id, Task::Attention, now, 0)
+                    });
+                }
                 change.payment.booked = true;
                 let mut entry = ledger::payment(&change.payment, now);
                 entry.kind = "late_approval".into();
@@ -1122,7 +1230,9 @@ impl<S: Store> Engine<S> {
             .open_work()
             .map_err(internal)?
             .into_iter()
-            .filter(|w| w.due <= now && !self.is_inflight(&w.payment_id))
+            .filter(|w| {
+                w.due <= now && w.task != Task::Attention && !self.is_inflight(&w.payment_id)
+            })
             .collect();
         let mut done = 0;
         for w in &due {
@@ -1165,19 +1275,29 @@ impl<S: Store> Engine<S> {
     }
 
     /// `POST /v1/payments/{id}/cancel`: reverses the payment in full. Idempotent: a cancelled or
-    /// failed payment is returned as it is; one whose reversal is not confirmed yet is tried again.
+    /// failed payment is returned as it is, and so is one being cancelled (the resolver goes on
+    /// reversing it).
     /// A payment whose reversal the acquirer refused is not cancelled again (ask for a refund).
     pub async fn cancel(&self, partner: &str, payment_id: &str) -> Result<PaymentRecord, ApiError> {
+        let answer = self.cancel_now(partner, payment_id).await;
+        self.refusal_durable(answer).await
+    }
+
+    async fn cancel_now(&self, partner: &str, payment_id: &str) -> Result<PaymentRecord, ApiError> {
         let p = self.own(partner, payment_id)?;
         self.settled(p).await?;
         let guard = self.lock_payment(payment_id).await;
         let p = self.own(partner, payment_id)?;
         match p.state {
-            PaymentState::Failed | PaymentState::Cancelled | PaymentState::Reversing => {
+            // Being cancelled already: the resolver reverses it on its schedule (a repeated
+            // cancel does not hurry it, so refusals count attempts spread in time).
+            PaymentState::Failed
+            | PaymentState::Cancelled
+            | PaymentState::Reversing
+            | PaymentState::Cancelling => {
                 drop(guard);
                 return self.visible(p).await;
             }
-            PaymentState::Cancelling => drop(guard),
             PaymentState::Pending | PaymentState::Unknown | PaymentState::Succeeded => {
                 if p.refunded_cny.is_positive() {
                     return Err(ApiError::CancelNotAllowed(
@@ -1225,6 +1345,33 @@ impl<S: Store> Engine<S> {
         acquirer: &str,
         body: RefundRequestBody,
     ) -> Result<(RefundRecord, bool), ApiError> {
+        let answer = self.refund_now(acquirer, body).await;
+        self.refusal_durable(answer).await
+    }
+
+    /// A refusal that rests on a payment's state (another request's write, maybe not durable
+    /// yet) is said only once that state is durable.
+    async fn refusal_durable<T>(&self, answer: Result<T, ApiError>) -> Result<T, ApiError> {
+        match answer {
+            Err(
+                e @ (ApiError::CancelNotAllowed(_)
+                | ApiError::CancelWindowClosed
+                | ApiError::PaymentNotRefundable(_)
+                | ApiError::RefundExceedsPayment(_)
+                | ApiError::RefundWindowClosed(_)),
+            ) => {
+                self.visible(()).await?;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    async fn refund_now(
+        &self,
+        acquirer: &str,
+        body: RefundRequestBody,
+    ) -> Result<(RefundRecord, bool), ApiError> {
         if !valid_request_id(&body.refund_id) {
             return Err(ApiError::InvalidRequest(
                 "refund_id: 1-64 characters of A-Z a-z 0-9 . _ : -".into(),
@@ -1253,10 +1400,11 @@ impl<S: Store> Engine<S> {
         let hash =
             content_hash(&[&body.refund_id, &body.instruction_id, &body.amount.value, reason]);
         let replay = |r: RefundRecord| async {
+            self.visible(()).await?;
             if r.request_hash != hash {
                 return Err(ApiError::RepeatReqInconsistent);
             }
-            self.visible((r, false)).await
+            Ok((r, false))
         };
         let recorded = || self.store.refund_by_acquirer_id(acquirer, &body.refund_id);
         if let Some(r) = recorded().map_err(internal)? {

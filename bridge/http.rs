@@ -8,9 +8,10 @@
 //! Bodies are read where the route needs them, at most `body_bytes_max` bytes and by the body's
 //! deadline (`body_read_timeout`), so a slow sender holds its share only briefly.
 //!
-//! An answer given before the body was read (a refusal, 404, 413…) would leave unread bytes on an
+//! An answer given before the body was read (a refusal, 404…) would leave unread bytes on an
 //! HTTP/1.1 connection: the rate limit reads a small body first so the connection stays usable,
-//! and any other such answer says `connection: close` so the client does not reuse it.
+//! a body over the size limit is read to its end (and dropped) before its 413, and any other such
+//! answer says `connection: close` so the client does not reuse it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -457,6 +458,11 @@ async fn drain_body(req: Req, max: u64) {
 
 /// The whole body, at most `max` bytes (`PAYLOAD_TOO_LARGE` beyond), by the request's body
 /// deadline (`INVALID_REQUEST` after it).
+///
+/// A body over `max` is still read to its end (and dropped) by that deadline before the 413 is
+/// answered: closing a connection with unread bytes makes the kernel reset it, and the client
+/// then gets the reset instead of the answer. Read to its end, the body leaves the connection
+/// usable; a longer one gets `connection: close` (see [`RequestId`]).
 pub async fn read_body(req: Req, max: u64) -> Result<Bytes, ApiError> {
     let state = req.extensions().get::<BodyState>().cloned();
     let declared = req
@@ -464,32 +470,52 @@ pub async fn read_body(req: Req, max: u64) -> Result<Bytes, ApiError> {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(ApiError::PayloadTooLarge(max));
-    }
-    let body = Limited::new(req.into_body(), usize::try_from(max).unwrap_or(usize::MAX));
-    let collected = match &state {
-        Some(s) => match tokio::time::timeout_at(s.deadline, body.collect()).await {
-            Ok(c) => c,
-            Err(_) => {
-                return Err(ApiError::InvalidRequest(format!(
-                    "the body did not arrive within {} ms",
-                    s.timeout.as_millis()
-                )))
-            }
-        },
-        None => body.collect().await,
+    let mut body = req.into_body();
+    let mut kept = Vec::new();
+    let mut over = declared.is_some_and(|n| n > max);
+    let read = read_frames(&mut body, max, &mut kept, &mut over);
+    let ended = match &state {
+        Some(s) => tokio::time::timeout_at(s.deadline, read).await.ok(),
+        None => Some(read.await),
     };
-    match collected {
-        Ok(b) => {
+    match ended {
+        Some(Ok(())) => {
             if let Some(s) = state {
                 s.read.store(true, Ordering::Release);
             }
-            Ok(b.to_bytes())
+            if over {
+                Err(ApiError::PayloadTooLarge(max))
+            } else {
+                Ok(Bytes::from(kept))
+            }
         }
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(max)),
-        Err(e) => Err(ApiError::InvalidRequest(format!("the body could not be read: {e}"))),
+        Some(Err(e)) => Err(ApiError::InvalidRequest(format!("the body could not be read: {e}"))),
+        None if over => Err(ApiError::PayloadTooLarge(max)),
+        None => Err(ApiError::InvalidRequest(format!(
+            "the body did not arrive within {} ms",
+            state.map_or(0, |s| s.timeout.as_millis())
+        ))),
     }
+}
+
+/// Reads `body` to its end, keeping it in `kept` while it fits in `max` bytes; past that, sets
+/// `over` and drops what comes.
+async fn read_frames(
+    body: &mut Incoming,
+    max: u64,
+    kept: &mut Vec<u8>,
+    over: &mut bool,
+) -> Result<(), hyper::Error> {
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        if !*over && (kept.len() + data.len()) as u64 <= max {
+            kept.extend_from_slice(&data);
+        } else if !*over {
+            *over = true;
+            *kept = Vec::new();
+        }
+    }
+    Ok(())
 }
 
 /// The body as JSON of type `T`; errors name the field.

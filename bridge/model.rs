@@ -257,6 +257,10 @@ pub enum Task {
     Reverse,
     /// After a confirmed reversal, ask once more that nothing was approved behind it.
     Verify,
+    /// An operator must look (the acquirer approved behind the bridge's reversal and will not
+    /// reverse again, or keeps approving behind reversals): the resolver never runs it; the admin
+    /// API lists it with its `last_error`.
+    Attention,
 }
 
 /// A refund, made by the acquirer and passed on to the partner.

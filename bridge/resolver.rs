@@ -65,6 +65,10 @@ async fn pass<S: Store>(
     let mut soonest = |d: std::time::Duration| next = Some(next.map_or(d, |n| n.min(d)));
     let mut tasks = JoinSet::new();
     for item in engine.store().open_work()? {
+        if item.task == crate::model::Task::Attention {
+            // For an operator; the resolver never does it.
+            continue;
+        }
         if engine.is_inflight(&item.payment_id) {
             soonest(RECHECK);
         } else if item.due > now {

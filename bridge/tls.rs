@@ -9,6 +9,12 @@
 //! TLS 1.3 is spoken unless 1.2 is allowed, and sessions are not resumed, so every connection's
 //! certificate is checked (expiry, revocation) by a full handshake.
 //!
+//! A CRL past its nextUpdate is still used (its revocations still hold) and not enforced: rustls's
+//! `enforce_revocation_expiration` would refuse every certificate of that CA until someone
+//! installs a fresh CRL, turning a late download into a partner's outage. Each one is logged as a
+//! warning, with its file and nextUpdate, whenever the files are read (at start and on reload);
+//! keeping CRLs fresh is the operator's job (fetch them on a schedule, then SIGHUP).
+//!
 //! The handshake accepts a client certificate from any configured CA of that listener; then
 //! [`Directory::resolve`] finds the party whose configured identity (SAN URI, SAN DNS name or
 //! SHA-256 fingerprint) the certificate carries and checks the certificate again against that
@@ -147,15 +153,54 @@ pub struct ServerTlsFiles {
 }
 
 impl ServerTlsFiles {
-    /// Reads every file and makes the configuration.
+    /// Reads every file and makes the configuration. A CRL past its nextUpdate is used, with a
+    /// warning (see the module docs).
     pub fn load(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let cas: Vec<&Path> = self.client_cas.iter().map(PathBuf::as_path).collect();
         let mut crls = Vec::new();
+        let now = UnixTime::now();
         for path in &self.crls {
-            crls.extend(load_crls(path)?);
+            let read = load_crls(path)?;
+            for stale in stale_crls(path, &read, now) {
+                tracing::warn!(
+                    crl = %stale.path.display(),
+                    next_update = %stale.next_update,
+                    "CRL past its nextUpdate: still used, but revocations since are unknown; \
+                     install its CA's current CRL and reload"
+                );
+            }
+            crls.extend(read);
         }
         server_config_with_crls(&self.cert, &self.key, roots(&cas)?, crls, self.allow_tls12)
     }
+}
+
+/// A CRL whose nextUpdate has passed: its CA has published a newer one that we do not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleCrl {
+    pub path: PathBuf,
+    /// The CRL's nextUpdate (RFC 2822 where it can be written so).
+    pub next_update: String,
+}
+
+/// The CRLs among `crls` (read from `path`) whose nextUpdate is before `now`. A CRL with no
+/// nextUpdate, or one that does not parse (the verifier refuses those), is not listed.
+pub fn stale_crls(
+    path: &Path,
+    crls: &[CertificateRevocationListDer<'_>],
+    now: UnixTime,
+) -> Vec<StaleCrl> {
+    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    crls.iter()
+        .filter_map(|der| {
+            let (_, crl) = x509_parser::parse_x509_crl(der.as_ref()).ok()?;
+            let next = crl.next_update()?;
+            (next.timestamp() < now).then(|| StaleCrl {
+                path: path.to_path_buf(),
+                next_update: next.to_rfc2822().unwrap_or_else(|_| next.to_string()),
+            })
+        })
+        .collect()
 }
 
 /// A listener's TLS configuration that can be made again from its files: [`Self::reload`] swaps
@@ -269,5 +314,44 @@ impl Directory {
                 && verifier.verify_client_cert(end, intermediates, UnixTime::now()).is_ok())
             .then_some(id.as_str())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CRL of a fresh CA with the given nextUpdate (year, month, day).
+    fn crl(next: (i32, u8, u8)) -> CertificateRevocationListDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages =
+            vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let issuer = rcgen::Issuer::new(params, key);
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(next.0, next.1, next.2),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .unwrap();
+        crl.der().clone()
+    }
+
+    #[test]
+    fn a_crl_past_its_next_update_is_reported_with_its_file_and_date() {
+        let path = Path::new("/etc/qrbridge/partner.crl");
+        let (old, fresh) = (crl((2025, 2, 1)), crl((2035, 1, 1)));
+        // 2030-01-01T00:00:00Z.
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_893_456_000));
+        let stale = stale_crls(path, &[old, fresh.clone()], now);
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        assert_eq!(stale[0].path, path);
+        assert!(stale[0].next_update.contains("2025"), "{stale:?}");
+        assert!(stale_crls(path, &[fresh], now).is_empty());
     }
 }

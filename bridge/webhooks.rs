@@ -90,35 +90,40 @@ pub async fn run<S: Store>(
         let woken = engine.events_written.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let planned = match plan(&engine, &senders, &policy, &mut attempts, &busy) {
-            Ok(plan) if plan.start.is_empty() => Ok(plan),
-            // Nothing leaves that a crash could take back: an event read from the outbox may
-            // belong to a change whose flush has not finished (or failed); it goes out only once
-            // a flush covers it.
-            Ok(plan) => engine.store().flush().await.map(|()| plan),
-            Err(e) => Err(e),
-        };
-        let next = match planned {
+        let next = match plan(&engine, &senders, &policy, &mut attempts, &busy) {
             Ok(plan) => {
-                for (seq, event) in pick(plan.start, &lanes, running.len(), &policy) {
-                    let sender = senders.get(&event.partner).cloned();
-                    let now = engine.now().timestamp();
-                    busy.insert(seq);
-                    *lanes.entry(event.partner.clone()).or_default() += 1;
-                    let partner = event.partner.clone();
-                    let task = running.spawn(async move {
-                        let result = match sender {
-                            Some(s) => s
-                                .deliver(&event.event_id, body(&event), now)
-                                .await
-                                .map_err(|e| e.to_string()),
-                            None => Err("no webhook sender".into()),
-                        };
-                        (seq, event, result)
-                    });
-                    tasks.insert(task.id(), (seq, partner));
+                let picked = pick(plan.start, &lanes, running.len(), &policy);
+                // Nothing leaves that a crash could take back: an event read from the outbox may
+                // belong to a change whose flush has not finished (or failed); it goes out only
+                // once a flush covers it.
+                let durable = if picked.is_empty() { Ok(()) } else { engine.store().flush().await };
+                match durable {
+                    Ok(()) => {
+                        for (seq, event) in picked {
+                            let sender = senders.get(&event.partner).cloned();
+                            let now = engine.now().timestamp();
+                            busy.insert(seq);
+                            *lanes.entry(event.partner.clone()).or_default() += 1;
+                            let partner = event.partner.clone();
+                            let task = running.spawn(async move {
+                                let result = match sender {
+                                    Some(s) => s
+                                        .deliver(&event.event_id, body(&event), now)
+                                        .await
+                                        .map_err(|e| e.to_string()),
+                                    None => Err("no webhook sender".into()),
+                                };
+                                (seq, event, result)
+                            });
+                            tasks.insert(task.id(), (seq, partner));
+                        }
+                        plan.next
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store flush failed; webhooks wait for it");
+                        Some(Duration::from_secs(1))
+                    }
                 }
-                plan.next
             }
             Err(e) => {
                 tracing::error!(error = %e, "webhook outbox unreadable");

@@ -152,3 +152,68 @@ async fn a_refund_reason_is_counted_as_sent() {
     assert_error(&got, 404, "PAYMENT_NOT_FOUND");
     d.finish().await;
 }
+
+/// Sends one HTTP/1.1 request on `stream` and reads its answer: the status line's code, and
+/// whether the server said `connection: close`.
+async fn exchange<S>(stream: &mut S, head: &str, body: &[u8]) -> std::io::Result<(u16, bool)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.flush().await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while got.len() < end + length {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let status = head[9..12].parse().unwrap();
+    Ok((status, head.contains("connection: close")))
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_its_413_not_a_reset() {
+    let d = TestDaemon::start().await;
+    let tls = std::sync::Arc::new(client_config(&d.pki(), Some("partner-demo")));
+    // Well past the 16 KiB limit, and past what socket buffers absorb: a server that closes
+    // without reading it resets the connection under the client's feet.
+    let body = vec![b' '; 4 << 20];
+    for round in 0..3 {
+        let tcp = tokio::net::TcpStream::connect(d.addr()).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await.unwrap();
+        let head = format!(
+            "POST /v1/codes/decode HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let answer = exchange(&mut s, &head, &body).await;
+        let (status, close) = answer.unwrap_or_else(|e| panic!("round {round}: no answer: {e}"));
+        assert_eq!(status, 413, "round {round}");
+        // The body was read to its end: the connection goes on.
+        assert!(!close, "round {round}: the connection should stay usable");
+        let head = "GET /v1/payments/pay_none HTTP/1.1\r\nhost: localhost\r\n\r\n";
+        let (status, _) = exchange(&mut s, head, b"").await.expect("a second answer");
+        assert_eq!(status, 404, "round {round}");
+    }
+    d.finish().await;
+}

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qrbridge::api::{PayRequestBody, Payer, QuoteRequestBody, RawAmount, RefundRequestBody};
-use qrbridge::clock::SystemClock;
+use qrbridge::clock::{Clock, ManualClock, SystemClock};
 use qrbridge::engine::{AcquirerService, Engine};
 use qrbridge::error::ApiError;
 use qrbridge::model::*;
@@ -48,6 +48,7 @@ struct Script {
 
 struct Rig {
     engine: Arc<Engine<ControlledStore>>,
+    clock: ManualClock,
     store: Arc<ControlledStore>,
     script: Arc<Mutex<Script>>,
     /// Every call the acquirer saw.
@@ -58,7 +59,15 @@ struct Rig {
 }
 
 fn rig(send: Reply) -> Rig {
+    rig_with(send, |_| {})
+}
+
+fn rig_with(
+    send: Reply,
+    tweak: impl FnOnce(&mut qrbridge::engine::EngineParts<ControlledStore>),
+) -> Rig {
     let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(SystemClock.now());
     let store = ControlledStore::open(&dir.path().join("db"));
     let script = Arc::new(Mutex::new(Script {
         send,
@@ -108,13 +117,15 @@ fn rig(send: Reply) -> Rig {
             }
         }
     }));
-    let engine = Engine::new(support::engine::parts(
+    let mut parts = support::engine::parts(
         dir.path(),
         store.clone(),
-        Arc::new(SystemClock),
+        Arc::new(clock.clone()),
         HashMap::from([("sandbox".to_owned(), acquirer)]),
-    ));
-    Rig { engine, store, script, calls, inquiries_open, _dir: dir }
+    );
+    tweak(&mut parts);
+    let engine = Engine::new(parts);
+    Rig { engine, clock, store, script, calls, inquiries_open, _dir: dir }
 }
 
 fn quote_body(code: String) -> QuoteRequestBody {
@@ -284,10 +295,14 @@ async fn a_refused_reversal_ends_in_a_refused_cancel() {
     let w = rig.store.work_item(&p.payment_id).unwrap().unwrap();
     assert_eq!((w.task, w.refusals), (Task::Reverse, 1));
     assert_eq!(w.last_error.as_deref(), Some("APPROVED"), "the admin API shows why");
-    // The resolver tries again, twice (reversal_refusals_max = 3), then gives up.
+    // A repeated cancel does not hurry the reversal (nor use up its tries).
+    let again = rig.engine.cancel("p", &p.payment_id).await.unwrap();
+    assert_eq!(again.state, PaymentState::Cancelling);
+    assert_eq!(rig.store.work_item(&p.payment_id).unwrap().unwrap().refusals, 1);
+    // The resolver tries again, four times (reversal_refusals_max = 5), then gives up.
     rig.script.lock().unwrap().reverse =
         Reply::Fail(AcquirerError::Rejected { status: 409, message: "ACQ-RAW: too late".into() });
-    for _ in 0..2 {
+    for _ in 0..4 {
         rig.engine.step(&p.payment_id, Some(Task::Reverse)).await.unwrap();
     }
     let end = rig.payment(&p.payment_id);
@@ -302,7 +317,7 @@ async fn a_refused_reversal_ends_in_a_refused_cancel() {
     assert_eq!(rig.event_kinds(), vec!["payment.succeeded", "payment.cancel_refused"]);
     let kinds: Vec<String> = rig.store.journal().unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec!["payment"], "the payment stays booked, once");
-    assert_eq!(rig.calls_seen(), vec![Kind::Send, Kind::Reverse, Kind::Reverse, Kind::Reverse]);
+    assert_eq!(rig.calls_seen(), [vec![Kind::Send], vec![Kind::Reverse; 5]].concat());
     // Cancelling again: refused at once, nothing sent.
     let again = rig.engine.cancel("p", &p.payment_id).await.unwrap_err();
     assert_eq!(again.code(), "CANCEL_NOT_ALLOWED");
@@ -315,10 +330,12 @@ async fn a_refused_reversal_ends_in_a_refused_cancel() {
 async fn a_refused_reversal_of_a_payment_in_doubt_is_settled_by_inquiry() {
     let mut rig = rig(Reply::Fail(AcquirerError::Unknown("timeout".into())));
     let p = rig.pay("r-1").await;
+    // Refused outright, or "still processing": both count.
     rig.script.lock().unwrap().reverse =
         Reply::Fail(AcquirerError::Rejected { status: 422, message: "ACQ-RAW: no".into() });
     rig.engine.cancel("p", &p.payment_id).await.unwrap();
-    for _ in 0..2 {
+    rig.script.lock().unwrap().reverse = Reply::Status(InstructionStatus::Processing);
+    for _ in 0..4 {
         rig.engine.step(&p.payment_id, Some(Task::Reverse)).await.unwrap();
     }
     let mid = rig.payment(&p.payment_id);
@@ -330,7 +347,7 @@ async fn a_refused_reversal_of_a_payment_in_doubt_is_settled_by_inquiry() {
     assert_eq!(end.cancel_refusal.unwrap().code, "REVERSAL_REFUSED");
     assert_eq!(rig.event_kinds(), vec!["payment.cancel_refused", "payment.succeeded"]);
     assert!(rig.store.work_item(&p.payment_id).unwrap().is_none());
-    assert_eq!(rig.calls_seen().iter().filter(|k| **k == Kind::Reverse).count(), 3);
+    assert_eq!(rig.calls_seen().iter().filter(|k| **k == Kind::Reverse).count(), 5);
 }
 
 // Item 4: a refund retried while the first is being recorded gets that refund, not a 422.
@@ -344,8 +361,9 @@ async fn a_concurrent_refund_retry_gets_the_same_refund() {
         amount: RawAmount { currency: "CNY".into(), value: "2372".into() },
         reason: "customer returned the noodles".into(),
     };
-    // The first request's write waits until the retry has looked the refund up (and missed it).
-    rig.store.hold_refund_write.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The first request's write waits until three lookups were made: its own two (before the
+    // lock, and again under it) and the retry's first, which therefore missed the refund.
+    rig.store.hold_refund_write_until(3);
     let (e1, e2) = (rig.engine.clone(), rig.engine.clone());
     let (b1, b2) = (body(), body());
     let first = tokio::spawn(async move { e1.refund("sandbox", b1).await });
@@ -514,4 +532,101 @@ async fn a_webhook_waits_until_its_change_is_durable() {
     );
     stop.send(true).unwrap();
     within("the worker stops", worker).await.unwrap();
+}
+
+// Item 2 (and its review): an acquirer that approves behind every reversal is not reversed for
+// ever: after three late approvals an operator is asked (the admin API lists the task).
+#[tokio::test]
+async fn approvals_behind_every_reversal_go_to_an_operator() {
+    let rig = rig(Reply::Status(InstructionStatus::Approved));
+    let p = rig.pay("r-1").await;
+    assert_eq!(rig.engine.cancel("p", &p.payment_id).await.unwrap().state, PaymentState::Cancelled);
+    // Every verifying inquiry finds it approved again; every reversal is acknowledged.
+    rig.script.lock().unwrap().inquire = Reply::Status(InstructionStatus::Approved);
+    for _ in 0..3 {
+        rig.engine.step(&p.payment_id, Some(Task::Verify)).await.unwrap();
+    }
+    let end = rig.payment(&p.payment_id);
+    assert_eq!((end.state, end.late_approvals, end.booked), (PaymentState::Cancelled, 3, true));
+    let w = rig.store.work_item(&p.payment_id).unwrap().unwrap();
+    assert_eq!(w.task, Task::Attention);
+    assert!(w.last_error.unwrap().contains("3 times"));
+    // The resolver leaves it to the operator.
+    rig.clock.advance(chrono::Duration::days(1));
+    assert_eq!(rig.engine.run_due_work().await.unwrap(), 0);
+    assert!(rig.store.ledger_sums().unwrap().values().all(|s| *s == 0));
+}
+
+// Review: a payment known never sent is not inquired about; it waits for the partner's retry
+// while its quote is valid, then fails as never sent, its quote free again.
+#[tokio::test]
+async fn a_payment_known_never_sent_waits_for_its_retry_then_fails_as_never_sent() {
+    let mut rig = rig(Reply::Status(InstructionStatus::Approved));
+    let q = rig.quote(support::flows::code(None)).await;
+    rig.store.set_failing(true);
+    rig.engine.pay("p", pay_body("r-1", &q.quote_id)).await.unwrap_err();
+    rig.store.set_failing(false);
+    let p = rig.store.payment_by_request("p", "r-1").unwrap().unwrap();
+    // The resolver's turn comes first: no acquirer call, the payment waits till the quote ends.
+    let waited = rig.engine.step(&p.payment_id, Some(Task::Inquire)).await.unwrap().unwrap();
+    assert_eq!(waited.state, PaymentState::Pending);
+    assert_eq!(rig.store.work_item(&p.payment_id).unwrap().unwrap().due, q.quote.expires_at);
+    assert_eq!(rig.calls_seen(), vec![]);
+    // Past the quote: failed as never sent.
+    rig.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(rig.engine.run_due_work().await.unwrap(), 1);
+    let end = rig.payment(&p.payment_id);
+    assert_eq!(end.state, PaymentState::Failed);
+    assert_eq!(end.failure.unwrap().code, "ACQUIRER_UNAVAILABLE");
+    assert_eq!(rig.calls_seen(), vec![], "nothing was ever sent");
+    // The retry now tells where it stands; the quote is expired anyway.
+    let (again, created) = rig.engine.pay("p", pay_body("r-1", &q.quote_id)).await.unwrap();
+    assert_eq!((again.state, created), (PaymentState::Failed, false));
+}
+
+// Review: a payment whose acquirer has no client any more backs off and says why.
+#[tokio::test]
+async fn a_payment_whose_acquirer_is_gone_backs_off_and_says_why() {
+    let rig = rig(Reply::Fail(AcquirerError::Unknown("timeout".into())));
+    let p = rig.pay("r-1").await;
+    let engine = Engine::new({
+        let mut parts = support::engine::parts(
+            rig._dir.path(),
+            rig.store.clone(),
+            Arc::new(rig.clock.clone()),
+            HashMap::new(),
+        );
+        parts.resolver = qrbridge::engine::ResolverPolicy::default();
+        parts
+    });
+    let after = engine.step(&p.payment_id, Some(Task::Inquire)).await.unwrap().unwrap();
+    assert_eq!(after.state, PaymentState::Unknown);
+    let w = rig.store.work_item(&p.payment_id).unwrap().unwrap();
+    assert_eq!((w.task, w.attempt), (Task::Inquire, 1));
+    assert_eq!(w.last_error.as_deref(), Some("no client for acquirer sandbox"));
+}
+
+// Review of item 3: one acquirer's outage holds at most its own lane of resolver steps.
+#[tokio::test]
+async fn one_acquirers_outage_holds_at_most_its_lane() {
+    let mut rig = rig_with(Reply::Fail(AcquirerError::Unknown("timeout".into())), |parts| {
+        parts.resolver.acquirer_concurrency_max = 1;
+    });
+    let a = rig.pay("r-a").await;
+    let b = rig.pay("r-b").await;
+    rig.calls_seen();
+    rig.inquiries_open.send_replace(false);
+    let engine = rig.engine.clone();
+    let id = a.payment_id.clone();
+    let held = tokio::spawn(async move { engine.step(&id, Some(Task::Inquire)).await });
+    assert_eq!(within("the hung inquiry", rig.calls.recv()).await, Some(Kind::Inquire));
+    // The lane is full: b's step does not wait for it, and asks nothing.
+    let (b_now, acted) =
+        within("b's step", rig.engine.step_counted(&b.payment_id, Some(Task::Inquire)))
+            .await
+            .unwrap();
+    assert_eq!((b_now.unwrap().state, acted), (PaymentState::Unknown, false));
+    assert_eq!(rig.calls_seen(), vec![]);
+    rig.inquiries_open.send_replace(true);
+    within("a's step", held).await.unwrap().unwrap();
 }

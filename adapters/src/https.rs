@@ -2,10 +2,22 @@
 //! acquirer.
 //!
 //! No peer can hold a connection slot for long without using it:
-//! - a connection permit is taken before `accept` (`connections_max` bounds open sockets), and
-//!   one address (an IPv6 /64) holds at most `connections_per_ip_max` of them (more are closed at
-//!   once);
-//! - the TLS handshake has a deadline;
+//! - connections in their TLS handshake and established connections have separate pools. A
+//!   connection is accepted at once into the handshake pool (`handshakes_max`); it moves to the
+//!   established pool (`connections_max`, of which one address, an IPv6 /64, holds at most
+//!   `connections_per_ip_max`) only when its handshake is done, which on the bridge's listeners
+//!   means a client certificate verified against a configured CA. So a flood of sockets that
+//!   never finish a handshake competes only for handshake places, never for partners'
+//!   established slots;
+//! - when the handshake pool is full, a new connection does not wait (it would wait in the
+//!   kernel's accept queue behind the flood): it takes the place of one already there, or is
+//!   closed at once. See [`Handshakes`] for whom: first sockets that have sent nothing (a stalled
+//!   socket never sends its ClientHello; a client sends it at once), then handshakes of an
+//!   address holding more places than the newcomer's, then a handshake that has had a quarter of
+//!   `handshake_timeout` to finish. A flood of sockets that never send a byte therefore cannot
+//!   keep a partner out, from any number of addresses, behind a load balancer or not;
+//! - handshake and admission have a deadline (`handshake_timeout`, from accept to an
+//!   established slot; a connection whose handshake is done waits for a slot only until then);
 //! - HTTP/1 request heads have a deadline (hyper's, which needs the timer set here; it also runs
 //!   between requests on a keep-alive connection);
 //! - a connection with no request under way for `idle_timeout` is closed (this also covers a TLS
@@ -16,10 +28,22 @@
 //! - shutdown stops accepting, lets connections finish what is under way, and drops whatever is
 //!   left at `shutdown_timeout`.
 //!
-//! The TLS configuration is read per accepted connection from a [`ServerTls`], so a reload (new
-//! certificates, new CRLs) applies to the next handshake without a restart.
+//! What this leaves open: peers that send a ClientHello and then stall (each costs us a server
+//! handshake flight). While one of their addresses holds two places or more, a partner's newcomer
+//! takes one of those. So to keep partners out they must come from at least `handshakes_max`
+//! addresses (IPv6 /64s are cheap), or from behind a load balancer that hides client addresses
+//! (everyone is one address there), and open `handshakes_max` new connections every quarter of
+//! `handshake_timeout` (about 205 a second by default) for as long as they do it. A partner's
+//! connection in the instant between accept and its ClientHello counts as silent and is among the
+//! first to go under such a flood (it retries). Against that: a shorter `handshake_timeout`, and
+//! a cap on new connections per source at the load balancer or firewall.
+//!
+//! The TLS configuration is read per connection, when its ClientHello has come, from a
+//! [`ServerTls`], so a reload (new certificates, new CRLs) applies to the next handshake without a
+//! restart.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -35,9 +59,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
 
 /// What a handler knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -69,13 +94,17 @@ impl std::error::Error for Reset {}
 /// use; see the module docs.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
-    /// Open connections; more wait in the kernel's accept queue.
+    /// Established connections (handshake done). A connection whose handshake is done waits for
+    /// one until its `handshake_timeout` runs out, then is closed.
     pub connections_max: usize,
-    /// Open connections from one IP address (an IPv6 /64 counts as one); more are closed as soon
-    /// as they are accepted. Behind a load balancer that hides client addresses, set it to
-    /// `connections_max`.
+    /// Established connections from one IP address (an IPv6 /64 counts as one); more are closed
+    /// as soon as their handshake is done. Behind a load balancer that hides client addresses,
+    /// set it to `connections_max`.
     pub connections_per_ip_max: usize,
-    /// The TLS handshake must finish within this.
+    /// Connections in their TLS handshake (or done with it and waiting for an established slot).
+    /// When all places are taken, a new connection takes one from another; see [`Handshakes`].
+    pub handshakes_max: usize,
+    /// From accept, the TLS handshake must be done and the connection established within this.
     pub handshake_timeout: Duration,
     /// An HTTP/1 request head must arrive within this (also the longest wait for the next request
     /// on a keep-alive connection).
@@ -100,6 +129,7 @@ impl Default for ServeLimits {
         ServeLimits {
             connections_max: 1_024,
             connections_per_ip_max: 256,
+            handshakes_max: 256,
             handshake_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
@@ -189,6 +219,202 @@ impl Drop for IpSlot {
     }
 }
 
+/// Connections in their TLS handshake (at most `max`), and whom to close when a new one comes and
+/// every place is taken. A newcomer is never kept waiting: it takes the place of the first of
+/// these, or is closed at once when there is none.
+/// 1. A connection that has sent nothing yet (a client sends its ClientHello at once; a stalled
+///    socket never does): from the address holding the most such places, where the newcomer
+///    counts with its own address, which gives way first on a tie; that address's oldest.
+/// 2. Else, one that has sent its ClientHello, of an address holding more places than the
+///    newcomer's would (counting the newcomer): its oldest, however young. One address (or a
+///    few) flooding pushes out only its own handshakes, never those of an address holding fewer.
+/// 3. Else the oldest handshake of all, if it has had `protected` (a quarter of the handshake
+///    deadline) to finish. A real handshake needs a round trip or two, so a burst of real
+///    connections larger than the pool does not push out its own handshakes before they can
+///    finish (every newcomer would then take the place of one about to finish, and none would);
+///    the connections past the pool are closed at once, and their clients retry.
+///
+/// Behind a load balancer that hides client addresses, every connection has one address and step
+/// 2 never applies; see the module docs for what that leaves open.
+#[derive(Debug)]
+struct Handshakes {
+    max: usize,
+    protected: Duration,
+    table: Mutex<HandshakeTable>,
+}
+
+#[derive(Debug, Default)]
+struct HandshakeTable {
+    /// Ids grow with time, so the smallest is the oldest.
+    next: u64,
+    /// Connections that have sent nothing yet.
+    silent: Group,
+    /// Connections whose ClientHello has come (in the handshake, or done with it and waiting for
+    /// an established slot).
+    talking: Group,
+}
+
+/// One connection in a [`Group`].
+#[derive(Debug)]
+struct Place {
+    since: tokio::time::Instant,
+    /// Closes the connection (it takes the place's loss as its end).
+    close: oneshot::Sender<()>,
+}
+
+/// Connections by address and by age, and the addresses by how many places each holds.
+#[derive(Debug, Default)]
+struct Group {
+    /// Each address's connections by id (age).
+    hosts: HashMap<IpAddr, BTreeMap<u64, Place>>,
+    /// Every connection's address by id: the first is the oldest.
+    by_age: BTreeMap<u64, IpAddr>,
+    /// `(places held, Reverse(oldest id), address)` for every address in `hosts`: the last is the
+    /// address holding the most, the one with the oldest connection among equals.
+    rank: BTreeSet<(usize, Reverse<u64>, IpAddr)>,
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        self.by_age.len()
+    }
+
+    fn held(&self, ip: IpAddr) -> usize {
+        self.hosts.get(&ip).map_or(0, BTreeMap::len)
+    }
+
+    fn rank_of(&self, ip: IpAddr) -> Option<(usize, Reverse<u64>, IpAddr)> {
+        let conns = self.hosts.get(&ip)?;
+        let (&oldest, _) = conns.first_key_value()?;
+        Some((conns.len(), Reverse(oldest), ip))
+    }
+
+    fn insert(&mut self, ip: IpAddr, id: u64, place: Place) {
+        if let Some(rank) = self.rank_of(ip) {
+            self.rank.remove(&rank);
+        }
+        self.hosts.entry(ip).or_default().insert(id, place);
+        self.by_age.insert(id, ip);
+        self.rank.extend(self.rank_of(ip));
+    }
+
+    fn remove(&mut self, ip: IpAddr, id: u64) -> Option<Place> {
+        let rank = self.rank_of(ip)?;
+        let conns = self.hosts.get_mut(&ip)?;
+        let place = conns.remove(&id)?;
+        self.by_age.remove(&id);
+        self.rank.remove(&rank);
+        if conns.is_empty() {
+            self.hosts.remove(&ip);
+        } else {
+            self.rank.extend(self.rank_of(ip));
+        }
+        Some(place)
+    }
+
+    /// The address holding the most places other than `ip`, and how many.
+    fn heaviest_other(&self, ip: IpAddr) -> Option<(IpAddr, usize)> {
+        self.rank.iter().rev().find(|(_, _, host)| *host != ip).map(|&(held, _, host)| (host, held))
+    }
+
+    fn oldest_of(&self, host: IpAddr) -> Option<(IpAddr, u64)> {
+        let (&id, _) = self.hosts.get(&host)?.first_key_value()?;
+        Some((host, id))
+    }
+
+    /// Step 1 of [`Handshakes`]: the heaviest address (the newcomer's own on a tie), its oldest.
+    fn heaviest_oldest(&self, ip: IpAddr) -> Option<(IpAddr, u64)> {
+        let own = self.held(ip);
+        match self.heaviest_other(ip) {
+            Some((host, held)) if own == 0 || held > own + 1 => self.oldest_of(host),
+            _ => self.oldest_of(ip),
+        }
+    }
+
+    /// Steps 2 and 3 of [`Handshakes`].
+    fn over_share_or_old(&self, ip: IpAddr, old: tokio::time::Instant) -> Option<(IpAddr, u64)> {
+        if let Some((host, held)) = self.heaviest_other(ip) {
+            if held > self.held(ip) + 1 {
+                return self.oldest_of(host);
+            }
+        }
+        let (&id, &host) = self.by_age.first_key_value()?;
+        let since = self.hosts.get(&host)?.get(&id)?.since;
+        (since <= old).then_some((host, id))
+    }
+}
+
+/// A connection's place in [`Handshakes`]; given back on drop.
+struct HandshakeSlot {
+    pool: Arc<Handshakes>,
+    ip: IpAddr,
+    id: u64,
+}
+
+impl Handshakes {
+    fn new(max: usize, handshake_timeout: Duration) -> Arc<Self> {
+        Arc::new(Handshakes {
+            max: max.max(1),
+            protected: handshake_timeout / 4,
+            table: Mutex::default(),
+        })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HandshakeTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for a connection accepted from `ip` at `now`, taken from another connection when
+    /// all are taken; `None` when none can be (the newcomer is to be closed). The receiver
+    /// resolves when this connection is later the one chosen to close.
+    fn enter(
+        pool: &Arc<Handshakes>,
+        ip: IpAddr,
+        now: tokio::time::Instant,
+    ) -> Option<(HandshakeSlot, oneshot::Receiver<()>)> {
+        let mut table = pool.table();
+        let table = &mut *table;
+        if table.silent.len() + table.talking.len() >= pool.max {
+            let old = now.checked_sub(pool.protected).unwrap_or(now);
+            let place = match table.silent.heaviest_oldest(ip) {
+                Some((host, id)) => table.silent.remove(host, id),
+                None => match table.talking.over_share_or_old(ip, old) {
+                    Some((host, id)) => table.talking.remove(host, id),
+                    None => return None,
+                },
+            };
+            if let Some(place) = place {
+                tracing::debug!("handshake places all taken: closing one for a newcomer");
+                let _ = place.close.send(());
+            }
+        }
+        let id = table.next;
+        table.next += 1;
+        let (close, closed) = oneshot::channel();
+        table.silent.insert(ip, id, Place { since: now, close });
+        Some((HandshakeSlot { pool: pool.clone(), ip, id }, closed))
+    }
+}
+
+impl HandshakeSlot {
+    /// The connection's ClientHello has come: it is no longer among the silent.
+    fn hello(&self) {
+        let mut table = self.pool.table();
+        if let Some(place) = table.silent.remove(self.ip, self.id) {
+            table.talking.insert(self.ip, self.id, place);
+        }
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut table = self.pool.table();
+        if table.silent.remove(self.ip, self.id).is_none() {
+            table.talking.remove(self.ip, self.id);
+        }
+    }
+}
+
 /// Counts a connection's requests under way; the count goes down when the request's future ends
 /// or is dropped.
 struct Busy(Arc<watch::Sender<usize>>);
@@ -240,8 +466,8 @@ fn http_builder(limits: &ServeLimits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Connections the kernel may queue before `accept` (capped by `net.core.somaxconn`). Deeper
-/// than tokio's 1,024 so a burst waits for a slot (every slot frees itself by the limits above)
-/// instead of being dropped half-open by a full queue.
+/// than tokio's 1,024 so a burst the accept loop has not reached yet is not dropped half-open by
+/// a full queue.
 pub const ACCEPT_BACKLOG: u32 = 4_096;
 
 /// A listening socket on `addr` with [`ACCEPT_BACKLOG`].
@@ -269,17 +495,17 @@ pub async fn serve<H, F>(
     F: Future<Output = Result<Response<Full<Bytes>>, Reset>> + Send + 'static,
 {
     let tls = tls.into();
-    let permits = Arc::new(Semaphore::new(limits.connections_max.max(1)));
+    let handshakes = Handshakes::new(limits.handshakes_max, limits.handshake_timeout);
+    let established = Arc::new(Semaphore::new(limits.connections_max.max(1)));
     let per_ip =
         Arc::new(PerIp { max: limits.connections_per_ip_max.max(1), open: Mutex::default() });
     let mut connections = JoinSet::new();
     loop {
         // Finished connections leave the set here, so it holds only open ones.
         while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stopped(&mut shutdown) => break,
-        };
+        // No permit before `accept`: a new connection gets a handshake place at once or is
+        // closed at once (see `Handshakes`), so the accept queue never holds a partner behind a
+        // flood, and open sockets stay within `handshakes_max + connections_max`.
         let (tcp, remote) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
@@ -292,19 +518,27 @@ pub async fn serve<H, F>(
             },
             _ = stopped(&mut shutdown) => break,
         };
-        let Some(slot) = PerIp::take(&per_ip, host(remote.ip())) else {
-            tracing::debug!(%remote, "closing a connection past the per-address limit");
+        let now = tokio::time::Instant::now();
+        let Some((handshake, evicted)) = Handshakes::enter(&handshakes, host(remote.ip()), now)
+        else {
+            tracing::debug!(%remote, "closing a connection: every handshake place is in use");
             continue;
         };
         let _ = tcp.set_nodelay(true);
         connections.spawn(connection(
             tcp,
             remote,
-            tls.current(),
+            tls.clone(),
             limits,
             shutdown.clone(),
             handler.clone(),
-            (permit, slot),
+            Admission {
+                accepted: now,
+                handshake,
+                evicted,
+                established: established.clone(),
+                per_ip: per_ip.clone(),
+            },
         ));
     }
     drop(listener);
@@ -324,36 +558,93 @@ pub async fn serve<H, F>(
     }
 }
 
-/// One connection, from handshake to close. `_held` is its connection permit and its place in
-/// the per-address count, given back when it ends.
+/// What a connection needs to get in: its handshake place (and the signal that it lost it), and
+/// the pools it moves to once its handshake is done.
+struct Admission {
+    accepted: tokio::time::Instant,
+    handshake: HandshakeSlot,
+    evicted: oneshot::Receiver<()>,
+    established: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+}
+
+/// Why a connection was not established.
+#[derive(Debug, thiserror::Error)]
+enum NotAdmitted {
+    #[error("TLS handshake refused: {0}")]
+    Tls(std::io::Error),
+    #[error("past the per-address limit of established connections")]
+    PerAddress,
+    #[error("no established slot came free in time")]
+    NoSlot,
+    #[error("TLS handshake timed out")]
+    HandshakeTimeout,
+}
+
+/// Takes a connection from accept through its TLS handshake into an established slot, all by
+/// `deadline`; holds its handshake place meanwhile.
+async fn admit(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    tls: &ServerTls,
+    handshake: &HandshakeSlot,
+    established: &Arc<Semaphore>,
+    per_ip: &Arc<PerIp>,
+    deadline: tokio::time::Instant,
+) -> Result<(TlsStream<TcpStream>, OwnedSemaphorePermit, IpSlot), NotAdmitted> {
+    let handshaken = async {
+        // The configuration is read when the ClientHello has come, so a reload applies to every
+        // handshake that starts after it.
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+            .await
+            .map_err(NotAdmitted::Tls)?;
+        handshake.hello();
+        start.into_stream(tls.current()).await.map_err(NotAdmitted::Tls)
+    };
+    let stream = tokio::time::timeout_at(deadline, handshaken)
+        .await
+        .map_err(|_| NotAdmitted::HandshakeTimeout)??;
+    let slot = PerIp::take(per_ip, host(remote.ip())).ok_or(NotAdmitted::PerAddress)?;
+    let permit = tokio::time::timeout_at(deadline, established.clone().acquire_owned())
+        .await
+        .map_err(|_| NotAdmitted::NoSlot)?
+        .map_err(|_| NotAdmitted::NoSlot)?;
+    Ok((stream, permit, slot))
+}
+
+/// One connection, from handshake to close. Its handshake place is given back once it is
+/// established; its established slot and its place in the per-address count when it ends.
 async fn connection<H, F>(
     tcp: TcpStream,
     remote: SocketAddr,
-    tls: Arc<rustls::ServerConfig>,
+    tls: ServerTls,
     limits: ServeLimits,
     mut shutdown: watch::Receiver<bool>,
     handler: H,
-    _held: (OwnedSemaphorePermit, IpSlot),
+    admission: Admission,
 ) where
     H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, Reset>> + Send + 'static,
 {
-    let handshake =
-        tokio::time::timeout(limits.handshake_timeout, TlsAcceptor::from(tls).accept(tcp));
-    let tls = tokio::select! {
-        done = handshake => match done {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(%remote, error = %e, "TLS handshake refused");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%remote, "TLS handshake timed out");
-                return;
-            }
-        },
+    let Admission { accepted, handshake, mut evicted, established, per_ip } = admission;
+    let deadline = accepted + limits.handshake_timeout;
+    let admitted = tokio::select! {
+        admitted = admit(tcp, remote, &tls, &handshake, &established, &per_ip, deadline) => admitted,
+        _ = &mut evicted => {
+            tracing::debug!(%remote, "closing a handshake: its place went to a newer connection");
+            return;
+        }
         _ = stopped(&mut shutdown) => return,
     };
+    let (tls, _held) = match admitted {
+        Ok((tls, permit, slot)) => (tls, (permit, slot)),
+        Err(e) => {
+            tracing::debug!(%remote, "closing the connection: {e}");
+            return;
+        }
+    };
+    // Established: its handshake place is free for the next connection.
+    drop(handshake);
     let (_, session) = tls.get_ref();
     let conn = Arc::new(Conn {
         remote,
@@ -441,6 +732,120 @@ mod tests {
         assert_ne!(host(a), host(c));
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(host(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
+    type Entered = (HandshakeSlot, oneshot::Receiver<()>);
+
+    /// A pool of `max` places whose handshakes are protected for 1 s, and a clock for it.
+    fn pool(max: usize) -> (Arc<Handshakes>, tokio::time::Instant) {
+        (Handshakes::new(max, Duration::from_secs(4)), tokio::time::Instant::now())
+    }
+
+    fn enter(pool: &Arc<Handshakes>, from: u8, at: tokio::time::Instant) -> Entered {
+        Handshakes::enter(pool, ip(from), at).expect("a place")
+    }
+
+    /// Whether the connection was chosen to close.
+    fn closed(entered: &mut Entered) -> bool {
+        entered.1.try_recv().is_ok()
+    }
+
+    #[test]
+    fn silent_sockets_give_way_heaviest_address_first_then_oldest() {
+        let (pool, t0) = pool(4);
+        // A flooding address takes three places, a partner one: none sends a byte yet.
+        let mut flood: Vec<_> = (0..3).map(|_| enter(&pool, 1, t0)).collect();
+        let mut partner = enter(&pool, 2, t0);
+        // A newcomer from a third address takes the flooder's oldest place.
+        let mut third = enter(&pool, 3, t0);
+        assert!(closed(&mut flood[0]));
+        assert!(!closed(&mut flood[1]) && !closed(&mut partner));
+        // The flooder's own newcomer pushes out the flooder's next oldest, no one else's.
+        let _again = enter(&pool, 1, t0);
+        assert!(closed(&mut flood[1]));
+        assert!(!closed(&mut partner) && !closed(&mut third));
+        // The partner's second: the flooder's two are no more than the partner's would be, and on
+        // a tie the newcomer's own address gives way.
+        let _second = enter(&pool, 2, t0);
+        assert!(closed(&mut partner));
+        assert!(!closed(&mut flood[2]) && !closed(&mut third));
+        let table = pool.table();
+        assert_eq!(table.silent.len() + table.talking.len(), 4);
+    }
+
+    #[test]
+    fn silent_sockets_go_before_handshakes_under_way() {
+        let (pool, t0) = pool(3);
+        let mut talking: Vec<_> = (0..2).map(|_| enter(&pool, 1, t0)).collect();
+        for (slot, _) in &talking {
+            slot.hello();
+        }
+        // A silent socket, newer, from an address holding fewer places.
+        let mut silent = enter(&pool, 2, t0);
+        let (new, _) = enter(&pool, 3, t0);
+        assert!(closed(&mut silent));
+        assert!(!closed(&mut talking[0]) && !closed(&mut talking[1]));
+        new.hello();
+        // No silent one left: address 1 holds more than a fresh address would, so its oldest goes,
+        // young as it is.
+        let _next = enter(&pool, 4, t0);
+        assert!(closed(&mut talking[0]));
+    }
+
+    #[test]
+    fn handshakes_under_way_are_protected_until_old_within_a_fair_share() {
+        let (pool, t0) = pool(3);
+        let talk = |from: u8| {
+            let entered = enter(&pool, from, t0);
+            entered.0.hello();
+            entered
+        };
+        // One address's burst, each past its ClientHello.
+        let mut burst: Vec<_> = (0..3).map(|_| talk(9)).collect();
+        // Young: a newcomer from the same address is closed, not one of the burst.
+        assert!(Handshakes::enter(&pool, ip(9), t0).is_none());
+        // Newcomers from addresses holding fewer take the burst's places, young as they are.
+        let mut seven = talk(7);
+        assert!(closed(&mut burst[0]));
+        let mut eight = talk(8);
+        assert!(closed(&mut burst[1]));
+        // One place each now: age decides, and the oldest has not had its second yet...
+        assert!(Handshakes::enter(&pool, ip(6), t0 + Duration::from_millis(999)).is_none());
+        // ...and now it has.
+        let _late = enter(&pool, 6, t0 + Duration::from_secs(1));
+        assert!(closed(&mut burst[2]));
+        assert!(!closed(&mut seven) && !closed(&mut eight));
+    }
+
+    #[test]
+    fn behind_one_address_the_oldest_silent_socket_goes() {
+        let (pool, t0) = pool(3);
+        let mut held: Vec<_> = (0..3).map(|_| enter(&pool, 9, t0)).collect();
+        for i in 0..3 {
+            held.push(enter(&pool, 9, t0));
+            assert!(closed(&mut held[i]), "the {i}th");
+            assert!(!closed(&mut held[i + 1]));
+        }
+    }
+
+    #[test]
+    fn handshake_places_are_given_back_and_nothing_is_closed_below_the_limit() {
+        let (pool, t0) = pool(2);
+        let (one, mut one_closed) = enter(&pool, 1, t0);
+        let mut two = enter(&pool, 1, t0);
+        one.hello();
+        drop(one);
+        let _three = enter(&pool, 1, t0);
+        // `one` left by itself (its sender dropped with its place); `two` was not pushed out.
+        assert!(one_closed.try_recv().is_err());
+        assert!(!closed(&mut two));
+        let table = pool.table();
+        assert_eq!((table.silent.len(), table.talking.len()), (2, 0));
+        assert!(table.talking.hosts.is_empty() && table.talking.rank.is_empty());
     }
 
     #[test]

@@ -76,7 +76,11 @@ pub struct Tls {
     pub allow_tls12: bool,
     /// Certificate revocation lists (PEM), one or more per CA that publishes one; each applies to
     /// the client certificates its CA signed, on every listener. Re-read on reload. Certificates
-    /// of a CA with no CRL here are not checked for revocation.
+    /// of a CA with no CRL here are not checked for revocation. A CRL past its nextUpdate is
+    /// still used, not enforced: refusing it would refuse every certificate of its CA until a
+    /// fresh one is installed (a late download would lock a partner out). Each is logged as a
+    /// warning, with its file and nextUpdate, at start and on every reload; fetch CRLs on a
+    /// schedule and reload.
     pub crls: Vec<PathBuf>,
 }
 
@@ -372,6 +376,9 @@ pub struct Resolver {
     /// before the bridge gives up reversing: a cancel is then refused and the payment stays as
     /// the acquirer has it.
     pub reversal_refusals_max: u32,
+    /// Resolver steps under way at once against any one acquirer, so that one acquirer's outage
+    /// (each call waiting out its timeout) cannot hold the resolver from the others.
+    pub acquirer_concurrency_max: u32,
 }
 
 impl Default for Resolver {
@@ -380,7 +387,8 @@ impl Default for Resolver {
             inquiry_schedule_s: vec![4, 4, 30, 60, 60, 60, 300, 300],
             payment_expiry_s: 900,
             concurrency: 64,
-            reversal_refusals_max: 3,
+            reversal_refusals_max: 5,
+            acquirer_concurrency_max: 16,
         }
     }
 }
@@ -425,12 +433,23 @@ impl Default for Webhooks {
 pub struct Limits {
     /// Largest request body.
     pub body_bytes_max: u64,
-    /// Open connections per listener; more wait in the accept queue.
+    /// Established connections (TLS handshake done, client certificate verified) per listener.
+    /// When all are taken, a connection whose handshake is done waits for one until
+    /// `handshake_timeout_ms` after it was accepted, then is closed.
     pub connections_max: u32,
-    /// Open connections from one IP address (an IPv6 /64 counts as one) per listener; more are
-    /// closed at once. Behind a load balancer that hides client addresses, raise it to
-    /// `connections_max`.
+    /// Established connections from one IP address (an IPv6 /64 counts as one) per listener;
+    /// more are closed as soon as their handshake is done. Behind a load balancer that hides
+    /// client addresses, raise it to `connections_max` (`handshakes_max` needs no such change).
     pub connections_per_ip_max: u32,
+    /// Connections in their TLS handshake per listener, a pool apart from `connections_max`: a
+    /// connection leaves it for an established slot once its handshake is done. When it is full,
+    /// a new connection is not kept waiting: it takes the place of a socket that has sent
+    /// nothing yet, else of a handshake of an address holding more places than its own, else of
+    /// a handshake that has had a quarter of `handshake_timeout_ms` to finish; failing all
+    /// three it is closed at once (its client retries). So sockets that never send a byte cannot
+    /// keep a partner out, however many and from wherever. No per-address setting: it needs no
+    /// change behind a load balancer.
+    pub handshakes_max: u32,
     /// Requests being handled at once per listener; more are shed with 503. Each caller also has
     /// its own share (`partners[].limits.concurrency_max`).
     pub concurrency_max: u32,
@@ -438,7 +457,9 @@ pub struct Limits {
     pub request_timeout_ms: u64,
     /// Longest scanned code accepted, in characters.
     pub code_chars_max: u32,
-    /// TLS handshake deadline, so idle sockets cannot hold connection slots.
+    /// A connection must finish its TLS handshake and get an established slot within this of
+    /// being accepted, or it is closed: a socket that never starts TLS holds its handshake place
+    /// no longer than this (less when `handshakes_max` is reached and newer connections need it).
     pub handshake_timeout_ms: u64,
     /// An HTTP/1 request head must arrive within this; it is also the longest wait for the next
     /// request on a keep-alive connection.
@@ -480,6 +501,7 @@ impl Default for Limits {
             body_read_timeout_ms: 5_000,
             shutdown_timeout_ms: 20_000,
             connections_per_ip_max: 256,
+            handshakes_max: 256,
         }
     }
 }

@@ -279,6 +279,12 @@ fn others(p: &mut Problems, c: &Config) {
     p.range("webhooks.answer_bytes_max", w.answer_bytes_max, 0, 1 << 20);
     p.range("resolver.concurrency", u64::from(c.resolver.concurrency), 1, 1_024);
     p.range("resolver.reversal_refusals_max", u64::from(c.resolver.reversal_refusals_max), 1, 100);
+    p.range(
+        "resolver.acquirer_concurrency_max",
+        u64::from(c.resolver.acquirer_concurrency_max),
+        1,
+        u64::from(c.resolver.concurrency.max(1)),
+    );
     let l = &c.limits;
     p.range("limits.body_bytes_max", l.body_bytes_max, 256, 16 << 20);
     p.range("limits.connections_max", l.connections_max.into(), 1, 1_000_000);
@@ -292,6 +298,7 @@ fn others(p: &mut Problems, c: &Config) {
         1,
         l.connections_max.max(1).into(),
     );
+    p.range("limits.handshakes_max", l.handshakes_max.into(), 1, 1_000_000);
     p.range("limits.header_read_timeout_ms", l.header_read_timeout_ms, 1, 600_000);
     p.range("limits.idle_timeout_ms", l.idle_timeout_ms, 1, 3_600_000);
     p.range("limits.connection_max_age_s", l.connection_max_age_s, 1, 7 * 86_400);

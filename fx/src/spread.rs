@@ -71,7 +71,14 @@ impl fmt::Debug for Bps {
 
 impl FromStr for Bps {
     type Err = SpreadError;
+    /// Plain decimal text only (`35`, `35.5`): `rust_decimal` alone would also read `+5`, `.5`,
+    /// `5.` and `1_0`, which the admin API's document does not allow.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (int, frac) = s.split_once('.').unwrap_or((s, "0"));
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(int) || !digits(frac) {
+            return Err(SpreadError::Malformed(s.into()));
+        }
         let d = Decimal::from_str_exact(s).map_err(|_| SpreadError::Malformed(s.into()))?;
         Bps::new(d)
     }
@@ -192,6 +199,10 @@ mod tests {
         assert!("10000.001".parse::<Bps>().is_err());
         assert!("-1".parse::<Bps>().is_err());
         assert!("1e3".parse::<Bps>().is_err());
+        for loose in ["+5", ".5", "5.", "1_0", "-0", " 5", "5 ", ""] {
+            assert!(loose.parse::<Bps>().is_err(), "{loose:?}");
+        }
+        assert_eq!("05.50".parse::<Bps>().unwrap(), bps("5.5"));
         assert!(SpreadPolicy::new(bps("50"), bps("60"), bps("300")).is_err());
         assert!(SpreadPolicy::new(bps("50"), bps("60"), bps("30")).is_err());
     }

@@ -17,10 +17,10 @@ pub struct ControlledStore {
     /// While false, flushes wait (each signals `flush_waiting` first).
     gate: watch::Sender<bool>,
     pub flush_waiting: Notify,
-    /// Refund lookups so far, and a refund write armed to wait for one more.
+    /// Refund lookups so far, and how many the next refund write waits for (0: none).
     lookups: Mutex<u64>,
     looked_up: Condvar,
-    pub hold_refund_write: AtomicBool,
+    hold_refund_write: std::sync::atomic::AtomicU64,
 }
 
 impl ControlledStore {
@@ -33,7 +33,7 @@ impl ControlledStore {
             flush_waiting: Notify::new(),
             lookups: Mutex::new(0),
             looked_up: Condvar::new(),
-            hold_refund_write: AtomicBool::new(false),
+            hold_refund_write: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -52,6 +52,13 @@ impl ControlledStore {
 
     pub fn set_failing(&self, fail: bool) {
         self.fail.store(fail, Ordering::SeqCst);
+    }
+
+    /// The next refund write waits (on its thread) until `n` refund lookups have been made from
+    /// now on.
+    pub fn hold_refund_write_until(&self, n: u64) {
+        *self.lookups.lock().unwrap() = 0;
+        self.hold_refund_write.store(n, Ordering::SeqCst);
     }
 
     /// The next `n` flushes succeed, every one after fails.
@@ -90,15 +97,18 @@ impl Store for ControlledStore {
         self.inner.payment_by_request(partner, request_id)
     }
     fn apply(&self, change: &Change) -> Result<(), StoreError> {
-        if change.refund.is_some() && self.hold_refund_write.swap(false, Ordering::SeqCst) {
-            // Wait (on this thread) until another request has looked the refund up.
+        let until = if change.refund.is_some() {
+            self.hold_refund_write.swap(0, Ordering::SeqCst)
+        } else {
+            0
+        };
+        if until > 0 {
             let mut n = self.lookups.lock().unwrap();
-            let start = *n;
             let limit = std::time::Duration::from_secs(10);
-            while *n == start {
+            while *n < until {
                 let (guard, timeout) = self.looked_up.wait_timeout(n, limit).unwrap();
                 n = guard;
-                assert!(!timeout.timed_out(), "no second refund request came");
+                assert!(!timeout.timed_out(), "the refund lookups never came");
             }
         }
         self.inner.apply(change)
