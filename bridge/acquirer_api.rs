@@ -17,9 +17,9 @@ use http::{Method, StatusCode};
 use tower::util::BoxCloneSyncService;
 
 use crate::api::RefundAnswer;
-use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::http::{allow, json_response, read_json, service, HttpLimits, Rate, Req, Resp};
+use crate::payments::engine::Engine;
 use crate::store::Store;
 use crate::tls::Directory;
 

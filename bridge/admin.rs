@@ -31,12 +31,12 @@ use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 use tower::util::BoxCloneSyncService;
 
-use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::http::{
     allow, allow_any, json_response, read_body, read_json, service, HttpLimits, Req, Resp,
 };
 use crate::model::Task;
+use crate::payments::engine::Engine;
 use crate::settlement::{parse_day, Settlement};
 use crate::store::Store;
 use crate::tls::Directory;

@@ -4,15 +4,20 @@ use qrbridge_adapters::decode::{CodeType, MerchantCode, Scheme, Warning};
 use qrbridge_fx::Amount;
 use serde::Serialize;
 
-/// `merchant` in API answers: fields the code does not carry are `null`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct MerchantAnswer {
-    pub id: Option<String>,
-    pub name: Option<String>,
-    pub city: Option<String>,
-    pub country: Option<String>,
-    pub mcc: Option<String>,
+/// The response type of every listener.
+pub type Resp = http::Response<http_body_util::Full<bytes::Bytes>>;
+
+/// A JSON answer.
+pub fn json_response<T: Serialize>(status: http::StatusCode, body: &T) -> Resp {
+    let bytes = serde_json::to_vec(body).expect("JSON of plain data");
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(bytes)))
+        .expect("valid response")
 }
+
+pub use crate::model::MerchantAnswer;
 
 impl MerchantAnswer {
     pub fn from_code(code: &MerchantCode<'_>) -> Self {

@@ -22,10 +22,10 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::clock::Clock;
-use crate::engine::{
+use crate::http::{self as partner_http, HttpLimits, Rate, Req, Resp};
+use crate::payments::engine::{
     AcquirerService, CancelPolicy, Engine, EngineParts, PartnerPolicy, ResolverPolicy,
 };
-use crate::http::{self as partner_http, HttpLimits, Rate, Req, Resp};
 use crate::rates::Feeds;
 use crate::settlement::{BusinessDays, Settlement};
 use crate::store::{SledStore, Store};
@@ -367,7 +367,7 @@ impl Daemon {
 
         // Workers first, so what the last process left is under way before new requests come.
         let workers = vec![
-            tokio::spawn(crate::resolver::run(
+            tokio::spawn(crate::payments::resolver::run(
                 engine.clone(),
                 config.resolver.concurrency as usize,
                 shutdown_rx.clone(),

@@ -184,7 +184,7 @@ impl ApiError {
     pub fn response(&self) -> Response<Full<Bytes>> {
         let (code, status, retryable) = self.parts();
         let body = ErrorBody { error: ErrorDetail { code, message: self.to_string(), retryable } };
-        let mut r = crate::http::json_response(status, &body);
+        let mut r = crate::api::json_response(status, &body);
         if matches!(self, ApiError::RateLimited | ApiError::Overloaded) {
             r.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
         }

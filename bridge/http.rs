@@ -24,20 +24,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 use qrbridge_adapters::https::Conn;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tracing::Instrument;
 
 use crate::api::{PaymentAnswer, QuoteAnswer, RefundAnswer, RefundList};
-use crate::engine::Engine;
 use crate::error::ApiError;
+use crate::payments::engine::Engine;
 use crate::store::Store;
 use crate::tls::{Directory, PeerCert};
 
@@ -53,20 +52,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/payments/{payment_id}/refunds"),
 ];
 
-/// The response type of every listener.
-pub type Resp = Response<Full<Bytes>>;
+pub use crate::api::{json_response, Resp};
 pub type Req = Request<Incoming>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// A JSON answer.
-pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Resp {
-    let bytes = serde_json::to_vec(body).expect("JSON of plain data");
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(bytes)))
-        .expect("valid response")
-}
 
 /// Who a request comes from (a partner, an acquirer, an admin), set by the authentication layer.
 #[derive(Debug, Clone)]

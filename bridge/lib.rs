@@ -2,11 +2,10 @@
 //!
 //! - [`cli`]: the command line (`serve`, `check-config`, `decode`, `sandbox-acquirer`).
 //! - [`daemon`]: assembling and running everything; shutdown.
-//! - [`engine`]: the payment lifecycle (decode, quote, pay, resolve, cancel, refund).
-//! - [`resolver`]: the worker that brings payments in doubt to rest; [`webhooks`]: the outbox
-//!   delivery worker.
-//! - [`store`]: durable state in sled, group commit.
-//! - [`ledger`]: double-entry postings.
+//! - [`payments`]: the payment lifecycle ([`payments::engine`]: decode, quote, pay, resolve,
+//!   cancel, refund), the resolver that brings payments in doubt to rest, the ledger's
+//!   double-entry postings. [`webhooks`]: the outbox delivery worker.
+//! - [`store`]: durable state (the `Store` trait; sled, group commit).
 //! - [`model`]: the stored records.
 //! - [`http`]: the tower stack every listener uses, and the partner API's handlers;
 //!   [`acquirer_api`]: the acquirer listener (refunds); [`admin`]: the admin listener;
@@ -24,18 +23,20 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod daemon;
+pub mod days;
 pub mod defaults;
-pub mod engine;
 pub mod error;
 pub mod http;
-pub mod ledger;
 pub mod model;
+pub mod payments;
 pub mod pki;
 pub mod rates;
-pub mod resolver;
 pub mod routing;
 pub mod settlement;
 pub mod store;
 pub mod tls;
 pub mod treasury;
 pub mod webhooks;
+
+// The payment modules by their old paths, for the binaries, tests and benches.
+pub use payments::{engine, ledger, resolver};

@@ -5,14 +5,22 @@ use chrono::{DateTime, Utc};
 use qrbridge_fx::{Amount, Currency, Decimal, Quote};
 use serde::{Deserialize, Serialize};
 
-use crate::api::MerchantAnswer;
-
 /// Record format version written by this build.
 pub const RECORD_VERSION: u32 = 1;
 
 /// A bridge id: a prefix and a time-ordered UUIDv7, so keys sort by creation.
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// `merchant` in API answers: fields the code does not carry are `null`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MerchantAnswer {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub city: Option<String>,
+    pub country: Option<String>,
+    pub mcc: Option<String>,
 }
 
 /// What the bridge knows of the code a quote pays.

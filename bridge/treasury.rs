@@ -21,11 +21,11 @@ use qrbridge_fx::{Amount, Bps, Currency, Decimal, MidRate, Pair, RateError, Spre
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::engine::Engine;
+use crate::days::{made_at, BusinessDays};
 use crate::error::ApiError;
 use crate::model::{verify_chain, AuditDraft, AuditRecord, ChainCheck, JournalEntry};
+use crate::payments::engine::Engine;
 use crate::rates::{Feeds, Offered, RateSink, SourceStatus};
-use crate::settlement::{made_at, BusinessDays};
 use crate::store::{Store, StoreError};
 
 /// The settings key of the spreads an admin set.

@@ -27,8 +27,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::api::WebhookBody;
-use crate::engine::Engine;
 use crate::model::{DeliveredEvent, OutboxEvent, ParkedEvent, RECORD_VERSION};
+use crate::payments::engine::Engine;
 use crate::store::{EventSeq, Store, StoreError};
 
 /// How deliveries are retried.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::engine::Engine;
+use crate::payments::engine::Engine;
 use crate::store::Store;
 
 /// How long to wait before looking again at a payment this process is still paying, or after a

@@ -39,8 +39,8 @@ use crate::api::{
 };
 use crate::clock::Clock;
 use crate::error::ApiError;
-use crate::ledger;
 use crate::model::*;
+use crate::payments::ledger;
 use crate::store::{Begin, BeginError, Change, Store, StoreError, Work};
 
 /// How the engine reaches an acquirer: the real client ([`qrbridge_adapters::acquirer::AcquirerClient`])
