@@ -630,3 +630,42 @@ async fn one_acquirers_outage_holds_at_most_its_lane() {
     rig.inquiries_open.send_replace(true);
     within("a's step", held).await.unwrap().unwrap();
 }
+
+// Item 2 ("show what is left on the admin API"): a payment in doubt is listed with its state,
+// task, attempts, refusals and what the last attempt got. Over the real daemon and mTLS.
+#[tokio::test]
+async fn the_admin_api_shows_what_the_resolver_has_left() {
+    use support::daemon::{Setup, TestDaemon};
+    use support::flows::quote_and_pay;
+    let d = TestDaemon::start_with(Setup { manual_clock: true, ..Setup::default() }).await;
+    let c = d.client("partner-demo");
+    // The sandbox answers PROCESSING to amounts ending in 56 (until a reversal races it).
+    let (_, p) = quote_and_pay(&c, 3_056, "in-doubt").await;
+    assert_eq!(p["status"], "PROCESSING", "{p}");
+    let id = p["payment_id"].as_str().unwrap().to_owned();
+    d.resolve_after(chrono::Duration::seconds(5)).await;
+    let (status, open) = d.admin_client("admin").get("/admin/v1/resolver").await;
+    assert_eq!(status, http::StatusCode::OK, "{open}");
+    let item = open["open"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["payment_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{open}"))
+        .clone();
+    assert_eq!(
+        (&item["status"], &item["state"], &item["task"]),
+        (
+            &serde_json::json!("PROCESSING"),
+            &serde_json::json!("UNKNOWN"),
+            &serde_json::json!("INQUIRE")
+        )
+    );
+    assert_eq!(
+        (&item["attempt"], &item["refusals"]),
+        (&serde_json::json!(1), &serde_json::json!(0))
+    );
+    assert_eq!(item["reversal_refused"], false);
+    assert!(item["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{item}");
+    d.finish().await;
+}
