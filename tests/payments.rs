@@ -669,3 +669,23 @@ async fn the_admin_api_shows_what_the_resolver_has_left() {
     assert!(item["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{item}");
     d.finish().await;
 }
+
+// Review: a cancel whose reversals all got "still processing" is refused like any other, but an
+// operator is asked to make sure the reversal did not go through after all.
+#[tokio::test]
+async fn a_cancel_answered_processing_to_the_end_is_refused_and_watched() {
+    let rig = rig(Reply::Status(InstructionStatus::Approved));
+    let p = rig.pay("r-1").await;
+    rig.script.lock().unwrap().reverse = Reply::Status(InstructionStatus::Processing);
+    rig.engine.cancel("p", &p.payment_id).await.unwrap();
+    for _ in 0..4 {
+        rig.engine.step(&p.payment_id, Some(Task::Reverse)).await.unwrap();
+    }
+    let end = rig.payment(&p.payment_id);
+    assert_eq!((end.state, end.booked), (PaymentState::Succeeded, true));
+    assert_eq!(end.cancel_refusal.unwrap().code, "REVERSAL_REFUSED");
+    let w = rig.store.work_item(&p.payment_id).unwrap().unwrap();
+    assert_eq!(w.task, Task::Attention);
+    assert!(w.last_error.unwrap().contains("PROCESSING"));
+    assert_eq!(rig.event_kinds(), vec!["payment.succeeded", "payment.cancel_refused"]);
+}

@@ -635,25 +635,28 @@ impl<S: Store> Engine<S> {
         let p = self.settled(p).await?;
         let unsent = self.unsent_set().contains(&p.payment_id);
         if unsent && p.state == PaymentState::Pending {
-            if let Ok(inflight) = self.inflight.claim(&p.payment_id) {
-                // Read again now that it is ours: it may have moved on meanwhile.
-                let p = self.store.payment(&p.payment_id).map_err(internal)?.ok_or_else(|| {
-                    tracing::error!(payment = %p.payment_id, "a replayed payment vanished");
-                    ApiError::Internal
-                })?;
-                if p.state == PaymentState::Pending {
-                    let q = self.store.quote(&p.quote_id).map_err(internal)?.ok_or_else(|| {
-                        tracing::error!(payment = %p.payment_id, "the payment's quote is missing");
-                        ApiError::Internal
-                    })?;
+            // Claimed and read again under the payment's lock, so that the resolver, which fails
+            // an unsent payment under the same lock, either sees the claim or has already
+            // failed it (then nothing is sent).
+            let guard = self.lock_payment(&p.payment_id).await;
+            let claimed = self.inflight.claim(&p.payment_id);
+            let now_p = self.store.payment(&p.payment_id).map_err(internal)?;
+            let q = self.store.quote(&p.quote_id).map_err(internal)?;
+            drop(guard);
+            let now = self.clock.now();
+            match (claimed, now_p, q) {
+                (Ok(inflight), Some(p), Some(q))
+                    if p.state == PaymentState::Pending && !q.quote.is_expired(now) =>
+                {
                     tracing::info!(payment = %p.payment_id, "repeated request finishes a pending payment");
                     return self.spawn_drive(p, q, inflight).await;
                 }
-                drop(inflight);
-                return self.visible(p).await;
+                (claim, now_p, _) => {
+                    drop(claim);
+                    let p = self.settled(now_p.unwrap_or(p)).await?;
+                    return self.visible(p).await;
+                }
             }
-            let p = self.settled(p).await?;
-            return self.visible(p).await;
         }
         self.visible(p).await
     }
@@ -935,7 +938,11 @@ impl<S: Store> Engine<S> {
         let guard = self.lock_payment(&p.payment_id).await;
         let now_p = self.store.payment(&p.payment_id).map_err(internal)?;
         let now_item = self.store.work_item(&p.payment_id).map_err(internal)?;
-        if now_p.as_ref().map(|c| c.rev) != Some(p.rev) || now_item.as_ref() != Some(&item) {
+        // A repeated request claims it under this lock before it sends: then it is not ours.
+        if now_p.as_ref().map(|c| c.rev) != Some(p.rev)
+            || now_item.as_ref() != Some(&item)
+            || self.is_inflight(&p.payment_id)
+        {
             drop(guard);
             return self.visible(now_p.unwrap_or(p)).await;
         }
@@ -951,7 +958,8 @@ impl<S: Store> Engine<S> {
                     message: "the payment could not be recorded in time; nothing was sent".into(),
                 });
                 change.release_quote = true;
-                change.work = Work::Done;
+                // Nothing was sent; one inquiry later makes sure of it.
+                change.work = self.work(&p, Task::Verify, now + self.resolver.delay(0), 0);
                 self.event_for(&mut change, now);
                 change
             }
@@ -1127,6 +1135,7 @@ impl<S: Store> Engine<S> {
         now: DateTime<Utc>,
     ) -> Change {
         tracing::warn!(payment = %p.payment_id, answer = ?asked, "the acquirer refuses to reverse; giving up reversing");
+        let processing = asked.status().0 == Some(InstructionStatus::Processing);
         let mut change = Change::of(p.successor(now));
         change.payment.reversal_refused = true;
         change.work = Work::Done;
@@ -1149,6 +1158,18 @@ impl<S: Store> Engine<S> {
                     self.payment_event(&mut change, "payment.cancel_refused", now);
                     if !p.booked {
                         self.event_for(&mut change, now);
+                    }
+                    // "Still processing" to the last reversal: the reversal may yet go through
+                    // at the acquirer; an operator makes sure it does not.
+                    if processing {
+                        change.work = Work::Set(WorkItem {
+                            last_error: Some(
+                                "the cancel was refused, but the acquirer answered PROCESSING to \
+                                 the last reversal: make sure it did not go through"
+                                    .into(),
+                            ),
+                            ..WorkItem::new(&p.payment_id, Task::Attention, now, 0)
+                        });
                     }
                 } else {
                     change.payment.state = PaymentState::Unknown;

@@ -283,7 +283,8 @@ fn others(p: &mut Problems, c: &Config) {
         "resolver.acquirer_concurrency_max",
         u64::from(c.resolver.acquirer_concurrency_max),
         1,
-        u64::from(c.resolver.concurrency.max(1)),
+        // Half the resolver at most: one acquirer's outage leaves the other half to the rest.
+        u64::from((c.resolver.concurrency / 2).max(1)),
     );
     let l = &c.limits;
     p.range("limits.body_bytes_max", l.body_bytes_max, 256, 16 << 20);
