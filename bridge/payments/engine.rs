@@ -907,7 +907,8 @@ impl<S: Store> Engine<S> {
                 Task::Inquire => self.inquired(&p, &item, asked, now),
                 Task::Reverse => self.reversed(&p, &item, asked, now),
                 Task::Verify => self.verified(&p, &item, asked, now),
-                Task::Attention => unreachable!("never stepped: checked above"),
+                // Never stepped (checked above, and the task is re-read under the lock).
+                Task::Attention => Self::unchanged(&p, now, Work::Keep),
             };
             // A reversal due at once follows at once: at expiry, and after a late approval.
             let follow = matches!(&change.work, Work::Set(w)
