@@ -159,7 +159,9 @@ pub async fn run<S: Store>(
                             skipped: false,
                         };
                         attempts.remove(&seq);
-                        if let Err(e) = record(&*engine, |s| s.delivered(seq, &d)).await {
+                        // No flush of its own: a delivered mark lost in a crash means one more
+                        // delivery under the same event id, which partners deduplicate.
+                        if let Err(e) = engine.store().delivered(seq, &d) {
                             tracing::error!(event = %event.event_id, error = %e, "could not record a delivery");
                         }
                         engine.events_settled.send_modify(|n| *n += 1);
@@ -183,15 +185,6 @@ pub async fn run<S: Store>(
             }
         }
     }
-}
-
-/// A store write followed by a durable flush.
-async fn record<S: Store>(
-    engine: &Engine<S>,
-    write: impl FnOnce(&S) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    write(engine.store())?;
-    engine.store().flush().await
 }
 
 /// Which of the `ready` events (oldest first) to start now, given the deliveries under way per

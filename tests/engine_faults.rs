@@ -13,7 +13,6 @@ use std::time::Duration;
 use qrbridge::api::{PayRequestBody, Payer, QuoteRequestBody, RawAmount};
 use qrbridge::clock::SystemClock;
 use qrbridge::engine::{AcquirerService, Engine};
-use qrbridge::error::ApiError;
 use qrbridge::model::*;
 use qrbridge::store::Store;
 use qrbridge_adapters::acquirer::AcquirerClient;
@@ -47,12 +46,10 @@ async fn a_failed_flush_answers_internal_and_sends_nothing() {
         wallet_currency: "PHP".into(),
     };
 
-    // A quote whose flush fails is not given out.
+    // A quote needs no flush of its own (one lost in a crash is QUOTE_NOT_FOUND when paid): it is
+    // given out while flushes fail; the payment that uses it makes it durable.
     store.set_failing(true);
-    let err = engine.quote("p", quote_body()).await.unwrap_err();
-    assert_eq!(err, ApiError::Internal);
-    let resp = err.response();
-    assert_eq!(resp.status().as_u16(), 500);
+    engine.quote("p", quote_body()).await.unwrap();
 
     store.set_failing(false);
     let q = engine.quote("p", quote_body()).await.unwrap();
