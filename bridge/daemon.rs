@@ -379,6 +379,18 @@ impl Daemon {
                 shutdown_rx.clone(),
             )),
             tokio::spawn(feeds.run(book, shutdown_rx.clone())),
+            tokio::spawn(crate::store::retention::run(
+                store.clone(),
+                opts.clock.clone(),
+                crate::store::retention::QuoteRetention {
+                    keep_after_expiry: chrono::Duration::seconds(
+                        config.storage.quote_retention_s as i64,
+                    ),
+                    every: Duration::from_secs(config.storage.retention_sweep_s),
+                    batch: 1_000,
+                },
+                shutdown_rx.clone(),
+            )),
         ];
         let open = store.open_work()?.len();
         let undelivered = store.outbox()?.len();

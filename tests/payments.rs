@@ -689,3 +689,44 @@ async fn a_cancel_answered_processing_to_the_end_is_refused_and_watched() {
     assert!(w.last_error.unwrap().contains("PROCESSING"));
     assert_eq!(rig.event_kinds(), vec!["payment.succeeded", "payment.cancel_refused"]);
 }
+
+// Issue 13 (retention): quotes no payment used are removed after their expiry plus the
+// retention, in creation order from a cursor; a used quote stays; a purged quote is
+// QUOTE_NOT_FOUND.
+#[tokio::test]
+async fn expired_unused_quotes_are_purged_used_ones_stay() {
+    let rig = rig(Reply::Status(InstructionStatus::Approved));
+    let unused = rig.quote(support::flows::code(None)).await;
+    let paid = rig.pay("r-1").await;
+    let fresh_later = {
+        rig.clock.advance(chrono::Duration::seconds(30));
+        rig.quote(support::flows::code(None)).await
+    };
+    // 61 s after the first two were made they have expired; the third has not.
+    rig.clock.advance(chrono::Duration::seconds(31));
+    let cutoff = rig.clock.now();
+    let first = rig.store.purge_quotes(None, cutoff, 100).unwrap();
+    assert_eq!((first.removed, first.caught_up), (1, true), "{first:?}");
+    assert!(rig.store.quote(&unused.quote_id).unwrap().is_none());
+    assert!(rig.store.quote(&paid.quote_id).unwrap().is_some(), "its payment needs it");
+    assert!(rig.store.quote(&fresh_later.quote_id).unwrap().is_some(), "not expired yet");
+    // The cursor stopped before the unexpired quote; the next sweep starts there.
+    let cursor = first.cursor.clone().unwrap();
+    assert!(cursor.as_str() < fresh_later.quote_id.as_str());
+    let again = rig.store.purge_quotes(Some(&cursor), cutoff, 100).unwrap();
+    assert_eq!((again.removed, again.cursor), (0, first.cursor));
+    // Paying a purged quote: not found.
+    let err = rig.engine.pay("p", pay_body("r-2", &unused.quote_id)).await.unwrap_err();
+    assert_eq!(err, ApiError::QuoteNotFound);
+    // A batch limit stops early without losing its place.
+    let (q4, q5) =
+        (rig.quote(support::flows::code(None)).await, rig.quote(support::flows::code(None)).await);
+    rig.clock.advance(chrono::Duration::seconds(61));
+    let limited = rig.store.purge_quotes(Some(&cursor), rig.clock.now(), 1).unwrap();
+    assert_eq!((limited.removed, limited.caught_up), (1, false));
+    assert_eq!(limited.cursor.as_deref(), Some(fresh_later.quote_id.as_str()));
+    let rest = rig.store.purge_quotes(limited.cursor.as_deref(), rig.clock.now(), 10).unwrap();
+    assert_eq!((rest.removed, rest.caught_up), (2, true));
+    assert!(rig.store.quote(&q4.quote_id).unwrap().is_none());
+    assert!(rig.store.quote(&q5.quote_id).unwrap().is_none());
+}

@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::model::*;
 
+pub mod retention;
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -60,6 +62,16 @@ pub enum BeginError {
     QuoteUsed,
     #[error("another payment paid, or is paying, this order")]
     OrderPaid,
+}
+
+/// What a purge did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Purge {
+    pub removed: usize,
+    /// The last id looked at: the next sweep starts after it.
+    pub cursor: Option<String>,
+    /// Whether it stopped at a quote not expired yet (or at the end): nothing more to do now.
+    pub caught_up: bool,
 }
 
 /// What starting a payment did.
@@ -119,6 +131,16 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 pub trait Store: Send + Sync + 'static {
     fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError>;
     fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError>;
+    /// Removes quotes that expired before `expired_before` and that no payment used, looking at
+    /// most at `max` quotes in id (creation) order after `after`; used quotes stay (their
+    /// payments price refunds from them). Stops at the first quote not expired by then, so a
+    /// sweep costs what it looks at, not the history.
+    fn purge_quotes(
+        &self,
+        after: Option<&str>,
+        expired_before: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Purge, StoreError>;
     /// Starts `p` with its first resolver `work`, unless the partner's request id, or the quote,
     /// says otherwise — atomically.
     fn begin_payment(
@@ -443,6 +465,48 @@ impl Store for SledStore {
 
     fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
         self.quotes.get(id.as_bytes())?.map(|v| decode("quotes", &v)).transpose()
+    }
+
+    fn purge_quotes(
+        &self,
+        after: Option<&str>,
+        expired_before: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Purge, StoreError> {
+        let _write = self.flusher.write();
+        let range = match after {
+            Some(a) => self.quotes.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.quotes.iter(),
+        };
+        let mut purge = Purge { cursor: after.map(str::to_owned), ..Purge::default() };
+        for (looked, kv) in range.enumerate() {
+            if looked == max {
+                return Ok(purge);
+            }
+            let (k, v) = kv?;
+            let q: QuoteRecord = decode("quotes", &v)?;
+            if q.quote.expires_at >= expired_before {
+                purge.caught_up = true;
+                return Ok(purge);
+            }
+            // Only while no payment holds it: the claim and the removal in one transaction, so a
+            // payment beginning on it now either sees it or finds it gone (QUOTE_NOT_FOUND).
+            let removed =
+                unwrap_tx((&self.quotes, &self.quote_use).transaction(|(quotes, used)| {
+                    if used.get(&k)?.is_some() {
+                        return Ok(false);
+                    }
+                    quotes.remove(&k)?;
+                    Ok(true)
+                }))?;
+            purge.removed += usize::from(removed);
+            purge.cursor = Some(String::from_utf8_lossy(&k).into_owned());
+        }
+        purge.caught_up = true;
+        Ok(purge)
     }
 
     fn begin_payment(

@@ -325,11 +325,21 @@ pub struct Storage {
     pub cache_bytes: u64,
     /// Longest a write waits for others to share its flush (group commit).
     pub flush_every_ms: u64,
+    /// A quote no payment used is removed this long after it expires (used ones stay).
+    pub quote_retention_s: u64,
+    /// How often expired quotes are swept.
+    pub retention_sweep_s: u64,
 }
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { path: "var/db".into(), cache_bytes: 64 * 1024 * 1024, flush_every_ms: 0 }
+        Storage {
+            path: "var/db".into(),
+            cache_bytes: 64 * 1024 * 1024,
+            flush_every_ms: 0,
+            quote_retention_s: 3_600,
+            retention_sweep_s: 60,
+        }
     }
 }
 

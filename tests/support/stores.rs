@@ -75,6 +75,14 @@ impl Store for ControlledStore {
     fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
         self.inner.quote(id)
     }
+    fn purge_quotes(
+        &self,
+        after: Option<&str>,
+        expired_before: DateTime<Utc>,
+        max: usize,
+    ) -> Result<qrbridge::store::Purge, StoreError> {
+        self.inner.purge_quotes(after, expired_before, max)
+    }
     fn begin_payment(
         &self,
         p: &PaymentRecord,
