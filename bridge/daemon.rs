@@ -247,6 +247,8 @@ impl Daemon {
             http2_keep_alive_timeout: Duration::from_millis(l.http2_keep_alive_timeout_ms),
             http2_streams_max: l.http2_streams_max,
             shutdown_timeout: Duration::from_millis(l.shutdown_timeout_ms),
+            linger: Duration::from_millis(l.linger_ms),
+            linger_bytes_max: l.linger_bytes_max,
         };
         let server_tls = |cas: &[&Path]| {
             tls::ReloadableTls::new(tls::ServerTlsFiles {

@@ -217,3 +217,35 @@ async fn an_oversized_body_gets_its_413_not_a_reset() {
     }
     d.finish().await;
 }
+
+/// Item 19's class, beyond the 413: an answer given without reading a large body (404, 405, 403
+/// from a certificate naming no partner) reaches the client instead of being lost to the reset
+/// a close with unread bytes causes — the server lingers, reading and dropping the rest.
+#[tokio::test]
+async fn early_answers_to_large_bodies_arrive_not_reset() {
+    let d = TestDaemon::start().await;
+    d.issue_client("stranger", false);
+    let body = vec![b' '; 4 << 20];
+    for (cert, path, want) in [
+        ("partner-demo", "/v1/nowhere", 404),
+        ("partner-demo", "/v1/payments/pay_x", 405),
+        ("stranger", "/v1/codes/decode", 403),
+    ] {
+        let tls = std::sync::Arc::new(client_config(&d.pki(), Some(cert)));
+        for round in 0..3 {
+            let tcp = tokio::net::TcpStream::connect(d.addr()).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut s =
+                tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await.unwrap();
+            let head = format!(
+                "PUT {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            let answer = exchange(&mut s, &head, &body).await;
+            let (status, _) =
+                answer.unwrap_or_else(|e| panic!("{path} round {round}: no answer: {e}"));
+            assert_eq!(status, want, "{path} round {round}");
+        }
+    }
+    d.finish().await;
+}

@@ -122,6 +122,12 @@ pub struct ServeLimits {
     /// How long a connection told to close (shutdown, age, idle) may take to finish its
     /// requests; also the bound on the whole drain at shutdown. Then connections are dropped.
     pub shutdown_timeout: Duration,
+    /// After the server closes a connection, how long it goes on reading (and dropping) what the
+    /// client still sends — a request body it answered early without reading — so that closing
+    /// does not reset the connection and take the answer with it ("lingering close").
+    pub linger: Duration,
+    /// The most it reads while lingering.
+    pub linger_bytes_max: u64,
 }
 
 impl Default for ServeLimits {
@@ -138,6 +144,8 @@ impl Default for ServeLimits {
             http2_keep_alive_timeout: Duration::from_secs(10),
             http2_streams_max: 128,
             shutdown_timeout: Duration::from_secs(20),
+            linger: Duration::from_secs(2),
+            linger_bytes_max: 16 << 20,
         }
     }
 }
@@ -669,14 +677,21 @@ async fn connection<H, F>(
         }
     });
     let builder = http_builder(&limits);
-    let served = builder.serve_connection(TokioIo::new(tls), service);
+    let io = Lingering(Arc::new(std::sync::Mutex::new(tls)));
+    let lingering = io.clone();
+    let served = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(served);
     let age = tokio::time::sleep(limits.connection_max_age);
     tokio::pin!(age);
     let why = tokio::select! {
         ended = served.as_mut() => {
-            if let Err(e) = ended {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            match ended {
+                Ok(()) => {
+                    // Its slot is free at once; the socket lingers a moment on its own.
+                    drop(_held);
+                    lingering.drain(&limits).await;
+                }
+                Err(e) => tracing::debug!(%remote, error = %e, "connection ended with an error"),
             }
             return;
         }
@@ -687,9 +702,103 @@ async fn connection<H, F>(
     tracing::debug!(%remote, "closing the connection: {why}");
     served.as_mut().graceful_shutdown();
     match tokio::time::timeout(limits.shutdown_timeout, served).await {
+        // Lingering is for clients mid-body; a listener shutting down keeps to its deadline.
+        Ok(Ok(())) if !*shutdown.borrow() => {
+            drop(_held);
+            lingering.drain(&limits).await;
+        }
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "connection ended with an error"),
         Err(_) => tracing::debug!(%remote, "connection did not finish in time; dropped"),
+    }
+}
+
+/// A connection's stream, shared between hyper and the accept loop, so that once hyper has
+/// answered and closed its side the loop can still read what the client sends ([`ServeLimits::linger`]).
+/// Each poll locks for that poll only; hyper and the loop never poll it at the same time.
+struct Lingering<T>(Arc<std::sync::Mutex<T>>);
+
+impl<T> Clone for Lingering<T> {
+    fn clone(&self) -> Self {
+        Lingering(self.0.clone())
+    }
+}
+
+impl<T> Lingering<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Lingering<T> {
+    /// Reads and drops what the client still sends, until it closes, `linger` passes or
+    /// `linger_bytes_max` is read; then the stream is dropped with nothing unread (no reset).
+    async fn drain(&self, limits: &ServeLimits) {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut read: u64 = 0;
+        let drain = async {
+            while read < limits.linger_bytes_max {
+                let got = std::future::poll_fn(|cx| {
+                    let mut rb = tokio::io::ReadBuf::new(&mut buf);
+                    let mut io = self.lock();
+                    std::pin::Pin::new(&mut *io)
+                        .poll_read(cx, &mut rb)
+                        .map_ok(|()| rb.filled().len())
+                })
+                .await;
+                match got {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => read += n as u64,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limits.linger, drain).await;
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Lingering<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.lock()).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Lingering<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.lock()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.lock()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.lock().is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.lock()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.lock()).poll_shutdown(cx)
     }
 }
 

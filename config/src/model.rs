@@ -491,6 +491,11 @@ pub struct Limits {
     pub body_read_timeout_ms: u64,
     /// Shutdown lets connections finish their requests for at most this long, then drops them.
     pub shutdown_timeout_ms: u64,
+    /// After closing a connection, how long the server goes on reading (and dropping) what the
+    /// client still sends — a body answered early, unread — so the answer is not lost to a reset.
+    pub linger_ms: u64,
+    /// The most read while lingering.
+    pub linger_bytes_max: u64,
 }
 
 impl Default for Limits {
@@ -510,6 +515,8 @@ impl Default for Limits {
             http2_streams_max: 128,
             body_read_timeout_ms: 5_000,
             shutdown_timeout_ms: 20_000,
+            linger_ms: 2_000,
+            linger_bytes_max: 16 << 20,
             connections_per_ip_max: 256,
             handshakes_max: 256,
         }

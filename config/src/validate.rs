@@ -311,6 +311,8 @@ fn others(p: &mut Problems, c: &Config) {
     // A body deadline past the request's own would never fire.
     p.range("limits.body_read_timeout_ms", l.body_read_timeout_ms, 1, l.request_timeout_ms.max(1));
     p.range("limits.shutdown_timeout_ms", l.shutdown_timeout_ms, 1, 600_000);
+    p.range("limits.linger_ms", l.linger_ms, 0, 60_000);
+    p.range("limits.linger_bytes_max", l.linger_bytes_max, 0, 1 << 30);
     for (i, partner) in c.partners.iter().enumerate() {
         if let Some(n) = partner.limits.concurrency_max {
             p.range(
