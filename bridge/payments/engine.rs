@@ -1128,7 +1128,9 @@ impl<S: Store> Engine<S> {
     ///   is found by inquiry.
     /// - A reversal at expiry: an approval the acquirer will not reverse is a success; otherwise
     ///   the bridge inquires until the acquirer says how it ended (never guessed).
-    /// - A late approval on a final payment: it stays booked (the admin API shows the payment).
+    /// - A late approval on a final payment: it stays booked, and an operator is asked (an
+    ///   ATTENTION task on the admin API). So is a refused cancel whose last answer was "still
+    ///   processing" (the reversal may yet go through).
     fn reversal_refused(
         &self,
         p: &PaymentRecord,
