@@ -200,6 +200,7 @@ impl Daemon {
                 expiry: chrono::Duration::seconds(config.resolver.payment_expiry_s as i64),
                 reversal_refusals_max: config.resolver.reversal_refusals_max,
                 acquirer_concurrency_max: config.resolver.acquirer_concurrency_max as usize,
+                late_approvals_max: config.resolver.late_approvals_max,
             },
             refund_window_days: settlement.refund_window_days,
         });

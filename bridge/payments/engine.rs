@@ -63,6 +63,9 @@ pub struct ResolverPolicy {
     /// Resolver steps under way at once against any one acquirer: one acquirer's outage holds at
     /// most this many, and the others' payments go on being resolved.
     pub acquirer_concurrency_max: usize,
+    /// Approvals behind the bridge's reversals of one payment before an operator is asked to
+    /// look (an ATTENTION task) instead of reversing again.
+    pub late_approvals_max: u32,
 }
 
 impl ResolverPolicy {
@@ -80,6 +83,7 @@ impl Default for ResolverPolicy {
             expiry: Duration::seconds(900),
             reversal_refusals_max: 5,
             acquirer_concurrency_max: 16,
+            late_approvals_max: 3,
         }
     }
 }
@@ -134,9 +138,6 @@ pub struct EngineParts<S> {
     /// Refunds are accepted this many days after the payment.
     pub refund_window_days: u32,
 }
-
-/// Approvals behind the bridge's reversals of one payment before an operator is asked to look.
-const LATE_APPROVALS_MAX: u32 = 3;
 
 /// Payment locks: a payment's state changes one at a time. Striped, so the table never grows.
 const LOCK_STRIPES: usize = 256;
@@ -1223,7 +1224,7 @@ impl<S: Store> Engine<S> {
                 tracing::warn!(payment = %p.payment_id, "approved after its reversal; reversing again");
                 let mut change = Self::unchanged(p, now, self.work(p, Task::Reverse, now, 0));
                 change.payment.late_approvals += 1;
-                if change.payment.late_approvals >= LATE_APPROVALS_MAX {
+                if change.payment.late_approvals >= self.resolver.late_approvals_max {
                     tracing::error!(payment = %p.payment_id, "approved behind every reversal; needs an operator");
                     change.work = Work::Set(WorkItem {
                         last_error: Some(format!(

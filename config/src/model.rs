@@ -389,6 +389,9 @@ pub struct Resolver {
     /// Resolver steps under way at once against any one acquirer, so that one acquirer's outage
     /// (each call waiting out its timeout) cannot hold the resolver from the others.
     pub acquirer_concurrency_max: u32,
+    /// Approvals behind the bridge's reversals of one payment before an operator is asked to
+    /// look (an ATTENTION task on the admin API) instead of reversing again.
+    pub late_approvals_max: u32,
 }
 
 impl Default for Resolver {
@@ -399,6 +402,7 @@ impl Default for Resolver {
             concurrency: 64,
             reversal_refusals_max: 5,
             acquirer_concurrency_max: 16,
+            late_approvals_max: 3,
         }
     }
 }

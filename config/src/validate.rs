@@ -288,6 +288,7 @@ fn others(p: &mut Problems, c: &Config) {
         // Half the resolver at most: one acquirer's outage leaves the other half to the rest.
         u64::from((c.resolver.concurrency / 2).max(1)),
     );
+    p.range("resolver.late_approvals_max", u64::from(c.resolver.late_approvals_max), 1, 100);
     let l = &c.limits;
     p.range("limits.body_bytes_max", l.body_bytes_max, 256, 16 << 20);
     p.range("limits.connections_max", l.connections_max.into(), 1, 1_000_000);
