@@ -8,6 +8,7 @@
 //! | `GET /admin/v1/webhooks/parked` | webhook events parked after their maximum age |
 //! | `POST /admin/v1/webhooks/parked/{event_id}/replay` | puts the event back in the outbox |
 //! | `GET /admin/v1/resolver` | payments the resolver still has work for |
+//! | `POST /admin/v1/resolver/{payment_id}/settle` | closes an ATTENTION task an operator settled (audited) |
 //! | `GET /admin/v1/rates` | every rate held (source, age, fresh) and every source's last read |
 //! | `POST /admin/v1/rates` | sets rates by hand: JSON `{"rates": [...], "force": false}` or CSV `base,quote,rate,as_of` (`?force=true`) |
 //! | `POST /admin/v1/rates/sources/{id}/refresh` | reads a rate source now |
@@ -47,6 +48,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/admin/v1/webhooks/parked"),
     ("POST", "/admin/v1/webhooks/parked/{event_id}/replay"),
     ("GET", "/admin/v1/resolver"),
+    ("POST", "/admin/v1/resolver/{payment_id}/settle"),
     ("GET", "/admin/v1/rates"),
     ("POST", "/admin/v1/rates"),
     ("POST", "/admin/v1/rates/sources/{source_id}/refresh"),
@@ -114,6 +116,13 @@ struct WorkView {
 }
 
 use crate::treasury::internal;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettleBody {
+    /// What the operator did, for the audit log.
+    note: String,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +223,15 @@ async fn route<S: Store>(
             Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({ "event_id": event_id, "replayed": true }),
+            ))
+        }
+        ["admin", "v1", "resolver", payment_id, "settle"] => {
+            allow(&method, &Method::POST)?;
+            let body: SettleBody = read_json(req, body_max).await?;
+            let p = engine.settle_attention(payment_id, &admin, &body.note).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "payment_id": p.payment_id, "settled": true }),
             ))
         }
         ["admin", "v1", "resolver"] => {

@@ -150,6 +150,13 @@ pub enum OpsCommand {
     Replay { event_id: String },
     /// Payments the resolver still has work for.
     Resolver,
+    /// Close an ATTENTION task settled out of band (audited).
+    Settle {
+        payment_id: String,
+        /// What was done, for the audit log.
+        #[arg(long)]
+        note: String,
+    },
 }
 
 /// The admin API over mTLS.
@@ -559,18 +566,28 @@ async fn execute(c: &Client, a: &AdminArgs) -> Result<ExitCode, Failure> {
         AdminCommand::Ops(OpsCommand::Resolver) => {
             let v = c.json(Method::GET, "/admin/v1/resolver", None).await?;
             let t = table(
-                &["payment", "status", "task", "due", "attempt"],
+                &["payment", "status", "state", "task", "due", "attempt", "refusals", "last"],
                 items(&v, "open").map(|w| {
                     vec![
                         s(&w["payment_id"]),
                         s(&w["status"]),
+                        s(&w["state"]),
                         s(&w["task"]),
                         s(&w["due"]),
                         s(&w["attempt"]),
+                        s(&w["refusals"]),
+                        s(&w["last_error"]),
                     ]
                 }),
             );
             show(&v, t);
+        }
+        AdminCommand::Ops(OpsCommand::Settle { payment_id, note }) => {
+            let body = serde_json::json!({ "note": note });
+            let v = c
+                .json(Method::POST, &format!("/admin/v1/resolver/{payment_id}/settle"), Some(body))
+                .await?;
+            show(&v, format!("{payment_id} settled"));
         }
     }
     Ok(ExitCode::SUCCESS)

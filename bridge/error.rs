@@ -85,6 +85,9 @@ pub enum ApiError {
     /// No such parked webhook event (admin).
     #[error("no such parked event")]
     EventNotFound,
+    /// An operator's settle of a payment that has no task waiting for an operator.
+    #[error("this payment has no task waiting for an operator")]
+    NotAwaitingOperator,
     /// A spread outside the configured bounds (admin).
     #[error("{0}")]
     SpreadOutOfBounds(String),
@@ -159,6 +162,7 @@ impl ApiError {
             RefundWindowClosed(_) => ("REFUND_WINDOW_CLOSED", StatusCode::CONFLICT, false),
             Forbidden => ("FORBIDDEN", StatusCode::FORBIDDEN, false),
             EventNotFound => ("EVENT_NOT_FOUND", StatusCode::NOT_FOUND, false),
+            NotAwaitingOperator => ("NOT_AWAITING_OPERATOR", StatusCode::CONFLICT, false),
             SpreadOutOfBounds(_) => {
                 ("SPREAD_OUT_OF_BOUNDS", StatusCode::UNPROCESSABLE_ENTITY, false)
             }

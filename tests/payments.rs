@@ -555,6 +555,26 @@ async fn approvals_behind_every_reversal_go_to_an_operator() {
     rig.clock.advance(chrono::Duration::days(1));
     assert_eq!(rig.engine.run_due_work().await.unwrap(), 0);
     assert!(rig.store.ledger_sums().unwrap().values().all(|s| *s == 0));
+    // The operator settles it (audited first); the payment stays as it was.
+    let err = rig.engine.settle_attention(&p.payment_id, "admin", "  ").await.unwrap_err();
+    assert_eq!(err.code(), "INVALID_REQUEST");
+    let settled = rig
+        .engine
+        .settle_attention(&p.payment_id, "admin", "merchant refunded by the acquirer, ticket 42")
+        .await
+        .unwrap();
+    assert_eq!((settled.state, settled.booked), (PaymentState::Cancelled, true));
+    assert!(rig.store.work_item(&p.payment_id).unwrap().is_none());
+    let (audit, _) = rig.store.audit_log().unwrap();
+    let last = audit.last().unwrap();
+    assert_eq!((last.action.as_str(), last.actor.as_str()), ("resolver.settle", "admin"));
+    assert_eq!(last.before["task"], "ATTENTION");
+    assert_eq!(last.after["note"], "merchant refunded by the acquirer, ticket 42");
+    // Nothing left to settle: a conflict; an unknown payment: not found.
+    let again = rig.engine.settle_attention(&p.payment_id, "admin", "again").await.unwrap_err();
+    assert_eq!(again.code(), "NOT_AWAITING_OPERATOR");
+    let none = rig.engine.settle_attention("pay_none", "admin", "x").await.unwrap_err();
+    assert_eq!(none, ApiError::PaymentNotFound);
 }
 
 // Review: a payment known never sent is not inquired about; it waits for the partner's retry

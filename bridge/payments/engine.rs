@@ -1267,6 +1267,48 @@ impl<S: Store> Engine<S> {
         Ok(done)
     }
 
+    /// An operator settled a payment's ATTENTION task out of band (with the acquirer, the
+    /// partner): the task is closed, and the audit log says who, when and why — written first,
+    /// so a crash between the two leaves the task open (settle it again), never a settle
+    /// unaccounted for.
+    pub async fn settle_attention(
+        &self,
+        payment_id: &str,
+        actor: &str,
+        note: &str,
+    ) -> Result<PaymentRecord, ApiError> {
+        let note = note.trim();
+        if note.is_empty() || note.chars().count() > 512 {
+            return Err(ApiError::InvalidRequest("note: 1-512 characters".into()));
+        }
+        let guard = self.lock_payment(payment_id).await;
+        let p = self.store.payment(payment_id).map_err(internal)?;
+        let item = self.store.work_item(payment_id).map_err(internal)?;
+        let (Some(p), Some(item)) = (p, item.filter(|w| w.task == Task::Attention)) else {
+            drop(guard);
+            self.visible(()).await?;
+            return Err(match self.store.payment(payment_id).map_err(internal)? {
+                Some(_) => ApiError::NotAwaitingOperator,
+                None => ApiError::PaymentNotFound,
+            });
+        };
+        let now = self.clock.now();
+        let draft = AuditDraft {
+            at: now,
+            actor: actor.to_owned(),
+            action: "resolver.settle".into(),
+            target: format!("payment:{payment_id}"),
+            before: serde_json::to_value(&item).expect("JSON of plain data"),
+            after: serde_json::json!({ "note": note }),
+        };
+        self.store.admin_commit(&draft, &[]).map_err(internal)?;
+        let change = Self::unchanged(&p, now, Work::Done);
+        self.store.apply(&change).map_err(internal)?;
+        drop(guard);
+        tracing::info!(payment = %payment_id, admin = actor, "operator settled an ATTENTION task");
+        self.durable(change).await
+    }
+
     /// A partner's own payment, by id, as stored (maybe not durable yet).
     fn own(&self, partner: &str, payment_id: &str) -> Result<PaymentRecord, ApiError> {
         match self.store.payment(payment_id).map_err(internal)? {
