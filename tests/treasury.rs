@@ -71,17 +71,18 @@ async fn feed_server(dir: &std::path::Path, body: Arc<Mutex<String>>) -> std::ne
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rates_come_from_feeds_and_admins_and_say_how_fresh_they_are() {
+/// A daemon on a manual clock (2026-11-21 09:00 UTC) reading an ECB file holding `ecb` and the
+/// CSV feed `served` over HTTPS (polled every `poll_s`), with its folder.
+async fn with_feeds(
+    ecb: &str,
+    served: Arc<Mutex<String>>,
+    poll_s: Option<u64>,
+) -> (TestDaemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let ecb = dir.path().join("eurofxref-daily.xml");
-    std::fs::write(&ecb, ECB).unwrap();
-    let served = Arc::new(Mutex::new(
-        "base,quote,rate,as_of\nUSD,CHF,0.8812,2026-11-21T08:55:00Z\n".to_owned(),
-    ));
+    let ecb_path = dir.path().join("eurofxref-daily.xml");
+    std::fs::write(&ecb_path, ecb).unwrap();
     let feed_pki = dir.path().join("feed-pki");
-    let feed = feed_server(&feed_pki, served.clone()).await;
-    let ecb_path = ecb.clone();
+    let feed = feed_server(&feed_pki, served).await;
     let d = TestDaemon::start_with(Setup {
         manual_clock: true,
         start_at: Some(
@@ -100,7 +101,7 @@ async fn rates_come_from_feeds_and_admins_and_say_how_fresh_they_are() {
                 id: "treasury-csv".into(),
                 kind: qrbridge_config::RateSourceKind::Csv,
                 location: Some(format!("https://{feed}/mid.csv")),
-                poll_s: Some(3_600),
+                poll_s,
                 max_age_s: Some(600),
                 ca: Some(feed_pki.join("ca.crt")),
             });
@@ -108,18 +109,30 @@ async fn rates_come_from_feeds_and_admins_and_say_how_fresh_they_are() {
         ..Setup::default()
     })
     .await;
+    (d, dir)
+}
+
+/// The rate held for `pair` (`BASE/QUOTE`) in an admin rates answer, or null.
+fn held(v: &Value, pair: &str) -> Value {
+    v["rates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            format!("{}/{}", r["base"].as_str().unwrap(), r["quote"].as_str().unwrap()) == pair
+        })
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rates_come_from_feeds_and_admins_and_say_how_fresh_they_are() {
+    let served = Arc::new(Mutex::new(
+        "base,quote,rate,as_of\nUSD,CHF,0.8812,2026-11-21T08:55:00Z\n".to_owned(),
+    ));
+    let (d, _dir) = with_feeds(ECB, served.clone(), Some(3_600)).await;
     let admin = d.admin_client("admin");
-    let rate = |v: &Value, pair: &str| -> Value {
-        v["rates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| {
-                format!("{}/{}", r["base"].as_str().unwrap(), r["quote"].as_str().unwrap()) == pair
-            })
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
+    let rate = held;
 
     // The ECB file is read at start.
     let (s, v) = admin.get("/admin/v1/rates").await;
@@ -240,55 +253,14 @@ async fn rates_come_from_feeds_and_admins_and_say_how_fresh_they_are() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rates_from_the_future_or_moving_too_far_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
     // The ECB file of a day that has not come yet (a source with a wrong clock).
-    let ecb = dir.path().join("eurofxref-daily.xml");
-    std::fs::write(&ecb, ECB.replace("2026-11-20", "2026-11-22")).unwrap();
     let served = Arc::new(Mutex::new(
         "base,quote,rate,as_of\nUSD,CHF,0.8812,2026-11-22T09:00:00Z\n".to_owned(),
     ));
-    let feed_pki = dir.path().join("feed-pki");
-    let feed = feed_server(&feed_pki, served.clone()).await;
-    let ecb_path = ecb.clone();
-    let d = TestDaemon::start_with(Setup {
-        manual_clock: true,
-        start_at: Some(
-            chrono::DateTime::parse_from_rfc3339("2026-11-21T09:00:00Z").unwrap().into(),
-        ),
-        tweak: Box::new(move |c| {
-            c.fx.sources.push(qrbridge_config::RateSource {
-                id: "ecb".into(),
-                kind: qrbridge_config::RateSourceKind::EcbXml,
-                location: Some(ecb_path.display().to_string()),
-                poll_s: None,
-                max_age_s: Some(172_800),
-                ca: None,
-            });
-            c.fx.sources.push(qrbridge_config::RateSource {
-                id: "treasury-csv".into(),
-                kind: qrbridge_config::RateSourceKind::Csv,
-                location: Some(format!("https://{feed}/mid.csv")),
-                poll_s: None,
-                max_age_s: Some(600),
-                ca: Some(feed_pki.join("ca.crt")),
-            });
-        }),
-        ..Setup::default()
-    })
-    .await;
+    let (d, _dir) =
+        with_feeds(&ECB.replace("2026-11-20", "2026-11-22"), served.clone(), None).await;
     let admin = d.admin_client("admin");
     let rates = || async { admin.get("/admin/v1/rates").await.1 };
-    let held = |v: &Value, pair: &str| -> Value {
-        v["rates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| {
-                format!("{}/{}", r["base"].as_str().unwrap(), r["quote"].as_str().unwrap()) == pair
-            })
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
     let source = |v: &Value, id: &str| -> Value {
         v["sources"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap().clone()
     };

@@ -1167,14 +1167,12 @@ impl<S: Store> Engine<S> {
                     // "Still processing" to the last reversal: the reversal may yet go through
                     // at the acquirer; an operator makes sure it does not.
                     if processing {
-                        change.work = Work::Set(WorkItem {
-                            last_error: Some(
-                                "the cancel was refused, but the acquirer answered PROCESSING to \
-                                 the last reversal: make sure it did not go through"
-                                    .into(),
-                            ),
-                            ..WorkItem::new(&p.payment_id, Task::Attention, now, 0)
-                        });
+                        change.work = attention(
+                            p,
+                            now,
+                            "the cancel was refused, but the acquirer answered PROCESSING to \
+                                 the last reversal: make sure it did not go through",
+                        );
                     }
                 } else {
                     change.payment.state = PaymentState::Unknown;
@@ -1196,13 +1194,11 @@ impl<S: Store> Engine<S> {
                 // partner but booked; an operator settles it.
                 tracing::error!(payment = %p.payment_id, "late approval the acquirer will not reverse; needs an operator");
                 change.payment.updated_at = p.updated_at;
-                change.work = Work::Set(WorkItem {
-                    last_error: Some(
-                        "approved behind the bridge's reversal; the acquirer refuses to reverse it"
-                            .into(),
-                    ),
-                    ..WorkItem::new(&p.payment_id, Task::Attention, now, 0)
-                });
+                change.work = attention(
+                    p,
+                    now,
+                    "approved behind the bridge's reversal; the acquirer refuses to reverse it",
+                );
             }
         }
         change
@@ -1226,13 +1222,14 @@ impl<S: Store> Engine<S> {
                 change.payment.late_approvals += 1;
                 if change.payment.late_approvals >= self.resolver.late_approvals_max {
                     tracing::error!(payment = %p.payment_id, "approved behind every reversal; needs an operator");
-                    change.work = Work::Set(WorkItem {
-                        last_error: Some(format!(
+                    change.work = attention(
+                        p,
+                        now,
+                        format!(
                             "approved behind the bridge's reversal {} times",
                             change.payment.late_approvals
-                        )),
-                        ..WorkItem::new(&p.payment_id, Task::Attention, now, 0)
-                    });
+                        ),
+                    );
                 }
                 change.payment.booked = true;
                 let mut entry = ledger::payment(&change.payment, now);
@@ -1543,6 +1540,14 @@ impl<S: Store> Engine<S> {
         tracing::info!(payment = %p.payment_id, refund = %record.refund_id, "refund recorded");
         Ok((record, true))
     }
+}
+
+/// An ATTENTION task for `p`: an operator must look, for the reason `why` (shown on the admin API).
+fn attention(p: &PaymentRecord, now: DateTime<Utc>, why: impl Into<String>) -> Work {
+    Work::Set(WorkItem {
+        last_error: Some(why.into()),
+        ..WorkItem::new(&p.payment_id, Task::Attention, now, 0)
+    })
 }
 
 /// A payment the acquirer declined: our words for the partner, its own for logs and admins.
