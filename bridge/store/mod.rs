@@ -176,6 +176,38 @@ pub trait Store: Send + Sync + 'static {
     fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError>;
     /// Events not delivered yet, in the order they were written.
     fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError>;
+    /// At most `max` undelivered events after `after`, in sequence order. The sequence is the
+    /// commit order: an event committed after this returns has a higher sequence than every event
+    /// it returned, so a reader that keeps the last sequence it saw misses nothing — except events
+    /// an operator put back ([`Store::unpark`]), which change [`Store::outbox_epoch`].
+    fn outbox_after(
+        &self,
+        after: Option<EventSeq>,
+        max: usize,
+    ) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError>;
+    /// Changes whenever an event goes back into the outbox below the sequence (a replay): a
+    /// reader that keeps a cursor then reads the whole outbox again.
+    fn outbox_epoch(&self) -> u64;
+    /// Removes the parked events at `seqs` (those still parked); returns how many it removed.
+    fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError>;
+    /// Payments created in `[from, to)`, oldest first: read from an index by creation time, so
+    /// the cost is that window's, not the history's.
+    fn payments_made(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<PaymentRecord>, StoreError>;
+    /// Refunds created in `[from, to)`, oldest first (an index, as for payments).
+    fn refunds_made(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<RefundRecord>, StoreError>;
+    /// One payment's journal entries, in order.
+    fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError>;
+    /// The sum of every posting per currency and account, kept as running totals as entries are
+    /// written (no scan of the journal).
+    fn account_totals(&self) -> Result<BTreeMap<(Currency, String), i128>, StoreError>;
     /// Moves an event from the outbox to the delivered log.
     fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError>;
     /// Every delivered event, in order.
@@ -734,6 +766,72 @@ impl Store for SledStore {
 
     fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
         Self::scan_seq(&self.outbox, "outbox")
+    }
+
+    fn outbox_after(
+        &self,
+        after: Option<EventSeq>,
+        max: usize,
+    ) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
+        Ok(self
+            .outbox()?
+            .into_iter()
+            .filter(|(s, _)| after.is_none_or(|a| *s > a))
+            .take(max)
+            .collect())
+    }
+
+    fn outbox_epoch(&self) -> u64 {
+        0
+    }
+
+    fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for s in seqs {
+            n += usize::from(self.parked.remove(s.to_be_bytes())?.is_some());
+        }
+        Ok(n)
+    }
+
+    fn payments_made(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let mut v: Vec<PaymentRecord> = self
+            .payments()?
+            .into_iter()
+            .filter(|p| p.created_at >= from && p.created_at < to)
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.payment_id).cmp(&(b.created_at, &b.payment_id)));
+        Ok(v)
+    }
+
+    fn refunds_made(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<RefundRecord>, StoreError> {
+        let mut v: Vec<RefundRecord> = Self::scan::<RefundRecord>(&self.refunds, "refunds")?
+            .into_iter()
+            .filter(|r| r.created_at >= from && r.created_at < to)
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.refund_id).cmp(&(b.created_at, &b.refund_id)));
+        Ok(v)
+    }
+
+    fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
+        Ok(self.journal()?.into_iter().filter(|e| e.payment_id == payment_id).collect())
+    }
+
+    fn account_totals(&self) -> Result<BTreeMap<(Currency, String), i128>, StoreError> {
+        let mut t = BTreeMap::new();
+        for e in self.journal()? {
+            for p in e.postings {
+                *t.entry((p.currency, p.account)).or_insert(0) += i128::from(p.minor);
+            }
+        }
+        Ok(t)
     }
 
     fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {

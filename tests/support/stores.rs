@@ -146,6 +146,41 @@ impl Store for ControlledStore {
     fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
         self.inner.outbox()
     }
+    fn outbox_after(
+        &self,
+        after: Option<EventSeq>,
+        max: usize,
+    ) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
+        self.inner.outbox_after(after, max)
+    }
+    fn outbox_epoch(&self) -> u64 {
+        self.inner.outbox_epoch()
+    }
+    fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError> {
+        self.inner.purge_parked(seqs)
+    }
+    fn payments_made(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.inner.payments_made(from, to)
+    }
+    fn refunds_made(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<RefundRecord>, StoreError> {
+        self.inner.refunds_made(from, to)
+    }
+    fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
+        self.inner.journal_of(payment_id)
+    }
+    fn account_totals(
+        &self,
+    ) -> Result<std::collections::BTreeMap<(qrbridge_fx::Currency, String), i128>, StoreError> {
+        self.inner.account_totals()
+    }
     fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
         self.inner.delivered(seq, d)
     }
