@@ -1,5 +1,9 @@
-//! The records the bridge keeps. Each carries a version `v` so it can evolve; all are JSON in the
-//! store.
+//! The records the bridge keeps. Each carries a version `v` so it can evolve. The store keeps them
+//! in a compact binary form (see `store::codec`); JSON is their form at the API edge and in the
+//! first release's data folders, which the store still reads.
+//!
+//! Binary records are positional: a field is never skipped when serializing (`Option`s are written
+//! as `None`), and a JSON value inside a record is carried as its JSON text ([`json_text`]).
 
 use chrono::{DateTime, Utc};
 use qrbridge_fx::{Amount, Currency, Decimal, Quote};
@@ -7,6 +11,30 @@ use serde::{Deserialize, Serialize};
 
 /// Record format version written by this build.
 pub const RECORD_VERSION: u32 = 1;
+
+/// A JSON value inside a record: itself in JSON (and other human-readable forms), its JSON text in
+/// binary forms (which cannot carry a self-describing value).
+pub mod json_text {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(v: &Value, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            v.serialize(s)
+        } else {
+            s.serialize_str(&v.to_string())
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        if d.is_human_readable() {
+            Value::deserialize(d)
+        } else {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            serde_json::from_str(&text).map_err(serde::de::Error::custom)
+        }
+    }
+}
 
 /// A bridge id: a prefix and a time-ordered UUIDv7, so keys sort by creation.
 pub fn new_id(prefix: &str) -> String {
@@ -132,14 +160,14 @@ pub struct PaymentRecord {
     pub late_approvals: u32,
     /// For a dynamic (order) code: the order's key (SHA-256 of acquirer, merchant and code
     /// text). An order is paid by at most one payment at a time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub order: Option<String>,
     /// What the acquirer itself said when it declined or refused (its raw text): for logs and the
     /// admin API only, never for partners.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub acquirer_reason: Option<String>,
     /// A cancel the acquirer would not carry out: the payment stayed as it was.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub cancel_refusal: Option<Failure>,
     /// The acquirer refused to reverse this payment as many times as the policy allows: the
     /// bridge stops reversing and only inquires until the acquirer says how it ended.
@@ -215,9 +243,10 @@ pub struct OutboxEvent {
     pub kind: String,
     pub payment_id: String,
     pub created_at: DateTime<Utc>,
+    #[serde(with = "json_text")]
     pub data: serde_json::Value,
     /// When an operator replayed it after parking: its maximum age counts from here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub replayed_at: Option<DateTime<Utc>>,
 }
 
@@ -236,7 +265,7 @@ pub struct WorkItem {
     #[serde(default)]
     pub refusals: u32,
     /// What the last attempt got, for the admin API (our words, or the acquirer's for admins).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_error: Option<String>,
 }
 
@@ -329,7 +358,9 @@ pub struct AuditRecord {
     pub action: String,
     /// What it was done to: `spread:partner-demo:USD/PHP`, `rates`, `settlement:2026-11-20`, …
     pub target: String,
+    #[serde(with = "json_text")]
     pub before: serde_json::Value,
+    #[serde(with = "json_text")]
     pub after: serde_json::Value,
     pub prev_hash: String,
     pub hash: String,

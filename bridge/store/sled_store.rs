@@ -1,0 +1,800 @@
+//! The sled store: one tree of records under typed key prefixes ([`key`]), compact binary values
+//! ([`super::codec`]), one `apply_batch` per state change — no multi-tree transactions on the
+//! payment path.
+//!
+//! What sled's transactions gave, locks in this process give instead (sled is one process's
+//! store, so they are enough):
+//! - a payment's changes are serialised by a lock striped by payment id, under which the stored
+//!   revision is checked;
+//! - single-use claims (the partner's request id, the quote, the order, the acquirer's refund id)
+//!   are checked and written under one claims lock;
+//! - journal entries and webhook events take their sequence numbers and are written under one
+//!   sequencer lock, so the sequence is the commit order (a reader keeping a cursor misses
+//!   nothing), and the running account totals change in the same batch as the entry.
+//!
+//! Locks are taken in that order (stripe, claims, sequencer) and never across an await.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use qrbridge_fx::Currency;
+use serde::de::DeserializeOwned;
+use sled::transaction::TransactionError;
+use sled::Transactional;
+
+use super::codec::{decode, encode};
+use super::*;
+
+/// Keys: one prefix byte per kind of record, then the record's id. Ids never hold a zero byte,
+/// so a zero byte separates the parts of a compound key.
+pub(super) mod key {
+    use chrono::{DateTime, Utc};
+    use qrbridge_fx::Currency;
+
+    pub const QUOTE: u8 = b'q';
+    pub const PAYMENT: u8 = b'p';
+    /// Partner and request id → [`super::IdemEntry`].
+    pub const REQUEST: u8 = b'i';
+    /// Quote id → the payment holding it.
+    pub const QUOTE_USE: u8 = b'u';
+    /// Order key → the payment holding it.
+    pub const ORDER: u8 = b'o';
+    pub const WORK: u8 = b'w';
+    /// Payment id, sequence → journal entry.
+    pub const JOURNAL: u8 = b'j';
+    /// Creation time, payment id → nothing: payments by the time they were made.
+    pub const MADE: u8 = b'c';
+    /// Creation time, refund id → nothing.
+    pub const REFUND_MADE: u8 = b'C';
+    /// Sequence → the event as written (kept once delivered or parked).
+    pub const EVENT: u8 = b'E';
+    /// Sequence → nothing: the event is waiting to be delivered.
+    pub const OUTBOX: u8 = b'e';
+    /// Sequence → [`super::DeliveredMark`].
+    pub const DELIVERED: u8 = b'D';
+    /// Sequence → [`super::ParkedMark`].
+    pub const PARKED: u8 = b'P';
+    pub const REFUND: u8 = b'r';
+    /// Payment id, refund id → nothing.
+    pub const REFUND_OF: u8 = b'R';
+    /// Acquirer and its refund id → [`super::IdemEntry`] naming the refund.
+    pub const ACQUIRER_REFUND: u8 = b'a';
+    /// Currency, account → the running sum of its postings (i128, big-endian).
+    pub const TOTAL: u8 = b't';
+
+    pub fn of(prefix: u8, id: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(1 + id.len());
+        k.push(prefix);
+        k.extend_from_slice(id.as_bytes());
+        k
+    }
+
+    pub fn pair(prefix: u8, a: &str, b: &str) -> Vec<u8> {
+        let mut k = of(prefix, a);
+        k.push(0);
+        k.extend_from_slice(b.as_bytes());
+        k
+    }
+
+    pub fn seq(prefix: u8, seq: u64) -> [u8; 9] {
+        let mut k = [prefix; 9];
+        k[1..].copy_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    /// The sequence in a [`seq`] key.
+    pub fn seq_of(k: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?))
+    }
+
+    pub fn journal(payment_id: &str, seq: u64) -> Vec<u8> {
+        let mut k = pair(JOURNAL, payment_id, "");
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    /// A time as 8 bytes that sort as the times do.
+    fn time(at: DateTime<Utc>) -> [u8; 8] {
+        ((at.timestamp_micros() as u64) ^ (1 << 63)).to_be_bytes()
+    }
+
+    /// The first key of `prefix` at or after `at`.
+    pub fn made_from(prefix: u8, at: DateTime<Utc>) -> Vec<u8> {
+        let mut k = vec![prefix];
+        k.extend_from_slice(&time(at));
+        k
+    }
+
+    pub fn made(prefix: u8, at: DateTime<Utc>, id: &str) -> Vec<u8> {
+        let mut k = made_from(prefix, at);
+        k.extend_from_slice(id.as_bytes());
+        k
+    }
+
+    pub fn total(currency: Currency, account: &str) -> Vec<u8> {
+        let mut k = vec![TOTAL];
+        k.extend_from_slice(currency.code().as_bytes());
+        k.extend_from_slice(account.as_bytes());
+        k
+    }
+}
+
+/// A claim by a partner's request id (or an acquirer's refund id): the content's hash, and the
+/// payment (or refund) it made.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct IdemEntry {
+    pub hash: String,
+    pub payment_id: String,
+}
+
+/// A delivered event's mark (the event itself stays under [`key::EVENT`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct DeliveredMark {
+    pub delivered_at: DateTime<Utc>,
+    pub attempts: u32,
+    pub skipped: bool,
+}
+
+/// A parked event's mark.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct ParkedMark {
+    pub parked_at: DateTime<Utc>,
+    pub attempts: u32,
+    pub last_error: String,
+}
+
+/// Locks serialising one payment's changes.
+const STRIPES: usize = 64;
+
+/// The settings key of the audit chain's head.
+const AUDIT_HEAD: &str = "audit/head";
+
+/// Running totals per currency and account.
+type Totals = BTreeMap<(Currency, String), i128>;
+
+/// The sled store.
+pub struct SledStore {
+    db: sled::Db,
+    /// Every record but the admin's (see [`key`]).
+    t: sled::Tree,
+    /// Admin settings (spreads, rates set by hand) and the audit chain's head.
+    settings: sled::Tree,
+    audit: sled::Tree,
+    flusher: GroupCommit,
+    stripes: Vec<Mutex<()>>,
+    claims: Mutex<()>,
+    /// The sequencer: held while sequence numbers are taken and their records written.
+    totals: Mutex<Totals>,
+    /// Bumped when an event goes back into the outbox below the sequence.
+    epoch: AtomicU64,
+}
+
+/// Locks `m`; a lock poisoned by a panic elsewhere still guards nothing but `()` or totals
+/// that were only replaced after their write succeeded, so it is taken as is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn corrupt(tree: &'static str, message: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { tree, message: message.into() }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`, migrating a
+    /// data folder of the first release on the way. Must be called inside a tokio runtime (the
+    /// group-commit flusher is a task).
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            // We flush explicitly before answering; sled's timer flush would only add fsyncs.
+            .flush_every_ms(None)
+            .open()?;
+        let t = db.open_tree("records")?;
+        if let Some(m) = super::v1::migrate(&db, &t)? {
+            tracing::info!(
+                records = m.records,
+                payments = m.payments,
+                "data folder of the first release migrated"
+            );
+        }
+        let mut totals = Totals::new();
+        for kv in t.scan_prefix([key::TOTAL]) {
+            let (k, v) = kv?;
+            let code = k.get(1..4).and_then(|c| std::str::from_utf8(c).ok());
+            let currency = code.and_then(|c| Currency::from_code(c).ok());
+            let (Some(currency), Ok(sum)) = (currency, <[u8; 16]>::try_from(v.as_ref())) else {
+                return Err(corrupt("totals", "unreadable running total"));
+            };
+            let account = String::from_utf8_lossy(&k[4..]).into_owned();
+            totals.insert((currency, account), i128::from_be_bytes(sum));
+        }
+        Ok(SledStore {
+            settings: db.open_tree("settings")?,
+            audit: db.open_tree("audit")?,
+            flusher: GroupCommit::start(db.clone()),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            claims: Mutex::new(()),
+            totals: Mutex::new(totals),
+            epoch: AtomicU64::new(0),
+            t,
+            db,
+        })
+    }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    fn stripe(&self, payment_id: &str) -> MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        payment_id.hash(&mut h);
+        lock(&self.stripes[(h.finish() as usize) % STRIPES])
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        k: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        self.t.get(k)?.map(|v| decode(what, &v)).transpose()
+    }
+
+    /// Every record under `prefix`, in key order.
+    fn scan<T: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        prefix: u8,
+    ) -> Result<Vec<T>, StoreError> {
+        self.t.scan_prefix([prefix]).values().map(|v| decode(what, &v?)).collect()
+    }
+
+    /// The sequences under `prefix`, in order, from `after` (excluded) on, at most `max`.
+    fn seqs(
+        &self,
+        prefix: u8,
+        after: Option<EventSeq>,
+        max: usize,
+    ) -> Result<Vec<EventSeq>, StoreError> {
+        let from = match after {
+            Some(a) => match a.checked_add(1) {
+                Some(next) => key::seq(prefix, next),
+                None => return Ok(vec![]),
+            },
+            None => key::seq(prefix, 0),
+        };
+        let end = [prefix + 1];
+        self.t
+            .range(from.as_slice()..end.as_slice())
+            .keys()
+            .take(max)
+            .map(|k| key::seq_of(&k?).ok_or_else(|| corrupt("events", "key is not a sequence")))
+            .collect()
+    }
+
+    fn event(&self, seq: EventSeq) -> Result<OutboxEvent, StoreError> {
+        self.get("events", &key::seq(key::EVENT, seq))?
+            .ok_or_else(|| corrupt("events", format!("no event at {seq}")))
+    }
+
+    /// The ids in an index under `prefix` for times in `[from, to)`, in time order.
+    fn made_ids(
+        &self,
+        prefix: u8,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        if to <= from {
+            return Ok(vec![]);
+        }
+        let (lo, hi) = (key::made_from(prefix, from), key::made_from(prefix, to));
+        self.t
+            .range(lo..hi)
+            .keys()
+            .map(|k| {
+                let k = k?;
+                let id = k.get(9..).ok_or_else(|| corrupt("index", "short key"))?;
+                Ok(String::from_utf8_lossy(id).into_owned())
+            })
+            .collect()
+    }
+
+    /// Applies `batch`, with the sequenced part of `c` (its journal entry and events) when it
+    /// has one: under the sequencer, so sequences are the commit order.
+    fn commit(&self, c: &Change, mut batch: sled::Batch) -> Result<(), StoreError> {
+        if c.journal.is_none() && c.events.is_empty() {
+            self.t.apply_batch(batch)?;
+            return Ok(());
+        }
+        let mut totals = lock(&self.totals);
+        let mut changed: Totals = BTreeMap::new();
+        if let Some(j) = &c.journal {
+            let seq = self.db.generate_id()?;
+            batch.insert(key::journal(&j.payment_id, seq), encode(j));
+            for p in &j.postings {
+                let k = (p.currency, p.account.clone());
+                let now = changed.get(&k).or_else(|| totals.get(&k)).copied().unwrap_or(0);
+                let sum = now.checked_add(i128::from(p.minor)).ok_or_else(|| {
+                    corrupt("totals", format!("{} {} overflows", p.currency, p.account))
+                })?;
+                changed.insert(k, sum);
+            }
+            for ((c, a), sum) in &changed {
+                batch.insert(key::total(*c, a), sum.to_be_bytes().to_vec());
+            }
+        }
+        for e in &c.events {
+            let seq = self.db.generate_id()?;
+            batch.insert(key::seq(key::EVENT, seq).to_vec(), encode(e));
+            batch.insert(key::seq(key::OUTBOX, seq).to_vec(), &[][..]);
+        }
+        self.t.apply_batch(batch)?;
+        totals.extend(changed);
+        Ok(())
+    }
+
+    /// Moves the event at `seq` out of the outbox, marked with `mark` under `to`.
+    fn settle_event(&self, seq: EventSeq, to: u8, mark: Vec<u8>) -> Result<(), StoreError> {
+        let _write = self.flusher.write();
+        let mut b = sled::Batch::default();
+        b.remove(key::seq(key::OUTBOX, seq).to_vec());
+        b.insert(key::seq(to, seq).to_vec(), mark);
+        self.t.apply_batch(b)?;
+        Ok(())
+    }
+}
+
+impl Store for SledStore {
+    fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError> {
+        let _write = self.flusher.write();
+        self.t.insert(key::of(key::QUOTE, &q.quote_id), encode(q))?;
+        Ok(())
+    }
+
+    fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
+        self.get("quotes", &key::of(key::QUOTE, id))
+    }
+
+    fn purge_quotes(
+        &self,
+        after: Option<&str>,
+        expired_before: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Purge, StoreError> {
+        let _write = self.flusher.write();
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(key::of(key::QUOTE, a)),
+            None => std::ops::Bound::Included(vec![key::QUOTE]),
+        };
+        let end = std::ops::Bound::Excluded(vec![key::QUOTE + 1]);
+        let mut purge = Purge { cursor: after.map(str::to_owned), ..Purge::default() };
+        for (looked, kv) in self.t.range((from, end)).enumerate() {
+            if looked == max {
+                return Ok(purge);
+            }
+            let (k, v) = kv?;
+            let q: QuoteRecord = decode("quotes", &v)?;
+            if q.quote.expires_at >= expired_before {
+                purge.caught_up = true;
+                return Ok(purge);
+            }
+            // Only while no payment holds it, under the claims lock: a payment beginning on it
+            // now either sees it or finds it gone (QUOTE_NOT_FOUND).
+            {
+                let _claims = lock(&self.claims);
+                if self.t.get(key::of(key::QUOTE_USE, &q.quote_id))?.is_none() {
+                    self.t.remove(&k)?;
+                    purge.removed += 1;
+                }
+            }
+            purge.cursor = Some(q.quote_id);
+        }
+        purge.caught_up = true;
+        Ok(purge)
+    }
+
+    fn begin_payment(
+        &self,
+        p: &PaymentRecord,
+        work: &WorkItem,
+        now: DateTime<Utc>,
+    ) -> Result<Begin, StoreError> {
+        let _write = self.flusher.write();
+        let request = key::pair(key::REQUEST, &p.partner, &p.request_id);
+        let _claims = lock(&self.claims);
+        if let Some(seen) = self.get::<IdemEntry>("requests", &request)? {
+            if seen.hash != p.request_hash {
+                return Err(BeginError::RequestConflict.into());
+            }
+            let existing = self.payment(&seen.payment_id)?.ok_or_else(|| {
+                corrupt("requests", format!("points at missing payment {}", seen.payment_id))
+            })?;
+            return Ok(Begin::Replay(Box::new(existing)));
+        }
+        let Some(q) = self.quote(&p.quote_id)? else {
+            return Err(BeginError::QuoteNotFound.into());
+        };
+        if q.partner != p.partner {
+            return Err(BeginError::QuoteNotFound.into());
+        }
+        if q.quote.is_expired(now) {
+            return Err(BeginError::QuoteExpired.into());
+        }
+        let quote_use = key::of(key::QUOTE_USE, &p.quote_id);
+        if self.t.get(&quote_use)?.is_some() {
+            return Err(BeginError::QuoteUsed.into());
+        }
+        let mut b = sled::Batch::default();
+        if let Some(order) = &p.order {
+            let order = key::of(key::ORDER, order);
+            if self.t.get(&order)?.is_some() {
+                return Err(BeginError::OrderPaid.into());
+            }
+            b.insert(order, p.payment_id.as_bytes());
+        }
+        let id = p.payment_id.as_str();
+        b.insert(key::of(key::PAYMENT, id), encode(p));
+        let claim = IdemEntry { hash: p.request_hash.clone(), payment_id: p.payment_id.clone() };
+        b.insert(request, encode(&claim));
+        b.insert(quote_use, id.as_bytes());
+        b.insert(key::of(key::WORK, id), encode(work));
+        b.insert(key::made(key::MADE, p.created_at, id), &[][..]);
+        self.t.apply_batch(b)?;
+        Ok(Begin::Created)
+    }
+
+    fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
+        self.get("payments", &key::of(key::PAYMENT, id))
+    }
+
+    fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.scan("payments", key::PAYMENT)
+    }
+
+    fn payment_by_request(
+        &self,
+        partner: &str,
+        request_id: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        let k = key::pair(key::REQUEST, partner, request_id);
+        let Some(e) = self.get::<IdemEntry>("requests", &k)? else { return Ok(None) };
+        self.payment(&e.payment_id)
+    }
+
+    fn apply(&self, c: &Change) -> Result<(), StoreError> {
+        let _write = self.flusher.write();
+        if let Some(j) = &c.journal {
+            // A journal entry that does not balance is a bug: stop rather than book wrong money.
+            assert!(
+                j.is_balanced(),
+                "unbalanced journal entry for {}: {:?}",
+                j.payment_id,
+                j.sums()
+            );
+        }
+        let p = &c.payment;
+        let id = p.payment_id.as_str();
+        let _payment = self.stripe(id);
+        let Some(current) = self.payment(id)? else {
+            return Err(StoreError::Stale(p.payment_id.clone()));
+        };
+        if current.rev + 1 != p.rev {
+            return Err(StoreError::Stale(p.payment_id.clone()));
+        }
+        let mut b = sled::Batch::default();
+        let _claims = match &c.refund {
+            Some(r) => {
+                let claims = lock(&self.claims);
+                let k = key::pair(key::ACQUIRER_REFUND, &r.acquirer, &r.acquirer_refund_id);
+                if let Some(seen) = self.get::<IdemEntry>("acquirer_refunds", &k)? {
+                    let existing = self
+                        .get::<RefundRecord>("refunds", &key::of(key::REFUND, &seen.payment_id))?
+                        .ok_or_else(|| {
+                            corrupt(
+                                "acquirer_refunds",
+                                format!("points at missing refund {}", seen.payment_id),
+                            )
+                        })?;
+                    return Err(StoreError::RefundExists(Box::new(existing)));
+                }
+                let claim =
+                    IdemEntry { hash: r.request_hash.clone(), payment_id: r.refund_id.clone() };
+                b.insert(k, encode(&claim));
+                b.insert(key::of(key::REFUND, &r.refund_id), encode(r));
+                b.insert(key::pair(key::REFUND_OF, &r.payment_id, &r.refund_id), &[][..]);
+                b.insert(key::made(key::REFUND_MADE, r.created_at, &r.refund_id), &[][..]);
+                Some(claims)
+            }
+            None => None,
+        };
+        b.insert(key::of(key::PAYMENT, id), encode(p));
+        match &c.work {
+            Work::Set(w) => b.insert(key::of(key::WORK, id), encode(w)),
+            Work::Done => b.remove(key::of(key::WORK, id)),
+            Work::Keep => {}
+        }
+        // Claims held by this payment only change under its stripe (a beginning payment only
+        // takes a claim nobody holds), so reading them here and releasing them in the batch is
+        // safe.
+        let quote_use = key::of(key::QUOTE_USE, &p.quote_id);
+        if c.release_quote && self.t.get(&quote_use)?.as_deref() == Some(id.as_bytes()) {
+            b.remove(quote_use);
+        }
+        // An order whose payment failed or was cancelled may be paid again.
+        if let Some(order) = &p.order {
+            let released = matches!(p.state, PaymentState::Failed | PaymentState::Cancelled);
+            let order = key::of(key::ORDER, order);
+            if released && self.t.get(&order)?.as_deref() == Some(id.as_bytes()) {
+                b.remove(order);
+            }
+        }
+        self.commit(c, b)
+    }
+
+    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        let mut entries = self
+            .t
+            .scan_prefix([key::JOURNAL])
+            .map(|kv| {
+                let (k, v) = kv?;
+                let seq = k
+                    .len()
+                    .checked_sub(9)
+                    .and_then(|at| key::seq_of(&k[at..]))
+                    .ok_or_else(|| corrupt("journal", "short key"))?;
+                Ok((seq, decode::<JournalEntry>("journal", &v)?))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        entries.sort_by_key(|(seq, _)| *seq);
+        Ok(entries.into_iter().map(|(_, e)| e).collect())
+    }
+
+    fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
+        self.t
+            .scan_prefix(key::pair(key::JOURNAL, payment_id, ""))
+            .values()
+            .map(|v| decode("journal", &v?))
+            .collect()
+    }
+
+    fn account_totals(&self) -> Result<BTreeMap<(Currency, String), i128>, StoreError> {
+        Ok(lock(&self.totals).clone())
+    }
+
+    fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError> {
+        self.get("work", &key::of(key::WORK, payment_id))
+    }
+
+    fn open_work(&self) -> Result<Vec<WorkItem>, StoreError> {
+        self.scan("work", key::WORK)
+    }
+
+    fn refund_by_acquirer_id(
+        &self,
+        acquirer: &str,
+        acquirer_refund_id: &str,
+    ) -> Result<Option<RefundRecord>, StoreError> {
+        let k = key::pair(key::ACQUIRER_REFUND, acquirer, acquirer_refund_id);
+        let Some(e) = self.get::<IdemEntry>("acquirer_refunds", &k)? else { return Ok(None) };
+        self.get("refunds", &key::of(key::REFUND, &e.payment_id))
+    }
+
+    fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
+        let prefix = key::pair(key::REFUND_OF, payment_id, "");
+        let mut out = Vec::new();
+        for k in self.t.scan_prefix(&prefix).keys() {
+            let k = k?;
+            let refund_id = String::from_utf8_lossy(&k[prefix.len()..]);
+            if let Some(r) = self.get("refunds", &key::of(key::REFUND, &refund_id))? {
+                out.push(r);
+            }
+        }
+        // Bridge refund ids are time-ordered (UUIDv7), so key order is creation order.
+        Ok(out)
+    }
+
+    fn payments_made(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.made_ids(key::MADE, from, to)?
+            .iter()
+            .map(|id| self.payment(id)?.ok_or_else(|| corrupt("made", format!("no payment {id}"))))
+            .collect()
+    }
+
+    fn refunds_made(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<RefundRecord>, StoreError> {
+        self.made_ids(key::REFUND_MADE, from, to)?
+            .iter()
+            .map(|id| {
+                self.get("refunds", &key::of(key::REFUND, id))?
+                    .ok_or_else(|| corrupt("refunds_made", format!("no refund {id}")))
+            })
+            .collect()
+    }
+
+    fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
+        self.outbox_after(None, usize::MAX)
+    }
+
+    fn outbox_after(
+        &self,
+        after: Option<EventSeq>,
+        max: usize,
+    ) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
+        self.seqs(key::OUTBOX, after, max)?
+            .into_iter()
+            .map(|seq| Ok((seq, self.event(seq)?)))
+            .collect()
+    }
+
+    fn outbox_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
+        let mark = DeliveredMark {
+            delivered_at: d.delivered_at,
+            attempts: d.attempts,
+            skipped: d.skipped,
+        };
+        self.settle_event(seq, key::DELIVERED, encode(&mark))
+    }
+
+    fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError> {
+        self.t
+            .scan_prefix([key::DELIVERED])
+            .map(|kv| {
+                let (k, v) = kv?;
+                let seq = key::seq_of(&k).ok_or_else(|| corrupt("delivered", "short key"))?;
+                let m: DeliveredMark = decode("delivered", &v)?;
+                Ok(DeliveredEvent {
+                    v: RECORD_VERSION,
+                    event: self.event(seq)?,
+                    delivered_at: m.delivered_at,
+                    attempts: m.attempts,
+                    skipped: m.skipped,
+                })
+            })
+            .collect()
+    }
+
+    fn park(&self, seq: EventSeq, p: &ParkedEvent) -> Result<(), StoreError> {
+        let mark = ParkedMark {
+            parked_at: p.parked_at,
+            attempts: p.attempts,
+            last_error: p.last_error.clone(),
+        };
+        self.settle_event(seq, key::PARKED, encode(&mark))
+    }
+
+    fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
+        self.t
+            .scan_prefix([key::PARKED])
+            .map(|kv| {
+                let (k, v) = kv?;
+                let seq = key::seq_of(&k).ok_or_else(|| corrupt("parked", "short key"))?;
+                let m: ParkedMark = decode("parked", &v)?;
+                let p = ParkedEvent {
+                    v: RECORD_VERSION,
+                    event: self.event(seq)?,
+                    parked_at: m.parked_at,
+                    attempts: m.attempts,
+                    last_error: m.last_error,
+                };
+                Ok((seq, p))
+            })
+            .collect()
+    }
+
+    fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let Some((seq, p)) = self.parked()?.into_iter().find(|(_, p)| p.event.event_id == event_id)
+        else {
+            return Ok(false);
+        };
+        let _write = self.flusher.write();
+        let event = OutboxEvent { replayed_at: Some(now), ..p.event };
+        let mut b = sled::Batch::default();
+        b.remove(key::seq(key::PARKED, seq).to_vec());
+        b.insert(key::seq(key::EVENT, seq).to_vec(), encode(&event));
+        b.insert(key::seq(key::OUTBOX, seq).to_vec(), &[][..]);
+        self.t.apply_batch(b)?;
+        // After the write: a reader that sees the new epoch finds the event in the outbox.
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError> {
+        let _write = self.flusher.write();
+        let mut b = sled::Batch::default();
+        let mut removed = 0;
+        for &seq in seqs {
+            if self.t.get(key::seq(key::PARKED, seq))?.is_some() {
+                b.remove(key::seq(key::PARKED, seq).to_vec());
+                b.remove(key::seq(key::EVENT, seq).to_vec());
+                removed += 1;
+            }
+        }
+        self.t.apply_batch(b)?;
+        Ok(removed)
+    }
+
+    fn admin_commit(
+        &self,
+        draft: &AuditDraft,
+        settings: &[(String, Option<Vec<u8>>)],
+    ) -> Result<AuditRecord, StoreError> {
+        let _write = self.flusher.write();
+        // Admin changes are rare and not on the payment path: a transaction across the two trees.
+        let r = (&self.settings, &self.audit).transaction(|(set, audit)| {
+            let head = match set.get(AUDIT_HEAD.as_bytes())? {
+                Some(v) => decode::<AuditHead>("settings", &v)
+                    .map_err(sled::transaction::ConflictableTransactionError::Abort)?,
+                None => AuditHead { seq: 0, hash: AUDIT_GENESIS.into() },
+            };
+            let mut record = AuditRecord {
+                v: RECORD_VERSION,
+                seq: head.seq + 1,
+                at: draft.at,
+                actor: draft.actor.clone(),
+                action: draft.action.clone(),
+                target: draft.target.clone(),
+                before: draft.before.clone(),
+                after: draft.after.clone(),
+                prev_hash: head.hash,
+                hash: String::new(),
+            };
+            record.hash = record.compute_hash();
+            audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
+            let head = AuditHead { seq: record.seq, hash: record.hash.clone() };
+            set.insert(AUDIT_HEAD.as_bytes(), encode(&head))?;
+            for (k, v) in settings {
+                match v {
+                    Some(v) => set.insert(k.as_bytes(), v.as_slice())?,
+                    None => set.remove(k.as_bytes())?,
+                };
+            }
+            Ok(record)
+        });
+        r.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => e.into(),
+        })
+    }
+
+    fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
+        let records = self
+            .audit
+            .iter()
+            .values()
+            .map(|v| decode("audit", &v?))
+            .collect::<Result<Vec<AuditRecord>, StoreError>>()?;
+        let head = self.settings.get(AUDIT_HEAD)?.map(|v| decode("settings", &v)).transpose()?;
+        Ok((records, head))
+    }
+
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.settings
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn flush(&self) -> StoreFuture<'_, ()> {
+        Box::pin(self.flusher.flush())
+    }
+}

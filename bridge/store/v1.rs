@@ -1,0 +1,161 @@
+//! The first release's data folder: JSON records, one sled tree per purpose. [`migrate`] moves
+//! it into the one tree of compact records when the store opens.
+//!
+//! Crash-safe by being repeatable: every record is written under its new key with the value it
+//! will always have (the same input gives the same output), the new records are flushed, and only
+//! then are the old trees dropped. A crash before the drops leaves the old trees, and the next
+//! open simply migrates again over the same keys. Settings and the audit chain keep their own
+//! trees and are read in place (the codec reads JSON records), so nothing of the chain is
+//! rewritten.
+
+use std::collections::BTreeMap;
+
+use qrbridge_fx::Currency;
+
+use super::codec::{decode, encode};
+use super::sled_store::{key, DeliveredMark, IdemEntry, ParkedMark};
+use super::StoreError;
+use crate::model::*;
+
+/// The first release's trees, in the order they are migrated.
+const TREES: [&str; 13] = [
+    "quotes",
+    "payments",
+    "idempotency",
+    "quote_use",
+    "orders",
+    "ledger",
+    "outbox",
+    "webhooks_delivered",
+    "webhooks_parked",
+    "resolver",
+    "refunds",
+    "refunds_by_payment",
+    "refund_idempotency",
+];
+
+/// Records written per batch.
+const BATCH: usize = 4096;
+
+/// What a migration did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Migrated {
+    pub records: u64,
+    pub payments: u64,
+}
+
+fn seq_key(tree: &'static str, k: &[u8]) -> Result<u64, StoreError> {
+    <[u8; 8]>::try_from(k)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt { tree, message: "key is not a sequence number".into() })
+}
+
+/// Migrates the first release's trees of `db` into `t`, if there are any.
+pub fn migrate(db: &sled::Db, t: &sled::Tree) -> Result<Option<Migrated>, StoreError> {
+    let names = db.tree_names();
+    let present: Vec<&'static str> =
+        TREES.into_iter().filter(|n| names.iter().any(|m| m.as_ref() == n.as_bytes())).collect();
+    if present.is_empty() {
+        return Ok(None);
+    }
+    let mut m = Migrated::default();
+    let mut batch = sled::Batch::default();
+    let mut pending = 0usize;
+    let mut put = |k: Vec<u8>, v: Vec<u8>, m: &mut Migrated| -> Result<(), StoreError> {
+        batch.insert(k, v);
+        m.records += 1;
+        pending += 1;
+        if pending == BATCH {
+            t.apply_batch(std::mem::take(&mut batch))?;
+            pending = 0;
+        }
+        Ok(())
+    };
+    let mut totals: BTreeMap<(Currency, String), i128> = BTreeMap::new();
+    for &name in &present {
+        let tree = db.open_tree(name)?;
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            let text = || String::from_utf8_lossy(&k).into_owned();
+            match name {
+                "quotes" => {
+                    let q: QuoteRecord = decode(name, &v)?;
+                    put(key::of(key::QUOTE, &q.quote_id), encode(&q), &mut m)?;
+                }
+                "payments" => {
+                    let p: PaymentRecord = decode(name, &v)?;
+                    put(key::made(key::MADE, p.created_at, &p.payment_id), vec![], &mut m)?;
+                    put(key::of(key::PAYMENT, &p.payment_id), encode(&p), &mut m)?;
+                    m.payments += 1;
+                }
+                "idempotency" | "refund_idempotency" => {
+                    // The key is already `a \0 b`; the value a JSON claim.
+                    let e: IdemEntry = decode(name, &v)?;
+                    let prefix =
+                        if name == "idempotency" { key::REQUEST } else { key::ACQUIRER_REFUND };
+                    put([&[prefix][..], &k].concat(), encode(&e), &mut m)?;
+                }
+                "quote_use" => put(key::of(key::QUOTE_USE, &text()), v.to_vec(), &mut m)?,
+                "orders" => put(key::of(key::ORDER, &text()), v.to_vec(), &mut m)?,
+                "ledger" => {
+                    let seq = seq_key(name, &k)?;
+                    let j: JournalEntry = decode(name, &v)?;
+                    for p in &j.postings {
+                        *totals.entry((p.currency, p.account.clone())).or_insert(0) +=
+                            i128::from(p.minor);
+                    }
+                    put(key::journal(&j.payment_id, seq), encode(&j), &mut m)?;
+                }
+                "outbox" => {
+                    let seq = seq_key(name, &k)?;
+                    let e: OutboxEvent = decode(name, &v)?;
+                    put(key::seq(key::EVENT, seq).to_vec(), encode(&e), &mut m)?;
+                    put(key::seq(key::OUTBOX, seq).to_vec(), vec![], &mut m)?;
+                }
+                "webhooks_delivered" => {
+                    let seq = seq_key(name, &k)?;
+                    let d: DeliveredEvent = decode(name, &v)?;
+                    let mark = DeliveredMark {
+                        delivered_at: d.delivered_at,
+                        attempts: d.attempts,
+                        skipped: d.skipped,
+                    };
+                    put(key::seq(key::EVENT, seq).to_vec(), encode(&d.event), &mut m)?;
+                    put(key::seq(key::DELIVERED, seq).to_vec(), encode(&mark), &mut m)?;
+                }
+                "webhooks_parked" => {
+                    let seq = seq_key(name, &k)?;
+                    let p: ParkedEvent = decode(name, &v)?;
+                    let mark = ParkedMark {
+                        parked_at: p.parked_at,
+                        attempts: p.attempts,
+                        last_error: p.last_error,
+                    };
+                    put(key::seq(key::EVENT, seq).to_vec(), encode(&p.event), &mut m)?;
+                    put(key::seq(key::PARKED, seq).to_vec(), encode(&mark), &mut m)?;
+                }
+                "resolver" => {
+                    let w: WorkItem = decode(name, &v)?;
+                    put(key::of(key::WORK, &w.payment_id), encode(&w), &mut m)?;
+                }
+                "refunds" => {
+                    let r: RefundRecord = decode(name, &v)?;
+                    put(key::made(key::REFUND_MADE, r.created_at, &r.refund_id), vec![], &mut m)?;
+                    put(key::of(key::REFUND, &r.refund_id), encode(&r), &mut m)?;
+                }
+                "refunds_by_payment" => put([&[key::REFUND_OF][..], &k].concat(), vec![], &mut m)?,
+                _ => unreachable!("only the trees listed"),
+            }
+        }
+    }
+    for ((c, account), sum) in &totals {
+        put(key::total(*c, account), sum.to_be_bytes().to_vec(), &mut m)?;
+    }
+    t.apply_batch(batch)?;
+    db.flush()?;
+    for name in present {
+        db.drop_tree(name)?;
+    }
+    db.flush()?;
+    Ok(Some(m))
+}
