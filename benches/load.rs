@@ -152,7 +152,14 @@ impl Server {
     }
 }
 
-async fn spawn(mut cmd: Command, prefix: &str) -> (Server, Duration) {
+async fn spawn(cmd: Command, prefix: &str) -> (Server, Duration) {
+    let (server, took, _) = spawn_line(cmd, prefix).await;
+    (server, took)
+}
+
+/// Spawns `cmd` and waits for its line starting with `prefix`: the server, how long it took, and
+/// the rest of that line.
+async fn spawn_line(mut cmd: Command, prefix: &str) -> (Server, Duration, String) {
     let started = Instant::now();
     let mut child =
         cmd.stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true).spawn().unwrap();
@@ -161,14 +168,22 @@ async fn spawn(mut cmd: Command, prefix: &str) -> (Server, Duration) {
         if let Some(rest) = line.strip_prefix(prefix) {
             let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
             let took = started.elapsed();
+            let rest = rest.to_owned();
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return (Server { child, addr }, took);
+            return (Server { child, addr }, took, rest);
         }
     }
     panic!("{prefix}: the server exited before listening");
 }
 
 async fn start_daemon(dir: &Path) -> (Server, Duration) {
+    let (server, took, _) = start_daemon_admin(dir).await;
+    (server, took)
+}
+
+/// Starts the daemon: the server (its partner address), how long it took to listen, and its admin
+/// address.
+async fn start_daemon_admin(dir: &Path) -> (Server, Duration, SocketAddr) {
     let mut c = qrbridge::daemon::embedded_config(dir, loopback()).unwrap();
     c.storage.path = dir.join("db");
     for p in &mut c.partners {
@@ -183,7 +198,14 @@ async fn start_daemon(dir: &Path) -> (Server, Duration) {
     std::fs::write(&config, toml::to_string(&c).unwrap()).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qrbridge"));
     cmd.args(["serve", "--config"]).arg(&config).env("RUST_LOG", "error");
-    spawn(cmd, "qrbridge listening: partner=https://").await
+    let (server, took, rest) = spawn_line(cmd, "qrbridge listening: partner=https://").await;
+    let admin = rest
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin=https://"))
+        .expect("the admin address")
+        .parse()
+        .unwrap();
+    (server, took, admin)
 }
 
 async fn start_baseline(pki: &Path) -> Server {
@@ -207,12 +229,17 @@ enum Sender {
 
 impl Sender {
     async fn connect(addr: SocketAddr, pki: &Path, h2: bool) -> Sender {
+        Self::connect_as(addr, pki, h2, "partner-demo").await
+    }
+
+    /// Connects presenting the development certificate `who` (`partner-demo`, `admin`).
+    async fn connect_as(addr: SocketAddr, pki: &Path, h2: bool, who: &str) -> Sender {
         let roots = qrbridge::tls::roots(&[&pki.join("ca.crt")]).unwrap();
         let mut tls = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_client_auth_cert(
-                qrbridge::tls::load_certs(&pki.join("partner-demo.crt")).unwrap(),
-                qrbridge::tls::load_key(&pki.join("partner-demo.key")).unwrap(),
+                qrbridge::tls::load_certs(&pki.join(format!("{who}.crt"))).unwrap(),
+                qrbridge::tls::load_key(&pki.join(format!("{who}.key"))).unwrap(),
             )
             .unwrap();
         tls.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
@@ -503,6 +530,10 @@ async fn load_run(args: &Args) {
 // ---------------------------------------------------------------------------------------------
 // Preload: 1M payments, then start-up time and steady RSS.
 
+/// Preloaded payments per business day, and a day in milliseconds.
+const PER_DAY: u64 = 10_000;
+const DAY_MS: u64 = 86_400_000;
+
 async fn preload_run(args: &Args, n: u64) {
     use qrbridge::model::*;
     use qrbridge::store::{Change, SledStore, Store, Work};
@@ -517,15 +548,18 @@ async fn preload_run(args: &Args, n: u64) {
     let db = dir.path().join("db");
     let cache = config.storage.cache_bytes;
     let config2 = config.clone();
-    std::thread::spawn(move || {
+    let (reads, batches, keys) = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
             // Payments as the daemon writes them: quote, PENDING with its resolver work, then
             // SUCCEEDED with its journal entry and event, the event then delivered.
             let store = SledStore::open(&db, cache).unwrap();
             let template = sample(&config2, &store).await;
+            // History as it builds up: PER_DAY payments a day, the last made a day ago.
+            let end = template.0.quote.created_at - chrono::Duration::days(1);
             for i in 0..n {
-                let now = template.0.quote.created_at;
+                let now =
+                    end - chrono::Duration::milliseconds(((n - 1 - i) * DAY_MS / PER_DAY) as i64);
                 let mut q = template.0.clone();
                 q.quote_id = new_id("quo");
                 store.put_quote(&q).unwrap();
@@ -533,6 +567,8 @@ async fn preload_run(args: &Args, n: u64) {
                 p.payment_id = new_id("pay");
                 p.quote_id = q.quote_id.clone();
                 p.request_id = format!("preload-{i}");
+                p.created_at = now;
+                p.updated_at = now;
                 let work = WorkItem::new(&p.payment_id, Task::Inquire, now, 0);
                 store.begin_payment(&p, &work, now).unwrap();
                 let mut next = p.successor(now);
@@ -575,24 +611,53 @@ async fn preload_run(args: &Args, n: u64) {
                 }
             }
             store.flush().await.unwrap();
-        });
+            store.ops()
+        })
     })
     .join()
     .unwrap();
     let load_s = began.elapsed().as_secs_f64();
+    let per = |x: u64| x as f64 / n as f64;
     let disk = dir_bytes(&dir.path().join("db")) as f64 / n as f64;
-    let (daemon, startup) = start_daemon(dir.path()).await;
+    let (daemon, startup, admin) = start_daemon_admin(dir.path()).await;
     let rss_idle = proc_status_kb(daemon.pid(), "VmRSS:") as f64 / 1024.0;
+    // One business day's settlement inside that history (the last full day: PER_DAY payments,
+    // whatever the history's length).
+    let day = qrbridge::days::business_day(
+        qrbridge::clock::Clock::now(&qrbridge::clock::SystemClock) - chrono::Duration::days(2),
+        config.settlement.time_zone.parse().unwrap(),
+        chrono::NaiveTime::parse_from_str(&config.settlement.cutoff, "%H:%M").unwrap(),
+    );
+    let mut a = Sender::connect_as(admin, &pki, true, "admin").await;
+    let t0 = Instant::now();
+    let (status, body) = a.post(&format!("/admin/v1/settlement/{day}"), String::new()).await;
+    let settle_s = t0.elapsed().as_secs_f64();
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let summary: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let o = drive(daemon.addr, &pki, true, args.conns, Mode::Closed, args.secs).await;
     let rss_steady = proc_status_kb(daemon.pid(), "VmRSS:") as f64 / 1024.0;
     let rss_peak = proc_status_kb(daemon.pid(), "VmHWM:") as f64 / 1024.0;
     daemon.stop().await;
     println!("machine: {}", machine());
     println!("preloaded {n} payments in {load_s:.0} s; sled {disk:.0} bytes per payment");
+    println!(
+        "store operations per payment (quote, PENDING, outcome, delivered mark): {:.2} point reads, {:.2} batches, {:.2} keys written",
+        per(reads),
+        per(batches),
+        per(keys)
+    );
+    println!(
+        "settlement of {day} ({} payments that day, {n} in the store): {settle_s:.3} s",
+        summary["acquirers"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|t| t["instructions"].as_u64()).sum::<u64>())
+            .unwrap_or(0)
+    );
     println!("start-up with them: {:.3} s (spawn to listening); RSS idle {rss_idle:.1} MiB, after {} s of load at {:.0} tx/s {rss_steady:.1} MiB (peak {rss_peak:.1} MiB)", startup.as_secs_f64(), args.secs, o.tps);
     println!(
         "{}",
-        json!({"preloaded": n, "startup_s": startup.as_secs_f64(), "rss_mb": rss_steady, "rss_idle_mb": rss_idle,
+        json!({"preloaded": n, "startup_s": startup.as_secs_f64(), "load_s": load_s, "settle_s": settle_s,
+               "reads_per_payment": per(reads), "batches_per_payment": per(batches), "keys_per_payment": per(keys), "rss_mb": rss_steady, "rss_idle_mb": rss_idle,
                "rss_peak_mb": rss_peak, "tps": o.tps.round(), "p99_ms": ms(&o.pay, 0.99),
                "disk_bytes_per_payment": disk.round()})
     );

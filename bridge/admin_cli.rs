@@ -148,6 +148,20 @@ pub enum OpsCommand {
     Parked,
     /// Put a parked event back in the outbox.
     Replay { event_id: String },
+    /// Remove parked events for good (audited as `webhooks.purge_parked`, listing each).
+    #[command(group(clap::ArgGroup::new("cutoff").required(true)))]
+    Purge {
+        /// Those parked longer ago than this: seconds, or a number with `s`, `m`, `h` or `d`
+        /// (`7d`, `36h`); `0` is every event parked so far.
+        #[arg(long, group = "cutoff", value_parser = parse_age)]
+        older_than: Option<u64>,
+        /// Those parked before this instant (RFC 3339).
+        #[arg(long, group = "cutoff")]
+        before: Option<String>,
+        /// At most this many (1 to 1000, the default).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Payments the resolver still has work for.
     Resolver,
     /// Close an ATTENTION task settled out of band (audited).
@@ -563,6 +577,33 @@ async fn execute(c: &Client, a: &AdminArgs) -> Result<ExitCode, Failure> {
                 .await?;
             show(&v, format!("{event_id} replayed"));
         }
+        AdminCommand::Ops(OpsCommand::Purge { older_than, before, limit }) => {
+            let mut body = match (older_than, before) {
+                (Some(s), _) => json!({ "older_than_s": s }),
+                (None, b) => json!({ "parked_before": b }),
+            };
+            if let Some(n) = limit {
+                body["limit"] = json!(n);
+            }
+            let v = c.json(Method::POST, "/admin/v1/webhooks/parked/purge", Some(body)).await?;
+            let audit = if v["audit_seq"].is_null() {
+                String::new()
+            } else {
+                format!(" (audit #{})", s(&v["audit_seq"]))
+            };
+            let more = match v["remaining"].as_u64() {
+                Some(n) if n > 0 => format!("; {n} more parked before it: run again"),
+                _ => String::new(),
+            };
+            show(
+                &v,
+                format!(
+                    "{} parked events purged, parked before {}{audit}{more}",
+                    s(&v["purged"]),
+                    s(&v["parked_before"])
+                ),
+            );
+        }
         AdminCommand::Ops(OpsCommand::Resolver) => {
             let v = c.json(Method::GET, "/admin/v1/resolver", None).await?;
             let t = table(
@@ -591,6 +632,26 @@ async fn execute(c: &Client, a: &AdminArgs) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An age for `--older-than`: whole seconds, or a whole number of `s`, `m`, `h` or `d`.
+fn parse_age(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: use seconds, or a number with s, m, h or d (7d)")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: use seconds, or a number with s, m, h or d (7d)"))?;
+    n.checked_mul(scale).ok_or_else(|| format!("{text:?} is too long"))
 }
 
 /// Writes a downloaded settlement file readable to its owner only (`0600`), as the daemon keeps
@@ -672,4 +733,22 @@ fn settlement_tables(v: &Value) -> String {
         s(&v["day"]), s(&v["from"]), s(&v["to"]), s(&v["time_zone"]),
         v["files"].as_object().map(|f| f.keys().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_default()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_as_seconds() {
+        assert_eq!(parse_age("3600"), Ok(3_600));
+        assert_eq!(parse_age("0"), Ok(0));
+        assert_eq!(parse_age("90m"), Ok(5_400));
+        assert_eq!(parse_age("36h"), Ok(129_600));
+        assert_eq!(parse_age("7d"), Ok(604_800));
+        assert_eq!(parse_age("45s"), Ok(45));
+        for bad in ["", "d", "7w", "-1", "1.5h", "7 d", "1d2h", "99999999999999999999d"] {
+            assert!(parse_age(bad).is_err(), "{bad:?}");
+        }
+    }
 }

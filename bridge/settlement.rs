@@ -14,6 +14,12 @@
 //! belongs to the day it was made. So revenue for D and D's statements are the same entries, and
 //! nothing done on a later day other than resolving D's own payments changes D.
 //!
+//! **What a run reads.** The day only, not the history, off the async runtime's threads
+//! ([`read_days`]): the payments made that day and their ledger entries, the refunds made that
+//! day (read with a day's margin either side) with their payments (for the price and merchant)
+//! and their entries. A reconciliation reads the same, and each payment the acquirer's file
+//! names. So a day costs what happened that day.
+//!
 //! **Closing.** A day closes only after its end *and* after the cancel window of its last
 //! payment (`cancel_until` on the next day), so nothing can still change it by a cancel. Before
 //! that, a run is refused with `DAY_NOT_CLOSED` and the moment it closes.
@@ -69,10 +75,11 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 pub use crate::days::{business_day, made_at, BusinessDays};
+use crate::days::{read_days, read_journal, DaysData};
 use crate::error::ApiError;
 use crate::model::{JournalEntry, PaymentRecord, PaymentState, RefundRecord};
 use crate::store::Store;
-use crate::treasury::{internal, positions, revenue_sums, CurrencyPosition, Treasury};
+use crate::treasury::{internal, off_runtime, positions, revenue_sums, CurrencyPosition, Treasury};
 
 fn ts(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -143,10 +150,14 @@ pub struct DayInput<'a> {
     /// does every other partner, currency and acquirer with activity that day).
     pub partners: &'a [(String, Vec<Currency>)],
     pub acquirers: &'a [String],
-    /// Every payment the store holds (filtered here).
+    /// At least the payments made that day and the payment of each refund made that day
+    /// (filtered here; [`read_days`] reads just those, and the payments of refunds near the day).
+    /// Each payment once.
     pub payments: &'a [PaymentRecord],
-    /// Every refund of those payments.
+    /// At least the refunds made that day (filtered here).
     pub refunds: &'a [RefundRecord],
+    /// At least the ledger entries of the day ([`BusinessDays::day_of_entry`]; filtered here),
+    /// each of a payment among `payments`.
     pub journal: &'a [JournalEntry],
 }
 
@@ -612,16 +623,8 @@ fn bridge_status(p: &PaymentRecord) -> &'static str {
     }
 }
 
-/// Compares an acquirer's file with the bridge's view as of the end of `day`; `payments` are
-/// every payment the store holds, `refunds` their refunds (those made after `day` are left out).
-pub fn reconcile(
-    day: NaiveDate,
-    days: &BusinessDays,
-    acquirer: &str,
-    file: &[u8],
-    payments: &[PaymentRecord],
-    refunds: &[RefundRecord],
-) -> Result<Vec<ReconLine>, ApiError> {
+/// The instructions of an acquirer's reconciliation file, by id.
+fn their_lines(file: &[u8]) -> Result<BTreeMap<String, TheirLine>, ApiError> {
     let bad =
         |line: u64, m: String| ApiError::InvalidReconciliationFile(format!("line {line}: {m}"));
     let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(file);
@@ -650,6 +653,22 @@ pub fn reconcile(
             return Err(bad(line, format!("instruction {id} is listed twice")));
         }
     }
+    Ok(theirs)
+}
+
+/// Compares an acquirer's file with the bridge's view as of the end of `day`. `payments` must
+/// hold at least the payments made on `day` and every payment the file names (whatever its day:
+/// the report says where the bridge has it); `refunds` at least the refunds of the day's
+/// payments made up to the day's end (those made after `day` are left out here).
+pub fn reconcile(
+    day: NaiveDate,
+    days: &BusinessDays,
+    acquirer: &str,
+    file: &[u8],
+    payments: &[PaymentRecord],
+    refunds: &[RefundRecord],
+) -> Result<Vec<ReconLine>, ApiError> {
+    let theirs = their_lines(file)?;
     let mut refunds_of: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for r in refunds.iter().filter(|r| days.day_of(r.created_at) <= day) {
         refunds_of.entry(r.payment_id.as_str()).or_default().insert(r.acquirer_refund_id.clone());
@@ -804,30 +823,46 @@ impl<S: Store> Settlement<S> {
         Ok(())
     }
 
-    fn load(&self) -> Result<(Vec<PaymentRecord>, Vec<RefundRecord>), ApiError> {
-        let store = self.treasury.engine().store();
-        let payments = store.payments().map_err(internal)?;
-        let mut refunds = Vec::new();
-        for p in payments.iter().filter(|p| p.refunded_cny.is_positive()) {
-            refunds.extend(store.refunds_of(&p.payment_id).map_err(internal)?);
-        }
-        Ok((payments, refunds))
+    /// What belongs to `day` ([`read_days`]; with its ledger entries when `journal`), and the
+    /// payments `named` (by id, wherever their day), read off the async runtime's threads.
+    async fn load(
+        &self,
+        day: NaiveDate,
+        journal: bool,
+        named: Vec<String>,
+    ) -> Result<DaysData, ApiError> {
+        let (store, days) = (self.treasury.engine().store().clone(), self.days);
+        off_runtime(move || {
+            let store = store.as_ref();
+            let mut data = read_days(store, &days, day, day).map_err(internal)?;
+            if journal {
+                read_journal(store, &days, day, day, &mut data).map_err(internal)?;
+            }
+            let mut held: std::collections::HashSet<String> =
+                data.payments.iter().map(|p| p.payment_id.clone()).collect();
+            for id in named {
+                if held.insert(id.clone()) {
+                    data.payments.extend(store.payment(&id).map_err(internal)?);
+                }
+            }
+            Ok(data)
+        })
+        .await
     }
 
-    /// Produces (or produces again) the day's files; returns the summary.
+    /// Produces (or produces again) the day's files; returns the summary. Reads that day only.
     pub async fn run(&self, actor: &str, day: NaiveDate) -> Result<Summary, ApiError> {
         self.ensure_closed(day)?;
         let _one = self.running.lock().await;
-        let (payments, refunds) = self.load()?;
-        let journal = self.treasury.engine().store().journal().map_err(internal)?;
+        let data = self.load(day, true, Vec::new()).await?;
         let (summary, files) = build(&DayInput {
             day,
             days: &self.days,
             partners: &self.partners,
             acquirers: &self.acquirers,
-            payments: &payments,
-            refunds: &refunds,
-            journal: &journal,
+            payments: &data.payments,
+            refunds: &data.refunds,
+            journal: &data.journal,
         })?;
         let dir = self.dir.join(day.to_string());
         write_day(dir, files).await?;
@@ -870,16 +905,24 @@ impl<S: Store> Settlement<S> {
         file: &[u8],
     ) -> Result<Value, ApiError> {
         let _one = self.running.lock().await;
-        let (payments, refunds) = self.load()?;
-        // A configured acquirer, or one the bridge has instructed (since removed from the
-        // configuration): its days can still be reconciled.
+        // The day's records, and each payment the file names (a file that does not read names
+        // none: it is refused below, after the acquirer and the day are checked, as always).
+        let named = their_lines(file).map(|t| t.into_keys().collect()).unwrap_or_default();
+        let data = self.load(day, false, named).await?;
+        // A configured acquirer, or one the bridge has dealt with (since removed from the
+        // configuration): its days can still be reconciled. Only what was read for this day is
+        // looked at, not the history: an acquirer gone from the configuration is known when it
+        // has payments or refunds among the day's records (the payments made that day, the
+        // refunds made that day or a day either side and their payments, and the payments its
+        // file names). An unconfigured acquirer with none of those is `ACQUIRER_NOT_FOUND`.
         if !self.acquirers.iter().any(|a| a == acquirer)
-            && !payments.iter().any(|p| p.acquirer == acquirer)
+            && !data.payments.iter().any(|p| p.acquirer == acquirer)
+            && !data.refunds.iter().any(|r| r.acquirer == acquirer)
         {
             return Err(ApiError::AcquirerNotFound(acquirer.to_owned()));
         }
         self.ensure_closed(day)?;
-        let lines = reconcile(day, &self.days, acquirer, file, &payments, &refunds)?;
+        let lines = reconcile(day, &self.days, acquirer, file, &data.payments, &data.refunds)?;
         let mut counts: BTreeMap<Verdict, u64> = BTreeMap::new();
         for l in &lines {
             for v in &l.verdicts {

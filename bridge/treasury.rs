@@ -11,7 +11,9 @@
 //! `force: true`; a forced change is recorded as `rates.force`, with each move it forced.
 //!
 //! Revenue falls on business days by the one rule settlement uses
-//! ([`BusinessDays::day_of_entry`]), so a day's revenue here equals its treasury report.
+//! ([`BusinessDays::day_of_entry`]), so a day's revenue here equals its treasury report. Revenue
+//! between two days reads those days only ([`read_days`]); positions come from the store's
+//! running account totals: neither reads the history.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use qrbridge_fx::{Amount, Bps, Currency, Decimal, MidRate, Pair, RateError, Spre
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::days::{made_at, BusinessDays};
+use crate::days::{made_at, read_days, read_journal, BusinessDays};
 use crate::error::ApiError;
 use crate::model::{verify_chain, AuditDraft, AuditRecord, ChainCheck, JournalEntry};
 use crate::payments::engine::Engine;
@@ -36,6 +38,19 @@ const RATE_PREFIX: &str = "rate/";
 pub(crate) fn internal(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "store failure");
     ApiError::Internal
+}
+
+/// Runs `read` (store reads that may take a while: a day's records, the history) on tokio's
+/// blocking threads, so the async runtime's threads go on serving meanwhile.
+pub(crate) async fn off_runtime<T, F>(read: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(read).await.map_err(|e| {
+        tracing::error!(error = %e, "store read stopped");
+        ApiError::Internal
+    })?
 }
 
 /// Treasury operations over one engine.
@@ -404,26 +419,35 @@ impl<S: Store> Treasury<S> {
         Ok(answer)
     }
 
-    /// Open positions per currency, from the whole ledger.
+    /// Open positions per currency, over the whole ledger: from the store's running totals per
+    /// account ([`Store::account_totals`]), not a scan of the journal.
     pub fn positions(&self) -> Result<Vec<CurrencyPosition>, ApiError> {
-        let journal = self.engine.store().journal().map_err(internal)?;
-        positions(&journal)
+        let totals = self.engine.store().account_totals().map_err(internal)?;
+        positions_of(totals.iter().map(|((c, account), sum)| (*c, account.as_str(), *sum)))
     }
 
     /// Spread revenue by business day, partner and pair, for days in `[from, to]`; entries fall
-    /// on days by [`BusinessDays::day_of_entry`], as in settlement.
+    /// on days by [`BusinessDays::day_of_entry`], as in settlement. With both days given it reads
+    /// those days only ([`read_days`]); without one it is a request over the whole history, and
+    /// reads it all. Reads on the calling thread: from async code call
+    /// [`Treasury::revenue_async`].
     pub fn revenue(
         &self,
         from: Option<NaiveDate>,
         to: Option<NaiveDate>,
     ) -> Result<Vec<RevenueLine>, ApiError> {
-        let store = self.engine.store();
-        let journal = store.journal().map_err(internal)?;
-        let payments = store.payments().map_err(internal)?;
-        let made = made_at(&payments);
-        let day_of =
-            |e: &JournalEntry| self.days.day_of_entry(e, made.get(e.payment_id.as_str()).copied());
-        revenue(&journal, day_of, from, to)
+        read_revenue(self.engine.store().as_ref(), &self.days, from, to)
+    }
+
+    /// [`Treasury::revenue`], read on tokio's blocking threads: the runtime's threads are not
+    /// held up by a long range (or by the whole history, when a day is not given).
+    pub async fn revenue_async(
+        &self,
+        from: Option<NaiveDate>,
+        to: Option<NaiveDate>,
+    ) -> Result<Vec<RevenueLine>, ApiError> {
+        let (store, days) = (self.engine.store().clone(), self.days);
+        off_runtime(move || read_revenue(store.as_ref(), &days, from, to)).await
     }
 
     /// The audit log, verified.
@@ -448,6 +472,27 @@ impl<S: Store> Treasury<S> {
         let draft = self.draft(actor, action, target, Value::Null, after);
         self.commit(draft, &[]).await
     }
+}
+
+/// Spread revenue for days in `[from, to]` ([`Treasury::revenue`]), read from `store`.
+fn read_revenue<S: Store + ?Sized>(
+    store: &S,
+    days: &BusinessDays,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+) -> Result<Vec<RevenueLine>, ApiError> {
+    let (journal, payments) = match (from, to) {
+        (Some(f), Some(t)) => {
+            let mut data = read_days(store, days, f, t).map_err(internal)?;
+            read_journal(store, days, f, t, &mut data).map_err(internal)?;
+            (data.journal, data.payments)
+        }
+        // Asked for without a bound: the whole history, as asked.
+        _ => (store.journal().map_err(internal)?, store.payments().map_err(internal)?),
+    };
+    let made = made_at(&payments);
+    let day_of = |e: &JournalEntry| days.day_of_entry(e, made.get(e.payment_id.as_str()).copied());
+    revenue(&journal, day_of, from, to)
 }
 
 /// An admin's rate refused by the guard, as an API error naming the rate.
@@ -480,18 +525,18 @@ pub fn rate_sink<S: Store>(engine: Arc<Engine<S>>) -> Arc<RateSink> {
     })
 }
 
-/// Sums of every account kind per currency.
-fn account_sums(journal: &[JournalEntry]) -> BTreeMap<(Currency, &'static str), i128> {
+/// Sums of every account kind per currency, from `(currency, account, amount)` postings or
+/// totals.
+fn account_sums<'a>(
+    postings: impl IntoIterator<Item = (Currency, &'a str, i128)>,
+) -> BTreeMap<(Currency, &'static str), i128> {
     let mut sums = BTreeMap::new();
-    for e in journal {
-        for p in &e.postings {
-            let kind =
-                ["partner_receivable:", "acquirer_payable:", "spread_revenue:", "fx_position:"]
-                    .into_iter()
-                    .find(|k| p.account.starts_with(k));
-            if let Some(kind) = kind {
-                *sums.entry((p.currency, kind)).or_insert(0) += i128::from(p.minor);
-            }
+    for (currency, account, minor) in postings {
+        let kind = ["partner_receivable:", "acquirer_payable:", "spread_revenue:", "fx_position:"]
+            .into_iter()
+            .find(|k| account.starts_with(k));
+        if let Some(kind) = kind {
+            *sums.entry((currency, kind)).or_insert(0) += minor;
         }
     }
     sums
@@ -500,7 +545,17 @@ fn account_sums(journal: &[JournalEntry]) -> BTreeMap<(Currency, &'static str), 
 /// Positions per currency from journal entries: debits positive in the ledger, shown here from
 /// the house's side (what it is owed and what it holds positive).
 pub fn positions(journal: &[JournalEntry]) -> Result<Vec<CurrencyPosition>, ApiError> {
-    let sums = account_sums(journal);
+    positions_of(journal.iter().flat_map(|e| {
+        e.postings.iter().map(|p| (p.currency, p.account.as_str(), i128::from(p.minor)))
+    }))
+}
+
+/// Positions per currency ([`positions`]) from sums per currency and account (each posting on
+/// its own, or running totals).
+pub fn positions_of<'a>(
+    sums: impl IntoIterator<Item = (Currency, &'a str, i128)>,
+) -> Result<Vec<CurrencyPosition>, ApiError> {
+    let sums = account_sums(sums);
     let currencies: std::collections::BTreeSet<Currency> = sums.keys().map(|(c, _)| *c).collect();
     currencies
         .into_iter()

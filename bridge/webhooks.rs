@@ -15,8 +15,20 @@
 //! the event is older than the maximum age: then it is parked, for an operator to list and replay
 //! (admin API). The outbox is the state, so a restart resumes delivery; attempts counted in memory
 //! start again from the first backoff step.
+//!
+//! The worker keeps a queue in memory so that a wake costs what changed, not the
+//! outbox: it reads the whole outbox and the parked list once at start, then only the events
+//! written after the last one it read ([`Store::outbox_after`]: the sequence is the commit order,
+//! so a cursor misses nothing). A replay puts an event back below that cursor and changes
+//! [`Store::outbox_epoch`]; on a new epoch the worker reads everything again, keeping the
+//! deliveries under way and the attempts it counted. Per payment only the first undelivered event
+//! may go (none while the payment has a parked event); such an event is ready (kept per partner,
+//! so picking costs the partners and what starts, not what waits), backing off (ordered by when it
+//! is due), or being delivered. Every event neither backing off nor under way is also ordered by
+//! when its maximum age starts (its creation, or its replay), so what is too old is found at the
+//! front of that order, not by a scan.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,11 +37,15 @@ use chrono::{DateTime, Utc};
 use qrbridge_adapters::webhook::WebhookSender;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::api::WebhookBody;
 use crate::model::{DeliveredEvent, OutboxEvent, ParkedEvent, RECORD_VERSION};
 use crate::payments::engine::Engine;
 use crate::store::{EventSeq, Store, StoreError};
+
+/// Events read from the outbox per store call.
+const BATCH: usize = 1024;
 
 /// How deliveries are retried.
 #[derive(Debug, Clone)]
@@ -66,8 +82,244 @@ pub fn body(e: &OutboxEvent) -> Bytes {
 #[derive(Debug, Default)]
 struct Attempts {
     count: u32,
-    next_at: Option<tokio::time::Instant>,
+    next_at: Option<Instant>,
     last_error: String,
+}
+
+/// Where a known event sits in the [`Queue`]'s indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// In no index: only between taking it out of one and putting it in another.
+    Loose,
+    /// Not its payment's first undelivered event, or its payment has a parked event: it waits,
+    /// and ages.
+    Behind,
+    /// Its payment's next, to send now: in its partner's ready set, and ages.
+    Ready,
+    /// Its payment's next, backing off until then.
+    Waiting(Instant),
+    /// Its payment's next, of a partner with no sender: recorded as delivered, nothing sent.
+    Skip,
+    /// Being delivered.
+    Busy,
+}
+
+#[derive(Debug)]
+struct Known {
+    event: OutboxEvent,
+    slot: Slot,
+}
+
+impl Known {
+    /// Where the event's maximum age counts from.
+    fn age_start(&self) -> DateTime<Utc> {
+        self.event.replayed_at.unwrap_or(self.event.created_at)
+    }
+}
+
+/// The undelivered events the worker knows of, and what each waits for.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Partners with a webhook sender.
+    has_sender: HashSet<String>,
+    /// The last sequence read from the outbox.
+    cursor: Option<EventSeq>,
+    /// The outbox epoch the state was read under; `None` until the first read.
+    epoch: Option<u64>,
+    events: HashMap<EventSeq, Known>,
+    /// Each payment's undelivered events, in order: the first is the one that may go.
+    by_payment: HashMap<String, BTreeSet<EventSeq>>,
+    /// Payments with a parked event: nothing of theirs goes until a replay.
+    blocked: HashSet<String>,
+    /// [`Slot::Ready`] events per partner.
+    ready: HashMap<String, BTreeSet<EventSeq>>,
+    /// [`Slot::Waiting`] events by when they are due.
+    due: BTreeSet<(Instant, EventSeq)>,
+    /// [`Slot::Behind`] and [`Slot::Ready`] events by where their maximum age counts from.
+    ageing: BTreeSet<(DateTime<Utc>, EventSeq)>,
+    /// [`Slot::Skip`] events.
+    skips: BTreeSet<EventSeq>,
+    attempts: HashMap<EventSeq, Attempts>,
+}
+
+impl Queue {
+    fn new(has_sender: HashSet<String>) -> Self {
+        Queue { has_sender, ..Queue::default() }
+    }
+
+    /// Reads what the outbox holds that the queue does not: the events after the cursor, or, when
+    /// the epoch changed (a replay), everything again.
+    fn sync<S: Store>(&mut self, store: &S) -> Result<(), StoreError> {
+        let epoch = store.outbox_epoch();
+        if self.epoch != Some(epoch) {
+            return self.rebuild(store, epoch);
+        }
+        loop {
+            let batch = store.outbox_after(self.cursor, BATCH)?;
+            let full = batch.len() == BATCH;
+            for (seq, event) in batch {
+                self.cursor = Some(seq);
+                if !self.events.contains_key(&seq) {
+                    self.insert(seq, event, Slot::Loose);
+                    // After the events it follows: its place is final.
+                    self.place(seq);
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the whole outbox and the parked list again under `epoch` (read before them, so a
+    /// replay during the reads brings another rebuild). Deliveries under way stay under way, and
+    /// attempts counted stay with their events. On an error nothing changed.
+    fn rebuild<S: Store>(&mut self, store: &S, epoch: u64) -> Result<(), StoreError> {
+        let blocked: HashSet<String> =
+            store.parked()?.into_iter().map(|(_, p)| p.event.payment_id).collect();
+        let mut outbox = Vec::new();
+        let mut cursor = None;
+        loop {
+            let batch = store.outbox_after(cursor, BATCH)?;
+            let full = batch.len() == BATCH;
+            if let Some((seq, _)) = batch.last() {
+                cursor = Some(*seq);
+            }
+            outbox.extend(batch);
+            if !full {
+                break;
+            }
+        }
+        let busy: HashSet<EventSeq> =
+            self.events.iter().filter(|(_, k)| k.slot == Slot::Busy).map(|(s, _)| *s).collect();
+        let mut attempts = std::mem::take(&mut self.attempts);
+        *self = Queue {
+            has_sender: std::mem::take(&mut self.has_sender),
+            cursor,
+            epoch: Some(epoch),
+            blocked,
+            ..Queue::default()
+        };
+        for (seq, event) in outbox {
+            let slot = if busy.contains(&seq) { Slot::Busy } else { Slot::Loose };
+            self.insert(seq, event, slot);
+        }
+        attempts.retain(|seq, _| self.events.contains_key(seq));
+        self.attempts = attempts;
+        let seqs: Vec<EventSeq> = self.events.keys().copied().collect();
+        for seq in seqs {
+            self.place(seq);
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, seq: EventSeq, event: OutboxEvent, slot: Slot) {
+        self.by_payment.entry(event.payment_id.clone()).or_default().insert(seq);
+        self.events.insert(seq, Known { event, slot });
+    }
+
+    /// Puts a [`Slot::Loose`] event where it belongs (any other stays as it is).
+    fn place(&mut self, seq: EventSeq) {
+        let Some(k) = self.events.get_mut(&seq) else { return };
+        if k.slot != Slot::Loose {
+            return;
+        }
+        let e = &k.event;
+        let first = !self.blocked.contains(&e.payment_id)
+            && self.by_payment.get(&e.payment_id).and_then(|s| s.first()) == Some(&seq);
+        let backoff = self.attempts.get(&seq).and_then(|a| a.next_at);
+        k.slot = match backoff {
+            _ if !first => Slot::Behind,
+            _ if !self.has_sender.contains(&e.partner) => Slot::Skip,
+            Some(at) if at > Instant::now() => Slot::Waiting(at),
+            _ => Slot::Ready,
+        };
+        match k.slot {
+            Slot::Behind => {
+                self.ageing.insert((k.age_start(), seq));
+            }
+            Slot::Ready => {
+                self.ageing.insert((k.age_start(), seq));
+                self.ready.entry(e.partner.clone()).or_default().insert(seq);
+            }
+            Slot::Waiting(at) => {
+                self.due.insert((at, seq));
+            }
+            Slot::Skip => {
+                self.skips.insert(seq);
+            }
+            Slot::Loose | Slot::Busy => {}
+        }
+    }
+
+    /// Takes an event out of every index ([`Slot::Busy`] stays busy).
+    fn unplace(&mut self, seq: EventSeq) {
+        let Some(k) = self.events.get_mut(&seq) else { return };
+        match k.slot {
+            Slot::Behind => {
+                self.ageing.remove(&(k.age_start(), seq));
+            }
+            Slot::Ready => {
+                self.ageing.remove(&(k.age_start(), seq));
+                if let Some(r) = self.ready.get_mut(&k.event.partner) {
+                    r.remove(&seq);
+                    if r.is_empty() {
+                        self.ready.remove(&k.event.partner);
+                    }
+                }
+            }
+            Slot::Waiting(at) => {
+                self.due.remove(&(at, seq));
+            }
+            Slot::Skip => {
+                self.skips.remove(&seq);
+            }
+            Slot::Loose | Slot::Busy => return,
+        }
+        k.slot = Slot::Loose;
+    }
+
+    /// Places again a payment's first undelivered event (after its payment changed).
+    fn replace_first(&mut self, payment_id: &str) {
+        if let Some(&seq) = self.by_payment.get(payment_id).and_then(|s| s.first()) {
+            self.unplace(seq);
+            self.place(seq);
+        }
+    }
+
+    /// Forgets an event that left the outbox (and its attempts); its payment's next takes its
+    /// place.
+    fn remove(&mut self, seq: EventSeq) {
+        self.unplace(seq);
+        self.attempts.remove(&seq);
+        let Some(k) = self.events.remove(&seq) else { return };
+        let payment = &k.event.payment_id;
+        if let Some(s) = self.by_payment.get_mut(payment) {
+            s.remove(&seq);
+            if s.is_empty() {
+                self.by_payment.remove(payment);
+            }
+        }
+        self.replace_first(payment);
+    }
+
+    /// Marks a ready event as being delivered; returns it.
+    fn start(&mut self, seq: EventSeq) -> Option<OutboxEvent> {
+        self.unplace(seq);
+        let k = self.events.get_mut(&seq)?;
+        k.slot = Slot::Busy;
+        Some(k.event.clone())
+    }
+
+    /// An event no longer being delivered (it is still in the outbox) goes where it belongs.
+    fn release(&mut self, seq: EventSeq) {
+        if let Some(k) = self.events.get_mut(&seq) {
+            if k.slot == Slot::Busy {
+                k.slot = Slot::Loose;
+            }
+        }
+        self.place(seq);
+    }
 }
 
 /// Runs until `shutdown` turns true. `senders` has one entry per partner with a webhook URL;
@@ -79,9 +331,8 @@ pub async fn run<S: Store>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut rng = fastrand::Rng::new();
-    let mut attempts: HashMap<EventSeq, Attempts> = HashMap::new();
+    let mut queue = Queue::new(senders.keys().cloned().collect());
     let mut running: JoinSet<(EventSeq, OutboxEvent, Result<(), String>)> = JoinSet::new();
-    let mut busy: HashSet<EventSeq> = HashSet::new();
     // Deliveries under way per partner, and what each task holds, so that even a task that
     // panicked gives its event and its lane's slot back.
     let mut lanes: HashMap<String, usize> = HashMap::new();
@@ -90,19 +341,19 @@ pub async fn run<S: Store>(
         let woken = engine.events_written.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let next = match plan(&engine, &senders, &policy, &mut attempts, &busy) {
+        let next = match plan(&engine, &mut queue, &policy, &lanes, running.len()) {
             Ok(plan) => {
-                let picked = pick(plan.start, &lanes, running.len(), &policy);
                 // Nothing leaves that a crash could take back: an event read from the outbox may
                 // belong to a change whose flush has not finished (or failed); it goes out only
                 // once a flush covers it.
-                let durable = if picked.is_empty() { Ok(()) } else { engine.store().flush().await };
+                let durable =
+                    if plan.start.is_empty() { Ok(()) } else { engine.store().flush().await };
                 match durable {
                     Ok(()) => {
-                        for (seq, event) in picked {
+                        for seq in plan.start {
+                            let Some(event) = queue.start(seq) else { continue };
                             let sender = senders.get(&event.partner).cloned();
                             let now = engine.now().timestamp();
-                            busy.insert(seq);
                             *lanes.entry(event.partner.clone()).or_default() += 1;
                             let partner = event.partner.clone();
                             let task = running.spawn(async move {
@@ -137,41 +388,21 @@ pub async fn run<S: Store>(
                     Ok((id, _)) => *id,
                     Err(e) => e.id(),
                 };
-                if let Some((seq, partner)) = tasks.remove(&id) {
-                    busy.remove(&seq);
-                    if let Some(n) = lanes.get_mut(&partner) {
+                let held = tasks.remove(&id);
+                if let Some((_, partner)) = &held {
+                    if let Some(n) = lanes.get_mut(partner) {
                         *n = n.saturating_sub(1);
                     }
                 }
-                let Ok((_, (seq, event, result))) = done else {
-                    tracing::error!("a webhook delivery task failed; its event will be retried");
-                    continue;
-                };
-                let a = attempts.entry(seq).or_default();
-                a.count += 1;
-                match result {
-                    Ok(()) => {
-                        let d = DeliveredEvent {
-                            v: RECORD_VERSION,
-                            event: event.clone(),
-                            delivered_at: engine.now(),
-                            attempts: a.count,
-                            skipped: false,
-                        };
-                        attempts.remove(&seq);
-                        // No flush of its own: a delivered mark lost in a crash means one more
-                        // delivery under the same event id, which partners deduplicate.
-                        if let Err(e) = engine.store().delivered(seq, &d) {
-                            tracing::error!(event = %event.event_id, error = %e, "could not record a delivery");
-                        }
-                        engine.events_settled.send_modify(|n| *n += 1);
-                        tracing::info!(event = %event.event_id, kind = %event.kind, payment = %event.payment_id, "webhook delivered");
+                match done {
+                    Ok((_, (seq, event, result))) => {
+                        settle(&engine, &mut queue, &policy, &mut rng, seq, event, result);
                     }
-                    Err(e) => {
-                        let wait = policy.backoff(a.count, &mut rng);
-                        tracing::warn!(event = %event.event_id, attempts = a.count, error = %e, retry_in_ms = wait.as_millis() as u64, "webhook not acknowledged");
-                        a.next_at = Some(tokio::time::Instant::now() + wait);
-                        a.last_error = e;
+                    Err(_) => {
+                        tracing::error!("a webhook delivery task failed; its event will be retried");
+                        if let Some((seq, _)) = held {
+                            queue.release(seq);
+                        }
                     }
                 }
             }
@@ -187,117 +418,170 @@ pub async fn run<S: Store>(
     }
 }
 
-/// Which of the `ready` events (oldest first) to start now, given the deliveries under way per
-/// partner (`lanes`) and in all (`running`): partners take turns, the one with the oldest ready
-/// event first, each up to `partner_concurrency`; the total stays within `concurrency`, except
-/// that a partner with nothing under way may always start one.
+/// Records the outcome of one delivery attempt.
+fn settle<S: Store>(
+    engine: &Engine<S>,
+    queue: &mut Queue,
+    policy: &DeliveryPolicy,
+    rng: &mut fastrand::Rng,
+    seq: EventSeq,
+    event: OutboxEvent,
+    result: Result<(), String>,
+) {
+    let a = queue.attempts.entry(seq).or_default();
+    a.count += 1;
+    match result {
+        Ok(()) => {
+            let d = DeliveredEvent {
+                v: RECORD_VERSION,
+                event: event.clone(),
+                delivered_at: engine.now(),
+                attempts: a.count,
+                skipped: false,
+            };
+            // No flush of its own: a delivered mark lost in a crash means one more delivery
+            // under the same event id, which partners deduplicate.
+            match engine.store().delivered(seq, &d) {
+                Ok(()) => queue.remove(seq),
+                Err(e) => {
+                    // Still in the outbox: it goes again, counting its attempts anew.
+                    tracing::error!(event = %event.event_id, error = %e, "could not record a delivery");
+                    queue.attempts.remove(&seq);
+                    queue.release(seq);
+                }
+            }
+            engine.events_settled.send_modify(|n| *n += 1);
+            tracing::info!(event = %event.event_id, kind = %event.kind, payment = %event.payment_id, "webhook delivered");
+        }
+        Err(e) => {
+            let wait = policy.backoff(a.count, rng);
+            tracing::warn!(event = %event.event_id, attempts = a.count, error = %e, retry_in_ms = wait.as_millis() as u64, "webhook not acknowledged");
+            a.next_at = Some(Instant::now() + wait);
+            a.last_error = e;
+            queue.release(seq);
+        }
+    }
+}
+
+/// Which of the `ready` events (per partner, in order) to start now, given the deliveries under
+/// way per partner (`lanes`) and in all (`running`): partners take turns, the one whose oldest
+/// ready event is oldest first, each up to `partner_concurrency`; the total stays within
+/// `concurrency`, except that a partner with nothing under way may always start one. Costs the
+/// partners and what starts, not what is ready.
 fn pick(
-    ready: Vec<(EventSeq, OutboxEvent)>,
+    ready: &HashMap<String, BTreeSet<EventSeq>>,
     lanes: &HashMap<String, usize>,
     running: usize,
     policy: &DeliveryPolicy,
-) -> Vec<(EventSeq, OutboxEvent)> {
-    let mut queues: Vec<(usize, VecDeque<(EventSeq, OutboxEvent)>)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for (seq, event) in ready {
-        let i = *index.entry(event.partner.clone()).or_insert_with(|| {
-            queues.push((lanes.get(&event.partner).copied().unwrap_or(0), VecDeque::new()));
-            queues.len() - 1
-        });
-        queues[i].1.push_back((seq, event));
-    }
+) -> Vec<EventSeq> {
+    let mut order: Vec<(EventSeq, &String, &BTreeSet<EventSeq>)> =
+        ready.iter().filter_map(|(partner, seqs)| Some((*seqs.first()?, partner, seqs))).collect();
+    order.sort_unstable_by_key(|(first, ..)| *first);
+    let mut turns: VecDeque<(usize, std::collections::btree_set::Iter<'_, EventSeq>)> = order
+        .into_iter()
+        .map(|(_, partner, seqs)| (lanes.get(partner).copied().unwrap_or(0), seqs.iter()))
+        .collect();
     let mut total = running;
     let mut start = Vec::new();
-    loop {
-        let mut any = false;
-        for (lane, queue) in &mut queues {
-            let room =
-                *lane < policy.partner_concurrency && (total < policy.concurrency || *lane == 0);
-            if !room {
-                continue;
-            }
-            if let Some(next) = queue.pop_front() {
-                start.push(next);
-                *lane += 1;
-                total += 1;
-                any = true;
-            }
+    // Lanes and the total only grow, so a partner without room now has none later either: it
+    // leaves the turns, as does one with nothing more ready.
+    while let Some((lane, mut seqs)) = turns.pop_front() {
+        let room = lane < policy.partner_concurrency && (total < policy.concurrency || lane == 0);
+        if !room {
+            continue;
         }
-        if !any {
-            return start;
-        }
+        let Some(&seq) = seqs.next() else { continue };
+        start.push(seq);
+        total += 1;
+        turns.push_back((lane + 1, seqs));
     }
+    start
 }
 
 struct Plan {
-    start: Vec<(EventSeq, OutboxEvent)>,
+    start: Vec<EventSeq>,
     next: Option<Duration>,
 }
 
-/// Which events to send now, which to park or skip, and when to look again.
+/// Brings the queue up to date, parks or skips what must be, and says which events to send now
+/// and when to look again. Costs the new events, the events due, those parked or skipped, and
+/// those started; not the outbox.
 fn plan<S: Store>(
     engine: &Engine<S>,
-    senders: &HashMap<String, WebhookSender>,
+    queue: &mut Queue,
     policy: &DeliveryPolicy,
-    attempts: &mut HashMap<EventSeq, Attempts>,
-    busy: &HashSet<EventSeq>,
+    lanes: &HashMap<String, usize>,
+    running: usize,
 ) -> Result<Plan, StoreError> {
     let store = engine.store();
+    queue.sync(&**store)?;
+    // Backoffs that ended.
+    let mono = Instant::now();
+    while let Some(&(at, seq)) = queue.due.first() {
+        if at > mono {
+            break;
+        }
+        queue.unplace(seq);
+        queue.place(seq);
+    }
     let now = engine.now();
-    // A payment with a parked event gets nothing more until an operator replays it.
-    let mut blocked: HashSet<String> =
-        store.parked()?.into_iter().map(|(_, p)| p.event.payment_id).collect();
-    let mut start = Vec::new();
-    let mut next: Option<Duration> = None;
-    let mut soonest = |d: Duration| next = Some(next.map_or(d, |n: Duration| n.min(d)));
+    // Partners with no sender: recorded as delivered, nothing sent.
+    while let Some(&seq) = queue.skips.first() {
+        let Some(k) = queue.events.get(&seq) else {
+            queue.skips.remove(&seq);
+            continue;
+        };
+        let d = DeliveredEvent {
+            v: RECORD_VERSION,
+            event: k.event.clone(),
+            delivered_at: now,
+            attempts: 0,
+            skipped: true,
+        };
+        store.delivered(seq, &d)?;
+        queue.remove(seq);
+        engine.events_settled.send_modify(|n| *n += 1);
+    }
+    // Too old: parked. Older than `max_age` means an age start before this.
+    let oldest = now.checked_sub_signed(policy.max_age).unwrap_or(DateTime::<Utc>::MIN_UTC);
     let mut parked_any = false;
-    for (seq, event) in store.outbox()? {
-        let first_of_payment = blocked.insert(event.payment_id.clone());
-        if busy.contains(&seq) {
-            continue;
+    while let Some(&(start, seq)) = queue.ageing.first() {
+        if start >= oldest {
+            break;
         }
-        let too_old = now - event.replayed_at.unwrap_or(event.created_at) > policy.max_age;
-        if !first_of_payment {
-            if too_old {
-                let a = attempts.remove(&seq).unwrap_or_default();
-                park(&**store, seq, event, a.count, "waiting behind an undelivered event", now)?;
-                engine.events_settled.send_modify(|n| *n += 1);
-                parked_any = true;
-            }
+        let Some(k) = queue.events.get(&seq) else {
+            queue.ageing.remove(&(start, seq));
             continue;
-        }
-        if !senders.contains_key(&event.partner) {
-            let d = DeliveredEvent {
-                v: RECORD_VERSION,
-                event,
-                delivered_at: now,
-                attempts: 0,
-                skipped: true,
-            };
-            store.delivered(seq, &d)?;
-            engine.events_settled.send_modify(|n| *n += 1);
-            continue;
-        }
-        let a = attempts.entry(seq).or_default();
-        let mono = tokio::time::Instant::now();
-        if let Some(at) = a.next_at.filter(|at| *at > mono) {
-            soonest(at - mono);
-            continue;
-        }
-        if too_old {
-            let a = attempts.remove(&seq).unwrap_or_default();
-            let reason = if a.last_error.is_empty() { "too old".into() } else { a.last_error };
-            park(&**store, seq, event, a.count, &reason, now)?;
-            engine.events_settled.send_modify(|n| *n += 1);
-            parked_any = true;
-            continue;
-        }
-        start.push((seq, event));
+        };
+        let a = queue.attempts.get(&seq);
+        let reason = match (k.slot, a) {
+            (Slot::Ready, Some(a)) if !a.last_error.is_empty() => a.last_error.as_str(),
+            (Slot::Ready, _) => "too old",
+            _ => "waiting behind an undelivered event",
+        };
+        let payment_id = k.event.payment_id.clone();
+        park(&**store, seq, k.event.clone(), a.map_or(0, |a| a.count), reason, now)?;
+        // Nothing more of its payment goes until a replay.
+        queue.blocked.insert(payment_id);
+        queue.remove(seq);
+        engine.events_settled.send_modify(|n| *n += 1);
+        parked_any = true;
     }
     if parked_any {
         // Park records are not urgent enough for their own flush; the next commit carries them.
         tracing::warn!("webhook events parked; list them with the admin API");
     }
+    let start = pick(&queue.ready, lanes, running, policy);
+    // Look again when the next backoff ends, or (no sooner than a second from now, so a clock
+    // that does not move is not polled) when the next event becomes too old.
+    let backoff = queue.due.first().map(|(at, _)| at.saturating_duration_since(mono));
+    let ageing = queue.ageing.first().map(|(start, _)| {
+        (*start - oldest).to_std().unwrap_or_default().max(Duration::from_secs(1))
+    });
+    let next = match (backoff, ageing) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     Ok(Plan { start, next })
 }
 
@@ -334,58 +618,42 @@ mod tests {
         }
     }
 
-    /// Ready events, oldest first, for `partners` in that order (one event per payment).
-    fn ready(partners: &[&str]) -> Vec<(EventSeq, OutboxEvent)> {
-        partners
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let event = OutboxEvent {
-                    v: RECORD_VERSION,
-                    event_id: format!("evt_{i}"),
-                    partner: (*p).to_owned(),
-                    kind: "payment.succeeded".into(),
-                    payment_id: format!("pay_{i}"),
-                    created_at: DateTime::<Utc>::UNIX_EPOCH,
-                    data: serde_json::Value::Null,
-                    replayed_at: None,
-                };
-                (i as EventSeq, event)
-            })
-            .collect()
-    }
-
-    fn seqs(started: &[(EventSeq, OutboxEvent)]) -> Vec<EventSeq> {
-        started.iter().map(|(s, _)| *s).collect()
+    /// Ready events per partner: event `i` (oldest first) is `partners[i]`'s.
+    fn ready(partners: &[&str]) -> HashMap<String, BTreeSet<EventSeq>> {
+        let mut ready: HashMap<String, BTreeSet<EventSeq>> = HashMap::new();
+        for (i, p) in partners.iter().enumerate() {
+            ready.entry((*p).to_owned()).or_default().insert(i as EventSeq);
+        }
+        ready
     }
 
     #[test]
     fn a_partner_with_a_backlog_takes_turns_and_holds_at_most_its_lane() {
         // A wrote six events before B's two: B's still go out in the first round.
         let events = ready(&["a", "a", "a", "a", "a", "a", "b", "b"]);
-        let started = pick(events, &HashMap::new(), 0, &policy(4, 2));
-        assert_eq!(seqs(&started), vec![0, 6, 1, 7]);
+        let started = pick(&events, &HashMap::new(), 0, &policy(4, 2));
+        assert_eq!(started, vec![0, 6, 1, 7]);
     }
 
     #[test]
     fn a_stalled_partner_at_its_cap_gets_nothing_more_and_others_still_start() {
         let lanes = HashMap::from([("a".to_owned(), 2)]);
-        let started = pick(ready(&["a", "a", "b", "a", "b", "b"]), &lanes, 2, &policy(8, 2));
-        assert_eq!(seqs(&started), vec![2, 4]);
+        let started = pick(&ready(&["a", "a", "b", "a", "b", "b"]), &lanes, 2, &policy(8, 2));
+        assert_eq!(started, vec![2, 4]);
     }
 
     #[test]
     fn a_partner_with_nothing_under_way_always_gets_one() {
         // Stalled partners fill every slot of `concurrency`; B and C still get one each, no more.
         let lanes = HashMap::from([("a".to_owned(), 2), ("z".to_owned(), 2)]);
-        let started = pick(ready(&["b", "b", "c", "a"]), &lanes, 4, &policy(4, 2));
-        assert_eq!(seqs(&started), vec![0, 2]);
+        let started = pick(&ready(&["b", "b", "c", "a"]), &lanes, 4, &policy(4, 2));
+        assert_eq!(started, vec![0, 2]);
     }
 
     #[test]
     fn the_total_stays_within_concurrency_otherwise() {
         let started =
-            pick(ready(&["a", "b", "c", "a", "b", "c"]), &HashMap::new(), 0, &policy(4, 4));
-        assert_eq!(seqs(&started), vec![0, 1, 2, 3]);
+            pick(&ready(&["a", "b", "c", "a", "b", "c"]), &HashMap::new(), 0, &policy(4, 4));
+        assert_eq!(started, vec![0, 1, 2, 3]);
     }
 }

@@ -503,10 +503,11 @@ fn the_audit_chain_catches_an_edited_or_missing_record() {
     {
         let db = sled::open(&path).unwrap();
         let audit = db.open_tree("audit").unwrap();
-        let mut v: Value =
-            serde_json::from_slice(&audit.get(2u64.to_be_bytes()).unwrap().unwrap()).unwrap();
-        v["after"] = json!(20);
-        audit.insert(2u64.to_be_bytes(), serde_json::to_vec(&v).unwrap()).unwrap();
+        let stored = audit.get(2u64.to_be_bytes()).unwrap().unwrap();
+        let mut v: qrbridge::model::AuditRecord =
+            qrbridge::store::codec::decode("audit", &stored).unwrap();
+        v.after = json!(20);
+        audit.insert(2u64.to_be_bytes(), qrbridge::store::codec::encode(&v)).unwrap();
         db.flush().unwrap();
     }
     let check = chain(&path);

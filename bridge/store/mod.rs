@@ -185,8 +185,9 @@ pub trait Store: Send + Sync + 'static {
         after: Option<EventSeq>,
         max: usize,
     ) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError>;
-    /// Changes whenever an event goes back into the outbox below the sequence (a replay): a
-    /// reader that keeps a cursor then reads the whole outbox again.
+    /// Changes whenever the outbox changes behind a cursor — an event put back below the
+    /// sequence (a replay), parked events purged (their payments' later events may go): a reader
+    /// that keeps a cursor then reads the whole outbox and parked list again.
     fn outbox_epoch(&self) -> u64;
     /// Removes the parked events at `seqs` (those still parked); returns how many it removed.
     fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError>;

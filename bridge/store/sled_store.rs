@@ -170,6 +170,37 @@ pub struct SledStore {
     totals: Mutex<Totals>,
     /// Bumped when an event goes back into the outbox below the sequence.
     epoch: AtomicU64,
+    ops: Ops,
+}
+
+/// sled operations made by the store since it opened (for benchmarks and diagnostics).
+#[derive(Debug, Default)]
+pub struct Ops {
+    /// Point reads.
+    pub reads: AtomicU64,
+    /// Atomic batches written.
+    pub batches: AtomicU64,
+    /// Keys those batches inserted or removed.
+    pub keys: AtomicU64,
+}
+
+/// A sled batch that counts its keys.
+#[derive(Default)]
+struct Batch {
+    b: sled::Batch,
+    keys: u64,
+}
+
+impl Batch {
+    fn insert(&mut self, k: impl Into<sled::IVec>, v: impl Into<sled::IVec>) {
+        self.keys += 1;
+        self.b.insert(k, v);
+    }
+
+    fn remove(&mut self, k: impl Into<sled::IVec>) {
+        self.keys += 1;
+        self.b.remove(k);
+    }
 }
 
 /// Locks `m`; a lock poisoned by a panic elsewhere still guards nothing but `()` or totals
@@ -221,6 +252,7 @@ impl SledStore {
             claims: Mutex::new(()),
             totals: Mutex::new(totals),
             epoch: AtomicU64::new(0),
+            ops: Ops::default(),
             t,
             db,
         })
@@ -229,6 +261,28 @@ impl SledStore {
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    /// What the store has done since it opened: (point reads, batches, keys written).
+    pub fn ops(&self) -> (u64, u64, u64) {
+        let o = &self.ops;
+        (
+            o.reads.load(Ordering::Relaxed),
+            o.batches.load(Ordering::Relaxed),
+            o.keys.load(Ordering::Relaxed),
+        )
+    }
+
+    fn read(&self, k: impl AsRef<[u8]>) -> Result<Option<sled::IVec>, StoreError> {
+        self.ops.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(self.t.get(k)?)
+    }
+
+    fn write(&self, b: Batch) -> Result<(), StoreError> {
+        self.ops.batches.fetch_add(1, Ordering::Relaxed);
+        self.ops.keys.fetch_add(b.keys, Ordering::Relaxed);
+        self.t.apply_batch(b.b)?;
+        Ok(())
     }
 
     fn stripe(&self, payment_id: &str) -> MutexGuard<'_, ()> {
@@ -243,7 +297,7 @@ impl SledStore {
         what: &'static str,
         k: &[u8],
     ) -> Result<Option<T>, StoreError> {
-        self.t.get(k)?.map(|v| decode(what, &v)).transpose()
+        self.read(k)?.map(|v| decode(what, &v)).transpose()
     }
 
     /// Every record under `prefix`, in key order.
@@ -307,9 +361,9 @@ impl SledStore {
 
     /// Applies `batch`, with the sequenced part of `c` (its journal entry and events) when it
     /// has one: under the sequencer, so sequences are the commit order.
-    fn commit(&self, c: &Change, mut batch: sled::Batch) -> Result<(), StoreError> {
+    fn commit(&self, c: &Change, mut batch: Batch) -> Result<(), StoreError> {
         if c.journal.is_none() && c.events.is_empty() {
-            self.t.apply_batch(batch)?;
+            self.write(batch)?;
             return Ok(());
         }
         let mut totals = lock(&self.totals);
@@ -334,7 +388,7 @@ impl SledStore {
             batch.insert(key::seq(key::EVENT, seq).to_vec(), encode(e));
             batch.insert(key::seq(key::OUTBOX, seq).to_vec(), &[][..]);
         }
-        self.t.apply_batch(batch)?;
+        self.write(batch)?;
         totals.extend(changed);
         Ok(())
     }
@@ -342,10 +396,10 @@ impl SledStore {
     /// Moves the event at `seq` out of the outbox, marked with `mark` under `to`.
     fn settle_event(&self, seq: EventSeq, to: u8, mark: Vec<u8>) -> Result<(), StoreError> {
         let _write = self.flusher.write();
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
         b.remove(key::seq(key::OUTBOX, seq).to_vec());
         b.insert(key::seq(to, seq).to_vec(), mark);
-        self.t.apply_batch(b)?;
+        self.write(b)?;
         Ok(())
     }
 }
@@ -353,7 +407,9 @@ impl SledStore {
 impl Store for SledStore {
     fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError> {
         let _write = self.flusher.write();
-        self.t.insert(key::of(key::QUOTE, &q.quote_id), encode(q))?;
+        let mut b = Batch::default();
+        b.insert(key::of(key::QUOTE, &q.quote_id), encode(q));
+        self.write(b)?;
         Ok(())
     }
 
@@ -388,8 +444,10 @@ impl Store for SledStore {
             // now either sees it or finds it gone (QUOTE_NOT_FOUND).
             {
                 let _claims = lock(&self.claims);
-                if self.t.get(key::of(key::QUOTE_USE, &q.quote_id))?.is_none() {
-                    self.t.remove(&k)?;
+                if self.read(key::of(key::QUOTE_USE, &q.quote_id))?.is_none() {
+                    let mut b = Batch::default();
+                    b.remove(k.to_vec());
+                    self.write(b)?;
                     purge.removed += 1;
                 }
             }
@@ -427,13 +485,13 @@ impl Store for SledStore {
             return Err(BeginError::QuoteExpired.into());
         }
         let quote_use = key::of(key::QUOTE_USE, &p.quote_id);
-        if self.t.get(&quote_use)?.is_some() {
+        if self.read(&quote_use)?.is_some() {
             return Err(BeginError::QuoteUsed.into());
         }
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
         if let Some(order) = &p.order {
             let order = key::of(key::ORDER, order);
-            if self.t.get(&order)?.is_some() {
+            if self.read(&order)?.is_some() {
                 return Err(BeginError::OrderPaid.into());
             }
             b.insert(order, p.payment_id.as_bytes());
@@ -445,7 +503,7 @@ impl Store for SledStore {
         b.insert(quote_use, id.as_bytes());
         b.insert(key::of(key::WORK, id), encode(work));
         b.insert(key::made(key::MADE, p.created_at, id), &[][..]);
-        self.t.apply_batch(b)?;
+        self.write(b)?;
         Ok(Begin::Created)
     }
 
@@ -487,7 +545,7 @@ impl Store for SledStore {
         if current.rev + 1 != p.rev {
             return Err(StoreError::Stale(p.payment_id.clone()));
         }
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
         let _claims = match &c.refund {
             Some(r) => {
                 let claims = lock(&self.claims);
@@ -523,14 +581,14 @@ impl Store for SledStore {
         // takes a claim nobody holds), so reading them here and releasing them in the batch is
         // safe.
         let quote_use = key::of(key::QUOTE_USE, &p.quote_id);
-        if c.release_quote && self.t.get(&quote_use)?.as_deref() == Some(id.as_bytes()) {
+        if c.release_quote && self.read(&quote_use)?.as_deref() == Some(id.as_bytes()) {
             b.remove(quote_use);
         }
         // An order whose payment failed or was cancelled may be paid again.
         if let Some(order) = &p.order {
             let released = matches!(p.state, PaymentState::Failed | PaymentState::Cancelled);
             let order = key::of(key::ORDER, order);
-            if released && self.t.get(&order)?.as_deref() == Some(id.as_bytes()) {
+            if released && self.read(&order)?.as_deref() == Some(id.as_bytes()) {
                 b.remove(order);
             }
         }
@@ -705,11 +763,11 @@ impl Store for SledStore {
         };
         let _write = self.flusher.write();
         let event = OutboxEvent { replayed_at: Some(now), ..p.event };
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
         b.remove(key::seq(key::PARKED, seq).to_vec());
         b.insert(key::seq(key::EVENT, seq).to_vec(), encode(&event));
         b.insert(key::seq(key::OUTBOX, seq).to_vec(), &[][..]);
-        self.t.apply_batch(b)?;
+        self.write(b)?;
         // After the write: a reader that sees the new epoch finds the event in the outbox.
         self.epoch.fetch_add(1, Ordering::SeqCst);
         Ok(true)
@@ -717,16 +775,20 @@ impl Store for SledStore {
 
     fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError> {
         let _write = self.flusher.write();
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
         let mut removed = 0;
         for &seq in seqs {
-            if self.t.get(key::seq(key::PARKED, seq))?.is_some() {
+            if self.read(key::seq(key::PARKED, seq))?.is_some() {
                 b.remove(key::seq(key::PARKED, seq).to_vec());
                 b.remove(key::seq(key::EVENT, seq).to_vec());
                 removed += 1;
             }
         }
-        self.t.apply_batch(b)?;
+        self.write(b)?;
+        if removed > 0 {
+            // Their payments' later events may go now: readers keeping a cursor look again.
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(removed)
     }
 
