@@ -530,6 +530,33 @@ async fn load_run(args: &Args) {
 // ---------------------------------------------------------------------------------------------
 // Preload: 1M payments, then start-up time and steady RSS.
 
+/// Threads writing the preload at once.
+const WRITERS: u64 = 8;
+
+/// Marks every event in the outbox delivered (one writer at a time: a mark written twice is
+/// harmless but would count twice).
+fn deliver_all(store: &qrbridge::store::SledStore, at: chrono::DateTime<chrono::Utc>) {
+    use qrbridge::store::Store;
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap();
+    let mut after = None;
+    loop {
+        let events = store.outbox_after(after, 4096).unwrap();
+        let Some((last, _)) = events.last() else { return };
+        after = Some(*last);
+        for (seq, e) in events {
+            let d = qrbridge::model::DeliveredEvent {
+                v: 1,
+                event: e,
+                delivered_at: at,
+                attempts: 1,
+                skipped: false,
+            };
+            store.delivered(seq, &d).unwrap();
+        }
+    }
+}
+
 /// Preloaded payments per business day, and a day in milliseconds.
 const PER_DAY: u64 = 10_000;
 const DAY_MS: u64 = 86_400_000;
@@ -548,74 +575,73 @@ async fn preload_run(args: &Args, n: u64) {
     let db = dir.path().join("db");
     let cache = config.storage.cache_bytes;
     let config2 = config.clone();
-    let (reads, batches, keys) = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            // Payments as the daemon writes them: quote, PENDING with its resolver work, then
-            // SUCCEEDED with its journal entry and event, the event then delivered.
-            let store = SledStore::open(&db, cache).unwrap();
-            let template = sample(&config2, &store).await;
-            // History as it builds up: PER_DAY payments a day, the last made a day ago.
-            let end = template.0.quote.created_at - chrono::Duration::days(1);
-            for i in 0..n {
-                let now =
-                    end - chrono::Duration::milliseconds(((n - 1 - i) * DAY_MS / PER_DAY) as i64);
-                let mut q = template.0.clone();
-                q.quote_id = new_id("quo");
-                store.put_quote(&q).unwrap();
-                let mut p = template.1.clone();
-                p.payment_id = new_id("pay");
-                p.quote_id = q.quote_id.clone();
-                p.request_id = format!("preload-{i}");
-                p.created_at = now;
-                p.updated_at = now;
-                let work = WorkItem::new(&p.payment_id, Task::Inquire, now, 0);
-                store.begin_payment(&p, &work, now).unwrap();
-                let mut next = p.successor(now);
-                next.state = PaymentState::Succeeded;
-                next.booked = true;
-                let mut change = Change::of(next.clone());
-                change.work = Work::Done;
-                change.journal = Some(qrbridge::ledger::payment(&next, now));
-                let event = OutboxEvent {
-                    v: 1,
-                    event_id: new_id("evt"),
-                    partner: next.partner.clone(),
-                    kind: "payment.succeeded".into(),
-                    payment_id: next.payment_id.clone(),
-                    created_at: now,
-                    data: serde_json::to_value(qrbridge::api::PaymentAnswer::new(&next)).unwrap(),
-                    replayed_at: None,
-                };
-                change.events = vec![event.clone()];
-                store.apply(&change).unwrap();
-                if i % 10_000 == 9_999 {
-                    for (seq, e) in store.outbox().unwrap() {
-                        let d = DeliveredEvent {
-                            v: 1,
-                            event: e,
-                            delivered_at: now,
-                            attempts: 1,
-                            skipped: false,
-                        };
-                        store.delivered(seq, &d).unwrap();
+    // On a runtime of its own (dropped before the daemon starts, with sled's lock on the folder),
+    // written by WRITERS threads at once, as the daemon's requests would.
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let store = rt.block_on(async { SledStore::open(&db, cache).unwrap() });
+    let template = rt.block_on(sample(&config2, &store));
+    // History as it builds up: PER_DAY payments a day, the last made a day ago.
+    let end = template.0.quote.created_at - chrono::Duration::days(1);
+    let handle = rt.handle().clone();
+    let done = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for w in 0..WRITERS {
+            let (store, template, handle, done) = (&store, &template, &handle, &done);
+            scope.spawn(move || {
+                for i in (w..n).step_by(WRITERS as usize) {
+                    let now = end
+                        - chrono::Duration::milliseconds(((n - 1 - i) * DAY_MS / PER_DAY) as i64);
+                    let mut q = template.0.clone();
+                    q.quote_id = new_id("quo");
+                    store.put_quote(&q).unwrap();
+                    let mut p = template.1.clone();
+                    p.payment_id = new_id("pay");
+                    p.quote_id = q.quote_id.clone();
+                    p.request_id = format!("preload-{i}");
+                    p.created_at = now;
+                    p.updated_at = now;
+                    let work = WorkItem::new(&p.payment_id, Task::Inquire, now, 0);
+                    store.begin_payment(&p, &work, now).unwrap();
+                    let mut next = p.successor(now);
+                    next.state = PaymentState::Succeeded;
+                    next.booked = true;
+                    let mut change = Change::of(next.clone());
+                    change.work = Work::Done;
+                    change.journal = Some(qrbridge::ledger::payment(&next, now));
+                    change.events = vec![OutboxEvent {
+                        v: 1,
+                        event_id: new_id("evt"),
+                        partner: next.partner.clone(),
+                        kind: "payment.succeeded".into(),
+                        payment_id: next.payment_id.clone(),
+                        created_at: now,
+                        data: serde_json::to_value(qrbridge::api::PaymentAnswer::new(&next))
+                            .unwrap(),
+                        replayed_at: None,
+                    }];
+                    store.apply(&change).unwrap();
+                    let total = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if total % 10_000 == 0 {
+                        // The events of the last 10,000 delivered, as the webhook worker would.
+                        deliver_all(store, now);
+                        handle.block_on(store.flush()).unwrap();
                     }
-                    store.flush().await.unwrap();
+                    if total % 100_000 == 0 {
+                        eprintln!(
+                            "preloaded {total} payments in {:.0} s",
+                            began.elapsed().as_secs_f64()
+                        );
+                    }
                 }
-                if i % 100_000 == 99_999 {
-                    eprintln!(
-                        "preloaded {} payments in {:.0} s",
-                        i + 1,
-                        began.elapsed().as_secs_f64()
-                    );
-                }
-            }
-            store.flush().await.unwrap();
-            store.ops()
-        })
-    })
-    .join()
-    .unwrap();
+            });
+        }
+    });
+    deliver_all(&store, end);
+    rt.block_on(store.flush()).unwrap();
+    let (reads, batches, keys) = store.ops();
+    drop(store);
+    drop(rt);
     let load_s = began.elapsed().as_secs_f64();
     let per = |x: u64| x as f64 / n as f64;
     let disk = dir_bytes(&dir.path().join("db")) as f64 / n as f64;

@@ -240,6 +240,8 @@ async fn purge_parked<S: Store>(
             "parked purge removed fewer events than it listed"
         );
     }
+    // The purged events' payments may have later events waiting: the worker looks again now.
+    ctx.engine.events_written.notify_one();
     tracing::info!(admin = %admin, purged, audit_seq = record.seq, parked_before = %cutoff, "parked webhook events purged");
     Ok(serde_json::json!({
         "purged": purged, "event_ids": event_ids, "audit_seq": record.seq,

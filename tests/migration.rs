@@ -672,3 +672,28 @@ fn the_migrated_store_carries_on_from_where_the_release_stopped() {
         assert!(s.payment("pay_migrationprobe0001").unwrap().is_some());
     });
 }
+
+#[test]
+fn the_first_release_writing_again_after_the_migration_is_refused_not_merged() {
+    let u = unpack();
+    let before = phase(async {
+        let s = SledStore::open(&u.db, CACHE).unwrap();
+        s.account_totals().unwrap()
+    });
+    // A rollback: the first release opens the folder and writes into its own trees again.
+    {
+        let db = sled::open(&u.db).unwrap();
+        db.open_tree("payments").unwrap().insert(b"pay_rollback", &b"{}"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let err = phase(async { SledStore::open(&u.db, CACHE).err() }).expect("refused");
+    assert!(err.to_string().contains("rollback"), "{err}");
+    // Nothing was merged: without the stray tree, the store reads as it did.
+    {
+        let db = sled::open(&u.db).unwrap();
+        db.drop_tree("payments").unwrap();
+        db.flush().unwrap();
+    }
+    let after = phase(async { SledStore::open(&u.db, CACHE).unwrap().account_totals().unwrap() });
+    assert_eq!(after, before);
+}

@@ -1,10 +1,13 @@
 //! How records are kept on disk: one version byte, then the record in postcard (a compact,
 //! positional binary serde format). The first release kept JSON (its first byte is `{`); such a
 //! record still reads, so a data folder written by it opens and is migrated on the way in
-//! ([`super::sled`]).
+//! ([`super::v1`]).
 //!
-//! A record type may only grow by appending `#[serde(default)]` fields and bumping
-//! [`FORMAT`]; postcard cannot skip fields, so a field is never left out when writing.
+//! postcard is positional: a record reads only with exactly the type that wrote it (same fields,
+//! same order, same enum variants; `#[serde(default)]` does not help a shorter old record). So
+//! changing a stored type means a new [`FORMAT`] byte, the old type kept frozen beside it, and a
+//! decoder for each format still on disk — as this one keeps reading the first release's JSON. A
+//! field is never left out when writing.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -64,6 +64,7 @@ pub(super) mod key {
     pub const ACQUIRER_REFUND: u8 = b'a';
     /// Currency, account → the running sum of its postings (i128, big-endian).
     pub const TOTAL: u8 = b't';
+    // `m`: the store's own marks (see `v1::MIGRATED`).
 
     pub fn of(prefix: u8, id: &str) -> Vec<u8> {
         let mut k = Vec::with_capacity(1 + id.len());
@@ -170,6 +171,9 @@ pub struct SledStore {
     totals: Mutex<Totals>,
     /// Bumped when an event goes back into the outbox below the sequence.
     epoch: AtomicU64,
+    /// Serialises what moves events in and out of the parked list, so a listing never meets a
+    /// half-purged event and a replay never races a purge.
+    parking: Mutex<()>,
     ops: Ops,
 }
 
@@ -252,6 +256,7 @@ impl SledStore {
             claims: Mutex::new(()),
             totals: Mutex::new(totals),
             epoch: AtomicU64::new(0),
+            parking: Mutex::new(()),
             ops: Ops::default(),
             t,
             db,
@@ -391,6 +396,26 @@ impl SledStore {
         self.write(batch)?;
         totals.extend(changed);
         Ok(())
+    }
+
+    /// The parked list; the caller holds `parking`.
+    fn parked_locked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
+        self.t
+            .scan_prefix([key::PARKED])
+            .map(|kv| {
+                let (k, v) = kv?;
+                let seq = key::seq_of(&k).ok_or_else(|| corrupt("parked", "short key"))?;
+                let m: ParkedMark = decode("parked", &v)?;
+                let p = ParkedEvent {
+                    v: RECORD_VERSION,
+                    event: self.event(seq)?,
+                    parked_at: m.parked_at,
+                    attempts: m.attempts,
+                    last_error: m.last_error,
+                };
+                Ok((seq, p))
+            })
+            .collect()
     }
 
     /// Moves the event at `seq` out of the outbox, marked with `mark` under `to`.
@@ -729,6 +754,7 @@ impl Store for SledStore {
     }
 
     fn park(&self, seq: EventSeq, p: &ParkedEvent) -> Result<(), StoreError> {
+        let _parking = lock(&self.parking);
         let mark = ParkedMark {
             parked_at: p.parked_at,
             attempts: p.attempts,
@@ -738,26 +764,14 @@ impl Store for SledStore {
     }
 
     fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
-        self.t
-            .scan_prefix([key::PARKED])
-            .map(|kv| {
-                let (k, v) = kv?;
-                let seq = key::seq_of(&k).ok_or_else(|| corrupt("parked", "short key"))?;
-                let m: ParkedMark = decode("parked", &v)?;
-                let p = ParkedEvent {
-                    v: RECORD_VERSION,
-                    event: self.event(seq)?,
-                    parked_at: m.parked_at,
-                    attempts: m.attempts,
-                    last_error: m.last_error,
-                };
-                Ok((seq, p))
-            })
-            .collect()
+        let _parking = lock(&self.parking);
+        self.parked_locked()
     }
 
     fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let Some((seq, p)) = self.parked()?.into_iter().find(|(_, p)| p.event.event_id == event_id)
+        let _parking = lock(&self.parking);
+        let Some((seq, p)) =
+            self.parked_locked()?.into_iter().find(|(_, p)| p.event.event_id == event_id)
         else {
             return Ok(false);
         };
@@ -774,6 +788,7 @@ impl Store for SledStore {
     }
 
     fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError> {
+        let _parking = lock(&self.parking);
         let _write = self.flusher.write();
         let mut b = Batch::default();
         let mut removed = 0;

@@ -34,6 +34,9 @@ const TREES: [&str; 13] = [
     "refund_idempotency",
 ];
 
+/// Written once the migration is complete (and the old trees dropped).
+pub(super) const MIGRATED: &[u8] = b"m/migrated-from-v1";
+
 /// Records written per batch.
 const BATCH: usize = 4096;
 
@@ -56,7 +59,25 @@ pub fn migrate(db: &sled::Db, t: &sled::Tree) -> Result<Option<Migrated>, StoreE
     let present: Vec<&'static str> =
         TREES.into_iter().filter(|n| names.iter().any(|m| m.as_ref() == n.as_bytes())).collect();
     if present.is_empty() {
+        // A folder of this release from its start: marked too, so the first release's trees
+        // appearing in it later (a rollback) are refused below rather than merged.
+        if t.get(MIGRATED)?.is_none() {
+            t.insert(MIGRATED, &[][..])?;
+        }
         return Ok(None);
+    }
+    if t.get(MIGRATED)?.is_some() {
+        // The first release ran on this folder again after it was migrated (a rollback): its
+        // trees now hold only what it wrote since, and the records tree the rest. Merging the
+        // two by hand is an operator's decision, not a start-up's.
+        return Err(StoreError::Corrupt {
+            tree: "records",
+            message: format!(
+                "this folder was migrated, yet the first release's trees ({}) are back: a \
+                 rollback wrote to it; restore the backup taken before the rollback",
+                present.join(", ")
+            ),
+        });
     }
     let mut m = Migrated::default();
     let mut batch = sled::Batch::default();
@@ -156,6 +177,8 @@ pub fn migrate(db: &sled::Db, t: &sled::Tree) -> Result<Option<Migrated>, StoreE
     for name in present {
         db.drop_tree(name)?;
     }
+    // Only once the old trees are gone: a crash before this point migrates again.
+    t.insert(MIGRATED, &[][..])?;
     db.flush()?;
     Ok(Some(m))
 }
