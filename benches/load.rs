@@ -577,71 +577,81 @@ async fn preload_run(args: &Args, n: u64) {
     let config2 = config.clone();
     // On a runtime of its own (dropped before the daemon starts, with sled's lock on the folder),
     // written by WRITERS threads at once, as the daemon's requests would.
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let store = rt.block_on(async { SledStore::open(&db, cache).unwrap() });
-    let template = rt.block_on(sample(&config2, &store));
-    // History as it builds up: PER_DAY payments a day, the last made a day ago.
-    let end = template.0.quote.created_at - chrono::Duration::days(1);
-    let handle = rt.handle().clone();
-    let done = std::sync::atomic::AtomicU64::new(0);
-    std::thread::scope(|scope| {
-        for w in 0..WRITERS {
-            let (store, template, handle, done) = (&store, &template, &handle, &done);
-            scope.spawn(move || {
-                for i in (w..n).step_by(WRITERS as usize) {
-                    let now = end
-                        - chrono::Duration::milliseconds(((n - 1 - i) * DAY_MS / PER_DAY) as i64);
-                    let mut q = template.0.clone();
-                    q.quote_id = new_id("quo");
-                    store.put_quote(&q).unwrap();
-                    let mut p = template.1.clone();
-                    p.payment_id = new_id("pay");
-                    p.quote_id = q.quote_id.clone();
-                    p.request_id = format!("preload-{i}");
-                    p.created_at = now;
-                    p.updated_at = now;
-                    let work = WorkItem::new(&p.payment_id, Task::Inquire, now, 0);
-                    store.begin_payment(&p, &work, now).unwrap();
-                    let mut next = p.successor(now);
-                    next.state = PaymentState::Succeeded;
-                    next.booked = true;
-                    let mut change = Change::of(next.clone());
-                    change.work = Work::Done;
-                    change.journal = Some(qrbridge::ledger::payment(&next, now));
-                    change.events = vec![OutboxEvent {
-                        v: 1,
-                        event_id: new_id("evt"),
-                        partner: next.partner.clone(),
-                        kind: "payment.succeeded".into(),
-                        payment_id: next.payment_id.clone(),
-                        created_at: now,
-                        data: serde_json::to_value(qrbridge::api::PaymentAnswer::new(&next))
-                            .unwrap(),
-                        replayed_at: None,
-                    }];
-                    store.apply(&change).unwrap();
-                    let total = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                    if total % 10_000 == 0 {
-                        // The events of the last 10,000 delivered, as the webhook worker would.
-                        deliver_all(store, now);
-                        handle.block_on(store.flush()).unwrap();
+    let (reads, batches, keys) = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = rt.block_on(async { SledStore::open(&db, cache).unwrap() });
+        let template = rt.block_on(sample(&config2, &store));
+        // History as it builds up: PER_DAY payments a day, the last made a day ago.
+        let end = template.0.quote.created_at - chrono::Duration::days(1);
+        let handle = rt.handle().clone();
+        let done = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for w in 0..WRITERS {
+                let (store, template, handle, done) = (&store, &template, &handle, &done);
+                scope.spawn(move || {
+                    for i in (w..n).step_by(WRITERS as usize) {
+                        let now = end
+                            - chrono::Duration::milliseconds(
+                                ((n - 1 - i) * DAY_MS / PER_DAY) as i64,
+                            );
+                        let mut q = template.0.clone();
+                        q.quote_id = new_id("quo");
+                        store.put_quote(&q).unwrap();
+                        let mut p = template.1.clone();
+                        p.payment_id = new_id("pay");
+                        p.quote_id = q.quote_id.clone();
+                        p.request_id = format!("preload-{i}");
+                        p.created_at = now;
+                        p.updated_at = now;
+                        let work = WorkItem::new(&p.payment_id, Task::Inquire, now, 0);
+                        store.begin_payment(&p, &work, now).unwrap();
+                        let mut next = p.successor(now);
+                        next.state = PaymentState::Succeeded;
+                        next.booked = true;
+                        let mut change = Change::of(next.clone());
+                        change.work = Work::Done;
+                        change.journal = Some(qrbridge::ledger::payment(&next, now));
+                        change.events = vec![OutboxEvent {
+                            v: 1,
+                            event_id: new_id("evt"),
+                            partner: next.partner.clone(),
+                            kind: "payment.succeeded".into(),
+                            payment_id: next.payment_id.clone(),
+                            created_at: now,
+                            data: serde_json::to_value(qrbridge::api::PaymentAnswer::new(&next))
+                                .unwrap(),
+                            replayed_at: None,
+                        }];
+                        store.apply(&change).unwrap();
+                        let total = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        if total % 10_000 == 0 {
+                            // The events of the last 10,000 delivered, as the webhook worker would.
+                            deliver_all(store, now);
+                            handle.block_on(store.flush()).unwrap();
+                        }
+                        if total % 100_000 == 0 {
+                            eprintln!(
+                                "preloaded {total} payments in {:.0} s",
+                                began.elapsed().as_secs_f64()
+                            );
+                        }
                     }
-                    if total % 100_000 == 0 {
-                        eprintln!(
-                            "preloaded {total} payments in {:.0} s",
-                            began.elapsed().as_secs_f64()
-                        );
-                    }
-                }
-            });
-        }
-    });
-    deliver_all(&store, end);
-    rt.block_on(store.flush()).unwrap();
-    let (reads, batches, keys) = store.ops();
-    drop(store);
-    drop(rt);
+                });
+            }
+        });
+        deliver_all(&store, end);
+        rt.block_on(store.flush()).unwrap();
+        let ops = store.ops();
+        drop(store);
+        drop(rt);
+        ops
+    })
+    .join()
+    .unwrap();
     let load_s = began.elapsed().as_secs_f64();
     let per = |x: u64| x as f64 / n as f64;
     let disk = dir_bytes(&dir.path().join("db")) as f64 / n as f64;

@@ -750,3 +750,87 @@ async fn expired_unused_quotes_are_purged_used_ones_stay() {
     assert!(rig.store.quote(&q4.quote_id).unwrap().is_none());
     assert!(rig.store.quote(&q5.quote_id).unwrap().is_none());
 }
+
+/// sled keeps a prefix of its log in a crash. A begin writes its claims, resolver work and index
+/// first and the payment last, so a crash inside it can leave the former without the latter:
+/// none of them may block, answer for or resurrect a payment that never existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_crash_inside_a_begin_leaves_blocks_nothing() {
+    use qrbridge::store::{Begin, SledStore};
+    let rig = rig(Reply::Status(InstructionStatus::Approved));
+    let q = rig.quote(support::flows::code(None)).await;
+    let (made, _) = rig.engine.pay("p", pay_body("r-crash", &q.quote_id)).await.unwrap();
+    // The same payment as it was at PENDING, begun in a store of its own.
+    let pending = PaymentRecord {
+        state: PaymentState::Pending,
+        rev: 0,
+        booked: false,
+        acquirer_ref: None,
+        updated_at: made.created_at,
+        ..made.clone()
+    };
+    let now = made.created_at;
+    let work = WorkItem::new(&pending.payment_id, Task::Inquire, now, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let quote = rig.store.quote(&q.quote_id).unwrap().unwrap();
+    let day = (now - chrono::Duration::hours(1), now + chrono::Duration::hours(1));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                let store = SledStore::open(&path, 8 << 20).unwrap();
+                store.put_quote(&quote).unwrap();
+                assert!(matches!(
+                    store.begin_payment(&pending, &work, now).unwrap(),
+                    Begin::Created
+                ));
+                store.flush().await.unwrap();
+            })
+        });
+    });
+    // The crash kept everything but the payment itself.
+    {
+        let db = sled::open(&path).unwrap();
+        let records = db.open_tree("records").unwrap();
+        let mut k = b"p".to_vec();
+        k.extend_from_slice(pending.payment_id.as_bytes());
+        assert!(records.remove(k).unwrap().is_some());
+        db.flush().unwrap();
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                let store = SledStore::open(&path, 8 << 20).unwrap();
+                assert_eq!(store.payment_by_request("p", "r-crash").unwrap(), None);
+                assert!(store.open_work().unwrap().is_empty(), "no work for a payment not made");
+                assert!(store.payments_made(day.0, day.1).unwrap().is_empty());
+                // Another request may pay the quote (its claim holds no payment)...
+                let other = PaymentRecord {
+                    payment_id: new_id("pay"),
+                    request_id: "r-other".into(),
+                    ..pending.clone()
+                };
+                let work = WorkItem::new(&other.payment_id, Task::Inquire, now, 0);
+                assert!(matches!(store.begin_payment(&other, &work, now).unwrap(), Begin::Created));
+                // ... and the crashed request, repeated, is a new payment, not a conflict.
+                let again = PaymentRecord {
+                    payment_id: new_id("pay"),
+                    quote_id: "quo_other".into(),
+                    ..pending.clone()
+                };
+                let q2 = QuoteRecord { quote_id: "quo_other".into(), ..quote.clone() };
+                store.put_quote(&q2).unwrap();
+                let work = WorkItem::new(&again.payment_id, Task::Inquire, now, 0);
+                assert!(matches!(store.begin_payment(&again, &work, now).unwrap(), Begin::Created));
+                assert_eq!(
+                    store.payment_by_request("p", "r-crash").unwrap().map(|p| p.payment_id),
+                    Some(again.payment_id.clone())
+                );
+                let open: Vec<String> =
+                    store.open_work().unwrap().into_iter().map(|w| w.payment_id).collect();
+                assert_eq!(open.len(), 2);
+                assert!(!open.contains(&pending.payment_id));
+            })
+        });
+    });
+}
