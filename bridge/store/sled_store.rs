@@ -453,7 +453,7 @@ impl SledStore {
     /// as well, so it is delivered again under its id (allowed) or parked again.
     fn settle_event(&self, seq: EventSeq, to: u8, mark: Vec<u8>) -> Result<(), StoreError> {
         let _write = self.flusher.write();
-        self.put(key::seq(to, seq).to_vec(), mark)?;
+        self.put(key::seq(to, seq), mark)?;
         self.del(key::seq(key::OUTBOX, seq))
     }
 }
