@@ -260,8 +260,15 @@ fn check_facts(s: &SledStore, m: &Value) {
         list(&m["parked"]).iter().map(|e| rec(&e["record"])).collect();
     assert_eq!(parked.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(), want_parked, "parked");
     let delivered = s.delivered_events().unwrap();
-    let want_delivered: Vec<DeliveredEvent> =
-        list(&m["delivered"]).iter().map(|e| rec(&e["record"])).collect();
+    // The delivered log keeps headers, not bodies.
+    let want_delivered: Vec<DeliveredEvent> = list(&m["delivered"])
+        .iter()
+        .map(|e| {
+            let mut d: DeliveredEvent = rec(&e["record"]);
+            d.event.data = Value::Null;
+            d
+        })
+        .collect();
     assert_eq!(delivered, want_delivered, "delivered");
     // Sequences keep their relative order across the outbox and the parked list (a parked event
     // put back goes back to its old place).
@@ -620,7 +627,11 @@ fn the_migrated_store_carries_on_from_where_the_release_stopped() {
             skipped: false,
         };
         s.delivered(seq0, &mark).unwrap();
-        assert_eq!(s.delivered_events().unwrap().last(), Some(&mark));
+        let header = DeliveredEvent {
+            event: OutboxEvent { data: Value::Null, ..mark.event.clone() },
+            ..mark.clone()
+        };
+        assert_eq!(s.delivered_events().unwrap().last(), Some(&header));
         assert!(s.outbox().unwrap().iter().all(|(_, e)| e.event_id != first.event_id));
         let parked = s.parked().unwrap();
         assert_eq!(parked.len(), 2);

@@ -211,7 +211,8 @@ pub trait Store: Send + Sync + 'static {
     fn account_totals(&self) -> Result<BTreeMap<(Currency, String), i128>, StoreError>;
     /// Moves an event from the outbox to the delivered log.
     fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError>;
-    /// Every delivered event, in order.
+    /// Every delivered event, in order: its header (id, kind, partner, payment, times) and how it
+    /// went; the body (`data`) is not kept once delivered (it reads as `null`).
     fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError>;
     /// Moves an event from the outbox to the parked list.
     fn park(&self, seq: EventSeq, parked: &ParkedEvent) -> Result<(), StoreError>;

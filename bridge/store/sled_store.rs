@@ -49,13 +49,11 @@ pub(super) mod key {
     pub const MADE: u8 = b'c';
     /// Creation time, refund id → nothing.
     pub const REFUND_MADE: u8 = b'C';
-    /// Sequence → the event as written (kept once delivered or parked).
-    pub const EVENT: u8 = b'E';
-    /// Sequence → nothing: the event is waiting to be delivered.
+    /// Sequence → the event, waiting to be delivered.
     pub const OUTBOX: u8 = b'e';
-    /// Sequence → [`super::DeliveredMark`].
+    /// Sequence → the delivered event's header (no body) and how it went.
     pub const DELIVERED: u8 = b'D';
-    /// Sequence → [`super::ParkedMark`].
+    /// Sequence → the parked event, whole.
     pub const PARKED: u8 = b'P';
     pub const REFUND: u8 = b'r';
     /// Payment id, refund id → nothing.
@@ -129,22 +127,6 @@ pub(super) mod key {
 pub(super) struct IdemEntry {
     pub hash: String,
     pub payment_id: String,
-}
-
-/// A delivered event's mark (the event itself stays under [`key::EVENT`]).
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(super) struct DeliveredMark {
-    pub delivered_at: DateTime<Utc>,
-    pub attempts: u32,
-    pub skipped: bool,
-}
-
-/// A parked event's mark.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(super) struct ParkedMark {
-    pub parked_at: DateTime<Utc>,
-    pub attempts: u32,
-    pub last_error: String,
 }
 
 /// Locks serialising one payment's changes.
@@ -344,34 +326,6 @@ impl SledStore {
         self.t.scan_prefix([prefix]).values().map(|v| decode(what, &v?)).collect()
     }
 
-    /// The sequences under `prefix`, in order, from `after` (excluded) on, at most `max`.
-    fn seqs(
-        &self,
-        prefix: u8,
-        after: Option<EventSeq>,
-        max: usize,
-    ) -> Result<Vec<EventSeq>, StoreError> {
-        let from = match after {
-            Some(a) => match a.checked_add(1) {
-                Some(next) => key::seq(prefix, next),
-                None => return Ok(vec![]),
-            },
-            None => key::seq(prefix, 0),
-        };
-        let end = [prefix + 1];
-        self.t
-            .range(from.as_slice()..end.as_slice())
-            .keys()
-            .take(max)
-            .map(|k| key::seq_of(&k?).ok_or_else(|| corrupt("events", "key is not a sequence")))
-            .collect()
-    }
-
-    fn event(&self, seq: EventSeq) -> Result<OutboxEvent, StoreError> {
-        self.get("events", &key::seq(key::EVENT, seq))?
-            .ok_or_else(|| corrupt("events", format!("no event at {seq}")))
-    }
-
     /// The ids in an index under `prefix` for times in `[from, to)`, in time order.
     fn made_ids(
         &self,
@@ -420,8 +374,7 @@ impl SledStore {
         }
         for e in &c.events {
             let seq = self.db.generate_id()?;
-            batch.insert(key::seq(key::EVENT, seq).to_vec(), encode(e));
-            batch.insert(key::seq(key::OUTBOX, seq).to_vec(), &[][..]);
+            batch.insert(key::seq(key::OUTBOX, seq).to_vec(), encode(e));
         }
         self.write(batch)?;
         totals.extend(changed);
@@ -430,20 +383,31 @@ impl SledStore {
 
     /// The parked list; the caller holds `parking`.
     fn parked_locked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
+        self.events(key::PARKED, None, usize::MAX)
+    }
+
+    /// The records under a sequence `prefix`, from `after` (excluded) on, at most `max`.
+    fn events<T: DeserializeOwned>(
+        &self,
+        prefix: u8,
+        after: Option<EventSeq>,
+        max: usize,
+    ) -> Result<Vec<(EventSeq, T)>, StoreError> {
+        let from = match after {
+            Some(a) => match a.checked_add(1) {
+                Some(next) => key::seq(prefix, next),
+                None => return Ok(vec![]),
+            },
+            None => key::seq(prefix, 0),
+        };
+        let end = [prefix + 1];
         self.t
-            .scan_prefix([key::PARKED])
+            .range(from.as_slice()..end.as_slice())
+            .take(max)
             .map(|kv| {
                 let (k, v) = kv?;
-                let seq = key::seq_of(&k).ok_or_else(|| corrupt("parked", "short key"))?;
-                let m: ParkedMark = decode("parked", &v)?;
-                let p = ParkedEvent {
-                    v: RECORD_VERSION,
-                    event: self.event(seq)?,
-                    parked_at: m.parked_at,
-                    attempts: m.attempts,
-                    last_error: m.last_error,
-                };
-                Ok((seq, p))
+                let seq = key::seq_of(&k).ok_or_else(|| corrupt("events", "short key"))?;
+                Ok((seq, decode("events", &v)?))
             })
             .collect()
     }
@@ -758,10 +722,7 @@ impl Store for SledStore {
         after: Option<EventSeq>,
         max: usize,
     ) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
-        self.seqs(key::OUTBOX, after, max)?
-            .into_iter()
-            .map(|seq| Ok((seq, self.event(seq)?)))
-            .collect()
+        self.events(key::OUTBOX, after, max)
     }
 
     fn outbox_epoch(&self) -> u64 {
@@ -769,40 +730,25 @@ impl Store for SledStore {
     }
 
     fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
-        let mark = DeliveredMark {
-            delivered_at: d.delivered_at,
-            attempts: d.attempts,
-            skipped: d.skipped,
-        };
-        self.settle_event(seq, key::DELIVERED, encode(&mark))
+        // The log keeps the event's header, not its body: the body was the partner's, the
+        // payment is the record. The mark first, then the outbox entry goes: a crash between
+        // leaves the event in the outbox, delivered again under its id (allowed).
+        let _write = self.flusher.write();
+        let header = OutboxEvent { data: serde_json::Value::Null, ..d.event.clone() };
+        self.put(
+            key::seq(key::DELIVERED, seq),
+            encode(&DeliveredEvent { event: header, ..d.clone() }),
+        )?;
+        self.del(key::seq(key::OUTBOX, seq))
     }
 
     fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError> {
-        self.t
-            .scan_prefix([key::DELIVERED])
-            .map(|kv| {
-                let (k, v) = kv?;
-                let seq = key::seq_of(&k).ok_or_else(|| corrupt("delivered", "short key"))?;
-                let m: DeliveredMark = decode("delivered", &v)?;
-                Ok(DeliveredEvent {
-                    v: RECORD_VERSION,
-                    event: self.event(seq)?,
-                    delivered_at: m.delivered_at,
-                    attempts: m.attempts,
-                    skipped: m.skipped,
-                })
-            })
-            .collect()
+        self.scan("delivered", key::DELIVERED)
     }
 
     fn park(&self, seq: EventSeq, p: &ParkedEvent) -> Result<(), StoreError> {
         let _parking = lock(&self.parking);
-        let mark = ParkedMark {
-            parked_at: p.parked_at,
-            attempts: p.attempts,
-            last_error: p.last_error.clone(),
-        };
-        self.settle_event(seq, key::PARKED, encode(&mark))
+        self.settle_event(seq, key::PARKED, encode(p))
     }
 
     fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
@@ -821,8 +767,7 @@ impl Store for SledStore {
         let event = OutboxEvent { replayed_at: Some(now), ..p.event };
         let mut b = Batch::default();
         b.remove(key::seq(key::PARKED, seq).to_vec());
-        b.insert(key::seq(key::EVENT, seq).to_vec(), encode(&event));
-        b.insert(key::seq(key::OUTBOX, seq).to_vec(), &[][..]);
+        b.insert(key::seq(key::OUTBOX, seq).to_vec(), encode(&event));
         self.write(b)?;
         // After the write: a reader that sees the new epoch finds the event in the outbox.
         self.epoch.fetch_add(1, Ordering::SeqCst);
@@ -837,7 +782,6 @@ impl Store for SledStore {
         for &seq in seqs {
             if self.read(key::seq(key::PARKED, seq))?.is_some() {
                 b.remove(key::seq(key::PARKED, seq).to_vec());
-                b.remove(key::seq(key::EVENT, seq).to_vec());
                 removed += 1;
             }
         }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use qrbridge_fx::Currency;
 
 use super::codec::{decode, encode};
-use super::sled_store::{key, DeliveredMark, IdemEntry, ParkedMark};
+use super::sled_store::{key, IdemEntry};
 use super::StoreError;
 use crate::model::*;
 
@@ -130,30 +130,19 @@ pub fn migrate(db: &sled::Db, t: &sled::Tree) -> Result<Option<Migrated>, StoreE
                 "outbox" => {
                     let seq = seq_key(name, &k)?;
                     let e: OutboxEvent = decode(name, &v)?;
-                    put(key::seq(key::EVENT, seq).to_vec(), encode(&e), &mut m)?;
-                    put(key::seq(key::OUTBOX, seq).to_vec(), vec![], &mut m)?;
+                    put(key::seq(key::OUTBOX, seq).to_vec(), encode(&e), &mut m)?;
                 }
                 "webhooks_delivered" => {
                     let seq = seq_key(name, &k)?;
-                    let d: DeliveredEvent = decode(name, &v)?;
-                    let mark = DeliveredMark {
-                        delivered_at: d.delivered_at,
-                        attempts: d.attempts,
-                        skipped: d.skipped,
-                    };
-                    put(key::seq(key::EVENT, seq).to_vec(), encode(&d.event), &mut m)?;
-                    put(key::seq(key::DELIVERED, seq).to_vec(), encode(&mark), &mut m)?;
+                    let mut d: DeliveredEvent = decode(name, &v)?;
+                    // The delivered log keeps headers, not bodies (see `SledStore::delivered`).
+                    d.event.data = serde_json::Value::Null;
+                    put(key::seq(key::DELIVERED, seq).to_vec(), encode(&d), &mut m)?;
                 }
                 "webhooks_parked" => {
                     let seq = seq_key(name, &k)?;
                     let p: ParkedEvent = decode(name, &v)?;
-                    let mark = ParkedMark {
-                        parked_at: p.parked_at,
-                        attempts: p.attempts,
-                        last_error: p.last_error,
-                    };
-                    put(key::seq(key::EVENT, seq).to_vec(), encode(&p.event), &mut m)?;
-                    put(key::seq(key::PARKED, seq).to_vec(), encode(&mark), &mut m)?;
+                    put(key::seq(key::PARKED, seq).to_vec(), encode(&p), &mut m)?;
                 }
                 "resolver" => {
                     let w: WorkItem = decode(name, &v)?;
