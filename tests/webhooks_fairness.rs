@@ -23,11 +23,7 @@ async fn a_stalled_partner_endpoint_does_not_delay_the_others() {
         webhooks: Some(Mode::Ack),
         tweak: Box::new(|c| {
             // Partner A (`partner-demo`) gets the endpoint's stalling path.
-            let url = c.partners[0].webhook_url.take().expect("a webhook URL");
-            c.partners[0].webhook_url = Some(format!("{url}/stall"));
-            c.webhooks.timeout_ms = 120_000;
-            c.webhooks.concurrency = 4;
-            c.webhooks.partner_concurrency = 2;
+            support::webhook::stall_first_partner(c);
         }),
         ..Setup::default()
     })

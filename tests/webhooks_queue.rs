@@ -48,11 +48,7 @@ async fn a_stalled_backlog_ages_out_while_others_flow_and_a_replay_keeps_what_is
         webhooks: Some(Mode::Ack),
         tweak: Box::new(|c| {
             // Partner A (`partner-demo`) gets the endpoint's stalling path.
-            let url = c.partners[0].webhook_url.take().expect("a webhook URL");
-            c.partners[0].webhook_url = Some(format!("{url}/stall"));
-            c.webhooks.timeout_ms = 120_000;
-            c.webhooks.concurrency = 4;
-            c.webhooks.partner_concurrency = 2;
+            support::webhook::stall_first_partner(c);
             c.webhooks.max_age_s = 3_600;
         }),
         ..Setup::default()

@@ -282,7 +282,9 @@ impl Drop for WriteMark {
 
 impl GroupCommit {
     /// Starts the flusher task for `db`.
-    pub fn start(db: sled::Db) -> Self {
+    /// `data` is sled's log file, synced after every flush (see below).
+    pub fn start(db: sled::Db, data: Option<std::fs::File>) -> Self {
+        let data = data.map(Arc::new);
         use std::sync::atomic::Ordering::SeqCst;
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), StoreError>>>();
         let marks = Arc::new(Marks::default());
@@ -301,7 +303,21 @@ impl GroupCommit {
                 let result = if m.durable.load(SeqCst) >= begun {
                     Ok(())
                 } else {
-                    db.flush_async().await.map(|_| ()).map_err(StoreError::from)
+                    match db.flush_async().await {
+                        // sled writes its log with `sync_file_range`, which neither empties the
+                        // disk's write cache nor records the file's new length: what it flushed
+                        // survives the process, not the machine. `fdatasync` on the log makes it
+                        // survive a power cut too, before anyone is told it is done.
+                        Ok(_) => match data.clone() {
+                            Some(f) => tokio::task::spawn_blocking(move || f.sync_data())
+                                .await
+                                .map_err(|e| std::io::Error::other(e.to_string()))
+                                .and_then(|r| r)
+                                .map_err(|e| StoreError::from(sled::Error::Io(e))),
+                            None => Ok(()),
+                        },
+                        Err(e) => Err(StoreError::from(e)),
+                    }
                 };
                 if result.is_ok() && ended == begun {
                     m.durable.fetch_max(begun, SeqCst);

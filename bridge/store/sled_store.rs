@@ -237,10 +237,12 @@ impl SledStore {
                 t.remove(&k)?;
             }
         }
+        // sled's log, synced after each flush (see `GroupCommit::start`).
+        let log = std::fs::File::open(path.join("db")).map_err(sled::Error::Io)?;
         Ok(SledStore {
             settings: db.open_tree("settings")?,
             audit: db.open_tree("audit")?,
-            flusher: GroupCommit::start(db.clone()),
+            flusher: GroupCommit::start(db.clone(), Some(log)),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             claims: Mutex::new(()),
             totals: Mutex::new(totals),
@@ -292,14 +294,16 @@ impl SledStore {
         Ok(())
     }
 
-    /// Whether the claim at `k` (a payment id) is held by a payment that exists.
+    /// Whether the claim at `k` (a payment id) is held by a payment that exists. One that is not
+    /// was left by a crash inside a begin (see `begin_payment`): it is free, and said so.
     fn held(&self, k: &[u8]) -> Result<bool, StoreError> {
-        match self.read(k)? {
-            Some(id) => {
-                Ok(self.read(key::of(key::PAYMENT, &String::from_utf8_lossy(&id)))?.is_some())
-            }
-            None => Ok(false),
+        let Some(id) = self.read(k)? else { return Ok(false) };
+        let id = String::from_utf8_lossy(&id).into_owned();
+        let held = self.read(key::of(key::PAYMENT, &id))?.is_some();
+        if !held {
+            tracing::warn!(left_by = %id, "a claim left by a crash inside a begin is free");
         }
+        Ok(held)
     }
 
     fn stripe(&self, payment_id: &str) -> MutexGuard<'_, ()> {
@@ -411,15 +415,6 @@ impl SledStore {
             })
             .collect()
     }
-
-    /// Moves the event at `seq` out of the outbox, marked with `mark` under `to`: the mark first,
-    /// then the removal, two keys on their own. A crash between leaves the event in the outbox
-    /// as well, so it is delivered again under its id (allowed) or parked again.
-    fn settle_event(&self, seq: EventSeq, to: u8, mark: Vec<u8>) -> Result<(), StoreError> {
-        let _write = self.flusher.write();
-        self.put(key::seq(to, seq), mark)?;
-        self.del(key::seq(key::OUTBOX, seq))
-    }
 }
 
 impl Store for SledStore {
@@ -460,7 +455,7 @@ impl Store for SledStore {
             // now either sees it or finds it gone (QUOTE_NOT_FOUND).
             {
                 let _claims = lock(&self.claims);
-                if self.read(key::of(key::QUOTE_USE, &q.quote_id))?.is_none() {
+                if !self.held(&key::of(key::QUOTE_USE, &q.quote_id))? {
                     self.del(&k)?;
                     purge.removed += 1;
                 }
@@ -489,6 +484,7 @@ impl Store for SledStore {
                 }
                 return Ok(Begin::Replay(Box::new(existing)));
             }
+            tracing::warn!(partner = %p.partner, left_by = %seen.payment_id, "a request claim left by a crash inside a begin is taken again");
         }
         let Some(q) = self.quote(&p.quote_id)? else {
             return Err(BeginError::QuoteNotFound.into());
@@ -748,7 +744,12 @@ impl Store for SledStore {
 
     fn park(&self, seq: EventSeq, p: &ParkedEvent) -> Result<(), StoreError> {
         let _parking = lock(&self.parking);
-        self.settle_event(seq, key::PARKED, encode(p))
+        // One batch (parks are rare): an event is never both parked and waiting.
+        let _write = self.flusher.write();
+        let mut b = Batch::default();
+        b.insert(key::seq(key::PARKED, seq).to_vec(), encode(p));
+        b.remove(key::seq(key::OUTBOX, seq).to_vec());
+        self.write(b)
     }
 
     fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {

@@ -245,3 +245,14 @@ impl Drop for Receiver {
         let _ = self.shutdown.send(true);
     }
 }
+
+/// Config for two partners where the first (`partner-demo`) gets the receiver's stalling path:
+/// deliveries to it hang (up to a 120 s timeout) until released; 4 deliveries at once in all,
+/// 2 per partner.
+pub fn stall_first_partner(c: &mut qrbridge_config::Config) {
+    let url = c.partners[0].webhook_url.take().expect("a webhook URL");
+    c.partners[0].webhook_url = Some(format!("{url}/stall"));
+    c.webhooks.timeout_ms = 120_000;
+    c.webhooks.concurrency = 4;
+    c.webhooks.partner_concurrency = 2;
+}
