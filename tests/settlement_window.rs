@@ -12,200 +12,19 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
-use chrono::{DateTime, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{Duration, NaiveDate, NaiveTime, TimeZone, Utc};
 use http::StatusCode;
 use qrbridge::model::*;
 use qrbridge::settlement::{build, BusinessDays, DayInput, Settlement};
-use qrbridge::store::{Begin, Change, EventSeq, SledStore, Store, StoreError, StoreFuture};
+use qrbridge::store::Store;
 use qrbridge::treasury::Treasury;
 use qrbridge_fx::Currency;
 use serde_json::{json, Value};
 use support::daemon::{Setup, TestDaemon};
 use support::flows::quote_and_pay;
-
-/// A creation-time window read: `("payments" | "refunds", from, to)`.
-type Window = (&'static str, DateTime<Utc>, DateTime<Utc>);
-
-/// A store over the daemon's own that counts reads of the whole history, notes every
-/// creation-time window read, and can hold a window read until released.
-struct Guard {
-    inner: Arc<SledStore>,
-    /// Calls of `payments()` and `journal()`: every payment, every entry.
-    history: AtomicUsize,
-    /// Each window read.
-    windows: Mutex<Vec<Window>>,
-    /// While true, a payments window read waits (after signalling `reading`).
-    hold: Mutex<bool>,
-    released: Condvar,
-    reading: tokio::sync::Notify,
-}
-
-impl Guard {
-    fn new(inner: Arc<SledStore>) -> Arc<Self> {
-        Arc::new(Guard {
-            inner,
-            history: AtomicUsize::new(0),
-            windows: Mutex::default(),
-            hold: Mutex::new(false),
-            released: Condvar::new(),
-            reading: tokio::sync::Notify::new(),
-        })
-    }
-
-    fn take_windows(&self) -> Vec<Window> {
-        std::mem::take(&mut *self.windows.lock().unwrap())
-    }
-
-    fn release(&self) {
-        *self.hold.lock().unwrap() = false;
-        self.released.notify_all();
-    }
-}
-
-impl Store for Guard {
-    fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError> {
-        self.inner.put_quote(q)
-    }
-    fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
-        self.inner.quote(id)
-    }
-    fn purge_quotes(
-        &self,
-        after: Option<&str>,
-        expired_before: DateTime<Utc>,
-        max: usize,
-    ) -> Result<qrbridge::store::Purge, StoreError> {
-        self.inner.purge_quotes(after, expired_before, max)
-    }
-    fn begin_payment(
-        &self,
-        p: &PaymentRecord,
-        work: &WorkItem,
-        now: DateTime<Utc>,
-    ) -> Result<Begin, StoreError> {
-        self.inner.begin_payment(p, work, now)
-    }
-    fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
-        self.inner.payment(id)
-    }
-    fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
-        self.history.fetch_add(1, Ordering::SeqCst);
-        self.inner.payments()
-    }
-    fn payment_by_request(
-        &self,
-        partner: &str,
-        request_id: &str,
-    ) -> Result<Option<PaymentRecord>, StoreError> {
-        self.inner.payment_by_request(partner, request_id)
-    }
-    fn apply(&self, change: &Change) -> Result<(), StoreError> {
-        self.inner.apply(change)
-    }
-    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
-        self.history.fetch_add(1, Ordering::SeqCst);
-        self.inner.journal()
-    }
-    fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError> {
-        self.inner.work_item(payment_id)
-    }
-    fn open_work(&self) -> Result<Vec<WorkItem>, StoreError> {
-        self.inner.open_work()
-    }
-    fn refund_by_acquirer_id(
-        &self,
-        acquirer: &str,
-        acquirer_refund_id: &str,
-    ) -> Result<Option<RefundRecord>, StoreError> {
-        self.inner.refund_by_acquirer_id(acquirer, acquirer_refund_id)
-    }
-    fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
-        self.inner.refunds_of(payment_id)
-    }
-    fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
-        self.inner.outbox()
-    }
-    fn outbox_after(
-        &self,
-        after: Option<EventSeq>,
-        max: usize,
-    ) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
-        self.inner.outbox_after(after, max)
-    }
-    fn outbox_epoch(&self) -> u64 {
-        self.inner.outbox_epoch()
-    }
-    fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError> {
-        self.inner.purge_parked(seqs)
-    }
-    fn payments_made(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<PaymentRecord>, StoreError> {
-        self.windows.lock().unwrap().push(("payments", from, to));
-        let mut held = self.hold.lock().unwrap();
-        if *held {
-            self.reading.notify_one();
-            while *held {
-                let (guard, waited) =
-                    self.released.wait_timeout(held, std::time::Duration::from_secs(10)).unwrap();
-                held = guard;
-                assert!(!waited.timed_out(), "never released: the read holds a runtime thread");
-            }
-        }
-        drop(held);
-        self.inner.payments_made(from, to)
-    }
-    fn refunds_made(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<RefundRecord>, StoreError> {
-        self.windows.lock().unwrap().push(("refunds", from, to));
-        self.inner.refunds_made(from, to)
-    }
-    fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
-        self.inner.journal_of(payment_id)
-    }
-    fn account_totals(&self) -> Result<BTreeMap<(Currency, String), i128>, StoreError> {
-        self.inner.account_totals()
-    }
-    fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
-        self.inner.delivered(seq, d)
-    }
-    fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError> {
-        self.inner.delivered_events()
-    }
-    fn park(&self, seq: EventSeq, parked: &ParkedEvent) -> Result<(), StoreError> {
-        self.inner.park(seq, parked)
-    }
-    fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
-        self.inner.parked()
-    }
-    fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        self.inner.unpark(event_id, now)
-    }
-    fn admin_commit(
-        &self,
-        draft: &AuditDraft,
-        settings: &[(String, Option<Vec<u8>>)],
-    ) -> Result<AuditRecord, StoreError> {
-        self.inner.admin_commit(draft, settings)
-    }
-    fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
-        self.inner.audit_log()
-    }
-    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.inner.settings(prefix)
-    }
-    fn flush(&self) -> StoreFuture<'_, ()> {
-        self.inner.flush()
-    }
-}
+use support::stores::ControlledStore;
 
 fn php() -> Currency {
     Currency::from_code("PHP").unwrap()
@@ -300,7 +119,7 @@ async fn a_day_is_settled_from_that_day_alone_as_from_the_whole_history() {
     clock.advance(Duration::hours(15)); // 01:00 on the 22nd: the 21st is closed
 
     let sled = d.daemon().store().clone();
-    let guard = Guard::new(sled.clone());
+    let guard = ControlledStore::new(sled.clone());
     let out = tempfile::tempdir().unwrap();
     let clock_dyn: Arc<dyn qrbridge::clock::Clock> = Arc::new(clock.clone());
     let (treasury, settlement) =
@@ -349,7 +168,7 @@ async fn a_day_is_settled_from_that_day_alone_as_from_the_whole_history() {
         );
         files_of.insert(name, written);
     }
-    assert_eq!(guard.history.load(Ordering::SeqCst), 0, "a settlement read the whole history");
+    assert_eq!(guard.history_reads(), 0, "a settlement read the whole history");
 
     // Each day holds exactly its own payments, and the refund is on the 21st only.
     let statement = |name: &str, file: &str| rows(&files_of[name][file]);
@@ -403,12 +222,12 @@ async fn a_day_is_settled_from_that_day_alone_as_from_the_whole_history() {
         assert_eq!(treasury.revenue_async(from, to).await.unwrap(), whole);
     }
     assert_eq!(treasury.positions().unwrap(), qrbridge::treasury::positions(&all_journal).unwrap());
-    assert_eq!(guard.history.load(Ordering::SeqCst), 0, "revenue or positions read the history");
+    assert_eq!(guard.history_reads(), 0, "revenue or positions read the history");
     // Without a bound, revenue is asked of the whole history, and reads it.
     let whole = qrbridge::treasury::revenue(&all_journal, day_of, None, None).unwrap();
     assert_eq!(treasury.revenue_async(None, None).await.unwrap(), whole);
-    assert!(guard.history.load(Ordering::SeqCst) > 0);
-    guard.history.store(0, Ordering::SeqCst);
+    assert!(guard.history_reads() > 0);
+    guard.reset_history_reads();
 
     // Reconciling the 21st: its payment matches; the 20th's payment filed under the 21st is not
     // the 21st's, and the report says on which day the bridge has it (looked up by id).
@@ -432,7 +251,7 @@ async fn a_day_is_settled_from_that_day_alone_as_from_the_whole_history() {
     );
     let report = settlement.reconcile("admin", day("2026-11-20"), "sandbox", file.as_bytes()).await;
     assert_eq!(report.unwrap()["clean"], true);
-    assert_eq!(guard.history.load(Ordering::SeqCst), 0, "a reconciliation read the history");
+    assert_eq!(guard.history_reads(), 0, "a reconciliation read the history");
     d.finish().await;
 }
 
@@ -441,16 +260,16 @@ async fn a_day_is_settled_from_that_day_alone_as_from_the_whole_history() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_day_is_read_off_the_runtime_threads() {
     let dir = tempfile::tempdir().unwrap();
-    let guard = Guard::new(Arc::new(SledStore::open(&dir.path().join("db"), 8 << 20).unwrap()));
+    let guard = ControlledStore::open(&dir.path().join("db"));
     let clock: Arc<dyn qrbridge::clock::Clock> = Arc::new(qrbridge::clock::ManualClock::new(
         Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap(),
     ));
     let out = dir.path().join("settlement");
     let (_, settlement) = settlement_over(dir.path(), guard.clone(), clock, &out);
-    *guard.hold.lock().unwrap() = true;
+    guard.hold_window_reads();
     let run = tokio::spawn(async move { settlement.run("admin", day("2026-11-20")).await });
-    guard.reading.notified().await;
-    guard.release();
+    guard.window_read_held.notified().await;
+    guard.release_window_reads();
     let summary = run.await.expect("the run finished").expect("the run succeeded");
     assert_eq!(summary.day, day("2026-11-20"));
     assert!(summary.partners.iter().all(|p| p.payments == 0));

@@ -1,7 +1,9 @@
-//! A sled store the test controls: flushes that fail or wait at a gate, and a refund write that
-//! waits until another request has looked the refund up (to line up a race deterministically).
+//! A sled store the test controls: flushes that fail or wait at a gate, a refund write that
+//! waits until another request has looked the refund up (to line up a race deterministically),
+//! and reads it observes: how often the whole history was read, every creation-time window read,
+//! and a payments window read held until released.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -9,8 +11,12 @@ use qrbridge::model::*;
 use qrbridge::store::{Begin, Change, EventSeq, SledStore, Store, StoreError, StoreFuture};
 use tokio::sync::{watch, Notify};
 
+/// A creation-time window read: `("payments" | "refunds", from, to)`.
+pub type Window = (&'static str, DateTime<Utc>, DateTime<Utc>);
+
 pub struct ControlledStore {
-    pub inner: SledStore,
+    /// The store itself (shared, so a running daemon's own store can be observed).
+    pub inner: Arc<SledStore>,
     /// Every flush fails while set (but for the next `passes`).
     pub fail: AtomicBool,
     passes: std::sync::atomic::AtomicU32,
@@ -21,12 +27,22 @@ pub struct ControlledStore {
     lookups: Mutex<u64>,
     looked_up: Condvar,
     hold_refund_write: std::sync::atomic::AtomicU64,
+    /// Calls of `payments()` and `journal()`: every payment, every entry.
+    history: AtomicUsize,
+    /// Each window read, in order.
+    windows: Mutex<Vec<Window>>,
+    /// While true, a payments window read waits (after signalling `window_read_held`).
+    hold_window: Mutex<bool>,
+    window_released: Condvar,
+    /// A payments window read is waiting to be released.
+    pub window_read_held: Notify,
 }
 
 impl ControlledStore {
-    pub fn new(inner: SledStore) -> Arc<Self> {
+    /// Over a store of its own, or (an `Arc`) one shared with others.
+    pub fn new(inner: impl Into<Arc<SledStore>>) -> Arc<Self> {
         Arc::new(ControlledStore {
-            inner,
+            inner: inner.into(),
             fail: AtomicBool::new(false),
             passes: std::sync::atomic::AtomicU32::new(0),
             gate: watch::channel(true).0,
@@ -34,6 +50,11 @@ impl ControlledStore {
             lookups: Mutex::new(0),
             looked_up: Condvar::new(),
             hold_refund_write: std::sync::atomic::AtomicU64::new(0),
+            history: AtomicUsize::new(0),
+            windows: Mutex::default(),
+            hold_window: Mutex::new(false),
+            window_released: Condvar::new(),
+            window_read_held: Notify::new(),
         })
     }
 
@@ -66,6 +87,31 @@ impl ControlledStore {
         self.passes.store(n, Ordering::SeqCst);
         self.fail.store(true, Ordering::SeqCst);
     }
+
+    /// Reads of the whole history (`payments()`, `journal()`) since the start or the last reset.
+    pub fn history_reads(&self) -> usize {
+        self.history.load(Ordering::SeqCst)
+    }
+
+    pub fn reset_history_reads(&self) {
+        self.history.store(0, Ordering::SeqCst);
+    }
+
+    /// The window reads made since the last call, in order.
+    pub fn take_windows(&self) -> Vec<Window> {
+        std::mem::take(&mut *self.windows.lock().unwrap())
+    }
+
+    /// Payments window reads wait (on their thread, after signalling `window_read_held`) from now
+    /// on, until [`ControlledStore::release_window_reads`].
+    pub fn hold_window_reads(&self) {
+        *self.hold_window.lock().unwrap() = true;
+    }
+
+    pub fn release_window_reads(&self) {
+        *self.hold_window.lock().unwrap() = false;
+        self.window_released.notify_all();
+    }
 }
 
 impl Store for ControlledStore {
@@ -95,6 +141,7 @@ impl Store for ControlledStore {
         self.inner.payment(id)
     }
     fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.history.fetch_add(1, Ordering::SeqCst);
         self.inner.payments()
     }
     fn payment_by_request(
@@ -122,6 +169,7 @@ impl Store for ControlledStore {
         self.inner.apply(change)
     }
     fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        self.history.fetch_add(1, Ordering::SeqCst);
         self.inner.journal()
     }
     fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError> {
@@ -164,6 +212,18 @@ impl Store for ControlledStore {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.windows.lock().unwrap().push(("payments", from, to));
+        let mut held = self.hold_window.lock().unwrap();
+        if *held {
+            self.window_read_held.notify_one();
+            let limit = std::time::Duration::from_secs(10);
+            while *held {
+                let (guard, waited) = self.window_released.wait_timeout(held, limit).unwrap();
+                held = guard;
+                assert!(!waited.timed_out(), "never released: the read holds a runtime thread");
+            }
+        }
+        drop(held);
         self.inner.payments_made(from, to)
     }
     fn refunds_made(
@@ -171,6 +231,7 @@ impl Store for ControlledStore {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<RefundRecord>, StoreError> {
+        self.windows.lock().unwrap().push(("refunds", from, to));
         self.inner.refunds_made(from, to)
     }
     fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
