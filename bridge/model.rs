@@ -173,7 +173,9 @@ pub struct PaymentRecord {
     /// bridge stops reversing and only inquires until the acquirer says how it ended.
     #[serde(default)]
     pub reversal_refused: bool,
+    #[serde(with = "qrbridge_fx::time")]
     pub created_at: DateTime<Utc>,
+    #[serde(with = "qrbridge_fx::time")]
     pub updated_at: DateTime<Utc>,
     /// Bumped on every change; the store refuses a change made from a stale copy.
     pub rev: u64,
@@ -214,6 +216,7 @@ pub struct JournalEntry {
     pub payment_id: String,
     /// `payment`, `cancel`, `refund`.
     pub kind: String,
+    #[serde(with = "qrbridge_fx::time")]
     pub at: DateTime<Utc>,
     pub postings: Vec<Posting>,
 }
@@ -242,11 +245,12 @@ pub struct OutboxEvent {
     /// `payment.succeeded`, `payment.failed`, `payment.cancelled`, `refund.succeeded`.
     pub kind: String,
     pub payment_id: String,
+    #[serde(with = "qrbridge_fx::time")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "json_text")]
     pub data: serde_json::Value,
     /// When an operator replayed it after parking: its maximum age counts from here.
-    #[serde(default)]
+    #[serde(default, with = "qrbridge_fx::time::option")]
     pub replayed_at: Option<DateTime<Utc>>,
 }
 
@@ -258,6 +262,7 @@ pub struct WorkItem {
     pub payment_id: String,
     pub task: Task,
     /// When to do it next.
+    #[serde(with = "qrbridge_fx::time")]
     pub due: DateTime<Utc>,
     /// Attempts of this task so far (indexes the schedule).
     pub attempt: u32,
@@ -318,6 +323,7 @@ pub struct RefundRecord {
     /// What the partner gets back, at the original quote's price.
     pub wallet_amount: Amount,
     pub reason: String,
+    #[serde(with = "qrbridge_fx::time")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -326,6 +332,7 @@ pub struct RefundRecord {
 pub struct DeliveredEvent {
     pub v: u32,
     pub event: OutboxEvent,
+    #[serde(with = "qrbridge_fx::time")]
     pub delivered_at: DateTime<Utc>,
     pub attempts: u32,
     /// No webhook URL is configured for the partner: nothing was sent.
@@ -338,6 +345,7 @@ pub struct DeliveredEvent {
 pub struct ParkedEvent {
     pub v: u32,
     pub event: OutboxEvent,
+    #[serde(with = "qrbridge_fx::time")]
     pub parked_at: DateTime<Utc>,
     pub attempts: u32,
     pub last_error: String,
@@ -351,6 +359,7 @@ pub struct AuditRecord {
     pub v: u32,
     /// 1, 2, 3, … with no gaps.
     pub seq: u64,
+    #[serde(with = "qrbridge_fx::time")]
     pub at: DateTime<Utc>,
     /// The admin certificate's identity.
     pub actor: String,

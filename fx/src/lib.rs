@@ -17,6 +17,7 @@ pub mod quote;
 pub mod rate;
 pub mod rounding;
 pub mod spread;
+pub mod time;
 
 pub use amount::{Amount, AmountError};
 pub use currency::{Currency, CurrencyError};

@@ -55,6 +55,7 @@ pub struct Quote {
     /// The mid rate used, and the published rates it came from.
     pub mid: Decimal,
     pub mid_legs: Vec<Pair>,
+    #[serde(with = "crate::time")]
     pub mid_as_of: DateTime<Utc>,
     pub spread_bps: Bps,
     /// The client price: wallet units per CNY, spread included, rounded up.
@@ -67,7 +68,9 @@ pub struct Quote {
     pub wallet_at_mid: Amount,
     /// `wallet − wallet_at_mid`: the house's margin, never negative.
     pub spread_amount: Amount,
+    #[serde(with = "crate::time")]
     pub created_at: DateTime<Utc>,
+    #[serde(with = "crate::time")]
     pub expires_at: DateTime<Utc>,
 }
 
