@@ -294,6 +294,14 @@ async fn run(seed: u64, kills: usize) {
 
     let sums = store.ledger_sums().unwrap();
     assert!(sums.values().all(|s| *s == 0), "ledger does not balance: {sums:?}");
+    // The running totals the store keeps (positions) are the journal's, kill after kill.
+    let mut from_journal = std::collections::BTreeMap::new();
+    for e in store.journal().unwrap() {
+        for p in e.postings {
+            *from_journal.entry((p.currency, p.account)).or_insert(0i128) += i128::from(p.minor);
+        }
+    }
+    assert_eq!(store.account_totals().unwrap(), from_journal, "running totals drifted");
 
     println!(
         "crash test passed: {kills} kills in {:.1} s; {} requests sent, {} payments ({statuses:?}), {} never made; {} instructions, {} reversals; {} webhook events acknowledged, {redelivered} of them again after a kill; total {:.1} s",

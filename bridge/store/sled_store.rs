@@ -60,7 +60,9 @@ pub(super) mod key {
     pub const REFUND_OF: u8 = b'R';
     /// Acquirer and its refund id → [`super::IdemEntry`] naming the refund.
     pub const ACQUIRER_REFUND: u8 = b'a';
-    /// Currency, account → the running sum of its postings (i128, big-endian).
+    /// Currency → the running sum of the postings of each of its accounts
+    /// ([`super::encode_totals`]): one key per currency, so an entry rewrites two keys (its
+    /// wallet currency and CNY), not one per account.
     pub const TOTAL: u8 = b't';
     // `m`: the store's own marks (see `v1::MIGRATED`).
 
@@ -113,10 +115,9 @@ pub(super) mod key {
         k
     }
 
-    pub fn total(currency: Currency, account: &str) -> Vec<u8> {
+    pub fn total(currency: Currency) -> Vec<u8> {
         let mut k = vec![TOTAL];
         k.extend_from_slice(currency.code().as_bytes());
-        k.extend_from_slice(account.as_bytes());
         k
     }
 }
@@ -137,6 +138,17 @@ const AUDIT_HEAD: &str = "audit/head";
 
 /// Running totals per currency and account.
 type Totals = BTreeMap<(Currency, String), i128>;
+
+/// The totals record of `currency`: each of its accounts with its sum, from `totals` (a later
+/// entry for an account wins over an earlier one).
+pub(super) fn encode_totals<'a>(
+    currency: Currency,
+    totals: impl Iterator<Item = (&'a (Currency, String), &'a i128)>,
+) -> Vec<u8> {
+    let accounts: BTreeMap<&str, i128> =
+        totals.filter(|((c, _), _)| *c == currency).map(|((_, a), s)| (a.as_str(), *s)).collect();
+    encode(&accounts.into_iter().collect::<Vec<_>>())
+}
 
 /// The sled store.
 pub struct SledStore {
@@ -222,13 +234,13 @@ impl SledStore {
         let mut totals = Totals::new();
         for kv in t.scan_prefix([key::TOTAL]) {
             let (k, v) = kv?;
-            let code = k.get(1..4).and_then(|c| std::str::from_utf8(c).ok());
-            let currency = code.and_then(|c| Currency::from_code(c).ok());
-            let (Some(currency), Ok(sum)) = (currency, <[u8; 16]>::try_from(v.as_ref())) else {
-                return Err(corrupt("totals", "unreadable running total"));
-            };
-            let account = String::from_utf8_lossy(&k[4..]).into_owned();
-            totals.insert((currency, account), i128::from_be_bytes(sum));
+            let code = k.get(1..).and_then(|c| std::str::from_utf8(c).ok());
+            let currency = code
+                .and_then(|c| Currency::from_code(c).ok())
+                .ok_or_else(|| corrupt("totals", "a total under no currency"))?;
+            for (account, sum) in decode::<Vec<(String, i128)>>("totals", &v)? {
+                totals.insert((currency, account), sum);
+            }
         }
         // Resolver work left without its payment by a crash inside a begin: nothing to resolve.
         for kv in t.scan_prefix([key::WORK]) {
@@ -372,8 +384,11 @@ impl SledStore {
                 })?;
                 changed.insert(k, sum);
             }
-            for ((c, a), sum) in &changed {
-                batch.insert(key::total(*c, a), sum.to_be_bytes().to_vec());
+            let currencies: std::collections::BTreeSet<Currency> =
+                changed.keys().map(|(c, _)| *c).collect();
+            for c in currencies {
+                let all = totals.iter().chain(changed.iter());
+                batch.insert(key::total(c), encode_totals(c, all));
             }
         }
         for e in &c.events {

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use qrbridge_fx::Currency;
 
 use super::codec::{decode, encode};
-use super::sled_store::{key, IdemEntry};
+use super::sled_store::{encode_totals, key, IdemEntry};
 use super::StoreError;
 use crate::model::*;
 
@@ -158,8 +158,9 @@ pub fn migrate(db: &sled::Db, t: &sled::Tree) -> Result<Option<Migrated>, StoreE
             }
         }
     }
-    for ((c, account), sum) in &totals {
-        put(key::total(*c, account), sum.to_be_bytes().to_vec(), &mut m)?;
+    let currencies: std::collections::BTreeSet<Currency> = totals.keys().map(|(c, _)| *c).collect();
+    for c in currencies {
+        put(key::total(c), encode_totals(c, totals.iter()), &mut m)?;
     }
     t.apply_batch(batch)?;
     db.flush()?;
