@@ -14,8 +14,9 @@ use serde::Serialize;
 
 use super::StoreError;
 
-/// The format byte this build writes.
-pub const FORMAT: u8 = 2;
+/// The format byte this build writes. (2 was only ever written by development builds before
+/// times were kept in binary; it is refused, not misread.)
+pub const FORMAT: u8 = 3;
 
 /// The first byte of a record of the first release (JSON).
 const JSON: u8 = b'{';
@@ -79,7 +80,8 @@ mod tests {
 
     #[test]
     fn garbage_is_corrupt_not_a_panic() {
-        for bad in [&[][..], &[9, 1, 2][..], &[FORMAT, 0xff][..], b"{not json"] {
+        // 2: a development build's layout, refused rather than misread.
+        for bad in [&[][..], &[9, 1, 2][..], &[2, 0, 0][..], &[FORMAT, 0xff][..], b"{not json"] {
             assert!(matches!(
                 decode::<OutboxEvent>("outbox", bad),
                 Err(StoreError::Corrupt { .. })

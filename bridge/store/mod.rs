@@ -280,12 +280,85 @@ impl Drop for WriteMark {
     }
 }
 
+/// What makes sled's flushed writes survive the machine, not only the process: sled writes its
+/// log with `sync_file_range`, which neither empties the disk's write cache nor records a file's
+/// new length, and writes a record too large for its log as a file of its own under `blobs/`
+/// with no sync at all. After each flush: new blob files, the blob folder, then `fdatasync` of
+/// the log.
+///
+/// A failed sync is final: Linux reports a lost write-back once per file, so a later sync that
+/// succeeds proves nothing about what the failed one covered. Every flush after it fails, and the
+/// process must restart (and recover from what the disk really holds).
+pub struct DiskSync {
+    log: std::fs::File,
+    blobs: std::path::PathBuf,
+    /// The highest blob synced so far (blob files are named by their log position).
+    blobs_synced: u64,
+    failed: bool,
+}
+
+impl DiskSync {
+    /// For the sled folder at `path`; syncs what is there now (the folder itself included).
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        let mut d = DiskSync {
+            log: std::fs::File::open(path.join("db"))?,
+            blobs: path.join("blobs"),
+            blobs_synced: 0,
+            failed: false,
+        };
+        d.sync()?;
+        std::fs::File::open(path)?.sync_all()?;
+        Ok(d)
+    }
+
+    /// Syncs new blob files, the blob folder and the log.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        if self.failed {
+            return Err(std::io::Error::other(
+                "an earlier sync of the store failed: restart the daemon",
+            ));
+        }
+        let r = self.sync_once();
+        if let Err(e) = &r {
+            self.failed = true;
+            tracing::error!(error = %e, "syncing the store failed; every flush fails from now on: restart the daemon");
+        }
+        r
+    }
+
+    fn sync_once(&mut self) -> std::io::Result<()> {
+        let mut newest = self.blobs_synced;
+        match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => {
+                for e in entries {
+                    let e = e?;
+                    let Some(lsn) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok())
+                    else {
+                        continue;
+                    };
+                    if lsn > self.blobs_synced {
+                        std::fs::File::open(e.path())?.sync_data()?;
+                        newest = newest.max(lsn);
+                    }
+                }
+                if newest > self.blobs_synced {
+                    std::fs::File::open(&self.blobs)?.sync_all()?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.log.sync_data()?;
+        self.blobs_synced = newest;
+        Ok(())
+    }
+}
+
 impl GroupCommit {
-    /// Starts the flusher task for `db`.
-    /// `data` is sled's log file, synced after every flush (see below).
-    pub fn start(db: sled::Db, data: Option<std::fs::File>) -> Self {
-        let data = data.map(Arc::new);
+    /// Starts the flusher task for `db`; after every flush it syncs `disk` (when given).
+    pub fn start(db: sled::Db, disk: Option<DiskSync>) -> Self {
         use std::sync::atomic::Ordering::SeqCst;
+        let disk = disk.map(|d| Arc::new(std::sync::Mutex::new(d)));
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), StoreError>>>();
         let marks = Arc::new(Marks::default());
         let m = marks.clone();
@@ -304,16 +377,13 @@ impl GroupCommit {
                     Ok(())
                 } else {
                     match db.flush_async().await {
-                        // sled writes its log with `sync_file_range`, which neither empties the
-                        // disk's write cache nor records the file's new length: what it flushed
-                        // survives the process, not the machine. `fdatasync` on the log makes it
-                        // survive a power cut too, before anyone is told it is done.
-                        Ok(_) => match data.clone() {
-                            Some(f) => tokio::task::spawn_blocking(move || f.sync_data())
-                                .await
-                                .map_err(|e| std::io::Error::other(e.to_string()))
-                                .and_then(|r| r)
-                                .map_err(|e| StoreError::from(sled::Error::Io(e))),
+                        Ok(_) => match disk.clone() {
+                            Some(d) => tokio::task::spawn_blocking(move || {
+                                d.lock().unwrap_or_else(|p| p.into_inner()).sync()
+                            })
+                            .await
+                            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                            .map_err(|e| StoreError::from(sled::Error::Io(e))),
                             None => Ok(()),
                         },
                         Err(e) => Err(StoreError::from(e)),

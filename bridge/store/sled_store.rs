@@ -224,7 +224,7 @@ impl SledStore {
             .flush_every_ms(None)
             .open()?;
         let t = db.open_tree("records")?;
-        if let Some(m) = super::v1::migrate(&db, &t)? {
+        if let Some(m) = super::v1::migrate(&db, path, &t)? {
             tracing::info!(
                 records = m.records,
                 payments = m.payments,
@@ -249,12 +249,15 @@ impl SledStore {
                 t.remove(&k)?;
             }
         }
-        // sled's log, synced after each flush (see `GroupCommit::start`).
-        let log = std::fs::File::open(path.join("db")).map_err(sled::Error::Io)?;
+        // What the migration and the clean-up above wrote, and what this open recovered, is
+        // made durable before anything is served from it; then every flush is synced the same
+        // way (see `DiskSync`).
+        db.flush()?;
+        let disk = DiskSync::open(path).map_err(sled::Error::Io)?;
         Ok(SledStore {
             settings: db.open_tree("settings")?,
             audit: db.open_tree("audit")?,
-            flusher: GroupCommit::start(db.clone(), Some(log)),
+            flusher: GroupCommit::start(db.clone(), Some(disk)),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             claims: Mutex::new(()),
             totals: Mutex::new(totals),

@@ -54,7 +54,11 @@ fn seq_key(tree: &'static str, k: &[u8]) -> Result<u64, StoreError> {
 }
 
 /// Migrates the first release's trees of `db` into `t`, if there are any.
-pub fn migrate(db: &sled::Db, t: &sled::Tree) -> Result<Option<Migrated>, StoreError> {
+pub fn migrate(
+    db: &sled::Db,
+    db_path: &std::path::Path,
+    t: &sled::Tree,
+) -> Result<Option<Migrated>, StoreError> {
     let names = db.tree_names();
     let present: Vec<&'static str> =
         TREES.into_iter().filter(|n| names.iter().any(|m| m.as_ref() == n.as_bytes())).collect();
@@ -164,6 +168,8 @@ pub fn migrate(db: &sled::Db, t: &sled::Tree) -> Result<Option<Migrated>, StoreE
     }
     t.apply_batch(batch)?;
     db.flush()?;
+    // The new records must survive the machine before the old ones go.
+    super::DiskSync::open(db_path).map_err(sled::Error::Io)?;
     for name in present {
         db.drop_tree(name)?;
     }
