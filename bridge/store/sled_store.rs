@@ -473,8 +473,13 @@ impl Store for SledStore {
             // now either sees it or finds it gone (QUOTE_NOT_FOUND).
             {
                 let _claims = lock(&self.claims);
-                if !self.held(&key::of(key::QUOTE_USE, &q.quote_id))? {
+                let claim = key::of(key::QUOTE_USE, &q.quote_id);
+                if !self.held(&claim)? {
+                    // The quote first: a crash between leaves a claim of nothing, still free.
                     self.del(&k)?;
+                    if self.read(&claim)?.is_some() {
+                        self.del(&claim)?;
+                    }
                     purge.removed += 1;
                 }
             }
