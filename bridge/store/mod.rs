@@ -282,75 +282,63 @@ impl Drop for WriteMark {
 
 /// What makes sled's flushed writes survive the machine, not only the process: sled writes its
 /// log with `sync_file_range`, which neither empties the disk's write cache nor records a file's
-/// new length, and writes a record too large for its log as a file of its own under `blobs/`
-/// with no sync at all. After each flush: new blob files, the blob folder, then `fdatasync` of
-/// the log.
+/// new length, and writes a record too large for its log (over ≈128 KiB: rare here) as a file of
+/// its own under `blobs/` with no sync at all. After each flush: every blob file there is (a file
+/// still being written when one round lists it is synced whole by the next round, which the
+/// flush covering that write waits for), the blob folder, then `fdatasync` of the log.
 ///
 /// A failed sync is final: Linux reports a lost write-back once per file, so a later sync that
-/// succeeds proves nothing about what the failed one covered. Every flush after it fails, and the
-/// process must restart (and recover from what the disk really holds).
+/// succeeds proves nothing about what the failed one covered. The process stops at once (exit
+/// code 70), as PostgreSQL does on a failed fsync, for its supervisor to restart it on what the
+/// disk really holds; nothing after the failure is answered as done.
 pub struct DiskSync {
     log: std::fs::File,
     blobs: std::path::PathBuf,
-    /// The highest blob synced so far (blob files are named by their log position).
-    blobs_synced: u64,
-    failed: bool,
 }
 
 impl DiskSync {
     /// For the sled folder at `path`; syncs what is there now (the folder itself included).
     pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
-        let mut d = DiskSync {
-            log: std::fs::File::open(path.join("db"))?,
-            blobs: path.join("blobs"),
-            blobs_synced: 0,
-            failed: false,
-        };
-        d.sync()?;
+        let d = DiskSync { log: std::fs::File::open(path.join("db"))?, blobs: path.join("blobs") };
+        d.sync_once()?;
         std::fs::File::open(path)?.sync_all()?;
         Ok(d)
     }
 
-    /// Syncs new blob files, the blob folder and the log.
-    pub fn sync(&mut self) -> std::io::Result<()> {
-        if self.failed {
-            return Err(std::io::Error::other(
-                "an earlier sync of the store failed: restart the daemon",
-            ));
+    /// Syncs the blob files, the blob folder and the log; stops the process when that fails.
+    pub fn sync(&self) -> std::io::Result<()> {
+        if let Err(e) = self.sync_once() {
+            tracing::error!(error = %e, "syncing the store failed: what it covered may be lost; stopping so that a restart recovers from what the disk holds");
+            std::process::exit(70);
         }
-        let r = self.sync_once();
-        if let Err(e) = &r {
-            self.failed = true;
-            tracing::error!(error = %e, "syncing the store failed; every flush fails from now on: restart the daemon");
-        }
-        r
+        Ok(())
     }
 
-    fn sync_once(&mut self) -> std::io::Result<()> {
-        let mut newest = self.blobs_synced;
+    fn sync_once(&self) -> std::io::Result<()> {
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         match std::fs::read_dir(&self.blobs) {
             Ok(entries) => {
+                let mut any = false;
                 for e in entries {
                     let e = e?;
-                    let Some(lsn) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok())
-                    else {
+                    if e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()).is_none() {
                         continue;
-                    };
-                    if lsn > self.blobs_synced {
-                        std::fs::File::open(e.path())?.sync_data()?;
-                        newest = newest.max(lsn);
+                    }
+                    // sled removes blobs it no longer needs while we list them: gone is fine.
+                    match std::fs::File::open(e.path()).and_then(|f| f.sync_data()) {
+                        Ok(()) => any = true,
+                        Err(e) if gone(&e) => {}
+                        Err(e) => return Err(e),
                     }
                 }
-                if newest > self.blobs_synced {
+                if any {
                     std::fs::File::open(&self.blobs)?.sync_all()?;
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if gone(&e) => {}
             Err(e) => return Err(e),
         }
-        self.log.sync_data()?;
-        self.blobs_synced = newest;
-        Ok(())
+        self.log.sync_data()
     }
 }
 
@@ -358,7 +346,7 @@ impl GroupCommit {
     /// Starts the flusher task for `db`; after every flush it syncs `disk` (when given).
     pub fn start(db: sled::Db, disk: Option<DiskSync>) -> Self {
         use std::sync::atomic::Ordering::SeqCst;
-        let disk = disk.map(|d| Arc::new(std::sync::Mutex::new(d)));
+        let disk = disk.map(Arc::new);
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), StoreError>>>();
         let marks = Arc::new(Marks::default());
         let m = marks.clone();
@@ -378,12 +366,10 @@ impl GroupCommit {
                 } else {
                     match db.flush_async().await {
                         Ok(_) => match disk.clone() {
-                            Some(d) => tokio::task::spawn_blocking(move || {
-                                d.lock().unwrap_or_else(|p| p.into_inner()).sync()
-                            })
-                            .await
-                            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-                            .map_err(|e| StoreError::from(sled::Error::Io(e))),
+                            Some(d) => tokio::task::spawn_blocking(move || d.sync())
+                                .await
+                                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                                .map_err(|e| StoreError::from(sled::Error::Io(e))),
                             None => Ok(()),
                         },
                         Err(e) => Err(StoreError::from(e)),
