@@ -55,6 +55,8 @@ pub(super) mod key {
     pub const DELIVERED: u8 = b'D';
     /// Sequence → the parked event, whole.
     pub const PARKED: u8 = b'P';
+    /// A parked event's id → its sequence (8 bytes, big-endian): a replay finds it at once.
+    pub const PARKED_ID: u8 = b'x';
     pub const REFUND: u8 = b'r';
     /// Payment id, refund id → nothing.
     pub const REFUND_OF: u8 = b'R';
@@ -771,6 +773,7 @@ impl Store for SledStore {
         let _write = self.flusher.write();
         let mut b = Batch::default();
         b.insert(key::seq(key::PARKED, seq).to_vec(), encode(p));
+        b.insert(key::of(key::PARKED_ID, &p.event.event_id), &seq.to_be_bytes()[..]);
         b.remove(key::seq(key::OUTBOX, seq).to_vec());
         self.write(b)
     }
@@ -782,15 +785,23 @@ impl Store for SledStore {
 
     fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let _parking = lock(&self.parking);
-        let Some((seq, p)) =
-            self.parked_locked()?.into_iter().find(|(_, p)| p.event.event_id == event_id)
+        let id_key = key::of(key::PARKED_ID, event_id);
+        let Some(seq) = self.read(&id_key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
         else {
             return Ok(false);
+        };
+        let seq = u64::from_be_bytes(seq);
+        let Some(p) = self.get::<ParkedEvent>("parked", &key::seq(key::PARKED, seq))? else {
+            return Err(corrupt(
+                "parked",
+                format!("{event_id} indexed at {seq}, not parked there"),
+            ));
         };
         let _write = self.flusher.write();
         let event = OutboxEvent { replayed_at: Some(now), ..p.event };
         let mut b = Batch::default();
         b.remove(key::seq(key::PARKED, seq).to_vec());
+        b.remove(id_key);
         b.insert(key::seq(key::OUTBOX, seq).to_vec(), encode(&event));
         self.write(b)?;
         // After the write: a reader that sees the new epoch finds the event in the outbox.
@@ -804,8 +815,9 @@ impl Store for SledStore {
         let mut b = Batch::default();
         let mut removed = 0;
         for &seq in seqs {
-            if self.read(key::seq(key::PARKED, seq))?.is_some() {
+            if let Some(p) = self.get::<ParkedEvent>("parked", &key::seq(key::PARKED, seq))? {
                 b.remove(key::seq(key::PARKED, seq).to_vec());
+                b.remove(key::of(key::PARKED_ID, &p.event.event_id));
                 removed += 1;
             }
         }

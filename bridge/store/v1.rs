@@ -146,6 +146,8 @@ pub fn migrate(
                 "webhooks_parked" => {
                     let seq = seq_key(name, &k)?;
                     let p: ParkedEvent = decode(name, &v)?;
+                    let id = key::of(key::PARKED_ID, &p.event.event_id);
+                    put(id, seq.to_be_bytes().to_vec(), &mut m)?;
                     put(key::seq(key::PARKED, seq).to_vec(), encode(&p), &mut m)?;
                 }
                 "resolver" => {
