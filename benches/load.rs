@@ -741,40 +741,12 @@ async fn sample(
             text: "0002010102110000".repeat(8),
             acquirer: "sandbox".into(),
             merchant_id: "500034453110001".into(),
-            merchant: merchant.clone(),
+            merchant,
         },
-        quote: quote.clone(),
+        quote,
     };
     let _ = store;
-    let p = PaymentRecord {
-        v: 1,
-        payment_id: String::new(),
-        partner: "partner-demo".into(),
-        request_id: String::new(),
-        request_hash: "0".repeat(64),
-        quote_id: String::new(),
-        payer_id: "bench-payer".into(),
-        state: PaymentState::Pending,
-        failure: None,
-        pay: quote.pay,
-        wallet: quote.wallet,
-        wallet_at_mid: quote.wallet_at_mid,
-        spread: quote.spread_amount,
-        rate: RateAnswer { pair: quote.pair.to_string(), price: quote.price },
-        merchant,
-        acquirer: "sandbox".into(),
-        acquirer_ref: Some("SBX00000001".into()),
-        booked: false,
-        refunded_cny: qrbridge_fx::Amount::zero(qrbridge_fx::Currency::CNY),
-        refunded_wallet: qrbridge_fx::Amount::zero(wallet),
-        late_approvals: 0,
-        order: None,
-        acquirer_reason: None,
-        cancel_refusal: None,
-        reversal_refused: false,
-        created_at: now,
-        updated_at: now,
-        rev: 0,
-    };
+    let mut p = PaymentRecord::pending(&q, "", &"0".repeat(64), "bench-payer", None, now);
+    p.acquirer_ref = Some("SBX00000001".into());
     (q, p)
 }

@@ -1,7 +1,7 @@
 //! The store's hot paths (`cargo bench --bench store`): the idempotency lookup every payment
 //! request starts with (hit and miss, among 20,000 payments), building and checking a ledger entry,
 //! and applying a payment's outcome (payment + journal entry + event + resolver work, one sled
-//! transaction; no flush — group commit shares those, and the load bench measures them).
+//! batch; no flush — group commit shares those, and the load bench measures them).
 
 use std::hint::black_box;
 
@@ -9,48 +9,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use qrbridge::model::*;
 use qrbridge::store::{Change, SledStore, Store, Work};
 use qrbridge_fx::{Amount, Currency};
-
-fn payment(i: u64, now: chrono::DateTime<chrono::Utc>) -> PaymentRecord {
-    let php = Currency::from_code("PHP").unwrap();
-    let cny = |m| Amount::from_minor(Currency::CNY, m).unwrap();
-    let wallet = |m| Amount::from_minor(php, m).unwrap();
-    PaymentRecord {
-        v: RECORD_VERSION,
-        payment_id: new_id("pay"),
-        partner: "partner-demo".into(),
-        request_id: format!("req-{i}"),
-        request_hash: "0".repeat(64),
-        quote_id: format!("quo-{i}"),
-        payer_id: "payer".into(),
-        state: PaymentState::Pending,
-        failure: None,
-        pay: cny(2_372),
-        wallet: wallet(19_420),
-        wallet_at_mid: wallet(19_323),
-        spread: wallet(97),
-        rate: RateAnswer { pair: "CNY/PHP".into(), price: "8.18716000".parse().unwrap() },
-        merchant: qrbridge::api::MerchantAnswer {
-            id: Some("500034453110001".into()),
-            name: Some("HANDAN NOODLE HOUSE".into()),
-            city: Some("HANDAN".into()),
-            country: Some("CN".into()),
-            mcc: Some("5812".into()),
-        },
-        acquirer: "sandbox".into(),
-        acquirer_ref: None,
-        booked: false,
-        refunded_cny: cny(0),
-        refunded_wallet: wallet(0),
-        late_approvals: 0,
-        order: None,
-        acquirer_reason: None,
-        cancel_refusal: None,
-        reversal_refused: false,
-        created_at: now,
-        updated_at: now,
-        rev: 0,
-    }
-}
 
 /// `n` quotes and PENDING payments, written as the engine writes them.
 fn seed(
@@ -68,34 +26,42 @@ fn seed(
     )
     .unwrap();
     let mut out = Vec::new();
+    let php = Currency::from_code("PHP").unwrap();
+    let merchant = qrbridge::api::MerchantAnswer {
+        id: Some("500034453110001".into()),
+        name: Some("HANDAN NOODLE HOUSE".into()),
+        city: Some("HANDAN".into()),
+        country: Some("CN".into()),
+        mcc: Some("5812".into()),
+    };
     for i in 0..n {
-        let mut p = payment(i, now);
         let req = qrbridge_fx::QuoteRequest {
             partner: "partner-demo",
-            pay: p.pay,
-            wallet_currency: p.wallet.currency(),
+            pay: Amount::from_minor(Currency::CNY, 2_372).unwrap(),
+            wallet_currency: php,
             now,
             ttl: chrono::Duration::days(1),
         };
         let quote = qrbridge_fx::Quote::price(&req, &rates, &spreads).unwrap();
         let q = QuoteRecord {
             v: RECORD_VERSION,
-            quote_id: p.quote_id.clone(),
-            partner: p.partner.clone(),
+            quote_id: new_id("quo"),
+            partner: "partner-demo".into(),
             code: CodeRef {
                 scheme: "EMVCO".into(),
                 code_type: "STATIC".into(),
                 text: String::new(),
                 acquirer: "sandbox".into(),
                 merchant_id: "m".into(),
-                merchant: p.merchant.clone(),
+                merchant: merchant.clone(),
             },
             quote,
         };
+        let p =
+            PaymentRecord::pending(&q, &format!("req-{i}"), &"0".repeat(64), "payer", None, now);
         store.put_quote(&q).unwrap();
         let work = WorkItem::new(&p.payment_id, Task::Inquire, now, 0);
         store.begin_payment(&p, &work, now).unwrap();
-        p.state = PaymentState::Pending;
         out.push(p);
     }
     out

@@ -182,6 +182,48 @@ pub struct PaymentRecord {
 }
 
 impl PaymentRecord {
+    /// A new payment of quote `q`, `PENDING`, as a partner's request makes it (`partner` is the
+    /// quote's): the one place a payment record is born.
+    pub fn pending(
+        q: &QuoteRecord,
+        request_id: &str,
+        request_hash: &str,
+        payer_id: &str,
+        order: Option<String>,
+        now: DateTime<Utc>,
+    ) -> PaymentRecord {
+        PaymentRecord {
+            v: RECORD_VERSION,
+            payment_id: new_id("pay"),
+            partner: q.partner.clone(),
+            request_id: request_id.to_owned(),
+            request_hash: request_hash.to_owned(),
+            quote_id: q.quote_id.clone(),
+            payer_id: payer_id.to_owned(),
+            state: PaymentState::Pending,
+            failure: None,
+            pay: q.quote.pay,
+            wallet: q.quote.wallet,
+            wallet_at_mid: q.quote.wallet_at_mid,
+            spread: q.quote.spread_amount,
+            rate: RateAnswer { pair: q.quote.pair.to_string(), price: q.quote.price },
+            merchant: q.code.merchant.clone(),
+            acquirer: q.code.acquirer.clone(),
+            acquirer_ref: None,
+            booked: false,
+            refunded_cny: Amount::zero(Currency::CNY),
+            refunded_wallet: Amount::zero(q.quote.wallet.currency()),
+            late_approvals: 0,
+            order,
+            acquirer_reason: None,
+            cancel_refusal: None,
+            reversal_refused: false,
+            created_at: now,
+            updated_at: now,
+            rev: 0,
+        }
+    }
+
     /// The record's next revision, changed at `now`: what every state change starts from (the
     /// store accepts a change only when its `rev` is one past the stored one).
     pub fn successor(&self, now: DateTime<Utc>) -> PaymentRecord {

@@ -518,36 +518,8 @@ impl<S: Store> Engine<S> {
         // An order code pays one order: its key is the order (acquirer, merchant, code).
         let order = (q.code.code_type == "DYNAMIC")
             .then(|| content_hash(&[&q.code.acquirer, &q.code.merchant_id, &q.code.text]));
-        let record = PaymentRecord {
-            v: RECORD_VERSION,
-            payment_id: new_id("pay"),
-            partner: partner.to_owned(),
-            request_id: body.request_id.clone(),
-            request_hash: hash.clone(),
-            quote_id: q.quote_id.clone(),
-            payer_id: body.payer.id.clone(),
-            state: PaymentState::Pending,
-            failure: None,
-            pay: q.quote.pay,
-            wallet: q.quote.wallet,
-            wallet_at_mid: q.quote.wallet_at_mid,
-            spread: q.quote.spread_amount,
-            rate: RateAnswer { pair: q.quote.pair.to_string(), price: q.quote.price },
-            merchant: q.code.merchant.clone(),
-            acquirer: q.code.acquirer.clone(),
-            acquirer_ref: None,
-            booked: false,
-            refunded_cny: Amount::zero(Currency::CNY),
-            refunded_wallet: Amount::zero(q.quote.wallet.currency()),
-            late_approvals: 0,
-            order,
-            acquirer_reason: None,
-            cancel_refusal: None,
-            reversal_refused: false,
-            created_at: now,
-            updated_at: now,
-            rev: 0,
-        };
+        let record =
+            PaymentRecord::pending(&q, &body.request_id, &hash, &body.payer.id, order, now);
         // If this process dies before the outcome is written, the resolver asks the acquirer.
         let work =
             WorkItem::new(&record.payment_id, Task::Inquire, self.inquiry_due(&record, now, 0), 0);
