@@ -968,6 +968,20 @@ impl<S: Store> Engine<S> {
         Work::Set(WorkItem { due, attempt, refusals, last_error, ..item.clone() })
     }
 
+    /// The payment unchanged and its task again on the schedule (the next attempt's delay from
+    /// when it was due), with `refusals` and what the last attempt got.
+    fn retry(
+        &self,
+        p: &PaymentRecord,
+        item: &WorkItem,
+        refusals: u32,
+        last_error: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Change {
+        let due = item.due.max(now) + self.resolver.delay(item.attempt + 1);
+        Self::unchanged(p, now, self.again(item, due, refusals, last_error))
+    }
+
     /// What an inquiry about a payment whose outcome is unknown says.
     fn inquired(
         &self,
@@ -1002,15 +1016,9 @@ impl<S: Store> Engine<S> {
                 change.work = self.work(p, Task::Verify, now + self.resolver.delay(0), 0);
             }
             Some(InstructionStatus::NotFound | InstructionStatus::Processing) | None => {
-                let attempt = item.attempt + 1;
                 if p.reversal_refused {
                     // The acquirer will not reverse it: ask until it says how it ended.
-                    let due = item.due.max(now) + self.resolver.delay(attempt);
-                    return Self::unchanged(
-                        p,
-                        now,
-                        self.again(item, due, item.refusals, last_error),
-                    );
+                    return self.retry(p, item, item.refusals, last_error, now);
                 }
                 if now >= p.created_at + self.resolver.expiry {
                     tracing::warn!(payment = %p.payment_id, "outcome still unknown at expiry; reversing");
@@ -1018,7 +1026,7 @@ impl<S: Store> Engine<S> {
                     change.work = self.work(p, Task::Reverse, now, 0);
                     return change;
                 }
-                let due = self.inquiry_due(p, item.due.max(now), attempt);
+                let due = self.inquiry_due(p, item.due.max(now), item.attempt + 1);
                 let work = self.again(item, due, item.refusals, last_error);
                 if p.state == PaymentState::Pending {
                     change.payment.state = PaymentState::Unknown;
@@ -1067,8 +1075,7 @@ impl<S: Store> Engine<S> {
                 let approved = matches!(status, Some(InstructionStatus::Approved));
                 return self.reversal_refused(p, &asked, approved, now);
             }
-            let due = item.due.max(now) + self.resolver.delay(item.attempt + 1);
-            return Self::unchanged(p, now, self.again(item, due, refusals, last_error));
+            return self.retry(p, item, refusals, last_error, now);
         }
         let mut change = Change::of(p.successor(now));
         match p.state {
@@ -1210,10 +1217,7 @@ impl<S: Store> Engine<S> {
                 change
             }
             Some(_) => Self::unchanged(p, now, Work::Done),
-            None => {
-                let due = item.due.max(now) + self.resolver.delay(item.attempt + 1);
-                Self::unchanged(p, now, self.again(item, due, item.refusals, last_error))
-            }
+            None => self.retry(p, item, item.refusals, last_error, now),
         }
     }
 
