@@ -306,12 +306,11 @@ impl DiskSync {
     }
 
     /// Syncs the blob files, the blob folder and the log; stops the process when that fails.
-    pub fn sync(&self) -> std::io::Result<()> {
+    pub fn sync(&self) {
         if let Err(e) = self.sync_once() {
             tracing::error!(error = %e, "syncing the store failed: what it covered may be lost; stopping so that a restart recovers from what the disk holds");
             std::process::exit(70);
         }
-        Ok(())
     }
 
     fn sync_once(&self) -> std::io::Result<()> {
@@ -343,10 +342,10 @@ impl DiskSync {
 }
 
 impl GroupCommit {
-    /// Starts the flusher task for `db`; after every flush it syncs `disk` (when given).
-    pub fn start(db: sled::Db, disk: Option<DiskSync>) -> Self {
+    /// Starts the flusher task for `db`; after every flush it syncs `disk`.
+    pub fn start(db: sled::Db, disk: DiskSync) -> Self {
         use std::sync::atomic::Ordering::SeqCst;
-        let disk = disk.map(Arc::new);
+        let disk = Arc::new(disk);
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), StoreError>>>();
         let marks = Arc::new(Marks::default());
         let m = marks.clone();
@@ -365,13 +364,13 @@ impl GroupCommit {
                     Ok(())
                 } else {
                     match db.flush_async().await {
-                        Ok(_) => match disk.clone() {
-                            Some(d) => tokio::task::spawn_blocking(move || d.sync())
-                                .await
-                                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-                                .map_err(|e| StoreError::from(sled::Error::Io(e))),
-                            None => Ok(()),
-                        },
+                        Ok(_) => {
+                            let d = disk.clone();
+                            // Only a task that did not run (the runtime stopping) fails here.
+                            tokio::task::spawn_blocking(move || d.sync()).await.map_err(|e| {
+                                StoreError::from(sled::Error::Io(std::io::Error::other(e)))
+                            })
+                        }
                         Err(e) => Err(StoreError::from(e)),
                     }
                 };

@@ -259,7 +259,7 @@ impl SledStore {
         Ok(SledStore {
             settings: db.open_tree("settings")?,
             audit: db.open_tree("audit")?,
-            flusher: GroupCommit::start(db.clone(), Some(disk)),
+            flusher: GroupCommit::start(db.clone(), disk),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             claims: Mutex::new(()),
             totals: Mutex::new(totals),
