@@ -37,6 +37,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+mod common;
+
 const BASELINE_ENV: &str = "QRBRIDGE_BENCH_BASELINE_PKI";
 
 #[derive(Debug, Clone)]
@@ -585,7 +587,7 @@ async fn preload_run(args: &Args, n: u64) {
             .build()
             .unwrap();
         let store = rt.block_on(async { SledStore::open(&db, cache).unwrap() });
-        let template = rt.block_on(sample(&config2, &store));
+        let template = sample(&config2);
         // History as it builds up: PER_DAY payments a day, the last made a day ago.
         let end = template.0.quote.created_at - chrono::Duration::days(1);
         let handle = rt.handle().clone();
@@ -700,53 +702,14 @@ async fn preload_run(args: &Args, n: u64) {
     );
 }
 
-/// A quote and a payment as the engine makes them (through a real engine with no acquirer call).
-async fn sample(
+/// A quote and its PENDING payment as the engine makes them, priced now.
+fn sample(
     config: &qrbridge_config::Config,
-    store: &qrbridge::store::SledStore,
 ) -> (qrbridge::model::QuoteRecord, qrbridge::model::PaymentRecord) {
-    use qrbridge::model::*;
     let now = qrbridge::clock::Clock::now(&qrbridge::clock::SystemClock);
-    let rates = qrbridge::rates::load(&config.fx, now);
-    let spreads = qrbridge_fx::SpreadPolicy::new(
-        "50".parse().unwrap(),
-        "0".parse().unwrap(),
-        "500".parse().unwrap(),
-    )
-    .unwrap();
-    let pay = qrbridge_fx::Amount::from_minor(qrbridge_fx::Currency::CNY, 2_372).unwrap();
-    let wallet = qrbridge_fx::Currency::from_code("PHP").unwrap();
-    let req = qrbridge_fx::QuoteRequest {
-        partner: "partner-demo",
-        pay,
-        wallet_currency: wallet,
-        now,
-        ttl: chrono::Duration::days(3650),
-    };
-    let quote = qrbridge_fx::Quote::price(&req, &rates, &spreads).unwrap();
-    let merchant = qrbridge::api::MerchantAnswer {
-        id: Some("500034453110001".into()),
-        name: Some("HANDAN NOODLE HOUSE".into()),
-        city: Some("HANDAN".into()),
-        country: Some("CN".into()),
-        mcc: Some("5812".into()),
-    };
-    let q = QuoteRecord {
-        v: 1,
-        quote_id: new_id("quo"),
-        partner: "partner-demo".into(),
-        code: CodeRef {
-            scheme: "EMVCO".into(),
-            code_type: "STATIC".into(),
-            text: "0002010102110000".repeat(8),
-            acquirer: "sandbox".into(),
-            merchant_id: "500034453110001".into(),
-            merchant,
-        },
-        quote,
-    };
-    let _ = store;
-    let mut p = PaymentRecord::pending(&q, "", &"0".repeat(64), "bench-payer", None, now);
+    let q = common::quote_record(config, now, chrono::Duration::days(3650));
+    let mut p =
+        qrbridge::model::PaymentRecord::pending(&q, "", &"0".repeat(64), "bench-payer", None, now);
     p.acquirer_ref = Some("SBX00000001".into());
     (q, p)
 }

@@ -8,7 +8,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use qrbridge::model::*;
 use qrbridge::store::{Change, SledStore, Store, Work};
-use qrbridge_fx::{Amount, Currency};
+
+mod common;
 
 /// `n` quotes and PENDING payments, written as the engine writes them.
 fn seed(
@@ -18,45 +19,9 @@ fn seed(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Vec<PaymentRecord> {
     let config = qrbridge_config::from_str("", dir).unwrap();
-    let rates = qrbridge::rates::load(&config.fx, now);
-    let spreads = qrbridge_fx::SpreadPolicy::new(
-        "50".parse().unwrap(),
-        "0".parse().unwrap(),
-        "500".parse().unwrap(),
-    )
-    .unwrap();
     let mut out = Vec::new();
-    let php = Currency::from_code("PHP").unwrap();
-    let merchant = qrbridge::api::MerchantAnswer {
-        id: Some("500034453110001".into()),
-        name: Some("HANDAN NOODLE HOUSE".into()),
-        city: Some("HANDAN".into()),
-        country: Some("CN".into()),
-        mcc: Some("5812".into()),
-    };
     for i in 0..n {
-        let req = qrbridge_fx::QuoteRequest {
-            partner: "partner-demo",
-            pay: Amount::from_minor(Currency::CNY, 2_372).unwrap(),
-            wallet_currency: php,
-            now,
-            ttl: chrono::Duration::days(1),
-        };
-        let quote = qrbridge_fx::Quote::price(&req, &rates, &spreads).unwrap();
-        let q = QuoteRecord {
-            v: RECORD_VERSION,
-            quote_id: new_id("quo"),
-            partner: "partner-demo".into(),
-            code: CodeRef {
-                scheme: "EMVCO".into(),
-                code_type: "STATIC".into(),
-                text: String::new(),
-                acquirer: "sandbox".into(),
-                merchant_id: "m".into(),
-                merchant: merchant.clone(),
-            },
-            quote,
-        };
+        let q = common::quote_record(&config, now, chrono::Duration::days(1));
         let p =
             PaymentRecord::pending(&q, &format!("req-{i}"), &"0".repeat(64), "payer", None, now);
         store.put_quote(&q).unwrap();
