@@ -539,15 +539,16 @@ const WRITERS: u64 = 1;
 /// Marks every event in the outbox delivered (one writer at a time: a mark written twice is
 /// harmless but would count twice).
 fn deliver_all(store: &qrbridge::store::SledStore, at: chrono::DateTime<chrono::Utc>) {
-    use qrbridge::store::Store;
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE.lock().unwrap();
     let mut after = None;
     loop {
-        let events = store.outbox_after(after, 4096).unwrap();
-        let Some((last, _)) = events.last() else { return };
-        after = Some(*last);
-        for (seq, e) in events {
+        let page = store.outbox_after(after, 4096).unwrap();
+        if page.events.is_empty() {
+            return;
+        }
+        after = page.cursor;
+        for (seq, e) in page.events {
             let d = qrbridge::model::DeliveredEvent {
                 v: 1,
                 event: e,
@@ -566,7 +567,7 @@ const DAY_MS: u64 = 86_400_000;
 
 async fn preload_run(args: &Args, n: u64) {
     use qrbridge::model::*;
-    use qrbridge::store::{Change, SledStore, Store, Work};
+    use qrbridge::store::{Change, SledStore, Work};
 
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");

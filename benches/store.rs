@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use qrbridge::model::*;
-use qrbridge::store::{Change, SledStore, Store, Work};
+use qrbridge::store::{Change, SledStore, Work};
 
 mod common;
 

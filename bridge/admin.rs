@@ -197,6 +197,7 @@ async fn purge_parked<S: Store>(
     let cutoff = body.cutoff(ctx.engine.now())?;
     let due: Vec<(EventSeq, ParkedEvent)> = store
         .parked()
+        .await
         .map_err(internal)?
         .into_iter()
         .filter(|(_, p)| p.parked_at < cutoff)
@@ -228,7 +229,7 @@ async fn purge_parked<S: Store>(
         .record(admin, "webhooks.purge_parked", "webhooks:parked".into(), after)
         .await?;
     let seqs: Vec<EventSeq> = chosen.iter().map(|(seq, _)| *seq).collect();
-    let purged = store.purge_parked(&seqs).map_err(internal)?;
+    let purged = store.purge_parked(&seqs).await.map_err(internal)?;
     store.flush().await.map_err(internal)?;
     if purged != seqs.len() {
         // Parked changes are serialized above, so this is a broken invariant; the audit record
@@ -322,6 +323,7 @@ async fn route<S: Store>(
             allow(&method, &Method::GET)?;
             let events: Vec<ParkedView> = store
                 .parked()
+                .await
                 .map_err(internal)?
                 .into_iter()
                 .map(|(_, p)| ParkedView {
@@ -345,7 +347,7 @@ async fn route<S: Store>(
         ["admin", "v1", "webhooks", "parked", event_id, "replay"] => {
             allow(&method, &Method::POST)?;
             let _one = PARKED_CHANGES.lock().await;
-            if !store.unpark(event_id, engine.now()).map_err(internal)? {
+            if !store.unpark(event_id, engine.now()).await.map_err(internal)? {
                 return Err(ApiError::EventNotFound);
             }
             store.flush().await.map_err(internal)?;
@@ -368,8 +370,8 @@ async fn route<S: Store>(
         ["admin", "v1", "resolver"] => {
             allow(&method, &Method::GET)?;
             let mut open = Vec::new();
-            for w in store.open_work().map_err(internal)? {
-                let p = store.payment(&w.payment_id).map_err(internal)?;
+            for w in store.open_work().await.map_err(internal)? {
+                let p = store.payment(&w.payment_id).await.map_err(internal)?;
                 open.push(WorkView {
                     payment_id: w.payment_id,
                     status: p.as_ref().map_or("UNKNOWN", |p| p.state.api_status()),
@@ -416,7 +418,7 @@ async fn route<S: Store>(
         }
         ["admin", "v1", "positions"] => {
             allow(&method, &Method::GET)?;
-            let positions = treasury.positions()?;
+            let positions = treasury.positions().await?;
             Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({ "as_of": engine.now(), "positions": positions }),
@@ -432,7 +434,7 @@ async fn route<S: Store>(
         }
         ["admin", "v1", "audit"] => {
             allow(&method, &Method::GET)?;
-            let (records, chain) = treasury.audit()?;
+            let (records, chain) = treasury.audit().await?;
             Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({ "chain": chain, "records": records }),

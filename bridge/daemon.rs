@@ -28,7 +28,7 @@ use crate::payments::engine::{
 };
 use crate::rates::Feeds;
 use crate::settlement::{BusinessDays, Settlement};
-use crate::store::{SledStore, Store};
+use crate::store::{AnyStore, Store};
 use crate::tls::{self, Directory};
 use crate::treasury::Treasury;
 use crate::webhooks::DeliveryPolicy;
@@ -59,7 +59,7 @@ pub struct Daemon {
     pub partner_addr: SocketAddr,
     pub acquirer_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub engine: Arc<Engine<SledStore>>,
+    pub engine: Arc<Engine<AnyStore>>,
     pub sandbox: Option<Sandbox>,
     shutdown: watch::Sender<bool>,
     /// How long shutdown waits for connections and workers before it drops them.
@@ -115,7 +115,8 @@ impl Daemon {
         if config.partners.is_empty() {
             return Err(StartError::Config("no partners are configured".into()));
         }
-        let store = Arc::new(SledStore::open(&config.storage.path, config.storage.cache_bytes)?);
+        let store = Arc::new(AnyStore::open(&config.storage).await?);
+        tracing::info!(store = store.kind(), "store open");
         let rates = crate::rates::book(&config.fx);
         let s = &config.fx.spread;
         let spreads = SpreadPolicy::new(s.default_bps, s.min_bps, s.max_bps)
@@ -219,7 +220,7 @@ impl Daemon {
             cancel: CancelPolicy::contract(until),
         };
         let treasury = Arc::new(Treasury::new(engine.clone(), feeds.clone(), days));
-        treasury.restore()?;
+        treasury.restore().await?;
         let settlement_runs = Arc::new(Settlement::new(
             treasury.clone(),
             days,
@@ -395,8 +396,8 @@ impl Daemon {
                 shutdown_rx.clone(),
             )),
         ];
-        let open = store.open_work()?.len();
-        let undelivered = store.outbox()?.len();
+        let open = store.open_work().await?.len();
+        let undelivered = store.outbox().await?.len();
         if open + undelivered > 0 {
             tracing::info!(
                 open,
@@ -425,7 +426,7 @@ impl Daemon {
         })
     }
 
-    pub fn store(&self) -> &Arc<SledStore> {
+    pub fn store(&self) -> &Arc<AnyStore> {
         self.engine.store()
     }
 

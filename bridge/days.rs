@@ -139,7 +139,7 @@ pub struct DaysData {
 /// their day is one of those; the refunds made from a day before it to a day after it; and the
 /// payment of each of those refunds, looked up by id. The cost is those days', not the history's.
 /// It reads the store on the calling thread: call it off the async runtime's threads.
-pub fn read_days<S: Store + ?Sized>(
+pub async fn read_days<S: Store + ?Sized>(
     store: &S,
     days: &BusinessDays,
     from: NaiveDate,
@@ -152,23 +152,25 @@ pub fn read_days<S: Store + ?Sized>(
     let margin = Duration::days(1);
     let mut nearby: HashMap<String, PaymentRecord> = HashMap::new();
     let mut payments = Vec::new();
-    for p in store.payments_made(start, end)? {
+    for p in store.payments_made(start, end).await? {
         if (from..=to).contains(&days.day_of(p.created_at)) {
             payments.push(p);
         } else {
             nearby.insert(p.payment_id.clone(), p);
         }
     }
-    let refunds = store.refunds_made(
-        start.checked_sub_signed(margin).unwrap_or(start),
-        end.checked_add_signed(margin).unwrap_or(end),
-    )?;
+    let refunds = store
+        .refunds_made(
+            start.checked_sub_signed(margin).unwrap_or(start),
+            end.checked_add_signed(margin).unwrap_or(end),
+        )
+        .await?;
     let mut seen: HashSet<String> = payments.iter().map(|p| p.payment_id.clone()).collect();
     for r in &refunds {
         if seen.insert(r.payment_id.clone()) {
             let p = match nearby.remove(&r.payment_id) {
                 Some(p) => Some(p),
-                None => store.payment(&r.payment_id)?,
+                None => store.payment(&r.payment_id).await?,
             };
             payments.extend(p);
         }
@@ -180,7 +182,7 @@ pub fn read_days<S: Store + ?Sized>(
 /// and of each refund's payment (even one missing from the store: its entries then fall on the
 /// day of their own time, as [`BusinessDays::day_of_entry`] says), those of the days `[from, to]`
 /// only. Reads on the calling thread, one payment's journal at a time.
-pub fn read_journal<S: Store + ?Sized>(
+pub async fn read_journal<S: Store + ?Sized>(
     store: &S,
     days: &BusinessDays,
     from: NaiveDate,
@@ -199,7 +201,7 @@ pub fn read_journal<S: Store + ?Sized>(
         if !seen.insert(id) {
             continue;
         }
-        for e in store.journal_of(id)? {
+        for e in store.journal_of(id).await? {
             let day = days.day_of_entry(&e, made.get(e.payment_id.as_str()).copied());
             if (from..=to).contains(&day) {
                 journal.push(e);

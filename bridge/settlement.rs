@@ -832,17 +832,17 @@ impl<S: Store> Settlement<S> {
         named: Vec<String>,
     ) -> Result<DaysData, ApiError> {
         let (store, days) = (self.treasury.engine().store().clone(), self.days);
-        off_runtime(move || {
+        off_runtime(move || async move {
             let store = store.as_ref();
-            let mut data = read_days(store, &days, day, day).map_err(internal)?;
+            let mut data = read_days(store, &days, day, day).await.map_err(internal)?;
             if journal {
-                read_journal(store, &days, day, day, &mut data).map_err(internal)?;
+                read_journal(store, &days, day, day, &mut data).await.map_err(internal)?;
             }
             let mut held: std::collections::HashSet<String> =
                 data.payments.iter().map(|p| p.payment_id.clone()).collect();
             for id in named {
                 if held.insert(id.clone()) {
-                    data.payments.extend(store.payment(&id).map_err(internal)?);
+                    data.payments.extend(store.payment(&id).await.map_err(internal)?);
                 }
             }
             Ok(data)

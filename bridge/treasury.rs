@@ -40,14 +40,17 @@ pub(crate) fn internal(e: StoreError) -> ApiError {
     ApiError::Internal
 }
 
-/// Runs `read` (store reads that may take a while: a day's records, the history) on tokio's
-/// blocking threads, so the async runtime's threads go on serving meanwhile.
-pub(crate) async fn off_runtime<T, F>(read: F) -> Result<T, ApiError>
+/// Runs `read` (store reads that may take a while: a day's records, the history) on one of
+/// tokio's blocking threads, so the async runtime's threads go on serving meanwhile: the
+/// embedded store answers its reads on the thread that asks.
+pub(crate) async fn off_runtime<T, F, R>(read: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+    F: FnOnce() -> R + Send + 'static,
+    R: std::future::Future<Output = Result<T, ApiError>>,
 {
-    tokio::task::spawn_blocking(read).await.map_err(|e| {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(read())).await.map_err(|e| {
         tracing::error!(error = %e, "store read stopped");
         ApiError::Internal
     })?
@@ -170,10 +173,10 @@ impl<S: Store> Treasury<S> {
 
     /// Puts what admins set before a restart back in force: spreads (each within today's
     /// bounds; others are logged and left out) and rates set by hand.
-    pub fn restore(&self) -> Result<(), StoreError> {
+    pub async fn restore(&self) -> Result<(), StoreError> {
         let store = self.engine.store();
         if let Some((_, bytes)) =
-            store.settings(SPREADS_KEY)?.into_iter().find(|(k, _)| k == SPREADS_KEY)
+            store.settings(SPREADS_KEY).await?.into_iter().find(|(k, _)| k == SPREADS_KEY)
         {
             let stored: Vec<StoredSpread> = serde_json::from_slice(&bytes).map_err(|e| {
                 StoreError::Corrupt { tree: "settings", message: format!("spreads: {e}") }
@@ -188,7 +191,8 @@ impl<S: Store> Treasury<S> {
             self.engine.set_spreads(policy);
         }
         let rates = store
-            .settings(RATE_PREFIX)?
+            .settings(RATE_PREFIX)
+            .await?
             .into_iter()
             .map(|(_, v)| serde_json::from_slice::<MidRate>(&v))
             .collect::<Result<Vec<_>, _>>()
@@ -231,7 +235,7 @@ impl<S: Store> Treasury<S> {
         settings: &[(String, Option<Vec<u8>>)],
     ) -> Result<AuditRecord, ApiError> {
         let store = self.engine.store();
-        let record = store.admin_commit(&draft, settings).map_err(internal)?;
+        let record = store.admin_commit(&draft, settings).await.map_err(internal)?;
         store.flush().await.map_err(internal)?;
         tracing::info!(actor = %draft.actor, action = %draft.action, target = %draft.target, seq = record.seq, "admin change");
         Ok(record)
@@ -421,8 +425,8 @@ impl<S: Store> Treasury<S> {
 
     /// Open positions per currency, over the whole ledger: from the store's running totals per
     /// account ([`Store::account_totals`]), not a scan of the journal.
-    pub fn positions(&self) -> Result<Vec<CurrencyPosition>, ApiError> {
-        let totals = self.engine.store().account_totals().map_err(internal)?;
+    pub async fn positions(&self) -> Result<Vec<CurrencyPosition>, ApiError> {
+        let totals = self.engine.store().account_totals().await.map_err(internal)?;
         positions_of(totals.iter().map(|((c, account), sum)| (*c, account.as_str(), *sum)))
     }
 
@@ -431,12 +435,12 @@ impl<S: Store> Treasury<S> {
     /// those days only ([`read_days`]); without one it is a request over the whole history, and
     /// reads it all. Reads on the calling thread: from async code call
     /// [`Treasury::revenue_async`].
-    pub fn revenue(
+    pub async fn revenue(
         &self,
         from: Option<NaiveDate>,
         to: Option<NaiveDate>,
     ) -> Result<Vec<RevenueLine>, ApiError> {
-        read_revenue(self.engine.store().as_ref(), &self.days, from, to)
+        read_revenue(self.engine.store().as_ref(), &self.days, from, to).await
     }
 
     /// [`Treasury::revenue`], read on tokio's blocking threads: the runtime's threads are not
@@ -447,12 +451,13 @@ impl<S: Store> Treasury<S> {
         to: Option<NaiveDate>,
     ) -> Result<Vec<RevenueLine>, ApiError> {
         let (store, days) = (self.engine.store().clone(), self.days);
-        off_runtime(move || read_revenue(store.as_ref(), &days, from, to)).await
+        off_runtime(move || async move { read_revenue(store.as_ref(), &days, from, to).await })
+            .await
     }
 
     /// The audit log, verified.
-    pub fn audit(&self) -> Result<(Vec<AuditRecord>, ChainCheck), ApiError> {
-        let (records, head) = self.engine.store().audit_log().map_err(internal)?;
+    pub async fn audit(&self) -> Result<(Vec<AuditRecord>, ChainCheck), ApiError> {
+        let (records, head) = self.engine.store().audit_log().await.map_err(internal)?;
         let check = verify_chain(&records, head.as_ref());
         if !check.ok {
             tracing::error!(broken_at = ?check.broken_at, reason = ?check.reason, "audit chain broken");
@@ -475,7 +480,7 @@ impl<S: Store> Treasury<S> {
 }
 
 /// Spread revenue for days in `[from, to]` ([`Treasury::revenue`]), read from `store`.
-fn read_revenue<S: Store + ?Sized>(
+async fn read_revenue<S: Store + ?Sized>(
     store: &S,
     days: &BusinessDays,
     from: Option<NaiveDate>,
@@ -483,12 +488,12 @@ fn read_revenue<S: Store + ?Sized>(
 ) -> Result<Vec<RevenueLine>, ApiError> {
     let (journal, payments) = match (from, to) {
         (Some(f), Some(t)) => {
-            let mut data = read_days(store, days, f, t).map_err(internal)?;
-            read_journal(store, days, f, t, &mut data).map_err(internal)?;
+            let mut data = read_days(store, days, f, t).await.map_err(internal)?;
+            read_journal(store, days, f, t, &mut data).await.map_err(internal)?;
             (data.journal, data.payments)
         }
         // Asked for without a bound: the whole history, as asked.
-        _ => (store.journal().map_err(internal)?, store.payments().map_err(internal)?),
+        _ => (store.journal().await.map_err(internal)?, store.payments().await.map_err(internal)?),
     };
     let made = made_at(&payments);
     let day_of = |e: &JournalEntry| days.day_of_entry(e, made.get(e.payment_id.as_str()).copied());

@@ -123,7 +123,7 @@ struct Queue {
     /// Partners with a webhook sender.
     has_sender: HashSet<String>,
     /// The last sequence read from the outbox.
-    cursor: Option<EventSeq>,
+    cursor: Option<u64>,
     /// The outbox epoch the state was read under; `None` until the first read.
     epoch: Option<u64>,
     events: HashMap<EventSeq, Known>,
@@ -149,23 +149,22 @@ impl Queue {
 
     /// Reads what the outbox holds that the queue does not: the events after the cursor, or, when
     /// the epoch changed (a replay), everything again.
-    fn sync<S: Store>(&mut self, store: &S) -> Result<(), StoreError> {
-        let epoch = store.outbox_epoch();
+    async fn sync<S: Store>(&mut self, store: &S) -> Result<(), StoreError> {
+        let epoch = store.outbox_epoch().await?;
         if self.epoch != Some(epoch) {
-            return self.rebuild(store, epoch);
+            return self.rebuild(store, epoch).await;
         }
         loop {
-            let batch = store.outbox_after(self.cursor, BATCH)?;
-            let full = batch.len() == BATCH;
-            for (seq, event) in batch {
-                self.cursor = Some(seq);
+            let page = store.outbox_after(self.cursor, BATCH).await?;
+            self.cursor = page.cursor;
+            for (seq, event) in page.events {
                 if !self.events.contains_key(&seq) {
                     self.insert(seq, event, Slot::Loose);
                     // After the events it follows: its place is final.
                     self.place(seq);
                 }
             }
-            if !full {
+            if !page.more {
                 return Ok(());
             }
         }
@@ -174,19 +173,16 @@ impl Queue {
     /// Reads the whole outbox and the parked list again under `epoch` (read before them, so a
     /// replay during the reads brings another rebuild). Deliveries under way stay under way, and
     /// attempts counted stay with their events. On an error nothing changed.
-    fn rebuild<S: Store>(&mut self, store: &S, epoch: u64) -> Result<(), StoreError> {
+    async fn rebuild<S: Store>(&mut self, store: &S, epoch: u64) -> Result<(), StoreError> {
         let blocked: HashSet<String> =
-            store.parked()?.into_iter().map(|(_, p)| p.event.payment_id).collect();
+            store.parked().await?.into_iter().map(|(_, p)| p.event.payment_id).collect();
         let mut outbox = Vec::new();
         let mut cursor = None;
         loop {
-            let batch = store.outbox_after(cursor, BATCH)?;
-            let full = batch.len() == BATCH;
-            if let Some((seq, _)) = batch.last() {
-                cursor = Some(*seq);
-            }
-            outbox.extend(batch);
-            if !full {
+            let page = store.outbox_after(cursor, BATCH).await?;
+            cursor = page.cursor;
+            outbox.extend(page.events);
+            if !page.more {
                 break;
             }
         }
@@ -341,7 +337,7 @@ pub async fn run<S: Store>(
         let woken = engine.events_written.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let next = match plan(&engine, &mut queue, &policy, &lanes, running.len()) {
+        let next = match plan(&engine, &mut queue, &policy, &lanes, running.len()).await {
             Ok(plan) => {
                 // Nothing leaves that a crash could take back: an event read from the outbox may
                 // belong to a change whose flush has not finished (or failed); it goes out only
@@ -396,7 +392,7 @@ pub async fn run<S: Store>(
                 }
                 match done {
                     Ok((_, (seq, event, result))) => {
-                        settle(&engine, &mut queue, &policy, &mut rng, seq, event, result);
+                        settle(&engine, &mut queue, &policy, &mut rng, seq, event, result).await;
                     }
                     Err(_) => {
                         tracing::error!("a webhook delivery task failed; its event will be retried");
@@ -419,7 +415,7 @@ pub async fn run<S: Store>(
 }
 
 /// Records the outcome of one delivery attempt.
-fn settle<S: Store>(
+async fn settle<S: Store>(
     engine: &Engine<S>,
     queue: &mut Queue,
     policy: &DeliveryPolicy,
@@ -441,7 +437,7 @@ fn settle<S: Store>(
             };
             // No flush of its own: a delivered mark lost in a crash means one more delivery
             // under the same event id, which partners deduplicate.
-            match engine.store().delivered(seq, &d) {
+            match engine.store().delivered(seq, &d).await {
                 Ok(()) => queue.remove(seq),
                 Err(e) => {
                     // Still in the outbox: it goes again, counting its attempts anew.
@@ -506,7 +502,7 @@ struct Plan {
 /// Brings the queue up to date, parks or skips what must be, and says which events to send now
 /// and when to look again. Costs the new events, the events due, those parked or skipped, and
 /// those started; not the outbox.
-fn plan<S: Store>(
+async fn plan<S: Store>(
     engine: &Engine<S>,
     queue: &mut Queue,
     policy: &DeliveryPolicy,
@@ -514,7 +510,7 @@ fn plan<S: Store>(
     running: usize,
 ) -> Result<Plan, StoreError> {
     let store = engine.store();
-    queue.sync(&**store)?;
+    queue.sync(&**store).await?;
     // Backoffs that ended.
     let mono = Instant::now();
     while let Some(&(at, seq)) = queue.due.first() {
@@ -538,7 +534,7 @@ fn plan<S: Store>(
             attempts: 0,
             skipped: true,
         };
-        store.delivered(seq, &d)?;
+        store.delivered(seq, &d).await?;
         queue.remove(seq);
         engine.events_settled.send_modify(|n| *n += 1);
     }
@@ -560,7 +556,7 @@ fn plan<S: Store>(
             _ => "waiting behind an undelivered event",
         };
         let payment_id = k.event.payment_id.clone();
-        park(&**store, seq, k.event.clone(), a.map_or(0, |a| a.count), reason, now)?;
+        park(&**store, seq, k.event.clone(), a.map_or(0, |a| a.count), reason, now).await?;
         // Nothing more of its payment goes until a replay.
         queue.blocked.insert(payment_id);
         queue.remove(seq);
@@ -585,7 +581,7 @@ fn plan<S: Store>(
     Ok(Plan { start, next })
 }
 
-fn park<S: Store>(
+async fn park<S: Store>(
     store: &S,
     seq: EventSeq,
     event: OutboxEvent,
@@ -601,7 +597,7 @@ fn park<S: Store>(
         attempts,
         last_error: reason.to_owned(),
     };
-    store.park(seq, &p)
+    store.park(seq, &p).await
 }
 
 #[cfg(test)]

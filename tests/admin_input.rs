@@ -252,7 +252,7 @@ async fn hostile_admin_and_acquirer_input_is_answered_never_panicked() {
     ];
     check(&d.acquirer_client("acquirer-sandbox"), acquirer).await;
     let store = d.daemon().store();
-    assert!(store.refunds_of(&paid).unwrap().is_empty(), "no refund was recorded");
+    assert!(store.refunds_of(&paid).await.unwrap().is_empty(), "no refund was recorded");
     d.finish().await;
 }
 

@@ -292,7 +292,7 @@ async fn run(seed: u64, kills: usize) {
     let redelivered = acked.len() - acked_ids.len();
     assert!(delivered.iter().all(|d| acked_ids.contains(d.event.event_id.as_str())));
 
-    let sums = store.ledger_sums().unwrap();
+    let sums = store.ledger_sums().await.unwrap();
     assert!(sums.values().all(|s| *s == 0), "ledger does not balance: {sums:?}");
     // The running totals the store keeps (positions) are the journal's, kill after kill.
     let mut from_journal = std::collections::BTreeMap::new();

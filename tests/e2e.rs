@@ -57,7 +57,7 @@ async fn dynamic_code_decode_quote_pay() {
     let (s, refunds) = c.get(&format!("/v1/payments/{id}/refunds")).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(refunds["refunds"], json!([]));
-    assert!(!d.daemon().store().journal().unwrap().is_empty());
+    assert!(!d.daemon().store().journal().await.unwrap().is_empty());
     d.finish().await;
 }
 
@@ -283,7 +283,7 @@ async fn cancel_reverses_a_payment_and_is_idempotent() {
     assert_eq!((s, &again), (StatusCode::OK, &cancelled));
     assert_eq!(d.daemon().sandbox.as_ref().unwrap().reversals(), vec![id.to_owned()]);
     // The booking and its reversal both posted.
-    assert_eq!(d.daemon().store().journal().unwrap().len(), 2);
+    assert_eq!(d.daemon().store().journal().await.unwrap().len(), 2);
     // Past 00:30 Shanghai on the next day: too late.
     let (_, late) = quote_and_pay(&c, 3_100, "too-late").await;
     d.clock.as_ref().unwrap().advance(chrono::Duration::days(2));

@@ -76,6 +76,6 @@ async fn a_failed_flush_answers_internal_and_sends_nothing() {
     let (again, created) = engine.pay("p", body()).await.unwrap();
     assert_eq!((again.payment_id.as_str(), created), (p.payment_id.as_str(), false));
     assert_eq!(sandbox.all_received().len(), 1);
-    assert!(store.work_item(&p.payment_id).unwrap().is_none());
+    assert!(store.work_item(&p.payment_id).await.unwrap().is_none());
     sandbox.shutdown().await;
 }

@@ -196,7 +196,7 @@ async fn parked_events_are_purged_before_a_cutoff_audited_first() {
     assert_eq!(parked(&d).await, listed[2..].to_vec());
     let store = d.daemon().store();
     let left: Vec<String> =
-        store.parked().unwrap().into_iter().map(|(_, p)| p.event.event_id).collect();
+        store.parked().await.unwrap().into_iter().map(|(_, p)| p.event.event_id).collect();
     assert_eq!(left, vec![listed[2].0.clone()]);
     // A purged event is gone for good: it cannot be replayed.
     assert_error(

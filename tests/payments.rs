@@ -164,12 +164,12 @@ impl Rig {
         p
     }
 
-    fn payment(&self, id: &str) -> PaymentRecord {
-        self.store.payment(id).unwrap().unwrap()
+    async fn payment(&self, id: &str) -> PaymentRecord {
+        self.store.payment(id).await.unwrap().unwrap()
     }
 
-    fn event_kinds(&self) -> Vec<String> {
-        self.store.outbox().unwrap().into_iter().map(|(_, e)| e.kind).collect()
+    async fn event_kinds(&self) -> Vec<String> {
+        self.store.outbox().await.unwrap().into_iter().map(|(_, e)| e.kind).collect()
     }
 
     fn calls_seen(&mut self) -> Vec<Kind> {
@@ -204,7 +204,10 @@ async fn a_payment_dropped_while_pending_is_flushed_still_finishes() {
     assert!(!created);
     assert_eq!(p.state, PaymentState::Succeeded);
     assert!(!rig.engine.is_inflight(&p.payment_id), "nothing left in flight");
-    assert!(rig.store.work_item(&p.payment_id).unwrap().is_none(), "the resolver has nothing");
+    assert!(
+        rig.store.work_item(&p.payment_id).await.unwrap().is_none(),
+        "the resolver has nothing"
+    );
     assert_eq!(rig.calls_seen(), vec![], "one instruction only");
 }
 
@@ -277,9 +280,9 @@ async fn no_lock_is_held_while_the_acquirer_is_asked() {
     rig.script.lock().unwrap().inquire = Reply::Status(InstructionStatus::Approved);
     rig.inquiries_open.send_replace(true);
     within("the step", step).await.unwrap().unwrap();
-    let now = rig.payment(&p.payment_id);
+    let now = rig.payment(&p.payment_id).await;
     assert_eq!((now.state, now.booked), (PaymentState::Cancelled, false));
-    assert_eq!(rig.store.work_item(&p.payment_id).unwrap().unwrap().task, Task::Verify);
+    assert_eq!(rig.store.work_item(&p.payment_id).await.unwrap().unwrap().task, Task::Verify);
 }
 
 // Item 2: a cancel the acquirer refuses ends: the payment stays SUCCEEDED, with a reason and a
@@ -292,20 +295,20 @@ async fn a_refused_reversal_ends_in_a_refused_cancel() {
     rig.script.lock().unwrap().reverse = Reply::Status(InstructionStatus::Approved);
     let c = rig.engine.cancel("p", &p.payment_id).await.unwrap();
     assert_eq!(c.state.api_status(), "PROCESSING");
-    let w = rig.store.work_item(&p.payment_id).unwrap().unwrap();
+    let w = rig.store.work_item(&p.payment_id).await.unwrap().unwrap();
     assert_eq!((w.task, w.refusals), (Task::Reverse, 1));
     assert_eq!(w.last_error.as_deref(), Some("APPROVED"), "the admin API shows why");
     // A repeated cancel does not hurry the reversal (nor use up its tries).
     let again = rig.engine.cancel("p", &p.payment_id).await.unwrap();
     assert_eq!(again.state, PaymentState::Cancelling);
-    assert_eq!(rig.store.work_item(&p.payment_id).unwrap().unwrap().refusals, 1);
+    assert_eq!(rig.store.work_item(&p.payment_id).await.unwrap().unwrap().refusals, 1);
     // The resolver tries again, four times (reversal_refusals_max = 5), then gives up.
     rig.script.lock().unwrap().reverse =
         Reply::Fail(AcquirerError::Rejected { status: 409, message: "ACQ-RAW: too late".into() });
     for _ in 0..4 {
         rig.engine.step(&p.payment_id, Some(Task::Reverse)).await.unwrap();
     }
-    let end = rig.payment(&p.payment_id);
+    let end = rig.payment(&p.payment_id).await;
     assert_eq!(
         (end.state, end.booked, end.reversal_refused),
         (PaymentState::Succeeded, true, true)
@@ -313,9 +316,10 @@ async fn a_refused_reversal_ends_in_a_refused_cancel() {
     let refusal = end.cancel_refusal.clone().expect("a reason");
     assert_eq!(refusal.code, "REVERSAL_REFUSED");
     assert!(!refusal.message.contains("ACQ-RAW"), "our words to partners");
-    assert!(rig.store.work_item(&p.payment_id).unwrap().is_none(), "no endless retries");
-    assert_eq!(rig.event_kinds(), vec!["payment.succeeded", "payment.cancel_refused"]);
-    let kinds: Vec<String> = rig.store.journal().unwrap().into_iter().map(|e| e.kind).collect();
+    assert!(rig.store.work_item(&p.payment_id).await.unwrap().is_none(), "no endless retries");
+    assert_eq!(rig.event_kinds().await, vec!["payment.succeeded", "payment.cancel_refused"]);
+    let kinds: Vec<String> =
+        rig.store.journal().await.unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec!["payment"], "the payment stays booked, once");
     assert_eq!(rig.calls_seen(), [vec![Kind::Send], vec![Kind::Reverse; 5]].concat());
     // Cancelling again: refused at once, nothing sent.
@@ -338,15 +342,15 @@ async fn a_refused_reversal_of_a_payment_in_doubt_is_settled_by_inquiry() {
     for _ in 0..4 {
         rig.engine.step(&p.payment_id, Some(Task::Reverse)).await.unwrap();
     }
-    let mid = rig.payment(&p.payment_id);
+    let mid = rig.payment(&p.payment_id).await;
     assert_eq!((mid.state, mid.reversal_refused), (PaymentState::Unknown, true));
-    assert_eq!(rig.store.work_item(&p.payment_id).unwrap().unwrap().task, Task::Inquire);
+    assert_eq!(rig.store.work_item(&p.payment_id).await.unwrap().unwrap().task, Task::Inquire);
     rig.script.lock().unwrap().inquire = Reply::Status(InstructionStatus::Approved);
     let end = rig.engine.step(&p.payment_id, Some(Task::Inquire)).await.unwrap().unwrap();
     assert_eq!((end.state, end.booked), (PaymentState::Succeeded, true));
     assert_eq!(end.cancel_refusal.unwrap().code, "REVERSAL_REFUSED");
-    assert_eq!(rig.event_kinds(), vec!["payment.cancel_refused", "payment.succeeded"]);
-    assert!(rig.store.work_item(&p.payment_id).unwrap().is_none());
+    assert_eq!(rig.event_kinds().await, vec!["payment.cancel_refused", "payment.succeeded"]);
+    assert!(rig.store.work_item(&p.payment_id).await.unwrap().is_none());
     assert_eq!(rig.calls_seen().iter().filter(|k| **k == Kind::Reverse).count(), 5);
 }
 
@@ -372,8 +376,8 @@ async fn a_concurrent_refund_retry_gets_the_same_refund() {
     let (r1, r2) = (r1.expect("first refund"), r2.expect("the retry gets the refund, not 422"));
     assert_eq!(r1.0.refund_id, r2.0.refund_id);
     assert_eq!(u8::from(r1.1) + u8::from(r2.1), 1, "exactly one made it");
-    assert_eq!(rig.payment(&p.payment_id).refunded_cny.minor(), 2372);
-    assert!(rig.store.ledger_sums().unwrap().values().all(|s| *s == 0));
+    assert_eq!(rig.payment(&p.payment_id).await.refunded_cny.minor(), 2372);
+    assert!(rig.store.ledger_sums().await.unwrap().values().all(|s| *s == 0));
 }
 
 // Item 5 (engine side) and 17: only an explicit answer about this instruction decides; a decline
@@ -408,10 +412,13 @@ async fn only_an_explicit_answer_decides_and_partners_get_our_words() {
             let body = serde_json::to_string(&qrbridge::api::PaymentAnswer::new(&p)).unwrap();
             assert!(!body.contains("ACQ-RAW"), "{body}");
             assert!(p.acquirer_reason.as_deref().is_some_and(|r| r.contains("ACQ-RAW")));
-            let events = rig.store.outbox().unwrap();
+            let events = rig.store.outbox().await.unwrap();
             assert!(!serde_json::to_string(&events[0].1.data).unwrap().contains("ACQ-RAW"));
         } else {
-            assert_eq!(rig.store.work_item(&p.payment_id).unwrap().unwrap().task, Task::Inquire);
+            assert_eq!(
+                rig.store.work_item(&p.payment_id).await.unwrap().unwrap().task,
+                Task::Inquire
+            );
         }
     }
 }
@@ -431,7 +438,7 @@ async fn an_order_code_is_paid_once() {
     assert_eq!(err, ApiError::OrderAlreadyPaid);
     assert_eq!(err.response().status().as_u16(), 409);
     // The refused request left nothing: its request id is free, the quote unused.
-    assert!(rig.store.payment_by_request("p", "r-2").unwrap().is_none());
+    assert!(rig.store.payment_by_request("p", "r-2").await.unwrap().is_none());
 
     // Static codes pay again and again.
     for i in 0..3 {
@@ -490,7 +497,7 @@ async fn a_webhook_waits_until_its_change_is_durable() {
     rig.script.lock().unwrap().inquire = Reply::Status(InstructionStatus::Approved);
     let err = rig.engine.step(&p.payment_id, Some(Task::Inquire)).await.unwrap_err();
     assert_eq!(err, ApiError::Internal);
-    assert_eq!(rig.event_kinds(), vec!["payment.succeeded"]);
+    assert_eq!(rig.event_kinds().await, vec!["payment.succeeded"]);
 
     let pki = rig._dir.path().join("pki");
     let hooks = Receiver::start(&pki, Mode::Ack).await;
@@ -525,10 +532,10 @@ async fn a_webhook_waits_until_its_change_is_durable() {
     hooks.wait_until(BOUND, |r| !r.is_empty()).await;
     assert_eq!(
         hooks.received()[0].event_id,
-        rig.store.outbox().unwrap().first().map_or_else(
-            || rig.store.delivered_events().unwrap()[0].event.event_id.clone(),
-            |(_, e)| e.event_id.clone(),
-        )
+        match rig.store.outbox().await.unwrap().first() {
+            Some((_, e)) => e.event_id.clone(),
+            None => rig.store.delivered_events().await.unwrap()[0].event.event_id.clone(),
+        }
     );
     stop.send(true).unwrap();
     within("the worker stops", worker).await.unwrap();
@@ -546,15 +553,15 @@ async fn approvals_behind_every_reversal_go_to_an_operator() {
     for _ in 0..3 {
         rig.engine.step(&p.payment_id, Some(Task::Verify)).await.unwrap();
     }
-    let end = rig.payment(&p.payment_id);
+    let end = rig.payment(&p.payment_id).await;
     assert_eq!((end.state, end.late_approvals, end.booked), (PaymentState::Cancelled, 3, true));
-    let w = rig.store.work_item(&p.payment_id).unwrap().unwrap();
+    let w = rig.store.work_item(&p.payment_id).await.unwrap().unwrap();
     assert_eq!(w.task, Task::Attention);
     assert!(w.last_error.unwrap().contains("3 times"));
     // The resolver leaves it to the operator.
     rig.clock.advance(chrono::Duration::days(1));
     assert_eq!(rig.engine.run_due_work().await.unwrap(), 0);
-    assert!(rig.store.ledger_sums().unwrap().values().all(|s| *s == 0));
+    assert!(rig.store.ledger_sums().await.unwrap().values().all(|s| *s == 0));
     // The operator settles it (audited first); the payment stays as it was.
     let err = rig.engine.settle_attention(&p.payment_id, "admin", "  ").await.unwrap_err();
     assert_eq!(err.code(), "INVALID_REQUEST");
@@ -564,8 +571,8 @@ async fn approvals_behind_every_reversal_go_to_an_operator() {
         .await
         .unwrap();
     assert_eq!((settled.state, settled.booked), (PaymentState::Cancelled, true));
-    assert!(rig.store.work_item(&p.payment_id).unwrap().is_none());
-    let (audit, _) = rig.store.audit_log().unwrap();
+    assert!(rig.store.work_item(&p.payment_id).await.unwrap().is_none());
+    let (audit, _) = rig.store.audit_log().await.unwrap();
     let last = audit.last().unwrap();
     assert_eq!((last.action.as_str(), last.actor.as_str()), ("resolver.settle", "admin"));
     assert_eq!(last.before["task"], "ATTENTION");
@@ -586,16 +593,16 @@ async fn a_payment_known_never_sent_waits_for_its_retry_then_fails_as_never_sent
     rig.store.set_failing(true);
     rig.engine.pay("p", pay_body("r-1", &q.quote_id)).await.unwrap_err();
     rig.store.set_failing(false);
-    let p = rig.store.payment_by_request("p", "r-1").unwrap().unwrap();
+    let p = rig.store.payment_by_request("p", "r-1").await.unwrap().unwrap();
     // The resolver's turn comes first: no acquirer call, the payment waits till the quote ends.
     let waited = rig.engine.step(&p.payment_id, Some(Task::Inquire)).await.unwrap().unwrap();
     assert_eq!(waited.state, PaymentState::Pending);
-    assert_eq!(rig.store.work_item(&p.payment_id).unwrap().unwrap().due, q.quote.expires_at);
+    assert_eq!(rig.store.work_item(&p.payment_id).await.unwrap().unwrap().due, q.quote.expires_at);
     assert_eq!(rig.calls_seen(), vec![]);
     // Past the quote: failed as never sent.
     rig.clock.advance(chrono::Duration::seconds(61));
     assert_eq!(rig.engine.run_due_work().await.unwrap(), 1);
-    let end = rig.payment(&p.payment_id);
+    let end = rig.payment(&p.payment_id).await;
     assert_eq!(end.state, PaymentState::Failed);
     assert_eq!(end.failure.unwrap().code, "ACQUIRER_UNAVAILABLE");
     assert_eq!(rig.calls_seen(), vec![], "nothing was ever sent");
@@ -621,7 +628,7 @@ async fn a_payment_whose_acquirer_is_gone_backs_off_and_says_why() {
     });
     let after = engine.step(&p.payment_id, Some(Task::Inquire)).await.unwrap().unwrap();
     assert_eq!(after.state, PaymentState::Unknown);
-    let w = rig.store.work_item(&p.payment_id).unwrap().unwrap();
+    let w = rig.store.work_item(&p.payment_id).await.unwrap().unwrap();
     assert_eq!((w.task, w.attempt), (Task::Inquire, 1));
     assert_eq!(w.last_error.as_deref(), Some("no client for acquirer sandbox"));
 }
@@ -701,13 +708,13 @@ async fn a_cancel_answered_processing_to_the_end_is_refused_and_watched() {
     for _ in 0..4 {
         rig.engine.step(&p.payment_id, Some(Task::Reverse)).await.unwrap();
     }
-    let end = rig.payment(&p.payment_id);
+    let end = rig.payment(&p.payment_id).await;
     assert_eq!((end.state, end.booked), (PaymentState::Succeeded, true));
     assert_eq!(end.cancel_refusal.unwrap().code, "REVERSAL_REFUSED");
-    let w = rig.store.work_item(&p.payment_id).unwrap().unwrap();
+    let w = rig.store.work_item(&p.payment_id).await.unwrap().unwrap();
     assert_eq!(w.task, Task::Attention);
     assert!(w.last_error.unwrap().contains("PROCESSING"));
-    assert_eq!(rig.event_kinds(), vec!["payment.succeeded", "payment.cancel_refused"]);
+    assert_eq!(rig.event_kinds().await, vec!["payment.succeeded", "payment.cancel_refused"]);
 }
 
 // Issue 13 (retention): quotes no payment used are removed after their expiry plus the
@@ -725,15 +732,15 @@ async fn expired_unused_quotes_are_purged_used_ones_stay() {
     // 61 s after the first two were made they have expired; the third has not.
     rig.clock.advance(chrono::Duration::seconds(31));
     let cutoff = rig.clock.now();
-    let first = rig.store.purge_quotes(None, cutoff, 100).unwrap();
+    let first = rig.store.purge_quotes(None, cutoff, 100).await.unwrap();
     assert_eq!((first.removed, first.caught_up), (1, true), "{first:?}");
-    assert!(rig.store.quote(&unused.quote_id).unwrap().is_none());
-    assert!(rig.store.quote(&paid.quote_id).unwrap().is_some(), "its payment needs it");
-    assert!(rig.store.quote(&fresh_later.quote_id).unwrap().is_some(), "not expired yet");
+    assert!(rig.store.quote(&unused.quote_id).await.unwrap().is_none());
+    assert!(rig.store.quote(&paid.quote_id).await.unwrap().is_some(), "its payment needs it");
+    assert!(rig.store.quote(&fresh_later.quote_id).await.unwrap().is_some(), "not expired yet");
     // The cursor stopped before the unexpired quote; the next sweep starts there.
     let cursor = first.cursor.clone().unwrap();
     assert!(cursor.as_str() < fresh_later.quote_id.as_str());
-    let again = rig.store.purge_quotes(Some(&cursor), cutoff, 100).unwrap();
+    let again = rig.store.purge_quotes(Some(&cursor), cutoff, 100).await.unwrap();
     assert_eq!((again.removed, again.cursor), (0, first.cursor));
     // Paying a purged quote: not found.
     let err = rig.engine.pay("p", pay_body("r-2", &unused.quote_id)).await.unwrap_err();
@@ -742,13 +749,14 @@ async fn expired_unused_quotes_are_purged_used_ones_stay() {
     let (q4, q5) =
         (rig.quote(support::flows::code(None)).await, rig.quote(support::flows::code(None)).await);
     rig.clock.advance(chrono::Duration::seconds(61));
-    let limited = rig.store.purge_quotes(Some(&cursor), rig.clock.now(), 1).unwrap();
+    let limited = rig.store.purge_quotes(Some(&cursor), rig.clock.now(), 1).await.unwrap();
     assert_eq!((limited.removed, limited.caught_up), (1, false));
     assert_eq!(limited.cursor.as_deref(), Some(fresh_later.quote_id.as_str()));
-    let rest = rig.store.purge_quotes(limited.cursor.as_deref(), rig.clock.now(), 10).unwrap();
+    let rest =
+        rig.store.purge_quotes(limited.cursor.as_deref(), rig.clock.now(), 10).await.unwrap();
     assert_eq!((rest.removed, rest.caught_up), (2, true));
-    assert!(rig.store.quote(&q4.quote_id).unwrap().is_none());
-    assert!(rig.store.quote(&q5.quote_id).unwrap().is_none());
+    assert!(rig.store.quote(&q4.quote_id).await.unwrap().is_none());
+    assert!(rig.store.quote(&q5.quote_id).await.unwrap().is_none());
 }
 
 /// sled keeps a prefix of its log in a crash. A begin writes its claims, resolver work and index
@@ -773,7 +781,7 @@ async fn what_a_crash_inside_a_begin_leaves_blocks_nothing() {
     let work = WorkItem::new(&pending.payment_id, Task::Inquire, now, 0);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let quote = rig.store.quote(&q.quote_id).unwrap().unwrap();
+    let quote = rig.store.quote(&q.quote_id).await.unwrap().unwrap();
     let day = (now - chrono::Duration::hours(1), now + chrono::Duration::hours(1));
     std::thread::scope(|s| {
         s.spawn(|| {

@@ -67,7 +67,7 @@ async fn every_fault_ends_in_a_final_state() {
         assert_eq!(sandbox.received(id), 1, "{fen} ({what}): one instruction, never resent");
         let seen = sandbox.reversals().iter().filter(|r| *r == id).count();
         assert_eq!(seen, *reversals, "{fen} ({what}): reversals");
-        let record = d.daemon().store().payment(id).unwrap().unwrap();
+        let record = d.daemon().store().payment(id).await.unwrap().unwrap();
         assert_eq!(record.late_approvals, *late, "{fen} ({what})");
     }
     // The partner heard each outcome exactly once, signed.
@@ -119,7 +119,7 @@ async fn cancel_ends_in_a_defined_state_whatever_the_payment_is_doing() {
     let (_, p) = cancel(racing.clone()).await;
     assert_eq!(p["status"], "CANCELLED", "{p}");
     d.resolve_all(chrono::Duration::minutes(5)).await;
-    let record = d.daemon().store().payment(&racing).unwrap().unwrap();
+    let record = d.daemon().store().payment(&racing).await.unwrap().unwrap();
     assert_eq!((record.late_approvals, record.booked), (1, false));
     assert_eq!(c.get(&format!("/v1/payments/{racing}")).await.1["status"], "CANCELLED");
     assert_eq!(sandbox().reversals().iter().filter(|r| **r == racing).count(), 2);
@@ -260,6 +260,7 @@ async fn refunds_come_from_the_acquirer_partial_repeated_never_more_than_paid() 
         .daemon()
         .store()
         .journal()
+        .await
         .unwrap()
         .into_iter()
         .filter(|e| e.payment_id == id)
@@ -267,7 +268,8 @@ async fn refunds_come_from_the_acquirer_partial_repeated_never_more_than_paid() 
         .collect();
     assert_eq!(kinds, vec!["payment", "refund", "refund"]);
     let mut net = std::collections::BTreeMap::new();
-    for e in d.daemon().store().journal().unwrap().into_iter().filter(|e| e.payment_id == id) {
+    for e in d.daemon().store().journal().await.unwrap().into_iter().filter(|e| e.payment_id == id)
+    {
         for p in e.postings {
             *net.entry(p.account).or_insert(0i64) += p.minor;
         }
@@ -294,12 +296,22 @@ async fn webhooks_retry_under_one_event_id_then_park_and_replay() {
     assert!(attempts.iter().all(|a| a.signature_ok));
     // The acknowledgement is recorded (the worker signals each event that leaves the outbox).
     let store = d.daemon().store().clone();
-    let recorded =
-        |id: &str| store.delivered_events().unwrap().into_iter().find(|e| e.event.payment_id == id);
+    let recorded = |id: String| {
+        let store = store.clone();
+        async move {
+            store.delivered_events().await.unwrap().into_iter().find(|e| e.event.payment_id == id)
+        }
+    };
     let mut settled = d.daemon().engine.events_settled.subscribe();
-    let wait = settled.wait_for(|_| recorded(&id).is_some());
-    tokio::time::timeout(WAIT, wait).await.expect("delivery recorded").unwrap();
-    let record = recorded(&id).unwrap();
+    let wait = async {
+        loop {
+            if let Some(r) = recorded(id.clone()).await {
+                return r;
+            }
+            settled.changed().await.unwrap();
+        }
+    };
+    let record = tokio::time::timeout(WAIT, wait).await.expect("delivery recorded");
     assert_eq!((record.attempts, record.skipped), (3, false));
 
     // An endpoint that stays down: the event is parked once older than the maximum age, and the

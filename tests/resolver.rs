@@ -189,7 +189,10 @@ async fn an_inquiry_that_finds_an_approval_books_it() {
     let p = rig.engine.store().payment(&p.payment_id).unwrap().unwrap();
     assert_eq!((p.state, p.booked), (PaymentState::Succeeded, true));
     assert!(rig.engine.store().work_item(&p.payment_id).unwrap().is_none());
-    assert_eq!(rig.engine.store().ledger_sums().unwrap().values().filter(|s| **s != 0).count(), 0);
+    assert_eq!(
+        rig.engine.store().ledger_sums().await.unwrap().values().filter(|s| **s != 0).count(),
+        0
+    );
     assert_eq!(rig.engine.store().journal().unwrap().len(), 1);
 }
 
@@ -231,7 +234,7 @@ async fn an_approval_behind_the_reversal_is_booked_and_reversed_again() {
     assert!(store.work_item(&p.payment_id).unwrap().is_none());
     let kinds: Vec<String> = store.journal().unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec!["late_approval", "reversal"]);
-    assert!(store.ledger_sums().unwrap().values().all(|s| *s == 0));
+    assert!(store.ledger_sums().await.unwrap().values().all(|s| *s == 0));
     // The partner was told FAILED once; the late approval changed nothing it sees.
     assert_eq!(store.outbox().unwrap().len(), 1);
 }

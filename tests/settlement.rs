@@ -160,7 +160,7 @@ async fn a_day_settles_to_the_ledger_and_reconciles_with_the_acquirer() {
     assert_eq!(summary["excluded"], json!({"CANCELLED": 1, "DECLINED": 1}));
 
     // The ledger's totals for the day equal the statements' totals, per currency.
-    let journal = d.daemon().store().journal().unwrap();
+    let journal = d.daemon().store().journal().await.unwrap();
     let mut ledger: BTreeMap<(String, String), i128> = BTreeMap::new();
     for e in &journal {
         for p in &e.postings {
@@ -411,7 +411,7 @@ async fn payments_never_sent_or_never_arrived_are_not_missed_at_the_acquirer() {
     let (_, ok) = quote_and_pay(&c, 1_000, "ok").await;
     let ok = ok["payment_id"].as_str().unwrap().to_owned();
     d.resolve_all(Duration::hours(1)).await;
-    let p = d.daemon().store().payment(&lost).unwrap().unwrap();
+    let p = d.daemon().store().payment(&lost).await.unwrap().unwrap();
     assert_eq!(p.failure.map(|f| f.code).as_deref(), Some("EXPIRED"));
     d.clock.as_ref().unwrap().advance(Duration::hours(15)); // past the day's close
 
@@ -579,7 +579,7 @@ async fn revenue_and_statements_put_every_entry_on_the_same_business_day() {
     let (s, r) = c.post(&format!("/v1/payments/{id}/cancel"), &json!({})).await;
     assert_eq!((s, r["status"].as_str()), (StatusCode::OK, Some("CANCELLED")), "{r}");
     // The ledger booked the late payment and the cancel on the 21st.
-    let journal = d.daemon().store().journal().unwrap();
+    let journal = d.daemon().store().journal().await.unwrap();
     assert!(
         journal
             .iter()
@@ -662,6 +662,6 @@ async fn settlement_files_are_private_and_carry_no_formulas() {
 }
 
 async fn c_status(d: &TestDaemon, id: &str) -> String {
-    let p = d.daemon().store().payment(id).unwrap().unwrap();
+    let p = d.daemon().store().payment(id).await.unwrap().unwrap();
     p.state.api_status().to_owned()
 }

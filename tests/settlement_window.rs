@@ -126,12 +126,12 @@ async fn a_day_is_settled_from_that_day_alone_as_from_the_whole_history() {
         settlement_over(d.dir.path(), guard.clone(), clock_dyn, out.path());
 
     // What `build` makes of the whole history, read straight from the store: the files before.
-    let all_payments = sled.payments().unwrap();
+    let all_payments = sled.payments().await.unwrap();
     let mut all_refunds = Vec::new();
     for p in &all_payments {
-        all_refunds.extend(sled.refunds_of(&p.payment_id).unwrap());
+        all_refunds.extend(sled.refunds_of(&p.payment_id).await.unwrap());
     }
-    let all_journal = sled.journal().unwrap();
+    let all_journal = sled.journal().await.unwrap();
     let days = shanghai();
     let partners = vec![("partner-demo".to_owned(), vec![php()])];
     let acquirers = vec!["sandbox".to_owned()];
@@ -193,7 +193,7 @@ async fn a_day_is_settled_from_that_day_alone_as_from_the_whole_history() {
     assert_eq!(instructions("2026-11-20"), vec![kept.clone(), refunded.clone()]);
     assert_eq!(instructions("2026-11-21"), vec![after.clone(), refunded.clone()]);
     // The refund is priced, and its merchant named, from its payment of the day before.
-    let paid = sled.payment(&refunded).unwrap().unwrap();
+    let paid = sled.payment(&refunded).await.unwrap().unwrap();
     let refund_row = &statement("2026-11-21", partner_file)[1];
     assert_eq!(refund_row[8], paid.rate.price.to_string(), "{refund_row:?}");
     assert!(!refund_row[8].is_empty());
@@ -218,10 +218,13 @@ async fn a_day_is_settled_from_that_day_alone_as_from_the_whole_history() {
         let (from, to) = (Some(day(from)), Some(day(to)));
         let whole = qrbridge::treasury::revenue(&all_journal, day_of, from, to).unwrap();
         assert!(!whole.is_empty());
-        assert_eq!(treasury.revenue(from, to).unwrap(), whole);
+        assert_eq!(treasury.revenue(from, to).await.unwrap(), whole);
         assert_eq!(treasury.revenue_async(from, to).await.unwrap(), whole);
     }
-    assert_eq!(treasury.positions().unwrap(), qrbridge::treasury::positions(&all_journal).unwrap());
+    assert_eq!(
+        treasury.positions().await.unwrap(),
+        qrbridge::treasury::positions(&all_journal).unwrap()
+    );
     assert_eq!(guard.history_reads(), 0, "revenue or positions read the history");
     // Without a bound, revenue is asked of the whole history, and reads it.
     let whole = qrbridge::treasury::revenue(&all_journal, day_of, None, None).unwrap();

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use qrbridge::model::{verify_chain, AuditDraft};
-use qrbridge::store::{SledStore, Store};
+use qrbridge::store::SledStore;
 use serde_json::{json, Value};
 use support::daemon::{assert_error, Setup, TestDaemon};
 use support::flows::{code, pay, quote, quote_and_pay};

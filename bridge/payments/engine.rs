@@ -479,7 +479,7 @@ impl<S: Store> Engine<S> {
         };
         // No flush of its own: a quote lost in a crash is QUOTE_NOT_FOUND when paid (honest,
         // and documented); the PENDING flush of the payment that uses it covers it.
-        self.store.put_quote(&record).map_err(internal)?;
+        self.store.put_quote(&record).await.map_err(internal)?;
         Ok(record)
     }
 
@@ -506,11 +506,11 @@ impl<S: Store> Engine<S> {
         }
         let hash = content_hash(&[&body.request_id, &body.quote_id, &body.payer.id]);
         if let Some(p) =
-            self.store.payment_by_request(partner, &body.request_id).map_err(internal)?
+            self.store.payment_by_request(partner, &body.request_id).await.map_err(internal)?
         {
             return self.replay(p, &hash).await.map(|p| (p, false));
         }
-        let q = match self.store.quote(&body.quote_id).map_err(internal)? {
+        let q = match self.store.quote(&body.quote_id).await.map_err(internal)? {
             Some(q) if q.partner == partner => q,
             _ => return Err(ApiError::QuoteNotFound),
         };
@@ -528,7 +528,7 @@ impl<S: Store> Engine<S> {
             tracing::error!(payment = %record.payment_id, "a new payment id is already in flight");
             return Err(ApiError::Internal);
         };
-        match self.store.begin_payment(&record, &work, now) {
+        match self.store.begin_payment(&record, &work, now).await {
             Ok(Begin::Created) => {}
             Ok(Begin::Replay(existing)) => {
                 drop(inflight);
@@ -614,8 +614,8 @@ impl<S: Store> Engine<S> {
             // failed it (then nothing is sent).
             let guard = self.lock_payment(&p.payment_id).await;
             let claimed = self.inflight.claim(&p.payment_id);
-            let now_p = self.store.payment(&p.payment_id).map_err(internal)?;
-            let q = self.store.quote(&p.quote_id).map_err(internal)?;
+            let now_p = self.store.payment(&p.payment_id).await.map_err(internal)?;
+            let q = self.store.quote(&p.quote_id).await.map_err(internal)?;
             drop(guard);
             let now = self.clock.now();
             match (claimed, now_p, q) {
@@ -641,7 +641,7 @@ impl<S: Store> Engine<S> {
         let Some(mut rx) = waiting else { return Ok(p) };
         // Err: the payer's task ended without saying so (a panic); its guard still cleared it.
         let _ = rx.wait_for(|done| *done).await;
-        self.store.payment(&p.payment_id).map_err(internal)?.ok_or(ApiError::Internal)
+        self.store.payment(&p.payment_id).await.map_err(internal)?.ok_or(ApiError::Internal)
     }
 
     /// `p`, once everything read so far is durable: nothing leaves the process (an answer, a
@@ -672,10 +672,11 @@ impl<S: Store> Engine<S> {
         };
         let outcome = self.call(&p.acquirer, AcquirerRequest::Send(instruction)).await?;
         let guard = self.lock_payment(&p.payment_id).await;
-        let current = self.store.payment(&p.payment_id).map_err(internal)?.ok_or_else(|| {
-            tracing::error!(payment = %p.payment_id, "an instructed payment vanished");
-            ApiError::Internal
-        })?;
+        let current =
+            self.store.payment(&p.payment_id).await.map_err(internal)?.ok_or_else(|| {
+                tracing::error!(payment = %p.payment_id, "an instructed payment vanished");
+                ApiError::Internal
+            })?;
         // Changed while the instruction was out (another node's resolver): the outcome still
         // applies while nothing is known; otherwise the resolver reconciles what it says.
         if current.rev != p.rev
@@ -686,7 +687,7 @@ impl<S: Store> Engine<S> {
             return self.visible(current).await;
         }
         let change = self.instruct_outcome(&current, outcome, self.clock.now());
-        self.store.apply(&change).map_err(internal)?;
+        self.store.apply(&change).await.map_err(internal)?;
         drop(guard);
         self.durable(change).await
     }
@@ -821,9 +822,9 @@ impl<S: Store> Engine<S> {
         let mut only = only;
         let mut acted = false;
         loop {
-            let p = self.store.payment(payment_id).map_err(internal)?;
+            let p = self.store.payment(payment_id).await.map_err(internal)?;
             let Some(p) = p else { return Ok((None, acted)) };
-            let Some(item) = self.store.work_item(payment_id).map_err(internal)? else {
+            let Some(item) = self.store.work_item(payment_id).await.map_err(internal)? else {
                 return Ok((Some(self.visible(p).await?), acted));
             };
             let go = match only {
@@ -864,8 +865,8 @@ impl<S: Store> Engine<S> {
             let asked = self.ask(&p, request).await;
             drop(lane);
             let guard = self.lock_payment(payment_id).await;
-            let now_p = self.store.payment(payment_id).map_err(internal)?;
-            let now_item = self.store.work_item(payment_id).map_err(internal)?;
+            let now_p = self.store.payment(payment_id).await.map_err(internal)?;
+            let now_item = self.store.work_item(payment_id).await.map_err(internal)?;
             if now_p.as_ref().map(|c| c.rev) != Some(p.rev) || now_item.as_ref() != Some(&item) {
                 drop(guard);
                 tracing::debug!(payment = %payment_id, "changed while the acquirer was asked; answer dropped");
@@ -887,7 +888,7 @@ impl<S: Store> Engine<S> {
             // A reversal due at once follows at once: at expiry, and after a late approval.
             let follow = matches!(&change.work, Work::Set(w)
                 if w.task == Task::Reverse && item.task != Task::Reverse && w.due <= now);
-            self.store.apply(&change).map_err(internal)?;
+            self.store.apply(&change).await.map_err(internal)?;
             drop(guard);
             if p.state == PaymentState::Pending {
                 self.unsent_set().remove(payment_id);
@@ -909,10 +910,10 @@ impl<S: Store> Engine<S> {
         p: PaymentRecord,
         item: WorkItem,
     ) -> Result<PaymentRecord, ApiError> {
-        let q = self.store.quote(&p.quote_id).map_err(internal)?;
+        let q = self.store.quote(&p.quote_id).await.map_err(internal)?;
         let guard = self.lock_payment(&p.payment_id).await;
-        let now_p = self.store.payment(&p.payment_id).map_err(internal)?;
-        let now_item = self.store.work_item(&p.payment_id).map_err(internal)?;
+        let now_p = self.store.payment(&p.payment_id).await.map_err(internal)?;
+        let now_item = self.store.work_item(&p.payment_id).await.map_err(internal)?;
         // A repeated request claims it under this lock before it sends: then it is not ours.
         if now_p.as_ref().map(|c| c.rev) != Some(p.rev)
             || now_item.as_ref() != Some(&item)
@@ -939,7 +940,7 @@ impl<S: Store> Engine<S> {
                 change
             }
         };
-        self.store.apply(&change).map_err(internal)?;
+        self.store.apply(&change).await.map_err(internal)?;
         drop(guard);
         if change.payment.state != PaymentState::Pending {
             self.unsent_set().remove(&p.payment_id);
@@ -1227,6 +1228,7 @@ impl<S: Store> Engine<S> {
         let due: Vec<WorkItem> = self
             .store
             .open_work()
+            .await
             .map_err(internal)?
             .into_iter()
             .filter(|w| {
@@ -1255,12 +1257,12 @@ impl<S: Store> Engine<S> {
             return Err(ApiError::InvalidRequest("note: 1-512 characters".into()));
         }
         let guard = self.lock_payment(payment_id).await;
-        let p = self.store.payment(payment_id).map_err(internal)?;
-        let item = self.store.work_item(payment_id).map_err(internal)?;
+        let p = self.store.payment(payment_id).await.map_err(internal)?;
+        let item = self.store.work_item(payment_id).await.map_err(internal)?;
         let (Some(p), Some(item)) = (p, item.filter(|w| w.task == Task::Attention)) else {
             drop(guard);
             self.visible(()).await?;
-            return Err(match self.store.payment(payment_id).map_err(internal)? {
+            return Err(match self.store.payment(payment_id).await.map_err(internal)? {
                 Some(_) => ApiError::NotAwaitingOperator,
                 None => ApiError::PaymentNotFound,
             });
@@ -1274,17 +1276,17 @@ impl<S: Store> Engine<S> {
             before: serde_json::to_value(&item).expect("JSON of plain data"),
             after: serde_json::json!({ "note": note }),
         };
-        self.store.admin_commit(&draft, &[]).map_err(internal)?;
+        self.store.admin_commit(&draft, &[]).await.map_err(internal)?;
         let change = Self::unchanged(&p, now, Work::Done);
-        self.store.apply(&change).map_err(internal)?;
+        self.store.apply(&change).await.map_err(internal)?;
         drop(guard);
         tracing::info!(payment = %payment_id, admin = actor, "operator settled an ATTENTION task");
         self.durable(change).await
     }
 
     /// A partner's own payment, by id, as stored (maybe not durable yet).
-    fn own(&self, partner: &str, payment_id: &str) -> Result<PaymentRecord, ApiError> {
-        match self.store.payment(payment_id).map_err(internal)? {
+    async fn own(&self, partner: &str, payment_id: &str) -> Result<PaymentRecord, ApiError> {
+        match self.store.payment(payment_id).await.map_err(internal)? {
             Some(p) if p.partner == partner => Ok(p),
             _ => Err(ApiError::PaymentNotFound),
         }
@@ -1292,7 +1294,7 @@ impl<S: Store> Engine<S> {
 
     /// A partner's own payment, by id.
     pub async fn get(&self, partner: &str, payment_id: &str) -> Result<PaymentRecord, ApiError> {
-        let p = self.own(partner, payment_id)?;
+        let p = self.own(partner, payment_id).await?;
         self.visible(p).await
     }
 
@@ -1310,6 +1312,7 @@ impl<S: Store> Engine<S> {
         let p = self
             .store
             .payment_by_request(partner, request_id)
+            .await
             .map_err(internal)?
             .ok_or(ApiError::PaymentNotFound)?;
         self.visible(p).await
@@ -1325,10 +1328,10 @@ impl<S: Store> Engine<S> {
     }
 
     async fn cancel_now(&self, partner: &str, payment_id: &str) -> Result<PaymentRecord, ApiError> {
-        let p = self.own(partner, payment_id)?;
+        let p = self.own(partner, payment_id).await?;
         self.settled(p).await?;
         let guard = self.lock_payment(payment_id).await;
-        let p = self.own(partner, payment_id)?;
+        let p = self.own(partner, payment_id).await?;
         match p.state {
             // Being cancelled already: the resolver reverses it on its schedule (a repeated
             // cancel does not hurry it, so refusals count attempts spread in time).
@@ -1357,7 +1360,7 @@ impl<S: Store> Engine<S> {
                 let mut change = Change::of(p.successor(now));
                 change.payment.state = PaymentState::Cancelling;
                 change.work = self.work(&p, Task::Reverse, now, 0);
-                self.store.apply(&change).map_err(internal)?;
+                self.store.apply(&change).await.map_err(internal)?;
                 drop(guard);
                 self.unsent_set().remove(payment_id);
                 self.durable(change).await?;
@@ -1374,8 +1377,8 @@ impl<S: Store> Engine<S> {
         partner: &str,
         payment_id: &str,
     ) -> Result<(PaymentRecord, Vec<RefundRecord>), ApiError> {
-        let p = self.own(partner, payment_id)?;
-        let refunds = self.store.refunds_of(payment_id).map_err(internal)?;
+        let p = self.own(partner, payment_id).await?;
+        let refunds = self.store.refunds_of(payment_id).await.map_err(internal)?;
         self.visible((p, refunds)).await
     }
 
@@ -1448,17 +1451,17 @@ impl<S: Store> Engine<S> {
             Ok((r, false))
         };
         let recorded = || self.store.refund_by_acquirer_id(acquirer, &body.refund_id);
-        if let Some(r) = recorded().map_err(internal)? {
+        if let Some(r) = recorded().await.map_err(internal)? {
             return replay(r).await;
         }
         let guard = self.lock_payment(&body.instruction_id).await;
         // Again under the lock: a concurrent retry of this refund may have recorded it meanwhile
         // (then the payment already counts it, and checking the amount would refuse it).
-        if let Some(r) = recorded().map_err(internal)? {
+        if let Some(r) = recorded().await.map_err(internal)? {
             drop(guard);
             return replay(r).await;
         }
-        let p = match self.store.payment(&body.instruction_id).map_err(internal)? {
+        let p = match self.store.payment(&body.instruction_id).await.map_err(internal)? {
             Some(p) if p.acquirer == acquirer => p,
             _ => return Err(ApiError::PaymentNotFound),
         };
@@ -1472,7 +1475,7 @@ impl<S: Store> Engine<S> {
         if now > p.created_at + Duration::days(i64::from(self.refund_window_days)) {
             return Err(ApiError::RefundWindowClosed(self.refund_window_days));
         }
-        let q = self.store.quote(&p.quote_id).map_err(internal)?.ok_or_else(|| {
+        let q = self.store.quote(&p.quote_id).await.map_err(internal)?.ok_or_else(|| {
             tracing::error!(payment = %p.payment_id, "the payment's quote is missing");
             ApiError::Internal
         })?;
@@ -1504,7 +1507,7 @@ impl<S: Store> Engine<S> {
         let data = serde_json::to_value(RefundAnswer::new(&record)).expect("JSON of plain data");
         change.events.push(self.event(&p, "refund.succeeded", data, now));
         change.refund = Some(record.clone());
-        let applied = self.store.apply(&change);
+        let applied = self.store.apply(&change).await;
         drop(guard);
         match applied {
             Ok(()) => {}

@@ -64,7 +64,7 @@ async fn pass<S: Store>(
     let mut next: Option<std::time::Duration> = None;
     let mut soonest = |d: std::time::Duration| next = Some(next.map_or(d, |n| n.min(d)));
     let mut tasks = JoinSet::new();
-    for item in engine.store().open_work()? {
+    for item in engine.store().open_work().await? {
         if item.task == crate::model::Task::Attention {
             // For an operator; the resolver never does it.
             continue;

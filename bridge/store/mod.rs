@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -18,11 +17,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::model::*;
 
+mod any;
 pub mod codec;
+pub mod postgres;
 pub mod retention;
 mod sled_store;
 mod v1;
 
+pub use any::AnyStore;
+pub use postgres::PgStore;
 pub use sled_store::SledStore;
 
 /// Why a store operation failed.
@@ -30,6 +33,10 @@ pub use sled_store::SledStore;
 pub enum StoreError {
     #[error("storage: {0}")]
     Sled(Arc<sled::Error>),
+    /// The database failed the operation (or could not be reached); nothing of it took effect
+    /// unless a later read shows it did.
+    #[error("database: {0}")]
+    Database(Arc<str>),
     /// A record did not read back as written: a broken invariant.
     #[error("corrupt record in {tree}: {message}")]
     Corrupt { tree: &'static str, message: String },
@@ -124,13 +131,23 @@ pub enum Work {
 /// Where an undelivered event sits in the outbox (its order).
 pub type EventSeq = u64;
 
-/// A future the store returns.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+/// A page of the outbox ([`Store::outbox_after`]).
+#[derive(Debug, Clone, Default)]
+pub struct OutboxPage {
+    pub events: Vec<(EventSeq, OutboxEvent)>,
+    /// Where the next read starts: pass it back as `after`.
+    pub cursor: Option<u64>,
+    /// Whether more may be there right now (the page was cut at its maximum).
+    pub more: bool,
+}
 
 /// What the engine needs from storage.
 pub trait Store: Send + Sync + 'static {
-    fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError>;
-    fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError>;
+    fn put_quote(&self, q: &QuoteRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn quote(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<QuoteRecord>, StoreError>> + Send;
     /// Removes quotes that expired before `expired_before` and that no payment used, looking at
     /// most at `max` quotes in id (creation) order after `after`; used quotes stay (their
     /// payments price refunds from them). Stops at the first quote not expired by then, so a
@@ -140,7 +157,7 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         expired_before: DateTime<Utc>,
         max: usize,
-    ) -> Result<Purge, StoreError>;
+    ) -> impl Future<Output = Result<Purge, StoreError>> + Send;
     /// Starts `p` with its first resolver `work`, unless the partner's request id, or the quote,
     /// says otherwise — atomically.
     fn begin_payment(
@@ -148,102 +165,147 @@ pub trait Store: Send + Sync + 'static {
         p: &PaymentRecord,
         work: &WorkItem,
         now: DateTime<Utc>,
-    ) -> Result<Begin, StoreError>;
-    fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError>;
+    ) -> impl Future<Output = Result<Begin, StoreError>> + Send;
+    fn payment(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<PaymentRecord>, StoreError>> + Send;
     /// Every payment, oldest first (ids are time-ordered).
-    fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError>;
+    fn payments(&self) -> impl Future<Output = Result<Vec<PaymentRecord>, StoreError>> + Send;
     fn payment_by_request(
         &self,
         partner: &str,
         request_id: &str,
-    ) -> Result<Option<PaymentRecord>, StoreError>;
+    ) -> impl Future<Output = Result<Option<PaymentRecord>, StoreError>> + Send;
     /// Applies `change`; a refund in it is refused with [`StoreError::RefundExists`] when the
     /// acquirer's refund id is already taken.
-    fn apply(&self, change: &Change) -> Result<(), StoreError>;
+    fn apply(&self, change: &Change) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Every journal entry, in order.
-    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError>;
+    fn journal(&self) -> impl Future<Output = Result<Vec<JournalEntry>, StoreError>> + Send;
     /// The resolver's work for one payment.
-    fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError>;
+    fn work_item(
+        &self,
+        payment_id: &str,
+    ) -> impl Future<Output = Result<Option<WorkItem>, StoreError>> + Send;
     /// All resolver work: every payment not final yet, every reversal not confirmed.
-    fn open_work(&self) -> Result<Vec<WorkItem>, StoreError>;
+    fn open_work(&self) -> impl Future<Output = Result<Vec<WorkItem>, StoreError>> + Send;
     /// A refund by the acquirer's own id.
     fn refund_by_acquirer_id(
         &self,
         acquirer: &str,
         acquirer_refund_id: &str,
-    ) -> Result<Option<RefundRecord>, StoreError>;
+    ) -> impl Future<Output = Result<Option<RefundRecord>, StoreError>> + Send;
     /// A payment's refunds, oldest first.
-    fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError>;
+    fn refunds_of(
+        &self,
+        payment_id: &str,
+    ) -> impl Future<Output = Result<Vec<RefundRecord>, StoreError>> + Send;
     /// Events not delivered yet, in the order they were written.
-    fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError>;
-    /// At most `max` undelivered events after `after`, in sequence order. The sequence is the
-    /// commit order: an event committed after this returns has a higher sequence than every event
-    /// it returned, so a reader that keeps the last sequence it saw misses nothing — except events
-    /// an operator put back ([`Store::unpark`]), which change [`Store::outbox_epoch`].
+    fn outbox(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(EventSeq, OutboxEvent)>, StoreError>> + Send;
+    /// Undelivered events after the cursor `after` (`None`: from the start), about `max` of them,
+    /// each payment's in sequence order. The cursor follows commit order: an event committed
+    /// after this returns comes after the cursor it returned, so a reader that keeps the cursor
+    /// misses nothing — except events an operator put back ([`Store::unpark`]), which change
+    /// [`Store::outbox_epoch`].
     fn outbox_after(
         &self,
-        after: Option<EventSeq>,
+        after: Option<u64>,
         max: usize,
-    ) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError>;
+    ) -> impl Future<Output = Result<OutboxPage, StoreError>> + Send;
     /// Changes whenever the outbox changes behind a cursor — an event put back below the
     /// sequence (a replay), parked events purged (their payments' later events may go): a reader
     /// that keeps a cursor then reads the whole outbox and parked list again.
-    fn outbox_epoch(&self) -> u64;
+    fn outbox_epoch(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Removes the parked events at `seqs` (those still parked); returns how many it removed.
-    fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError>;
+    fn purge_parked(
+        &self,
+        seqs: &[EventSeq],
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
     /// Payments created in `[from, to)`, oldest first: read from an index by creation time, so
     /// the cost is that window's, not the history's.
     fn payments_made(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<Vec<PaymentRecord>, StoreError>;
+    ) -> impl Future<Output = Result<Vec<PaymentRecord>, StoreError>> + Send;
     /// Refunds created in `[from, to)`, oldest first (an index, as for payments).
     fn refunds_made(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<Vec<RefundRecord>, StoreError>;
+    ) -> impl Future<Output = Result<Vec<RefundRecord>, StoreError>> + Send;
     /// One payment's journal entries, in order.
-    fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError>;
+    fn journal_of(
+        &self,
+        payment_id: &str,
+    ) -> impl Future<Output = Result<Vec<JournalEntry>, StoreError>> + Send;
     /// The sum of every posting per currency and account, kept as running totals as entries are
     /// written (no scan of the journal).
-    fn account_totals(&self) -> Result<BTreeMap<(Currency, String), i128>, StoreError>;
+    fn account_totals(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<(Currency, String), i128>, StoreError>> + Send;
     /// Moves an event from the outbox to the delivered log.
-    fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError>;
+    fn delivered(
+        &self,
+        seq: EventSeq,
+        d: &DeliveredEvent,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Every delivered event, in order: its header (id, kind, partner, payment, times) and how it
     /// went; the body (`data`) is not kept once delivered (it reads as `null`).
-    fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError>;
+    fn delivered_events(
+        &self,
+    ) -> impl Future<Output = Result<Vec<DeliveredEvent>, StoreError>> + Send;
     /// Moves an event from the outbox to the parked list.
-    fn park(&self, seq: EventSeq, parked: &ParkedEvent) -> Result<(), StoreError>;
+    fn park(
+        &self,
+        seq: EventSeq,
+        parked: &ParkedEvent,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Every parked event, in order.
-    fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError>;
+    fn parked(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(EventSeq, ParkedEvent)>, StoreError>> + Send;
     /// Puts a parked event back in the outbox at its old place, its maximum age counting from
     /// `now`; false when no such event is parked.
-    fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    fn unpark(
+        &self,
+        event_id: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Makes everything written so far durable.
-    fn flush(&self) -> StoreFuture<'_, ()>;
+    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Records an admin change at the end of the audit chain and, in the same transaction,
     /// writes `settings` (a `None` value removes the key). Returns the record written.
     fn admin_commit(
         &self,
         draft: &AuditDraft,
         settings: &[(String, Option<Vec<u8>>)],
-    ) -> Result<AuditRecord, StoreError>;
+    ) -> impl Future<Output = Result<AuditRecord, StoreError>> + Send;
     /// The audit log in order, and the chain head the store keeps.
-    fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError>;
+    fn audit_log(
+        &self,
+    ) -> impl Future<Output = Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError>> + Send;
     /// Every setting whose key starts with `prefix`, in key order.
-    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    fn settings(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
 
     /// Per-currency sums of the whole journal: all zero when the ledger balances.
-    fn ledger_sums(&self) -> Result<BTreeMap<Currency, i128>, StoreError> {
-        let mut sums = BTreeMap::new();
-        for e in self.journal()? {
-            for (c, s) in e.sums() {
-                *sums.entry(c).or_insert(0) += s;
+    fn ledger_sums(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<Currency, i128>, StoreError>> + Send {
+        async move {
+            let mut sums = BTreeMap::new();
+            for e in self.journal().await? {
+                for (c, s) in e.sums() {
+                    *sums.entry(c).or_insert(0) += s;
+                }
             }
+            Ok(sums)
         }
-        Ok(sums)
     }
 }
 

@@ -38,8 +38,10 @@ pub async fn run<S: Store>(
             let cutoff = clock.now() - policy.keep_after_expiry;
             let (s, after) = (store.clone(), cursor.clone());
             let batch = policy.batch.max(1);
+            // Off the runtime's threads: the embedded store answers on the thread that asks.
+            let runtime = tokio::runtime::Handle::current();
             let swept = tokio::task::spawn_blocking(move || {
-                s.purge_quotes(after.as_deref(), cutoff, batch)
+                runtime.block_on(s.purge_quotes(after.as_deref(), cutoff, batch))
             })
             .await;
             match swept {

@@ -437,18 +437,20 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
-    fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError> {
+/// The store's own operations, answered at once (sled's calls are synchronous); the [`Store`]
+/// implementation below wraps each in a ready future.
+impl SledStore {
+    pub fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError> {
         let _write = self.flusher.write();
         self.put(key::of(key::QUOTE, &q.quote_id), encode(q))?;
         Ok(())
     }
 
-    fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
+    pub fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
         self.get("quotes", &key::of(key::QUOTE, id))
     }
 
-    fn purge_quotes(
+    pub fn purge_quotes(
         &self,
         after: Option<&str>,
         expired_before: DateTime<Utc>,
@@ -491,7 +493,7 @@ impl Store for SledStore {
         Ok(purge)
     }
 
-    fn begin_payment(
+    pub fn begin_payment(
         &self,
         p: &PaymentRecord,
         work: &WorkItem,
@@ -550,15 +552,15 @@ impl Store for SledStore {
         Ok(Begin::Created)
     }
 
-    fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
+    pub fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
         self.get("payments", &key::of(key::PAYMENT, id))
     }
 
-    fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
+    pub fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
         self.scan("payments", key::PAYMENT)
     }
 
-    fn payment_by_request(
+    pub fn payment_by_request(
         &self,
         partner: &str,
         request_id: &str,
@@ -568,7 +570,7 @@ impl Store for SledStore {
         self.payment(&e.payment_id)
     }
 
-    fn apply(&self, c: &Change) -> Result<(), StoreError> {
+    pub fn apply(&self, c: &Change) -> Result<(), StoreError> {
         let _write = self.flusher.write();
         if let Some(j) = &c.journal {
             // A journal entry that does not balance is a bug: stop rather than book wrong money.
@@ -638,7 +640,7 @@ impl Store for SledStore {
         self.commit(c, b)
     }
 
-    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
+    pub fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
         let mut entries = self
             .t
             .scan_prefix([key::JOURNAL])
@@ -656,7 +658,7 @@ impl Store for SledStore {
         Ok(entries.into_iter().map(|(_, e)| e).collect())
     }
 
-    fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
+    pub fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
         self.t
             .scan_prefix(key::pair(key::JOURNAL, payment_id, ""))
             .values()
@@ -664,15 +666,15 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn account_totals(&self) -> Result<BTreeMap<(Currency, String), i128>, StoreError> {
+    pub fn account_totals(&self) -> Result<BTreeMap<(Currency, String), i128>, StoreError> {
         Ok(lock(&self.totals).clone())
     }
 
-    fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError> {
+    pub fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError> {
         self.get("work", &key::of(key::WORK, payment_id))
     }
 
-    fn open_work(&self) -> Result<Vec<WorkItem>, StoreError> {
+    pub fn open_work(&self) -> Result<Vec<WorkItem>, StoreError> {
         // Work whose payment is not written (yet, or ever: see `begin_payment`) is not open.
         let mut open = Vec::new();
         for w in self.scan::<WorkItem>("work", key::WORK)? {
@@ -683,7 +685,7 @@ impl Store for SledStore {
         Ok(open)
     }
 
-    fn refund_by_acquirer_id(
+    pub fn refund_by_acquirer_id(
         &self,
         acquirer: &str,
         acquirer_refund_id: &str,
@@ -693,7 +695,7 @@ impl Store for SledStore {
         self.get("refunds", &key::of(key::REFUND, &e.payment_id))
     }
 
-    fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
+    pub fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
         let prefix = key::pair(key::REFUND_OF, payment_id, "");
         let mut out = Vec::new();
         for k in self.t.scan_prefix(&prefix).keys() {
@@ -707,7 +709,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn payments_made(
+    pub fn payments_made(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
@@ -720,7 +722,7 @@ impl Store for SledStore {
         Ok(made)
     }
 
-    fn refunds_made(
+    pub fn refunds_made(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
@@ -734,23 +736,21 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
-        self.outbox_after(None, usize::MAX)
+    pub fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
+        self.events(key::OUTBOX, None, usize::MAX)
     }
 
-    fn outbox_after(
-        &self,
-        after: Option<EventSeq>,
-        max: usize,
-    ) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
-        self.events(key::OUTBOX, after, max)
+    pub fn outbox_after(&self, after: Option<u64>, max: usize) -> Result<OutboxPage, StoreError> {
+        let events = self.events(key::OUTBOX, after, max)?;
+        let cursor = events.last().map(|(seq, _)| *seq).or(after);
+        Ok(OutboxPage { more: events.len() == max, events, cursor })
     }
 
-    fn outbox_epoch(&self) -> u64 {
+    pub fn outbox_epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
+    pub fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
         // The log keeps the event's header, not its body: the body was the partner's, the
         // payment is the record. The mark first, then the outbox entry goes: a crash between
         // leaves the event in the outbox, delivered again under its id (allowed).
@@ -763,11 +763,11 @@ impl Store for SledStore {
         self.del(key::seq(key::OUTBOX, seq))
     }
 
-    fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError> {
+    pub fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError> {
         self.scan("delivered", key::DELIVERED)
     }
 
-    fn park(&self, seq: EventSeq, p: &ParkedEvent) -> Result<(), StoreError> {
+    pub fn park(&self, seq: EventSeq, p: &ParkedEvent) -> Result<(), StoreError> {
         let _parking = lock(&self.parking);
         // One batch (parks are rare): an event is never both parked and waiting.
         let _write = self.flusher.write();
@@ -778,12 +778,12 @@ impl Store for SledStore {
         self.write(b)
     }
 
-    fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
+    pub fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
         let _parking = lock(&self.parking);
         self.parked_locked()
     }
 
-    fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    pub fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let _parking = lock(&self.parking);
         let id_key = key::of(key::PARKED_ID, event_id);
         let Some(seq) = self.read(&id_key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -809,7 +809,7 @@ impl Store for SledStore {
         Ok(true)
     }
 
-    fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError> {
+    pub fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError> {
         let _parking = lock(&self.parking);
         let _write = self.flusher.write();
         let mut b = Batch::default();
@@ -829,7 +829,7 @@ impl Store for SledStore {
         Ok(removed)
     }
 
-    fn admin_commit(
+    pub fn admin_commit(
         &self,
         draft: &AuditDraft,
         settings: &[(String, Option<Vec<u8>>)],
@@ -872,7 +872,7 @@ impl Store for SledStore {
         })
     }
 
-    fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
+    pub fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
         let records = self
             .audit
             .iter()
@@ -883,7 +883,7 @@ impl Store for SledStore {
         Ok((records, head))
     }
 
-    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    pub fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.settings
             .scan_prefix(prefix)
             .map(|kv| {
@@ -893,7 +893,159 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn flush(&self) -> StoreFuture<'_, ()> {
-        Box::pin(self.flusher.flush())
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.flusher.flush().await
+    }
+}
+
+impl Store for SledStore {
+    async fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError> {
+        SledStore::put_quote(self, q)
+    }
+
+    async fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
+        SledStore::quote(self, id)
+    }
+
+    async fn purge_quotes(
+        &self,
+        after: Option<&str>,
+        expired_before: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Purge, StoreError> {
+        SledStore::purge_quotes(self, after, expired_before, max)
+    }
+
+    async fn begin_payment(
+        &self,
+        p: &PaymentRecord,
+        work: &WorkItem,
+        now: DateTime<Utc>,
+    ) -> Result<Begin, StoreError> {
+        SledStore::begin_payment(self, p, work, now)
+    }
+
+    async fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
+        SledStore::payment(self, id)
+    }
+
+    async fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
+        SledStore::payments(self)
+    }
+
+    async fn payment_by_request(
+        &self,
+        partner: &str,
+        request_id: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        SledStore::payment_by_request(self, partner, request_id)
+    }
+
+    async fn apply(&self, change: &Change) -> Result<(), StoreError> {
+        SledStore::apply(self, change)
+    }
+
+    async fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        SledStore::journal(self)
+    }
+
+    async fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError> {
+        SledStore::work_item(self, payment_id)
+    }
+
+    async fn open_work(&self) -> Result<Vec<WorkItem>, StoreError> {
+        SledStore::open_work(self)
+    }
+
+    async fn refund_by_acquirer_id(
+        &self,
+        acquirer: &str,
+        acquirer_refund_id: &str,
+    ) -> Result<Option<RefundRecord>, StoreError> {
+        SledStore::refund_by_acquirer_id(self, acquirer, acquirer_refund_id)
+    }
+
+    async fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
+        SledStore::refunds_of(self, payment_id)
+    }
+
+    async fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
+        SledStore::outbox(self)
+    }
+
+    async fn outbox_after(&self, after: Option<u64>, max: usize) -> Result<OutboxPage, StoreError> {
+        SledStore::outbox_after(self, after, max)
+    }
+
+    async fn outbox_epoch(&self) -> Result<u64, StoreError> {
+        Ok(SledStore::outbox_epoch(self))
+    }
+
+    async fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError> {
+        SledStore::purge_parked(self, seqs)
+    }
+
+    async fn payments_made(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        SledStore::payments_made(self, from, to)
+    }
+
+    async fn refunds_made(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<RefundRecord>, StoreError> {
+        SledStore::refunds_made(self, from, to)
+    }
+
+    async fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
+        SledStore::journal_of(self, payment_id)
+    }
+
+    async fn account_totals(&self) -> Result<BTreeMap<(Currency, String), i128>, StoreError> {
+        SledStore::account_totals(self)
+    }
+
+    async fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
+        SledStore::delivered(self, seq, d)
+    }
+
+    async fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError> {
+        SledStore::delivered_events(self)
+    }
+
+    async fn park(&self, seq: EventSeq, parked: &ParkedEvent) -> Result<(), StoreError> {
+        SledStore::park(self, seq, parked)
+    }
+
+    async fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
+        SledStore::parked(self)
+    }
+
+    async fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        SledStore::unpark(self, event_id, now)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        SledStore::flush(self).await
+    }
+
+    async fn admin_commit(
+        &self,
+        draft: &AuditDraft,
+        settings: &[(String, Option<Vec<u8>>)],
+    ) -> Result<AuditRecord, StoreError> {
+        SledStore::admin_commit(self, draft, settings)
+    }
+
+    async fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
+        SledStore::audit_log(self)
+    }
+
+    async fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        SledStore::settings(self, prefix)
     }
 }

@@ -320,7 +320,14 @@ pub enum RateSourceKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
+    /// The embedded store's folder (sled), used when `url` is not set.
     pub path: PathBuf,
+    /// A PostgreSQL database (`postgres://user@host:port/db`) instead of the embedded store:
+    /// several daemons may share it. Its password, if any, is better given by the environment
+    /// (`PGPASSWORD`) than written here.
+    pub url: Option<String>,
+    /// Connections each daemon keeps to the database.
+    pub pool_size: u32,
     /// sled's page cache; sled's own default is 1 GiB, too much beside other processes.
     pub cache_bytes: u64,
     /// Longest a write waits for others to share its flush (group commit).
@@ -335,6 +342,8 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             path: "var/db".into(),
+            url: None,
+            pool_size: 16,
             cache_bytes: 64 * 1024 * 1024,
             flush_every_ms: 0,
             quote_retention_s: 3_600,

@@ -260,6 +260,12 @@ fn settlement(p: &mut Problems, s: &Settlement) {
 
 fn others(p: &mut Problems, c: &Config) {
     p.range("storage.cache_bytes", c.storage.cache_bytes, 1 << 20, 1 << 40);
+    p.range("storage.pool_size", u64::from(c.storage.pool_size), 1, 1_000);
+    if let Some(url) = &c.storage.url {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            p.add("storage.url", "must be a postgres:// or postgresql:// URL");
+        }
+    }
     p.range("storage.flush_every_ms", c.storage.flush_every_ms, 0, 1_000);
     p.range("storage.quote_retention_s", c.storage.quote_retention_s, 0, 366 * 86_400);
     p.range("storage.retention_sweep_s", c.storage.retention_sweep_s, 1, 86_400);

@@ -150,11 +150,11 @@ impl TestDaemon {
     /// resolver work left (at most `limit` of time).
     pub async fn resolve_all(&self, limit: chrono::Duration) {
         let mut moved = chrono::Duration::zero();
-        while !self.daemon().store().open_work().unwrap().is_empty() {
+        while !self.daemon().store().open_work().await.unwrap().is_empty() {
             assert!(
                 moved <= limit,
                 "still in doubt after {limit}: {:?}",
-                self.daemon().store().open_work()
+                self.daemon().store().open_work().await
             );
             self.resolve_after(chrono::Duration::seconds(60)).await;
             moved += chrono::Duration::seconds(60);
@@ -168,8 +168,8 @@ impl TestDaemon {
     }
 
     /// Every currency's journal sum is zero.
-    pub fn assert_ledger_balances(&self) {
-        let sums = self.daemon().store().ledger_sums().unwrap();
+    pub async fn assert_ledger_balances(&self) {
+        let sums = self.daemon().store().ledger_sums().await.unwrap();
         for (c, s) in &sums {
             assert_eq!(*s, 0, "ledger does not balance in {c}: {sums:?}");
         }
@@ -177,7 +177,7 @@ impl TestDaemon {
 
     /// Checks the ledger and stops the daemon.
     pub async fn finish(mut self) {
-        self.assert_ledger_balances();
+        self.assert_ledger_balances().await;
         if let Some(d) = self.daemon.take() {
             d.shutdown().await;
         }

@@ -8,7 +8,9 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use chrono::{DateTime, Utc};
 use qrbridge::model::*;
-use qrbridge::store::{Begin, Change, EventSeq, SledStore, Store, StoreError, StoreFuture};
+use qrbridge::store::{
+    AnyStore, Begin, Change, EventSeq, OutboxPage, SledStore, Store, StoreError,
+};
 use tokio::sync::{watch, Notify};
 
 /// A creation-time window read: `("payments" | "refunds", from, to)`.
@@ -16,7 +18,7 @@ pub type Window = (&'static str, DateTime<Utc>, DateTime<Utc>);
 
 pub struct ControlledStore {
     /// The store itself (shared, so a running daemon's own store can be observed).
-    pub inner: Arc<SledStore>,
+    pub inner: Arc<AnyStore>,
     /// Every flush fails while set (but for the next `passes`).
     pub fail: AtomicBool,
     passes: std::sync::atomic::AtomicU32,
@@ -40,9 +42,9 @@ pub struct ControlledStore {
 
 impl ControlledStore {
     /// Over a store of its own, or (an `Arc`) one shared with others.
-    pub fn new(inner: impl Into<Arc<SledStore>>) -> Arc<Self> {
+    pub fn new(inner: Arc<AnyStore>) -> Arc<Self> {
         Arc::new(ControlledStore {
-            inner: inner.into(),
+            inner,
             fail: AtomicBool::new(false),
             passes: std::sync::atomic::AtomicU32::new(0),
             gate: watch::channel(true).0,
@@ -59,7 +61,7 @@ impl ControlledStore {
     }
 
     pub fn open(path: &std::path::Path) -> Arc<Self> {
-        Self::new(SledStore::open(path, 8 << 20).unwrap())
+        Self::new(Arc::new(AnyStore::Sled(SledStore::open(path, 8 << 20).unwrap())))
     }
 
     /// Flushes wait from now on, until [`ControlledStore::open_gate`].
@@ -115,43 +117,43 @@ impl ControlledStore {
 }
 
 impl Store for ControlledStore {
-    fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError> {
-        self.inner.put_quote(q)
+    async fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError> {
+        self.inner.put_quote(q).await
     }
-    fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
-        self.inner.quote(id)
+    async fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
+        self.inner.quote(id).await
     }
-    fn purge_quotes(
+    async fn purge_quotes(
         &self,
         after: Option<&str>,
         expired_before: DateTime<Utc>,
         max: usize,
     ) -> Result<qrbridge::store::Purge, StoreError> {
-        self.inner.purge_quotes(after, expired_before, max)
+        self.inner.purge_quotes(after, expired_before, max).await
     }
-    fn begin_payment(
+    async fn begin_payment(
         &self,
         p: &PaymentRecord,
         work: &WorkItem,
         now: DateTime<Utc>,
     ) -> Result<Begin, StoreError> {
-        self.inner.begin_payment(p, work, now)
+        self.inner.begin_payment(p, work, now).await
     }
-    fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
-        self.inner.payment(id)
+    async fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
+        self.inner.payment(id).await
     }
-    fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
+    async fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
         self.history.fetch_add(1, Ordering::SeqCst);
-        self.inner.payments()
+        self.inner.payments().await
     }
-    fn payment_by_request(
+    async fn payment_by_request(
         &self,
         partner: &str,
         request_id: &str,
     ) -> Result<Option<PaymentRecord>, StoreError> {
-        self.inner.payment_by_request(partner, request_id)
+        self.inner.payment_by_request(partner, request_id).await
     }
-    fn apply(&self, change: &Change) -> Result<(), StoreError> {
+    async fn apply(&self, change: &Change) -> Result<(), StoreError> {
         let until = if change.refund.is_some() {
             self.hold_refund_write.swap(0, Ordering::SeqCst)
         } else {
@@ -166,126 +168,121 @@ impl Store for ControlledStore {
                 assert!(!timeout.timed_out(), "the refund lookups never came");
             }
         }
-        self.inner.apply(change)
+        self.inner.apply(change).await
     }
-    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
+    async fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
         self.history.fetch_add(1, Ordering::SeqCst);
-        self.inner.journal()
+        self.inner.journal().await
     }
-    fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError> {
-        self.inner.work_item(payment_id)
+    async fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError> {
+        self.inner.work_item(payment_id).await
     }
-    fn open_work(&self) -> Result<Vec<WorkItem>, StoreError> {
-        self.inner.open_work()
+    async fn open_work(&self) -> Result<Vec<WorkItem>, StoreError> {
+        self.inner.open_work().await
     }
-    fn refund_by_acquirer_id(
+    async fn refund_by_acquirer_id(
         &self,
         acquirer: &str,
         acquirer_refund_id: &str,
     ) -> Result<Option<RefundRecord>, StoreError> {
-        let found = self.inner.refund_by_acquirer_id(acquirer, acquirer_refund_id);
+        let found = self.inner.refund_by_acquirer_id(acquirer, acquirer_refund_id).await;
         *self.lookups.lock().unwrap() += 1;
         self.looked_up.notify_all();
         found
     }
-    fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
-        self.inner.refunds_of(payment_id)
+    async fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
+        self.inner.refunds_of(payment_id).await
     }
-    fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
-        self.inner.outbox()
+    async fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
+        self.inner.outbox().await
     }
-    fn outbox_after(
-        &self,
-        after: Option<EventSeq>,
-        max: usize,
-    ) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
-        self.inner.outbox_after(after, max)
+    async fn outbox_after(&self, after: Option<u64>, max: usize) -> Result<OutboxPage, StoreError> {
+        self.inner.outbox_after(after, max).await
     }
-    fn outbox_epoch(&self) -> u64 {
-        self.inner.outbox_epoch()
+    async fn outbox_epoch(&self) -> Result<u64, StoreError> {
+        self.inner.outbox_epoch().await
     }
-    fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError> {
-        self.inner.purge_parked(seqs)
+    async fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError> {
+        self.inner.purge_parked(seqs).await
     }
-    fn payments_made(
+    async fn payments_made(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<PaymentRecord>, StoreError> {
         self.windows.lock().unwrap().push(("payments", from, to));
-        let mut held = self.hold_window.lock().unwrap();
-        if *held {
-            self.window_read_held.notify_one();
-            let limit = std::time::Duration::from_secs(10);
-            while *held {
-                let (guard, waited) = self.window_released.wait_timeout(held, limit).unwrap();
-                held = guard;
-                assert!(!waited.timed_out(), "never released: the read holds a runtime thread");
+        {
+            let mut held = self.hold_window.lock().unwrap();
+            if *held {
+                self.window_read_held.notify_one();
+                let limit = std::time::Duration::from_secs(10);
+                while *held {
+                    let (guard, waited) = self.window_released.wait_timeout(held, limit).unwrap();
+                    held = guard;
+                    assert!(!waited.timed_out(), "never released: the read holds a runtime thread");
+                }
             }
         }
-        drop(held);
-        self.inner.payments_made(from, to)
+        self.inner.payments_made(from, to).await
     }
-    fn refunds_made(
+    async fn refunds_made(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<RefundRecord>, StoreError> {
         self.windows.lock().unwrap().push(("refunds", from, to));
-        self.inner.refunds_made(from, to)
+        self.inner.refunds_made(from, to).await
     }
-    fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
-        self.inner.journal_of(payment_id)
+    async fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
+        self.inner.journal_of(payment_id).await
     }
-    fn account_totals(
+    async fn account_totals(
         &self,
     ) -> Result<std::collections::BTreeMap<(qrbridge_fx::Currency, String), i128>, StoreError> {
-        self.inner.account_totals()
+        self.inner.account_totals().await
     }
-    fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
-        self.inner.delivered(seq, d)
+    async fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
+        self.inner.delivered(seq, d).await
     }
-    fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError> {
-        self.inner.delivered_events()
+    async fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError> {
+        self.inner.delivered_events().await
     }
-    fn park(&self, seq: EventSeq, parked: &ParkedEvent) -> Result<(), StoreError> {
-        self.inner.park(seq, parked)
+    async fn park(&self, seq: EventSeq, parked: &ParkedEvent) -> Result<(), StoreError> {
+        self.inner.park(seq, parked).await
     }
-    fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
-        self.inner.parked()
+    async fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
+        self.inner.parked().await
     }
-    fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        self.inner.unpark(event_id, now)
+    async fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.inner.unpark(event_id, now).await
     }
-    fn admin_commit(
+    async fn admin_commit(
         &self,
         draft: &AuditDraft,
         settings: &[(String, Option<Vec<u8>>)],
     ) -> Result<AuditRecord, StoreError> {
-        self.inner.admin_commit(draft, settings)
+        self.inner.admin_commit(draft, settings).await
     }
-    fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
-        self.inner.audit_log()
+    async fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
+        self.inner.audit_log().await
     }
-    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.inner.settings(prefix)
+    async fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.settings(prefix).await
     }
-    fn flush(&self) -> StoreFuture<'_, ()> {
+    async fn flush(&self) -> Result<(), StoreError> {
         let mut gate = self.gate.subscribe();
-        Box::pin(async move {
-            if !*gate.borrow_and_update() {
-                self.flush_waiting.notify_one();
-                let _ = gate.wait_for(|open| *open).await;
-            }
-            let pass = self
-                .passes
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if self.fail.load(Ordering::SeqCst) && !pass {
-                let e = sled::Error::Io(std::io::Error::other("injected: disk full"));
-                return Err(StoreError::Sled(Arc::new(e)));
-            }
-            self.inner.flush().await
-        })
+        if !*gate.borrow_and_update() {
+            self.flush_waiting.notify_one();
+            let _ = gate.wait_for(|open| *open).await;
+        }
+        let pass = self
+            .passes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if self.fail.load(Ordering::SeqCst) && !pass {
+            let e = sled::Error::Io(std::io::Error::other("injected: disk full"));
+            return Err(StoreError::Sled(Arc::new(e)));
+        }
+        self.inner.flush().await
     }
 }

@@ -1,0 +1,202 @@
+//! The store a daemon runs on, chosen by its configuration: the embedded sled store, or
+//! PostgreSQL (several daemons on one database). The engine is generic over [`Store`]; this is
+//! the one type the daemon builds it with.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use qrbridge_fx::Currency;
+
+use super::*;
+
+/// One of the stores.
+pub enum AnyStore {
+    Sled(SledStore),
+}
+
+/// `$body` with `$s` bound to the store inside, whichever it is.
+macro_rules! each {
+    ($self:ident, $s:ident => $body:expr) => {
+        match $self {
+            AnyStore::Sled($s) => $body,
+        }
+    };
+}
+
+impl AnyStore {
+    /// The store `storage` names: PostgreSQL when it has a URL, else sled at its path.
+    pub async fn open(storage: &qrbridge_config::model::Storage) -> Result<AnyStore, StoreError> {
+        if storage.url.is_some() {
+            return Err(StoreError::Database(
+                "storage.url: the PostgreSQL store is not in this build".into(),
+            ));
+        }
+        Ok(AnyStore::Sled(SledStore::open(&storage.path, storage.cache_bytes)?))
+    }
+
+    /// The sled store inside, if that is what this is.
+    pub fn sled(&self) -> Option<&SledStore> {
+        match self {
+            AnyStore::Sled(s) => Some(s),
+        }
+    }
+
+    /// Which store this is, for logs: `sled` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AnyStore::Sled(_) => "sled",
+        }
+    }
+}
+
+impl Store for AnyStore {
+    async fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError> {
+        each!(self, s => Store::put_quote(s, q).await)
+    }
+
+    async fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
+        each!(self, s => Store::quote(s, id).await)
+    }
+
+    async fn purge_quotes(
+        &self,
+        after: Option<&str>,
+        expired_before: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Purge, StoreError> {
+        each!(self, s => Store::purge_quotes(s, after, expired_before, max).await)
+    }
+
+    async fn begin_payment(
+        &self,
+        p: &PaymentRecord,
+        work: &WorkItem,
+        now: DateTime<Utc>,
+    ) -> Result<Begin, StoreError> {
+        each!(self, s => Store::begin_payment(s, p, work, now).await)
+    }
+
+    async fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
+        each!(self, s => Store::payment(s, id).await)
+    }
+
+    async fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
+        each!(self, s => Store::payments(s).await)
+    }
+
+    async fn payment_by_request(
+        &self,
+        partner: &str,
+        request_id: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        each!(self, s => Store::payment_by_request(s, partner, request_id).await)
+    }
+
+    async fn apply(&self, change: &Change) -> Result<(), StoreError> {
+        each!(self, s => Store::apply(s, change).await)
+    }
+
+    async fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        each!(self, s => Store::journal(s).await)
+    }
+
+    async fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError> {
+        each!(self, s => Store::work_item(s, payment_id).await)
+    }
+
+    async fn open_work(&self) -> Result<Vec<WorkItem>, StoreError> {
+        each!(self, s => Store::open_work(s).await)
+    }
+
+    async fn refund_by_acquirer_id(
+        &self,
+        acquirer: &str,
+        acquirer_refund_id: &str,
+    ) -> Result<Option<RefundRecord>, StoreError> {
+        each!(self, s => Store::refund_by_acquirer_id(s, acquirer, acquirer_refund_id).await)
+    }
+
+    async fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
+        each!(self, s => Store::refunds_of(s, payment_id).await)
+    }
+
+    async fn outbox(&self) -> Result<Vec<(EventSeq, OutboxEvent)>, StoreError> {
+        each!(self, s => Store::outbox(s).await)
+    }
+
+    async fn outbox_after(&self, after: Option<u64>, max: usize) -> Result<OutboxPage, StoreError> {
+        each!(self, s => Store::outbox_after(s, after, max).await)
+    }
+
+    async fn outbox_epoch(&self) -> Result<u64, StoreError> {
+        each!(self, s => Store::outbox_epoch(s).await)
+    }
+
+    async fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError> {
+        each!(self, s => Store::purge_parked(s, seqs).await)
+    }
+
+    async fn payments_made(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        each!(self, s => Store::payments_made(s, from, to).await)
+    }
+
+    async fn refunds_made(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<RefundRecord>, StoreError> {
+        each!(self, s => Store::refunds_made(s, from, to).await)
+    }
+
+    async fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
+        each!(self, s => Store::journal_of(s, payment_id).await)
+    }
+
+    async fn account_totals(&self) -> Result<BTreeMap<(Currency, String), i128>, StoreError> {
+        each!(self, s => Store::account_totals(s).await)
+    }
+
+    async fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
+        each!(self, s => Store::delivered(s, seq, d).await)
+    }
+
+    async fn delivered_events(&self) -> Result<Vec<DeliveredEvent>, StoreError> {
+        each!(self, s => Store::delivered_events(s).await)
+    }
+
+    async fn park(&self, seq: EventSeq, parked: &ParkedEvent) -> Result<(), StoreError> {
+        each!(self, s => Store::park(s, seq, parked).await)
+    }
+
+    async fn parked(&self) -> Result<Vec<(EventSeq, ParkedEvent)>, StoreError> {
+        each!(self, s => Store::parked(s).await)
+    }
+
+    async fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        each!(self, s => Store::unpark(s, event_id, now).await)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        each!(self, s => Store::flush(s).await)
+    }
+
+    async fn admin_commit(
+        &self,
+        draft: &AuditDraft,
+        settings: &[(String, Option<Vec<u8>>)],
+    ) -> Result<AuditRecord, StoreError> {
+        each!(self, s => Store::admin_commit(s, draft, settings).await)
+    }
+
+    async fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
+        each!(self, s => Store::audit_log(s).await)
+    }
+
+    async fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        each!(self, s => Store::settings(s, prefix).await)
+    }
+}
