@@ -37,6 +37,20 @@ pub enum Command {
         /// The acquirer API's address (embedded default only).
         #[arg(long, default_value = "127.0.0.1:8445")]
         acquirer_addr: std::net::SocketAddr,
+        /// Keep the state in this PostgreSQL database (`postgres://user@host:port/db`) instead
+        /// of sled under the data folder (which then holds only the PKI and settlement files,
+        /// and may be shared by several daemons on one host). Overrides `storage.url`.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Apply the PostgreSQL store's migrations (a daemon also applies them when it starts).
+    Migrate {
+        /// The database: `postgres://user@host:port/db`.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Or the database a configuration file names (`storage.url`).
+        #[arg(long, conflicts_with = "database_url")]
+        config: Option<PathBuf>,
     },
     /// Run the sandbox acquirer on its own (HTTPS, mTLS), with the development PKI by default.
     SandboxAcquirer {
@@ -78,14 +92,22 @@ pub enum Command {
 /// bad input.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve { config, data_dir, partner_addr, admin_addr, acquirer_addr } => {
+        Command::Serve {
+            config,
+            data_dir,
+            partner_addr,
+            admin_addr,
+            acquirer_addr,
+            database_url,
+        } => {
             let listeners = qrbridge_config::Listeners {
                 partner: partner_addr,
                 admin: admin_addr,
                 acquirer: acquirer_addr,
             };
-            runtime(serve(config, data_dir, listeners))
+            runtime(serve(config, data_dir, listeners, database_url))
         }
+        Command::Migrate { database_url, config } => runtime(migrate(database_url, config)),
         Command::SandboxAcquirer { addr, cert, key, client_ca, slow_ms } => {
             runtime(sandbox(addr, cert, key, client_ca, slow_ms))
         }
@@ -211,23 +233,72 @@ async fn terminated() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+async fn migrate(database_url: Option<String>, config: Option<PathBuf>) -> ExitCode {
+    let url = match (database_url, config) {
+        (Some(url), _) => url,
+        (None, Some(path)) => match qrbridge_config::from_file(&path) {
+            Ok(c) => match c.storage.url {
+                Some(url) => url,
+                None => {
+                    eprintln!("{}: storage.url is not set", path.display());
+                    return ExitCode::from(2);
+                }
+            },
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => {
+            eprintln!("give --database-url URL or --config FILE");
+            return ExitCode::from(2);
+        }
+    };
+    match crate::store::migrate_database(&url).await {
+        Ok(applied) if applied.is_empty() => {
+            out("the database is up to date");
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            let list: Vec<String> = applied.iter().map(u32::to_string).collect();
+            out(&format!("migrations applied: {}", list.join(", ")));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("migration failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 async fn serve(
     config: Option<PathBuf>,
     data_dir: PathBuf,
     listeners: qrbridge_config::Listeners,
+    database_url: Option<String>,
 ) -> ExitCode {
     let embedded = config.is_none();
     let config = match config {
         Some(path) => qrbridge_config::from_file(&path).map_err(|e| e.to_string()),
         None => crate::daemon::embedded_config(&data_dir, listeners).map_err(|e| e.to_string()),
     };
-    let config = match config {
+    let mut config = match config {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(url) = database_url {
+        config.storage.url = Some(url);
+        let problems = qrbridge_config::validate::check(&config);
+        if !problems.is_empty() {
+            for p in problems {
+                eprintln!("{p}");
+            }
+            return ExitCode::from(2);
+        }
+    }
     let opts = crate::daemon::StartOptions {
         clock: std::sync::Arc::new(crate::clock::SystemClock),
         sandbox: Default::default(),

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::clock::Clock;
+use crate::cluster::LeasePolicy;
 use crate::http::{self as partner_http, HttpLimits, Rate, Req, Resp};
 use crate::payments::engine::{
     AcquirerService, CancelPolicy, Engine, EngineParts, PartnerPolicy, ResolverPolicy,
@@ -32,6 +33,9 @@ use crate::store::{AnyStore, Store};
 use crate::tls::{self, Directory};
 use crate::treasury::Treasury;
 use crate::webhooks::DeliveryPolicy;
+
+/// A worker a node runs while it leads.
+type Worker = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -221,13 +225,30 @@ impl Daemon {
         };
         let treasury = Arc::new(Treasury::new(engine.clone(), feeds.clone(), days));
         treasury.restore().await?;
-        let settlement_runs = Arc::new(Settlement::new(
-            treasury.clone(),
-            days,
-            settlement.dir.clone(),
-            config.partners.iter().map(|p| (p.id.clone(), p.wallet_currencies.clone())).collect(),
-            config.acquirers.iter().map(|a| a.id.clone()).collect(),
-        ));
+        let treasury_watch = treasury.clone();
+        let node = crate::cluster::node_id(config.cluster.node_id.as_deref());
+        // Other nodes write work, events and settings that wake no one here: look for them.
+        let poll = store.shared().then(|| Duration::from_millis(config.cluster.poll_ms));
+        if store.shared() {
+            tracing::info!(node = %node, "one of several nodes on a shared store");
+        }
+        let settlement_runs = Arc::new(
+            Settlement::new(
+                treasury.clone(),
+                days,
+                settlement.dir.clone(),
+                config
+                    .partners
+                    .iter()
+                    .map(|p| (p.id.clone(), p.wallet_currencies.clone()))
+                    .collect(),
+                config.acquirers.iter().map(|a| a.id.clone()).collect(),
+            )
+            .on_node(
+                node.clone(),
+                LeasePolicy { ttl: Duration::from_millis(config.cluster.lease_ttl_ms) },
+            ),
+        );
 
         let l = &config.limits;
         let http_limits = HttpLimits {
@@ -367,35 +388,83 @@ impl Daemon {
             max_age: chrono::Duration::seconds(w.max_age_s as i64),
             concurrency: w.concurrency as usize,
             partner_concurrency: w.partner_concurrency as usize,
+            poll,
         };
 
         // Workers first, so what the last process left is under way before new requests come.
-        let workers = vec![
-            tokio::spawn(crate::payments::resolver::run(
-                engine.clone(),
-                config.resolver.concurrency as usize,
-                shutdown_rx.clone(),
-            )),
-            tokio::spawn(crate::webhooks::run(
-                engine.clone(),
-                senders,
-                delivery,
-                shutdown_rx.clone(),
-            )),
-            tokio::spawn(feeds.run(book, shutdown_rx.clone())),
-            tokio::spawn(crate::store::retention::run(
+        // Those whose work is done once are led by one node ([`crate::cluster::lead`]; on a store
+        // of one process, that is this one, at once).
+        let lease = LeasePolicy { ttl: Duration::from_millis(config.cluster.lease_ttl_ms) };
+        let led = |role, work| {
+            tokio::spawn(crate::cluster::lead(
                 store.clone(),
-                opts.clock.clone(),
-                crate::store::retention::QuoteRetention {
-                    keep_after_expiry: chrono::Duration::seconds(
-                        config.storage.quote_retention_s as i64,
-                    ),
-                    every: Duration::from_secs(config.storage.retention_sweep_s),
-                    batch: 1_000,
-                },
+                role,
+                node.clone(),
+                lease,
                 shutdown_rx.clone(),
-            )),
+                work,
+            ))
+        };
+        let resolver_concurrency = config.resolver.concurrency as usize;
+        let retention = crate::store::retention::QuoteRetention {
+            keep_after_expiry: chrono::Duration::seconds(config.storage.quote_retention_s as i64),
+            every: Duration::from_secs(config.storage.retention_sweep_s),
+            batch: 1_000,
+        };
+        let mut workers = vec![
+            led("resolver", {
+                let engine = engine.clone();
+                Box::new(move |stop| {
+                    Box::pin(crate::payments::resolver::run(
+                        engine.clone(),
+                        resolver_concurrency,
+                        poll,
+                        stop,
+                    )) as Worker
+                }) as Box<dyn Fn(watch::Receiver<bool>) -> Worker + Send>
+            }),
+            led("webhooks", {
+                let engine = engine.clone();
+                Box::new(move |stop| {
+                    Box::pin(crate::webhooks::run(
+                        engine.clone(),
+                        senders.clone(),
+                        delivery.clone(),
+                        stop,
+                    )) as Worker
+                })
+            }),
+            led("quote-retention", {
+                let (store, clock) = (store.clone(), opts.clock.clone());
+                Box::new(move |stop| {
+                    Box::pin(crate::store::retention::run(
+                        store.clone(),
+                        clock.clone(),
+                        retention,
+                        stop,
+                    )) as Worker
+                })
+            }),
+            tokio::spawn(feeds.run(book, shutdown_rx.clone())),
         ];
+        if let Some(every) = poll {
+            // Spreads and rates another node set.
+            let t = treasury_watch;
+            workers.push(tokio::spawn(crate::cluster::watch_settings(
+                store.clone(),
+                every,
+                shutdown_rx.clone(),
+                move || {
+                    let t = t.clone();
+                    async move {
+                        match t.restore().await {
+                            Ok(()) => tracing::info!("settings changed by another node: in force here"),
+                            Err(e) => tracing::error!(error = %e, "settings changed elsewhere could not be read"),
+                        }
+                    }
+                },
+            )));
+        }
         let open = store.open_work().await?.len();
         let undelivered = store.outbox().await?.len();
         if open + undelivered > 0 {

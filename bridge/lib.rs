@@ -22,6 +22,7 @@ pub mod admin_cli;
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod daemon;
 pub mod days;
 pub mod defaults;

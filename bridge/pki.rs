@@ -107,13 +107,44 @@ pub const DEV_CERTS: &[(&str, Usage)] = &[
 ];
 
 /// Makes the development PKI under `dir` unless `dir/ca.crt` exists. Returns whether it made it.
+///
+/// Several daemons may start at once on one data folder (nodes on one database): each writes its
+/// set into a folder of its own beside `dir` and renames it into place; the first rename wins,
+/// and the others use the winner's set, so no node ever reads a mix of two sets.
 pub fn ensure_dev_pki(dir: &Path) -> Result<bool, PkiError> {
     if dir.join("ca.crt").exists() {
         return Ok(false);
     }
     let ca = Ca::new("qrbridge development CA")?;
-    write_dev_pki(dir, &ca)?;
-    Ok(true)
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("pki");
+    let own = parent.join(format!(".{name}.{}.{:08x}", std::process::id(), fastrand::u32(..)));
+    write_dev_pki(&own, &ca)?;
+    match std::fs::rename(&own, dir) {
+        Ok(()) => {
+            if let Ok(f) = std::fs::File::open(&parent) {
+                let _ = f.sync_all();
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&own);
+            if dir.join("ca.crt").exists() {
+                // Another process put its set in place first.
+                Ok(false)
+            } else {
+                // `dir` is there but holds no complete set (left by an older build): write
+                // into it as before.
+                tracing::debug!(error = %e, "development PKI written in place");
+                write_dev_pki(dir, &ca)?;
+                Ok(true)
+            }
+        }
+    }
 }
 
 /// Writes the development set issued by `ca` under `dir` (tests keep `ca` to issue more).

@@ -761,9 +761,15 @@ pub struct Settlement<S> {
     dir: PathBuf,
     partners: Vec<(String, Vec<Currency>)>,
     acquirers: Vec<String>,
-    /// One run or reconciliation at a time.
+    /// One run or reconciliation at a time in this process...
     running: tokio::sync::Mutex<()>,
+    /// ...and across the nodes sharing the store: this node's name and the lease's length.
+    node: Arc<str>,
+    lease: crate::cluster::LeasePolicy,
 }
+
+/// The lease a settlement run or reconciliation holds while it runs.
+const SETTLEMENT_LEASE: &str = "settlement";
 
 /// The first and last day the API takes: the four-digit years of RFC 3339 `full-date`.
 const DAY_MIN: (i32, u32, u32) = (1, 1, 1);
@@ -808,13 +814,60 @@ impl<S: Store> Settlement<S> {
             partners,
             acquirers,
             running: tokio::sync::Mutex::new(()),
+            node: crate::cluster::node_id(None),
+            lease: crate::cluster::LeasePolicy { ttl: std::time::Duration::from_secs(10) },
+        }
+    }
+
+    /// Runs as node `node` among several sharing the store, with leases of `lease`.
+    pub fn on_node(mut self, node: Arc<str>, lease: crate::cluster::LeasePolicy) -> Self {
+        self.node = node;
+        self.lease = lease;
+        self
+    }
+
+    /// Waits (at most a lease's length: a node that died holding it has lost it by then) until
+    /// no other node runs settlement, and takes the lease. The lease is released on drop.
+    async fn one_in_cluster(&self) -> Result<ClusterTurn<'_, S>, ApiError> {
+        let store = self.treasury.engine().store();
+        let until = tokio::time::Instant::now() + self.lease.ttl + self.lease.ttl / 2;
+        loop {
+            if store.lease(SETTLEMENT_LEASE, &self.node, self.lease.ttl).await.map_err(internal)? {
+                return Ok(ClusterTurn { settlement: self });
+            }
+            if tokio::time::Instant::now() >= until {
+                tracing::warn!("settlement: another node kept the lease");
+                return Err(ApiError::Overloaded);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 
     pub fn days(&self) -> &BusinessDays {
         &self.days
     }
+}
 
+/// This node's turn at settlement among the nodes; gives the lease up when dropped.
+struct ClusterTurn<'a, S: Store> {
+    settlement: &'a Settlement<S>,
+}
+
+impl<S: Store> Drop for ClusterTurn<'_, S> {
+    fn drop(&mut self) {
+        let store = self.settlement.treasury.engine().store().clone();
+        let node = self.settlement.node.clone();
+        if store.shared() {
+            tokio::spawn(async move {
+                if let Err(e) = store.release_lease(SETTLEMENT_LEASE, &node).await {
+                    tracing::warn!(error = %e, "settlement lease not given up; it runs out");
+                }
+            });
+        }
+    }
+}
+
+impl<S: Store> Settlement<S> {
     fn ensure_closed(&self, day: NaiveDate) -> Result<(), ApiError> {
         let closes = self.days.closes_at(day);
         if self.treasury.engine().now() < closes {
@@ -854,6 +907,7 @@ impl<S: Store> Settlement<S> {
     pub async fn run(&self, actor: &str, day: NaiveDate) -> Result<Summary, ApiError> {
         self.ensure_closed(day)?;
         let _one = self.running.lock().await;
+        let _turn = self.one_in_cluster().await?;
         let data = self.load(day, true, Vec::new()).await?;
         let (summary, files) = build(&DayInput {
             day,
@@ -905,6 +959,7 @@ impl<S: Store> Settlement<S> {
         file: &[u8],
     ) -> Result<Value, ApiError> {
         let _one = self.running.lock().await;
+        let _turn = self.one_in_cluster().await?;
         // The day's records, and each payment the file names (a file that does not read names
         // none: it is refused below, after the acquirer and the day are checked, as always).
         let named = their_lines(file).map(|t| t.into_keys().collect()).unwrap_or_default();

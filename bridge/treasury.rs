@@ -171,8 +171,9 @@ impl<S: Store> Treasury<S> {
         &self.engine
     }
 
-    /// Puts what admins set before a restart back in force: spreads (each within today's
-    /// bounds; others are logged and left out) and rates set by hand.
+    /// Puts what admins set back in force — before a restart, or on another node: spreads (each
+    /// within today's bounds; others are logged and left out) and rates set by hand (a rate
+    /// older than the one held is not taken).
     pub async fn restore(&self) -> Result<(), StoreError> {
         let store = self.engine.store();
         if let Some((_, bytes)) =
@@ -182,6 +183,16 @@ impl<S: Store> Treasury<S> {
                 StoreError::Corrupt { tree: "settings", message: format!("spreads: {e}") }
             })?;
             let mut policy = self.engine.spreads();
+            // The stored list is the whole set: an override it no longer holds was removed
+            // (on another node, when several share the store).
+            let gone: Vec<SpreadKey> = policy
+                .overrides()
+                .map(|(k, _)| k.clone())
+                .filter(|k| !stored.iter().any(|s| s.partner == k.partner && s.pair == k.pair))
+                .collect();
+            for k in &gone {
+                policy.remove(k);
+            }
             for s in stored {
                 let key = SpreadKey { partner: s.partner, pair: s.pair };
                 if let Err(e) = policy.set(key.clone(), s.bps) {

@@ -58,6 +58,9 @@ pub struct DeliveryPolicy {
     pub concurrency: usize,
     /// Deliveries under way at once to any one partner.
     pub partner_concurrency: usize,
+    /// Look at the outbox at least this often: set when other nodes write events, which wake
+    /// no one here.
+    pub poll: Option<Duration>,
 }
 
 impl DeliveryPolicy {
@@ -377,7 +380,8 @@ pub async fn run<S: Store>(
                 Some(Duration::from_secs(1))
             }
         };
-        let sleep = tokio::time::sleep(next.unwrap_or(Duration::from_secs(3600)));
+        let idle = policy.poll.unwrap_or(Duration::from_secs(3600));
+        let sleep = tokio::time::sleep(next.map_or(idle, |n| n.min(idle)));
         tokio::select! {
             Some(done) = running.join_next_with_id(), if !running.is_empty() => {
                 let id = match &done {
@@ -611,6 +615,7 @@ mod tests {
             max_age: chrono::Duration::hours(1),
             concurrency,
             partner_concurrency,
+            poll: None,
         }
     }
 

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use support::daemon::{assert_error, client_config, Setup, TestClient, TestDaemon};
 use support::flows::*;
 
+on_both_stores! {
 #[tokio::test]
 async fn dynamic_code_decode_quote_pay() {
     let d = TestDaemon::start().await;
@@ -60,7 +61,9 @@ async fn dynamic_code_decode_quote_pay() {
     assert!(!d.daemon().store().journal().await.unwrap().is_empty());
     d.finish().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
 async fn static_and_url_codes_over_http1() {
     let d = TestDaemon::start().await;
@@ -84,7 +87,9 @@ async fn static_and_url_codes_over_http1() {
     assert_eq!((s, &q["pay_amount"]), (StatusCode::CREATED, &cny(8_800)), "{q}");
     d.finish().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
 async fn replay_returns_the_same_payment_and_conflict_is_refused() {
     let d = TestDaemon::start().await;
@@ -103,7 +108,9 @@ async fn replay_returns_the_same_payment_and_conflict_is_refused() {
     assert_eq!(d.daemon().sandbox.as_ref().unwrap().all_received().len(), 1);
     d.finish().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
 async fn a_storm_of_identical_requests_pays_once() {
     let d = TestDaemon::start().await;
@@ -136,7 +143,9 @@ async fn a_storm_of_identical_requests_pays_once() {
     assert_eq!(sandbox.all_received(), vec![first["payment_id"].as_str().unwrap().to_owned()]);
     d.finish().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
 async fn partners_see_only_their_own_payments() {
     let d = TestDaemon::start().await;
@@ -163,7 +172,9 @@ async fn partners_see_only_their_own_payments() {
     assert_eq!((s, still["status"].as_str()), (StatusCode::OK, Some("SUCCEEDED")));
     d.finish().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
 async fn certificates_that_do_not_identify_a_partner_are_refused() {
     let d = TestDaemon::start().await;
@@ -190,7 +201,9 @@ async fn certificates_that_do_not_identify_a_partner_are_refused() {
     assert_error(&d.client("partner-demo").get("/v1/payments/x").await, 404, "PAYMENT_NOT_FOUND");
     d.finish().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
 async fn post_quantum_key_exchange_is_negotiated() {
     let d = TestDaemon::start().await;
@@ -202,7 +215,9 @@ async fn post_quantum_key_exchange_is_negotiated() {
     assert_eq!(group, rustls::NamedGroup::X25519MLKEM768);
     d.finish().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
 async fn acquirer_outcomes() {
     let d = TestDaemon::start().await;
@@ -239,11 +254,13 @@ async fn acquirer_outcomes() {
     assert_eq!(sandbox().received(&id), 1);
     d.finish().await;
 }
+}
 
 async fn p_quote(c: &TestClient, payment_id: &str) -> String {
     c.get(&format!("/v1/payments/{payment_id}")).await.1["quote_id"].as_str().unwrap().to_owned()
 }
 
+on_both_stores! {
 #[tokio::test]
 async fn unreachable_acquirer_fails_and_frees_the_quote() {
     let d = TestDaemon::start().await;
@@ -266,7 +283,9 @@ async fn unreachable_acquirer_fails_and_frees_the_quote() {
     assert_ne!(p2["payment_id"], p["payment_id"]);
     d.finish().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
 async fn cancel_reverses_a_payment_and_is_idempotent() {
     let d = TestDaemon::start_with(Setup { manual_clock: true, ..Setup::default() }).await;
@@ -295,7 +314,9 @@ async fn cancel_reverses_a_payment_and_is_idempotent() {
     );
     d.finish().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
 async fn every_error_code_is_reachable() {
     let d = TestDaemon::start_with(Setup {
@@ -409,7 +430,9 @@ async fn every_error_code_is_reachable() {
     assert_error(&c.get("/v1/quotes").await, 405, "METHOD_NOT_ALLOWED");
     d.finish().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
 async fn partners_are_known_by_san_uri_or_fingerprint() {
     use sha2::Digest;
@@ -440,4 +463,5 @@ async fn partners_are_known_by_san_uri_or_fingerprint() {
         "CLIENT_NOT_RECOGNISED",
     );
     d.finish().await;
+}
 }

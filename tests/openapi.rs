@@ -41,6 +41,7 @@ fn declared(routes: &[(&str, &str)]) -> BTreeSet<(String, String)> {
     routes.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect()
 }
 
+on_both_stores! {
 #[tokio::test]
 async fn the_documents_and_the_server_agree() {
     let d = TestDaemon::start().await;
@@ -76,4 +77,5 @@ async fn the_documents_and_the_server_agree() {
         }
     }
     d.finish().await;
+}
 }

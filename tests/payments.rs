@@ -514,6 +514,7 @@ async fn a_webhook_waits_until_its_change_is_durable() {
         max_age: chrono::Duration::hours(1),
         concurrency: 4,
         partner_concurrency: 2,
+        poll: None,
     };
     rig.store.close_gate();
     let waiting = rig.store.flush_waiting.notified();

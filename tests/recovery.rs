@@ -34,6 +34,7 @@ async fn final_webhooks(d: &TestDaemon, ids: &[String]) {
         .await;
 }
 
+on_both_stores! {
 #[tokio::test]
 async fn every_fault_ends_in_a_final_state() {
     let d = TestDaemon::start_with(with_hooks(Mode::Ack)).await;
@@ -82,7 +83,9 @@ async fn every_fault_ends_in_a_final_state() {
     }
     d.finish().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
 async fn cancel_ends_in_a_defined_state_whatever_the_payment_is_doing() {
     let d = TestDaemon::start_with(with_hooks(Mode::Ack)).await;
@@ -134,6 +137,7 @@ async fn cancel_ends_in_a_defined_state_whatever_the_payment_is_doing() {
     assert_eq!(kinds.iter().filter(|k| *k == "payment.cancelled").count(), 2, "{kinds:?}");
     d.finish().await;
 }
+}
 
 fn refund(refund_id: &str, instruction_id: &str, fen: i64) -> Value {
     json!({
@@ -144,6 +148,7 @@ fn refund(refund_id: &str, instruction_id: &str, fen: i64) -> Value {
     })
 }
 
+on_both_stores! {
 #[tokio::test]
 async fn refunds_come_from_the_acquirer_partial_repeated_never_more_than_paid() {
     let d = TestDaemon::start_with(with_hooks(Mode::Ack)).await;
@@ -277,7 +282,9 @@ async fn refunds_come_from_the_acquirer_partial_repeated_never_more_than_paid() 
     assert!(net.values().all(|v| *v == 0), "a full refund undoes the payment exactly: {net:?}");
     d.finish().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
 async fn webhooks_retry_under_one_event_id_then_park_and_replay() {
     let d = TestDaemon::start_with(with_hooks(Mode::FailFirst(2))).await;
@@ -367,4 +374,5 @@ async fn webhooks_retry_under_one_event_id_then_park_and_replay() {
         .unwrap()
         .is_empty());
     d.finish().await;
+}
 }

@@ -133,7 +133,7 @@ async fn pay(engine: &Arc<Engine<SledStore>>) -> PaymentRecord {
 /// step under way commit) and returns them.
 async fn run_for(rig: &mut Rig, n: usize) -> Vec<Call> {
     let (stop, stopped) = watch::channel(false);
-    let worker = tokio::spawn(qrbridge::resolver::run(rig.engine.clone(), 4, stopped));
+    let worker = tokio::spawn(qrbridge::resolver::run(rig.engine.clone(), 4, None, stopped));
     let mut seen = Vec::new();
     while seen.len() < n {
         seen.push(rig.calls.recv().await.unwrap());

@@ -69,6 +69,7 @@ async fn admin_cli(d: &TestDaemon, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+on_both_stores! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_day_settles_to_the_ledger_and_reconciles_with_the_acquirer() {
     let d = TestDaemon::start_with(Setup {
@@ -342,6 +343,7 @@ async fn a_day_settles_to_the_ledger_and_reconciles_with_the_acquirer() {
     assert_eq!(actions.iter().filter(|a| **a == "settlement.reconcile").count(), 5, "{actions:?}");
     d.finish().await;
 }
+}
 
 /// A daemon on a manual clock at 10:00 on [`DAY`], whose resolver inquires a minute after an
 /// unknown outcome and reverses after ten.
@@ -391,9 +393,10 @@ async fn reconcile(admin: &TestClient, day: &str, acquirer: &str, file: Vec<u8>)
     report
 }
 
-/// Item 8: a payment that failed with ACQUIRER_UNAVAILABLE never left the bridge, and one reversed
-/// while its outcome was unknown may never have reached the acquirer: neither is missed when the
-/// acquirer's file leaves it out. An unsent payment the acquirer lists anyway is a difference.
+on_both_stores! {
+// Item 8: a payment that failed with ACQUIRER_UNAVAILABLE never left the bridge, and one reversed
+// while its outcome was unknown may never have reached the acquirer: neither is missed when the
+// acquirer's file leaves it out. An unsent payment the acquirer lists anyway is a difference.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_never_sent_or_never_arrived_are_not_missed_at_the_acquirer() {
     let d = day_daemon().await;
@@ -442,9 +445,11 @@ async fn payments_never_sent_or_never_arrived_are_not_missed_at_the_acquirer() {
     assert_eq!(report["counts"], json!({"MATCHED": 2}), "{report}");
     d.finish().await;
 }
+}
 
-/// Item 8: a day is settled and reconciled as of its end. A refund made on a later day belongs to
-/// that day: it changes neither the earlier day's reconciliation nor its files.
+on_both_stores! {
+// Item 8: a day is settled and reconciled as of its end. A refund made on a later day belongs to
+// that day: it changes neither the earlier day's reconciliation nor its files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_on_a_later_day_leaves_a_closed_day_as_it_was() {
     let d = day_daemon().await;
@@ -485,10 +490,12 @@ async fn a_refund_on_a_later_day_leaves_a_closed_day_as_it_was() {
     );
     d.finish().await;
 }
+}
 
-/// Item 8: statements are for everyone with activity that day, not only those configured today.
-/// A settlement over the same store whose configuration names no partner and no acquirer (all
-/// removed since) still writes each one's statement, and still reconciles the acquirer.
+on_both_stores! {
+// Item 8: statements are for everyone with activity that day, not only those configured today.
+// A settlement over the same store whose configuration names no partner and no acquirer (all
+// removed since) still writes each one's statement, and still reconciles the acquirer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partners_and_acquirers_gone_from_the_config_still_get_their_statements() {
     let d = day_daemon().await;
@@ -553,11 +560,13 @@ async fn partners_and_acquirers_gone_from_the_config_still_get_their_statements(
     ));
     d.finish().await;
 }
+}
 
-/// Item 8: one business day for revenue and settlement. A payment made just before midnight whose
-/// outcome is learned after it, and one cancelled after midnight within its window, belong to the
-/// day they were made: that day's revenue equals its treasury report, and the next day has none
-/// of them.
+on_both_stores! {
+// Item 8: one business day for revenue and settlement. A payment made just before midnight whose
+// outcome is learned after it, and one cancelled after midnight within its window, belong to the
+// day they were made: that day's revenue equals its treasury report, and the next day has none
+// of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revenue_and_statements_put_every_entry_on_the_same_business_day() {
     let d = day_daemon().await;
@@ -609,10 +618,12 @@ async fn revenue_and_statements_put_every_entry_on_the_same_business_day() {
     assert_eq!(next["revenue"], json!([]), "{next}");
     d.finish().await;
 }
+}
 
-/// Item 17: settlement folders are `0700` and files `0600`, even where an older build left them
-/// readable to others; and no CSV cell starts a formula: a merchant id and a request id that
-/// would (`=…`, `-…`) come out quoted with `'`, while plain negative numbers stay numbers.
+on_both_stores! {
+// Item 17: settlement folders are `0700` and files `0600`, even where an older build left them
+// readable to others; and no CSV cell starts a formula: a merchant id and a request id that
+// would (`=…`, `-…`) come out quoted with `'`, while plain negative numbers stay numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settlement_files_are_private_and_carry_no_formulas() {
     use qrbridge_adapters::decode::tlv::field;
@@ -659,6 +670,7 @@ async fn settlement_files_are_private_and_carry_no_formulas() {
     let positions = String::from_utf8(file(&admin, DAY, "treasury-positions.csv").await).unwrap();
     assert!(positions.contains(",-42.00\r\n") || positions.contains(",-42.00,"), "{positions}");
     d.finish().await;
+}
 }
 
 async fn c_status(d: &TestDaemon, id: &str) -> String {

@@ -125,6 +125,7 @@ fn held(v: &Value, pair: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+on_both_stores! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rates_come_from_feeds_and_admins_and_say_how_fresh_they_are() {
     let served = Arc::new(Mutex::new(
@@ -250,7 +251,9 @@ async fn rates_come_from_feeds_and_admins_and_say_how_fresh_they_are() {
     assert_eq!(rec["before"][0]["source"], "builtin");
     d.finish().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rates_from_the_future_or_moving_too_far_are_refused() {
     // The ECB file of a day that has not come yet (a source with a wrong clock).
@@ -362,11 +365,13 @@ async fn rates_from_the_future_or_moving_too_far_are_refused() {
     assert!(audit_chain_ok(&admin).await);
     d.finish().await;
 }
+}
 
 async fn audit_chain_ok(admin: &support::daemon::TestClient) -> bool {
     admin.get("/admin/v1/audit").await.1["chain"]["ok"] == true
 }
 
+on_both_stores! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_change_prices_new_quotes_only_within_bounds() {
     let d = TestDaemon::start().await;
@@ -461,6 +466,7 @@ async fn a_spread_change_prices_new_quotes_only_within_bounds() {
     );
     assert_eq!(lines[0]["revenue"], php["spread_revenue"]);
     d.finish().await;
+}
 }
 
 /// Each phase on a runtime of its own, so that the store's flusher (and sled's lock on the

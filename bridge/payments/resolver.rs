@@ -17,10 +17,13 @@ use crate::store::Store;
 /// store failure.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Runs until `shutdown` turns true; tasks under way are finished first.
+/// Runs until `shutdown` turns true, `concurrency` tasks at a time; tasks under way are finished
+/// first. With `poll`, it looks at the work at least that often: other nodes write work that
+/// wakes no one here.
 pub async fn run<S: Store>(
     engine: Arc<Engine<S>>,
     concurrency: usize,
+    poll: Option<std::time::Duration>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -38,7 +41,8 @@ pub async fn run<S: Store>(
                 Some(RECHECK)
             }
         };
-        let wait = wait.unwrap_or(std::time::Duration::from_secs(3600));
+        let idle = poll.unwrap_or(std::time::Duration::from_secs(3600));
+        let wait = wait.map_or(idle, |w| w.min(idle));
         let wake = chrono::Duration::from_std(wait).ok().map(|w| engine.now() + w);
         engine.resolver_sleeps_until(wake);
         let sleep = tokio::time::sleep(wait);

@@ -12,6 +12,13 @@ use super::*;
 /// One of the stores.
 pub enum AnyStore {
     Sled(SledStore),
+    Postgres(PgStore),
+}
+
+/// Applies the PostgreSQL store's migrations to the database at `url`; returns the versions it
+/// applied (none when it was up to date).
+pub async fn migrate_database(url: &str) -> Result<Vec<u32>, StoreError> {
+    super::postgres::migrate(url).await
 }
 
 /// `$body` with `$s` bound to the store inside, whichever it is.
@@ -19,6 +26,7 @@ macro_rules! each {
     ($self:ident, $s:ident => $body:expr) => {
         match $self {
             AnyStore::Sled($s) => $body,
+            AnyStore::Postgres($s) => $body,
         }
     };
 }
@@ -26,9 +34,9 @@ macro_rules! each {
 impl AnyStore {
     /// The store `storage` names: PostgreSQL when it has a URL, else sled at its path.
     pub async fn open(storage: &qrbridge_config::model::Storage) -> Result<AnyStore, StoreError> {
-        if storage.url.is_some() {
-            return Err(StoreError::Database(
-                "storage.url: the PostgreSQL store is not in this build".into(),
+        if let Some(url) = &storage.url {
+            return Ok(AnyStore::Postgres(
+                PgStore::connect(url, storage.pool_size as usize).await?,
             ));
         }
         Ok(AnyStore::Sled(SledStore::open(&storage.path, storage.cache_bytes)?))
@@ -38,6 +46,7 @@ impl AnyStore {
     pub fn sled(&self) -> Option<&SledStore> {
         match self {
             AnyStore::Sled(s) => Some(s),
+            AnyStore::Postgres(_) => None,
         }
     }
 
@@ -45,6 +54,7 @@ impl AnyStore {
     pub fn kind(&self) -> &'static str {
         match self {
             AnyStore::Sled(_) => "sled",
+            AnyStore::Postgres(_) => "postgres",
         }
     }
 }
@@ -198,5 +208,26 @@ impl Store for AnyStore {
 
     async fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         each!(self, s => Store::settings(s, prefix).await)
+    }
+
+    async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
+        each!(self, s => Store::audit_head(s).await)
+    }
+
+    fn shared(&self) -> bool {
+        each!(self, s => Store::shared(s))
+    }
+
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        each!(self, s => Store::lease(s, name, holder, ttl).await)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        each!(self, s => Store::release_lease(s, name, holder).await)
     }
 }

@@ -24,7 +24,7 @@ pub mod retention;
 mod sled_store;
 mod v1;
 
-pub use any::AnyStore;
+pub use any::{migrate_database, AnyStore};
 pub use postgres::PgStore;
 pub use sled_store::SledStore;
 
@@ -292,6 +292,41 @@ pub trait Store: Send + Sync + 'static {
         &self,
         prefix: &str,
     ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
+
+    /// The audit chain's head: it changes with every admin change, so a node that keeps settings
+    /// in memory reads them again when it moves (another node changed them).
+    fn audit_head(&self) -> impl Future<Output = Result<Option<AuditHead>, StoreError>> + Send {
+        async move { Ok(self.audit_log().await?.1) }
+    }
+
+    /// Whether other processes may use this store at the same time (a database several daemons
+    /// share), so that work done once is led by one node ([`Store::lease`]) and what others
+    /// change is polled for.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Takes, or renews, the lease `name` for `holder` for `ttl` (by the store's clock); true
+    /// when `holder` holds it now. A store one process owns grants every lease.
+    fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = (name, holder, ttl);
+        async { Ok(true) }
+    }
+
+    /// Gives the lease `name` up, if `holder` holds it, so another node takes it at once.
+    fn release_lease(
+        &self,
+        name: &str,
+        holder: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (name, holder);
+        async { Ok(()) }
+    }
 
     /// Per-currency sums of the whole journal: all zero when the ledger balances.
     fn ledger_sums(

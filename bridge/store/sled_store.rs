@@ -872,6 +872,10 @@ impl SledStore {
         })
     }
 
+    pub fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
+        self.settings.get(AUDIT_HEAD)?.map(|v| decode("settings", &v)).transpose()
+    }
+
     pub fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
         let records = self
             .audit
@@ -1047,5 +1051,9 @@ impl Store for SledStore {
 
     async fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         SledStore::settings(self, prefix)
+    }
+
+    async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
+        SledStore::audit_head(self)
     }
 }

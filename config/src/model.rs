@@ -28,6 +28,8 @@ pub struct Config {
     #[serde(default)]
     pub storage: Storage,
     #[serde(default)]
+    pub cluster: Cluster,
+    #[serde(default)]
     pub settlement: Settlement,
     #[serde(default)]
     pub resolver: Resolver,
@@ -349,6 +351,27 @@ impl Default for Storage {
             quote_retention_s: 3_600,
             retention_sweep_s: 60,
         }
+    }
+}
+
+/// Several daemons on one database (`storage.url`): the work done once — the resolver, webhook
+/// deliveries, quote retention, settlement runs — is led by one node at a time under a lease,
+/// and each node polls for what the others changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// This node's name in leases and logs; default: host name, process id and a random suffix.
+    pub node_id: Option<String>,
+    /// How long a lease lasts unless renewed: a node that dies hands its work over after at most
+    /// this long. Renewed every third of it.
+    pub lease_ttl_ms: u64,
+    /// How often a node looks for work and settings another node wrote.
+    pub poll_ms: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster { node_id: None, lease_ttl_ms: 10_000, poll_ms: 1_000 }
     }
 }
 

@@ -261,6 +261,16 @@ fn settlement(p: &mut Problems, s: &Settlement) {
 fn others(p: &mut Problems, c: &Config) {
     p.range("storage.cache_bytes", c.storage.cache_bytes, 1 << 20, 1 << 40);
     p.range("storage.pool_size", u64::from(c.storage.pool_size), 1, 1_000);
+    p.range("cluster.lease_ttl_ms", c.cluster.lease_ttl_ms, 1_000, 600_000);
+    p.range("cluster.poll_ms", c.cluster.poll_ms, 10, 60_000);
+    if let Some(id) = &c.cluster.node_id {
+        if !valid_id(id) {
+            p.add(
+                "cluster.node_id",
+                "lowercase letters, digits, '-', '_' and '.' only, 1 to 64 of them",
+            );
+        }
+    }
     if let Some(url) = &c.storage.url {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             p.add("storage.url", "must be a postgres:// or postgresql:// URL");

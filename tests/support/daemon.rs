@@ -29,6 +29,8 @@ pub struct TestDaemon {
     pub clock: Option<ManualClock>,
     /// The partners' webhook endpoint, when the setup asked for one.
     pub hooks: Option<Receiver>,
+    /// The daemon's database, when it runs on PostgreSQL ([`super::both`]); dropped last.
+    pub database: Option<super::pg::PgTest>,
 }
 
 /// Knobs a test may turn.
@@ -97,6 +99,14 @@ impl TestDaemon {
             config.webhooks.backoff_initial_ms = 20;
             config.webhooks.backoff_max_ms = 100;
         }
+        let database = match super::both::kind() {
+            super::both::StoreKind::Sled => None,
+            super::both::StoreKind::Postgres => {
+                let db = super::pg::database().await.expect("checked by support::both::run");
+                config.storage.url = Some(db.url.clone());
+                Some(db)
+            }
+        };
         (setup.tweak)(&mut config);
         let start = setup.start_at.unwrap_or_else(|| SystemClock.now());
         let manual = setup.manual_clock.then(|| ManualClock::new(start));
@@ -110,7 +120,7 @@ impl TestDaemon {
         )
         .await
         .expect("daemon starts");
-        TestDaemon { daemon: Some(daemon), dir, ca, clock: manual, hooks }
+        TestDaemon { daemon: Some(daemon), dir, ca, clock: manual, hooks, database }
     }
 
     pub fn daemon(&self) -> &Daemon {

@@ -1,9 +1,11 @@
 //! Shared helpers for the end-to-end tests.
 #![allow(dead_code)]
 
+pub mod both;
 pub mod daemon;
 pub mod engine;
 pub mod flows;
+pub mod pg;
 pub mod stores;
 pub mod webhook;
 
