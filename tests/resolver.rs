@@ -2,7 +2,8 @@
 //! inquired exactly on the configured schedule, reversed at its expiry and ends FAILED / EXPIRED;
 //! an approval that lands behind the reversal is found, booked and reversed again. The acquirer
 //! is scripted here (real sockets do not mix with paused time); the sandbox-backed fault tests in
-//! `recovery.rs` cover the same paths over real mTLS.
+//! `recovery.rs` cover the same paths over real mTLS. Each test runs on both stores; on PostgreSQL
+//! through [`Blocking`], so that paused time does not move while a query is on the wire.
 
 mod support;
 
@@ -13,9 +14,11 @@ use qrbridge::api::{PayRequestBody, Payer, QuoteRequestBody, RawAmount};
 use qrbridge::clock::{Clock, TokioClock};
 use qrbridge::engine::{AcquirerService, Engine, ResolverPolicy};
 use qrbridge::model::*;
-use qrbridge::store::{SledStore, Store};
+use qrbridge::store::{AnyStore, PgStore, SledStore, Store};
 use qrbridge_adapters::acquirer::wire::{InstructionAnswer, InstructionStatus};
 use qrbridge_adapters::acquirer::{AcquirerError, AcquirerRequest, AcquirerResponse};
+use support::blocking::Blocking;
+use support::both::StoreKind;
 use tokio::sync::{mpsc, watch};
 
 /// What the scripted acquirer saw: the call and when (seconds since the test began).
@@ -79,9 +82,10 @@ fn scripted(
 }
 
 struct Rig {
-    engine: Arc<Engine<SledStore>>,
+    engine: Arc<Engine<Blocking>>,
     calls: mpsc::UnboundedReceiver<Call>,
     _dir: tempfile::TempDir,
+    _database: Option<support::pg::PgTest>,
 }
 
 async fn rig(script: Script, policy: ResolverPolicy) -> Rig {
@@ -91,7 +95,17 @@ async fn rig(script: Script, policy: ResolverPolicy) -> Rig {
     ));
     let (tx, calls) = mpsc::unbounded_channel();
     let acquirer = scripted(clock.clone(), Arc::new(Mutex::new(script)), tx);
-    let store = Arc::new(SledStore::open(&dir.path().join("db"), 8 << 20).unwrap());
+    let database = match support::both::kind() {
+        StoreKind::Sled => None,
+        StoreKind::Postgres => Some(support::pg::database().await.expect("checked before")),
+    };
+    let (path, url) = (dir.path().join("db"), database.as_ref().map(|d| d.url.clone()));
+    let store = Arc::new(Blocking::open(|| async move {
+        match url {
+            None => AnyStore::Sled(SledStore::open(&path, 8 << 20).unwrap()),
+            Some(url) => AnyStore::Postgres(PgStore::connect(&url, 4).await.unwrap()),
+        }
+    }));
     let mut parts = support::engine::parts(
         dir.path(),
         store,
@@ -99,10 +113,10 @@ async fn rig(script: Script, policy: ResolverPolicy) -> Rig {
         HashMap::from([("sandbox".to_owned(), acquirer)]),
     );
     parts.resolver = policy;
-    Rig { engine: Engine::new(parts), calls, _dir: dir }
+    Rig { engine: Engine::new(parts), calls, _dir: dir, _database: database }
 }
 
-async fn pay(engine: &Arc<Engine<SledStore>>) -> PaymentRecord {
+async fn pay(engine: &Arc<Engine<Blocking>>) -> PaymentRecord {
     let q = engine
         .quote(
             "p",
@@ -143,6 +157,7 @@ async fn run_for(rig: &mut Rig, n: usize) -> Vec<Call> {
     seen
 }
 
+on_both_stores! {
 #[tokio::test(start_paused = true)]
 async fn inquiries_follow_the_schedule_then_expiry_reverses() {
     let script = Script {
@@ -163,18 +178,20 @@ async fn inquiries_follow_the_schedule_then_expiry_reverses() {
     assert_eq!(&calls[..9], &inquiries);
     assert_eq!(&calls[9..], &[Call::Reverse(900), Call::Inquire(904)]);
 
-    let p = rig.engine.store().payment(&p.payment_id).unwrap().unwrap();
+    let p = rig.engine.store().payment(&p.payment_id).await.unwrap().unwrap();
     assert_eq!(p.state, PaymentState::Failed);
     assert_eq!(p.failure.unwrap().code, "EXPIRED");
     assert_eq!(p.updated_at - p.created_at, chrono::Duration::seconds(900));
-    assert!(rig.engine.store().work_item(&p.payment_id).unwrap().is_none(), "nothing left to do");
+    assert!(rig.engine.store().work_item(&p.payment_id).await.unwrap().is_none(), "nothing left to do");
     // Never booked, so nothing to reverse in the ledger; the partner is told once.
-    assert!(rig.engine.store().journal().unwrap().is_empty());
+    assert!(rig.engine.store().journal().await.unwrap().is_empty());
     let events: Vec<String> =
-        rig.engine.store().outbox().unwrap().into_iter().map(|(_, e)| e.kind).collect();
+        rig.engine.store().outbox().await.unwrap().into_iter().map(|(_, e)| e.kind).collect();
     assert_eq!(events, vec!["payment.failed"]);
 }
+}
 
+on_both_stores! {
 #[tokio::test(start_paused = true)]
 async fn an_inquiry_that_finds_an_approval_books_it() {
     let script = Script {
@@ -186,16 +203,18 @@ async fn an_inquiry_that_finds_an_approval_books_it() {
     let p = pay(&rig.engine).await;
     assert_eq!(rig.calls.recv().await, Some(Call::Send(0)));
     assert_eq!(run_for(&mut rig, 1).await, vec![Call::Inquire(4)]);
-    let p = rig.engine.store().payment(&p.payment_id).unwrap().unwrap();
+    let p = rig.engine.store().payment(&p.payment_id).await.unwrap().unwrap();
     assert_eq!((p.state, p.booked), (PaymentState::Succeeded, true));
-    assert!(rig.engine.store().work_item(&p.payment_id).unwrap().is_none());
+    assert!(rig.engine.store().work_item(&p.payment_id).await.unwrap().is_none());
     assert_eq!(
         rig.engine.store().ledger_sums().await.unwrap().values().filter(|s| **s != 0).count(),
         0
     );
-    assert_eq!(rig.engine.store().journal().unwrap().len(), 1);
+    assert_eq!(rig.engine.store().journal().await.unwrap().len(), 1);
+}
 }
 
+on_both_stores! {
 #[tokio::test(start_paused = true)]
 async fn an_approval_behind_the_reversal_is_booked_and_reversed_again() {
     // Undecided until expiry; the first reversal is acknowledged but the approval lands behind it;
@@ -229,12 +248,13 @@ async fn an_approval_behind_the_reversal_is_booked_and_reversed_again() {
         ]
     );
     let store = rig.engine.store();
-    let p = store.payment(&p.payment_id).unwrap().unwrap();
+    let p = store.payment(&p.payment_id).await.unwrap().unwrap();
     assert_eq!((p.state, p.booked, p.late_approvals), (PaymentState::Failed, false, 1));
-    assert!(store.work_item(&p.payment_id).unwrap().is_none());
-    let kinds: Vec<String> = store.journal().unwrap().into_iter().map(|e| e.kind).collect();
+    assert!(store.work_item(&p.payment_id).await.unwrap().is_none());
+    let kinds: Vec<String> = store.journal().await.unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec!["late_approval", "reversal"]);
     assert!(store.ledger_sums().await.unwrap().values().all(|s| *s == 0));
     // The partner was told FAILED once; the late approval changed nothing it sees.
-    assert_eq!(store.outbox().unwrap().len(), 1);
+    assert_eq!(store.outbox().await.unwrap().len(), 1);
+}
 }

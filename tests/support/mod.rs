@@ -1,6 +1,7 @@
 //! Shared helpers for the end-to-end tests.
 #![allow(dead_code)]
 
+pub mod blocking;
 pub mod both;
 pub mod daemon;
 pub mod engine;
