@@ -7,7 +7,12 @@
 //! cargo bench --bench load                       # closed loop h2 + h1, then 80 % of peak at a fixed rate
 //! cargo bench --bench load -- --conns 32 --secs 10
 //! cargo bench --bench load -- --preload 1000000  # then start-up time and steady RSS with 1M payments
+//! cargo bench --bench load -- --database-url postgres://postgres@127.0.0.1:5432/test --nodes 2
 //! ```
+//!
+//! With `--database-url` the daemons keep their state in PostgreSQL (a schema of the run's own,
+//! dropped after), `--nodes N` daemons side by side on it, the connections spread over them; the
+//! database server's CPU (every `postgres` process on this machine) is measured beside theirs.
 //!
 //! One transaction is `POST /v1/quotes` then `POST /v1/payments`, the pay durable as always. The
 //! sandbox acquirer runs in-process in the daemon (its CPU counts against the daemon). The report
@@ -47,10 +52,13 @@ struct Args {
     secs: u64,
     warmup: u64,
     preload: Option<u64>,
+    database_url: Option<String>,
+    nodes: usize,
 }
 
 fn args() -> Args {
-    let mut a = Args { conns: 64, secs: 10, warmup: 3, preload: None };
+    let mut a =
+        Args { conns: 64, secs: 10, warmup: 3, preload: None, database_url: None, nodes: 1 };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < argv.len() {
@@ -60,6 +68,10 @@ fn args() -> Args {
             "--secs" => a.secs = next().expect("--secs N"),
             "--warmup" => a.warmup = next().expect("--warmup N"),
             "--preload" => a.preload = Some(next().expect("--preload N")),
+            "--nodes" => a.nodes = next().expect("--nodes N").max(1) as usize,
+            "--database-url" => {
+                a.database_url = Some(argv.get(i + 1).expect("--database-url URL").clone())
+            }
             _ => {
                 i += 1;
                 continue;
@@ -178,16 +190,17 @@ async fn spawn_line(mut cmd: Command, prefix: &str) -> (Server, Duration, String
     panic!("{prefix}: the server exited before listening");
 }
 
-async fn start_daemon(dir: &Path) -> (Server, Duration) {
-    let (server, took, _) = start_daemon_admin(dir).await;
-    (server, took)
-}
-
-/// Starts the daemon: the server (its partner address), how long it took to listen, and its admin
-/// address.
-async fn start_daemon_admin(dir: &Path) -> (Server, Duration, SocketAddr) {
+/// Starts a daemon (`node` of those sharing `database`, when there is one): the server (its
+/// partner address), how long it took to listen, and its admin address.
+async fn start_node(
+    dir: &Path,
+    database: Option<&str>,
+    node: usize,
+) -> (Server, Duration, SocketAddr) {
     let mut c = qrbridge::daemon::embedded_config(dir, loopback()).unwrap();
     c.storage.path = dir.join("db");
+    c.storage.url = database.map(str::to_owned);
+    c.cluster.node_id = Some(format!("bench-{node}"));
     for p in &mut c.partners {
         p.limits.requests_per_s = 1_000_000;
         p.limits.burst = 1_000_000;
@@ -196,7 +209,7 @@ async fn start_daemon_admin(dir: &Path) -> (Server, Duration, SocketAddr) {
     c.limits.connections_per_ip_max = 4096;
     c.limits.handshakes_max = 4096;
     c.limits.concurrency_max = 4096;
-    let config = dir.join("qrbridge.toml");
+    let config = dir.join(format!("qrbridge-{node}.toml"));
     std::fs::write(&config, toml::to_string(&c).unwrap()).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qrbridge"));
     cmd.args(["serve", "--config"]).arg(&config).env("RUST_LOG", "error");
@@ -210,6 +223,41 @@ async fn start_daemon_admin(dir: &Path) -> (Server, Duration, SocketAddr) {
     (server, took, admin)
 }
 
+async fn start_daemon_admin(dir: &Path) -> (Server, Duration, SocketAddr) {
+    start_node(dir, None, 0).await
+}
+
+/// A schema of the run's own in the database at `url`: the URL selecting it, and a client to
+/// measure and drop it with.
+async fn bench_schema(url: &str) -> (String, tokio_postgres::Client, String) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("--database-url {url}: {e}"));
+    tokio::spawn(conn);
+    let schema = format!("bench_{}", std::process::id());
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    (format!("{url}{sep}options=-csearch_path%3D{schema}"), client, schema)
+}
+
+/// CPU seconds of every `postgres` process on this machine (the database server's whole cost).
+fn postgres_cpu_seconds() -> f64 {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "postgres")
+                })
+                .map(cpu_seconds)
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
 async fn start_baseline(pki: &Path) -> Server {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.env(BASELINE_ENV, pki);
@@ -319,8 +367,9 @@ async fn transaction(s: &mut Sender, code: &str, intended: Instant) -> Option<Du
     (st == StatusCode::CREATED).then(|| started.elapsed() + lateness)
 }
 
+/// Drives `conns` connections, connection `i` to `addrs[i % len]`.
 async fn drive(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     pki: &Path,
     h2: bool,
     conns: usize,
@@ -344,7 +393,7 @@ async fn drive(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..conns {
-        let (pki, code) = (pki.to_owned(), code.clone());
+        let (pki, code, addr) = (pki.to_owned(), code.clone(), addrs[i % addrs.len()]);
         tasks.push(tokio::spawn(async move {
             let mut s = Sender::connect(addr, &pki, h2).await;
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
@@ -443,35 +492,60 @@ async fn load_run(args: &Args) {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     qrbridge::pki::ensure_dev_pki(&pki).unwrap();
-    let (daemon, _) = start_daemon(dir.path()).await;
+    let database = match &args.database_url {
+        Some(url) => Some(bench_schema(url).await),
+        None => None,
+    };
+    let url = database.as_ref().map(|(u, ..)| u.as_str());
+    let mut nodes = Vec::new();
+    for n in 0..args.nodes {
+        nodes.push(start_node(dir.path(), url, n).await.0);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|s| s.addr).collect();
+    let node_cpu = |nodes: &[Server]| nodes.iter().map(|s| cpu_seconds(s.pid())).sum::<f64>();
+    let db_cpu = || if url.is_some() { postgres_cpu_seconds() } else { 0.0 };
     let baseline = start_baseline(&pki).await;
+    let store = match url {
+        Some(_) => format!("PostgreSQL ({} node(s) on it)", args.nodes),
+        None => "sled".into(),
+    };
     println!(
-        "machine: {}; generator in this process, daemon and baseline as their own processes",
+        "machine: {}; generator in this process, daemon(s) and baseline as their own processes; store: {store}",
         machine()
     );
-    println!("sandbox acquirer: in-process in the daemon; {} connections, {} s per run after {} s warm-up", args.conns, args.secs, args.warmup);
+    println!("sandbox acquirer: in-process in each daemon; {} connections, {} s per run after {} s warm-up", args.conns, args.secs, args.warmup);
 
     let mut rows = Vec::new();
     let mut paid = 0u64;
     let mut daemon_h2 = None;
     let mut baseline_h2 = None;
-    let mut cpu_per_1k = 0.0;
+    let (mut cpu_per_1k, mut db_per_1k) = (0.0, 0.0);
     for h2 in [true, false] {
         let proto = if h2 { "HTTP/2" } else { "HTTP/1.1" };
-        for (who, server) in [("daemon", &daemon), ("baseline", &baseline)] {
-            drive(server.addr, &pki, h2, args.conns, Mode::Closed, args.warmup).await;
-            let cpu0 = cpu_seconds(server.pid());
-            let o = drive(server.addr, &pki, h2, args.conns, Mode::Closed, args.secs).await;
-            let cpu = cpu_seconds(server.pid()) - cpu0;
+        for who in ["daemon", "baseline"] {
+            let (targets, procs) = match who {
+                "daemon" => (addrs.clone(), &nodes[..]),
+                _ => (vec![baseline.addr], std::slice::from_ref(&baseline)),
+            };
+            drive(&targets, &pki, h2, args.conns, Mode::Closed, args.warmup).await;
+            let (cpu0, db0) = (node_cpu(procs), db_cpu());
+            let o = drive(&targets, &pki, h2, args.conns, Mode::Closed, args.secs).await;
+            let (cpu, db) = (node_cpu(procs) - cpu0, db_cpu() - db0);
             let done = o.tps * args.secs as f64;
             if who == "daemon" {
                 paid += o.pay.len();
                 if h2 {
                     cpu_per_1k = cpu / done * 1000.0;
+                    db_per_1k = db / done * 1000.0;
                 }
             }
+            let db_col = if who == "daemon" && url.is_some() {
+                format!("{:.3}", db / done * 1000.0)
+            } else {
+                String::new()
+            };
             rows.push(format!(
-                "| {who} | {proto} | closed loop | {:.0} | {:.2} | {:.2} | {:.2} | {:.3} | {} |",
+                "| {who} | {proto} | closed loop | {:.0} | {:.2} | {:.2} | {:.2} | {:.3} | {db_col} | {} |",
                 o.tps,
                 ms(&o.pay, 0.5),
                 ms(&o.pay, 0.99),
@@ -489,41 +563,63 @@ async fn load_run(args: &Args) {
     let (d, b) = (daemon_h2.unwrap(), baseline_h2.unwrap());
     // The latency target is taken at 80 % of the daemon's peak, arrivals at a fixed rate.
     let rate = (d.tps * 0.8).max(1.0) as u64;
-    drive(daemon.addr, &pki, true, args.conns, Mode::Rate(rate), args.warmup).await;
-    let fixed = drive(daemon.addr, &pki, true, args.conns, Mode::Rate(rate), args.secs).await;
+    drive(&addrs, &pki, true, args.conns, Mode::Rate(rate), args.warmup).await;
+    let fixed = drive(&addrs, &pki, true, args.conns, Mode::Rate(rate), args.secs).await;
     paid += fixed.pay.len();
     rows.push(format!(
-        "| daemon | HTTP/2 | fixed rate {rate}/s | {:.0} | {:.2} | {:.2} | {:.2} | | {} |",
+        "| daemon | HTTP/2 | fixed rate {rate}/s | {:.0} | {:.2} | {:.2} | {:.2} | | | {} |",
         fixed.tps,
         ms(&fixed.pay, 0.5),
         ms(&fixed.pay, 0.99),
         ms(&fixed.pay, 0.999),
         fixed.errors
     ));
-    let rss_mb = proc_status_kb(daemon.pid(), "VmHWM:") as f64 / 1024.0;
-    daemon.stop().await;
+    let rss_mb =
+        nodes.iter().map(|s| proc_status_kb(s.pid(), "VmHWM:")).max().unwrap_or(0) as f64 / 1024.0;
+    for n in nodes {
+        n.stop().await;
+    }
     baseline.stop().await;
-    let disk = dir_bytes(&dir.path().join("db")) as f64 / paid.max(1) as f64;
+    let disk_bytes = match &database {
+        Some((_, client, schema)) => {
+            let total: i64 = client
+                .query_one(
+                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relkind IN ('r', 'm')",
+                    &[schema],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+            total as u64
+        }
+        None => dir_bytes(&dir.path().join("db")),
+    };
+    let disk = disk_bytes as f64 / paid.max(1) as f64;
 
     println!();
-    println!("| server | protocol | mode | tx/s | pay p50 ms | pay p99 ms | pay p99.9 ms | CPU s / 1k tx | errors |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| server | protocol | mode | tx/s | pay p50 ms | pay p99 ms | pay p99.9 ms | CPU s / 1k tx | database CPU s / 1k tx | errors |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!("{r}");
     }
     println!();
     println!(
-        "daemon / baseline (HTTP/2, closed loop): {:.3}; daemon peak RSS {rss_mb:.1} MiB; sled {disk:.0} bytes on disk per payment ({paid} payments)",
+        "daemon / baseline (HTTP/2, closed loop): {:.3}; daemon peak RSS {rss_mb:.1} MiB; {store}: {disk:.0} bytes on disk per payment ({paid} payments)",
         d.tps / b.tps
     );
     println!(
         "{}",
         json!({
+            "store": if url.is_some() { "postgres" } else { "sled" }, "nodes": args.nodes,
             "tps": d.tps.round(), "baseline_tps": b.tps.round(), "ratio": d.tps / b.tps,
             "p50_ms": ms(&d.pay, 0.5), "p99_ms": ms(&d.pay, 0.99), "p999_ms": ms(&d.pay, 0.999),
             "fixed_rate_tps": rate, "fixed_rate_p99_ms": ms(&fixed.pay, 0.99),
             "fixed_rate_p999_ms": ms(&fixed.pay, 0.999),
-            "rss_mb": rss_mb, "cpu_s_per_1k": cpu_per_1k, "disk_bytes_per_payment": disk.round(),
+            "rss_mb": rss_mb, "cpu_s_per_1k": cpu_per_1k, "database_cpu_s_per_1k": db_per_1k,
+            "disk_bytes_per_payment": disk.round(),
             "connections": args.conns, "payments": paid,
         })
     );
@@ -674,7 +770,7 @@ async fn preload_run(args: &Args, n: u64) {
     let settle_s = t0.elapsed().as_secs_f64();
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let summary: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let o = drive(daemon.addr, &pki, true, args.conns, Mode::Closed, args.secs).await;
+    let o = drive(&[daemon.addr], &pki, true, args.conns, Mode::Closed, args.secs).await;
     let rss_steady = proc_status_kb(daemon.pid(), "VmRSS:") as f64 / 1024.0;
     let rss_peak = proc_status_kb(daemon.pid(), "VmHWM:") as f64 / 1024.0;
     daemon.stop().await;
