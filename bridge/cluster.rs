@@ -18,16 +18,19 @@ use tokio::time::Instant;
 
 use crate::store::Store;
 
-/// This process's name among the nodes: the configured one, else host, process id and a random
-/// suffix (so a restarted node is a new holder and waits for its old lease like any other).
+/// This process's name among the nodes: the configured name (else the host's), process id and a
+/// random suffix (so a restarted node is a new holder and waits for its old lease like any other).
+///
+/// The process id and the random suffix are kept even with a configured name: two processes
+/// given the same name by mistake must not both hold every lease.
 pub fn node_id(configured: Option<&str>) -> Arc<str> {
-    if let Some(id) = configured {
-        return id.into();
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "node".into());
-    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..)).into()
+    let name = match configured {
+        Some(id) => id.to_owned(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "node".into()),
+    };
+    format!("{name}-{}-{:04x}", std::process::id(), fastrand::u16(..)).into()
 }
 
 /// How a node leads.
@@ -38,12 +41,14 @@ pub struct LeasePolicy {
 }
 
 impl LeasePolicy {
+    /// How often the lease is renewed, and the longest one renewal may take.
     fn renew_every(self) -> Duration {
-        self.ttl / 3
+        self.ttl / 4
     }
 
-    /// A leader that could not renew for this long stops: the lease may run out at `ttl`, and
-    /// another node may start then, so it stops well before.
+    /// A leader whose last renewal that succeeded was *sent* this long ago stops: the lease runs
+    /// out `ttl` after the database granted it, which was after the send, and another node may
+    /// start then; stopping at half of it leaves the other half for the work under way to end.
     fn give_up_after(self) -> Duration {
         self.ttl / 2
     }
@@ -66,9 +71,10 @@ pub async fn lead<S, F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let take = |store: Arc<S>, node: Arc<str>| async move {
+        let sent = Instant::now();
         match tokio::time::timeout(policy.renew_every(), store.lease(role, &node, policy.ttl)).await
         {
-            Ok(Ok(held)) => Some(held),
+            Ok(Ok(held)) => Some((held, sent)),
             Ok(Err(e)) => {
                 tracing::warn!(role, error = %e, "lease: the store did not answer");
                 None
@@ -82,8 +88,8 @@ pub async fn lead<S, F, Fut>(
     loop {
         // Until the lease is ours.
         let mut renewed = loop {
-            if take(store.clone(), node.clone()).await == Some(true) {
-                break Instant::now();
+            if let Some((true, sent)) = take(store.clone(), node.clone()).await {
+                break sent;
             }
             tokio::select! {
                 _ = tokio::time::sleep(policy.renew_every()) => {}
@@ -95,13 +101,19 @@ pub async fn lead<S, F, Fut>(
         }
         let (stop, stopped) = watch::channel(false);
         let mut worker = tokio::spawn(work(stopped));
+        let mut next = renewed + policy.renew_every();
         let ended = loop {
             tokio::select! {
                 _ = &mut worker => break Ended::ByItself,
-                _ = tokio::time::sleep(policy.renew_every()) => {
+                _ = tokio::time::sleep_until(next) => {
+                    // After a failed renewal, again soon (not at once: the store is struggling).
+                    next = Instant::now() + policy.renew_every() / 4;
                     match take(store.clone(), node.clone()).await {
-                        Some(true) => renewed = Instant::now(),
-                        Some(false) => break Ended::Lost("another node holds the lease"),
+                        Some((true, sent)) => {
+                            renewed = sent;
+                            next = sent + policy.renew_every();
+                        }
+                        Some((false, _)) => break Ended::Lost("another node holds the lease"),
                         None if renewed.elapsed() >= policy.give_up_after() => {
                             break Ended::Lost("the lease could not be renewed")
                         }
@@ -117,8 +129,15 @@ pub async fn lead<S, F, Fut>(
         }
         match ended {
             Ended::Shutdown => {
-                if let Err(e) = store.release_lease(role, &node).await {
-                    tracing::warn!(role, error = %e, "lease not given up; it runs out by itself");
+                let release = store.release_lease(role, &node);
+                match tokio::time::timeout(policy.renew_every(), release).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(role, error = %e, "lease not given up; it runs out by itself")
+                    }
+                    Err(_) => {
+                        tracing::warn!(role, "lease not given up in time; it runs out by itself")
+                    }
                 }
                 return;
             }
@@ -128,6 +147,10 @@ pub async fn lead<S, F, Fut>(
                     return;
                 }
                 tracing::error!(role, "a led worker stopped by itself; starting it again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = qrbridge_adapters::https::stopped(&mut shutdown) => return,
+                }
             }
         }
     }
@@ -139,19 +162,20 @@ enum Ended {
     Shutdown,
 }
 
-/// Calls `reload` whenever the audit chain's head moves (another node changed a setting),
-/// looking every `every`, until `shutdown`.
+/// Calls `reload` whenever the audit chain's head moves from `seen` (the head read before the
+/// settings in force were read: another node changed a setting), looking every `every`, until
+/// `shutdown`. A reload that fails (false) is tried again at the next look.
 pub async fn watch_settings<S, F, Fut>(
     store: Arc<S>,
     every: Duration,
+    mut seen: Option<u64>,
     mut shutdown: watch::Receiver<bool>,
     reload: F,
 ) where
     S: Store,
     F: Fn() -> Fut,
-    Fut: Future<Output = ()>,
+    Fut: Future<Output = bool>,
 {
-    let mut seen = store.audit_head().await.ok().flatten().map(|h| h.seq);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -160,12 +184,103 @@ pub async fn watch_settings<S, F, Fut>(
         match store.audit_head().await {
             Ok(head) => {
                 let now = head.map(|h| h.seq);
-                if now != seen {
-                    reload().await;
+                if now != seen && reload().await {
                     seen = now;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "settings: the store did not answer"),
         }
+    }
+}
+
+/// One node at a time among those sharing the store, for work that must not overlap: a
+/// settlement run, a change of settings read from the store and written back. The lease is
+/// renewed while the turn is held and given up when it is dropped; [`Turn::lost`] says whether
+/// it could not be renewed (another node may have started), to be checked before the work's
+/// results are made visible.
+pub struct Turn<S: Store> {
+    store: Arc<S>,
+    name: &'static str,
+    node: Arc<str>,
+    renewing: Option<tokio::task::JoinHandle<()>>,
+    lost: watch::Receiver<bool>,
+}
+
+impl<S: Store> Turn<S> {
+    /// Waits (at most `wait`) for the lease `name`, then holds it until dropped; `None` when
+    /// another node kept it all that time. On a store of one process, at once.
+    pub async fn take(
+        store: &Arc<S>,
+        name: &'static str,
+        node: &Arc<str>,
+        policy: LeasePolicy,
+        wait: Duration,
+    ) -> Result<Option<Turn<S>>, crate::store::StoreError> {
+        let (lost_tx, lost) = watch::channel(false);
+        let turn = |renewing| Turn {
+            store: store.clone(),
+            name,
+            node: node.clone(),
+            renewing,
+            lost: lost.clone(),
+        };
+        if !store.shared() {
+            return Ok(Some(turn(None)));
+        }
+        let until = Instant::now() + wait;
+        let mut granted = loop {
+            let sent = Instant::now();
+            if store.lease(name, node, policy.ttl).await? {
+                break sent;
+            }
+            if Instant::now() >= until {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(100).min(policy.renew_every())).await;
+        };
+        let (s, n) = (store.clone(), node.clone());
+        let renewing = tokio::spawn(async move {
+            let mut next = granted + policy.renew_every();
+            loop {
+                tokio::time::sleep_until(next).await;
+                let sent = Instant::now();
+                match tokio::time::timeout(policy.renew_every(), s.lease(name, &n, policy.ttl))
+                    .await
+                {
+                    Ok(Ok(true)) => {
+                        granted = sent;
+                        next = sent + policy.renew_every();
+                    }
+                    Ok(Ok(false)) => {
+                        let _ = lost_tx.send(true);
+                        return;
+                    }
+                    _ if granted.elapsed() >= policy.give_up_after() => {
+                        let _ = lost_tx.send(true);
+                        return;
+                    }
+                    _ => next = Instant::now() + policy.renew_every() / 4,
+                }
+            }
+        });
+        Ok(Some(turn(Some(renewing))))
+    }
+
+    /// Whether the lease could not be kept: another node may be doing the same work.
+    pub fn lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+}
+
+impl<S: Store> Drop for Turn<S> {
+    fn drop(&mut self) {
+        let Some(renewing) = self.renewing.take() else { return };
+        renewing.abort();
+        let (store, name, node) = (self.store.clone(), self.name, self.node.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.release_lease(name, &node).await {
+                tracing::warn!(lease = name, error = %e, "lease not given up; it runs out by itself");
+            }
+        });
     }
 }

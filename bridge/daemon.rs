@@ -206,6 +206,16 @@ impl Daemon {
                 reversal_refusals_max: config.resolver.reversal_refusals_max,
                 acquirer_concurrency_max: config.resolver.acquirer_concurrency_max as usize,
                 late_approvals_max: config.resolver.late_approvals_max,
+                // The longest an instruction can take to any acquirer, and a second more.
+                send_window: chrono::Duration::milliseconds(
+                    config
+                        .acquirers
+                        .iter()
+                        .map(|a| (a.connect_timeout_ms + a.timeout_ms) as i64)
+                        .max()
+                        .unwrap_or(0)
+                        + 1_000,
+                ),
             },
             refund_window_days: settlement.refund_window_days,
         });
@@ -223,10 +233,15 @@ impl Daemon {
                 .ok_or_else(|| StartError::Config("settlement.cutoff".into()))?,
             cancel: CancelPolicy::contract(until),
         };
-        let treasury = Arc::new(Treasury::new(engine.clone(), feeds.clone(), days));
+        let node = crate::cluster::node_id(config.cluster.node_id.as_deref());
+        let lease = LeasePolicy { ttl: Duration::from_millis(config.cluster.lease_ttl_ms) };
+        let treasury = Arc::new(
+            Treasury::new(engine.clone(), feeds.clone(), days).on_node(node.clone(), lease),
+        );
+        // The head first: a change another node makes while the settings are read is seen.
+        let settings_seen = store.audit_head().await?.map(|h| h.seq);
         treasury.restore().await?;
         let treasury_watch = treasury.clone();
-        let node = crate::cluster::node_id(config.cluster.node_id.as_deref());
         // Other nodes write work, events and settings that wake no one here: look for them.
         let poll = store.shared().then(|| Duration::from_millis(config.cluster.poll_ms));
         if store.shared() {
@@ -244,10 +259,7 @@ impl Daemon {
                     .collect(),
                 config.acquirers.iter().map(|a| a.id.clone()).collect(),
             )
-            .on_node(
-                node.clone(),
-                LeasePolicy { ttl: Duration::from_millis(config.cluster.lease_ttl_ms) },
-            ),
+            .on_node(node.clone(), lease),
         );
 
         let l = &config.limits;
@@ -394,7 +406,6 @@ impl Daemon {
         // Workers first, so what the last process left is under way before new requests come.
         // Those whose work is done once are led by one node ([`crate::cluster::lead`]; on a store
         // of one process, that is this one, at once).
-        let lease = LeasePolicy { ttl: Duration::from_millis(config.cluster.lease_ttl_ms) };
         let led = |role, work| {
             tokio::spawn(crate::cluster::lead(
                 store.clone(),
@@ -453,13 +464,20 @@ impl Daemon {
             workers.push(tokio::spawn(crate::cluster::watch_settings(
                 store.clone(),
                 every,
+                settings_seen,
                 shutdown_rx.clone(),
                 move || {
                     let t = t.clone();
                     async move {
                         match t.restore().await {
-                            Ok(()) => tracing::info!("settings changed by another node: in force here"),
-                            Err(e) => tracing::error!(error = %e, "settings changed elsewhere could not be read"),
+                            Ok(()) => {
+                                tracing::info!("settings changed by another node: in force here");
+                                true
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "settings changed elsewhere could not be read");
+                                false
+                            }
                         }
                     }
                 },

@@ -74,6 +74,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::cluster::Turn;
 pub use crate::days::{business_day, made_at, BusinessDays};
 use crate::days::{read_days, read_journal, DaysData};
 use crate::error::ApiError;
@@ -527,12 +528,8 @@ fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> std::io::Result
     }
     std::fs::set_permissions(dir, owner_only())?;
     for (name, bytes) in files {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        // A temporary file left by a crash may have an older build's mode: start afresh.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        // A name of this writer's own: two nodes sharing the folder never write one file.
+        let tmp = dir.join(format!(".{name}.{}.{:08x}.tmp", std::process::id(), fastrand::u32(..)));
         let mut f =
             std::fs::OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(&tmp)?;
         f.write_all(bytes)?;
@@ -826,48 +823,25 @@ impl<S: Store> Settlement<S> {
         self
     }
 
-    /// Waits (at most a lease's length: a node that died holding it has lost it by then) until
-    /// no other node runs settlement, and takes the lease. The lease is released on drop.
-    async fn one_in_cluster(&self) -> Result<ClusterTurn<'_, S>, ApiError> {
+    /// This node's turn at settlement among the nodes sharing the store: waits at most a lease
+    /// and a half (a node that died holding it has lost it by then).
+    async fn one_in_cluster(&self) -> Result<Turn<S>, ApiError> {
         let store = self.treasury.engine().store();
-        let until = tokio::time::Instant::now() + self.lease.ttl + self.lease.ttl / 2;
-        loop {
-            if store.lease(SETTLEMENT_LEASE, &self.node, self.lease.ttl).await.map_err(internal)? {
-                return Ok(ClusterTurn { settlement: self });
-            }
-            if tokio::time::Instant::now() >= until {
+        let wait = self.lease.ttl + self.lease.ttl / 2;
+        match Turn::take(store, SETTLEMENT_LEASE, &self.node, self.lease, wait).await {
+            Ok(Some(turn)) => Ok(turn),
+            Ok(None) => {
                 tracing::warn!("settlement: another node kept the lease");
-                return Err(ApiError::Overloaded);
+                Err(ApiError::Overloaded)
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            Err(e) => Err(internal(e)),
         }
     }
 
     pub fn days(&self) -> &BusinessDays {
         &self.days
     }
-}
 
-/// This node's turn at settlement among the nodes; gives the lease up when dropped.
-struct ClusterTurn<'a, S: Store> {
-    settlement: &'a Settlement<S>,
-}
-
-impl<S: Store> Drop for ClusterTurn<'_, S> {
-    fn drop(&mut self) {
-        let store = self.settlement.treasury.engine().store().clone();
-        let node = self.settlement.node.clone();
-        if store.shared() {
-            tokio::spawn(async move {
-                if let Err(e) = store.release_lease(SETTLEMENT_LEASE, &node).await {
-                    tracing::warn!(error = %e, "settlement lease not given up; it runs out");
-                }
-            });
-        }
-    }
-}
-
-impl<S: Store> Settlement<S> {
     fn ensure_closed(&self, day: NaiveDate) -> Result<(), ApiError> {
         let closes = self.days.closes_at(day);
         if self.treasury.engine().now() < closes {
@@ -907,7 +881,7 @@ impl<S: Store> Settlement<S> {
     pub async fn run(&self, actor: &str, day: NaiveDate) -> Result<Summary, ApiError> {
         self.ensure_closed(day)?;
         let _one = self.running.lock().await;
-        let _turn = self.one_in_cluster().await?;
+        let turn = self.one_in_cluster().await?;
         let data = self.load(day, true, Vec::new()).await?;
         let (summary, files) = build(&DayInput {
             day,
@@ -918,6 +892,11 @@ impl<S: Store> Settlement<S> {
             refunds: &data.refunds,
             journal: &data.journal,
         })?;
+        if turn.lost() {
+            // Another node may be running the day now: it publishes, not this one.
+            tracing::warn!(%day, "settlement lease lost during the run; files not written");
+            return Err(ApiError::Overloaded);
+        }
         let dir = self.dir.join(day.to_string());
         write_day(dir, files).await?;
         let digest = summary.files.get("in-doubt.csv").cloned();

@@ -23,6 +23,7 @@ use qrbridge_fx::{Amount, Bps, Currency, Decimal, MidRate, Pair, RateError, Spre
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::cluster::Turn;
 use crate::days::{made_at, read_days, read_journal, BusinessDays};
 use crate::error::ApiError;
 use crate::model::{verify_chain, AuditDraft, AuditRecord, ChainCheck, JournalEntry};
@@ -32,6 +33,8 @@ use crate::store::{Store, StoreError};
 
 /// The settings key of the spreads an admin set.
 const SPREADS_KEY: &str = "spreads";
+/// The lease a change of stored settings holds.
+const SETTINGS_LEASE: &str = "settings";
 /// The settings prefix of rates an admin set: `rate/<BASE>/<QUOTE>`.
 const RATE_PREFIX: &str = "rate/";
 
@@ -62,6 +65,9 @@ pub struct Treasury<S> {
     feeds: Arc<Feeds>,
     /// One admin change at a time, so the policy in force and the stored one agree.
     changes: tokio::sync::Mutex<()>,
+    /// Changes read what is stored and write it back: one node at a time ([`Turn`]).
+    node: Arc<str>,
+    lease: crate::cluster::LeasePolicy,
     days: BusinessDays,
 }
 
@@ -164,7 +170,21 @@ fn parse_pair(text: &str) -> Result<Pair, ApiError> {
 
 impl<S: Store> Treasury<S> {
     pub fn new(engine: Arc<Engine<S>>, feeds: Arc<Feeds>, days: BusinessDays) -> Self {
-        Treasury { engine, feeds, changes: tokio::sync::Mutex::new(()), days }
+        Treasury {
+            engine,
+            feeds,
+            changes: tokio::sync::Mutex::new(()),
+            days,
+            node: crate::cluster::node_id(None),
+            lease: crate::cluster::LeasePolicy { ttl: std::time::Duration::from_secs(10) },
+        }
+    }
+
+    /// Changes as node `node` among several sharing the store, with leases of `lease`.
+    pub fn on_node(mut self, node: Arc<str>, lease: crate::cluster::LeasePolicy) -> Self {
+        self.node = node;
+        self.lease = lease;
+        self
     }
 
     pub fn engine(&self) -> &Arc<Engine<S>> {
@@ -250,6 +270,17 @@ impl<S: Store> Treasury<S> {
         store.flush().await.map_err(internal)?;
         tracing::info!(actor = %draft.actor, action = %draft.action, target = %draft.target, seq = record.seq, "admin change");
         Ok(record)
+    }
+
+    /// This node's turn at changing stored settings, among the nodes sharing the store.
+    async fn settings_turn(&self) -> Result<Turn<S>, ApiError> {
+        let store = self.engine.store();
+        let wait = self.lease.ttl + self.lease.ttl / 2;
+        match Turn::take(store, SETTINGS_LEASE, &self.node, self.lease, wait).await {
+            Ok(Some(turn)) => Ok(turn),
+            Ok(None) => Err(ApiError::Overloaded),
+            Err(e) => Err(internal(e)),
+        }
     }
 
     fn draft(
@@ -396,6 +427,10 @@ impl<S: Store> Treasury<S> {
             })
             .transpose()?;
         let _one = self.changes.lock().await;
+        // The spreads are stored as one list: another node's change since this node last read
+        // them must be in it, so read them again under the cluster's turn.
+        let _turn = self.settings_turn().await?;
+        self.restore().await.map_err(internal)?;
         let mut policy = self.engine.spreads();
         let before = if key.partner.is_none() && key.pair.is_none() {
             Some(policy.default_bps())

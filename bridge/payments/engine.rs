@@ -66,6 +66,11 @@ pub struct ResolverPolicy {
     /// Approvals behind the bridge's reversals of one payment before an operator is asked to
     /// look (an ATTENTION task) instead of reversing again.
     pub late_approvals_max: u32,
+    /// How long after its creation a payment's instruction may still be on its way (the
+    /// acquirers' longest connect plus answer timeout, and a margin). With several nodes on one
+    /// store, a cancel on one node waits this out before it reverses a payment another node may
+    /// be sending (this node's own sends it waits for directly).
+    pub send_window: Duration,
 }
 
 impl ResolverPolicy {
@@ -84,6 +89,7 @@ impl Default for ResolverPolicy {
             reversal_refusals_max: 5,
             acquirer_concurrency_max: 16,
             late_approvals_max: 3,
+            send_window: Duration::seconds(11),
         }
     }
 }
@@ -121,6 +127,11 @@ impl CancelPolicy {
             .unwrap_or(at + Duration::days(2))
     }
 }
+
+/// How often a change refused as stale (another node changed the payment in between) is made
+/// again from the payment as it now stands, before the request gives up with `INTERNAL` (the
+/// payment itself stays right: the resolver finishes it).
+const STALE_TRIES: u32 = 8;
 
 /// Everything the engine is made of.
 pub struct EngineParts<S> {
@@ -528,11 +539,44 @@ impl<S: Store> Engine<S> {
             tracing::error!(payment = %record.payment_id, "a new payment id is already in flight");
             return Err(ApiError::Internal);
         };
+        // The write and the send run in a task of their own: a request dropped (a hang-up, its
+        // timeout) once the write is under way cannot leave a payment written and never sent.
+        let this = self.clone();
+        let partner = partner.to_owned();
+        let task = tokio::spawn(async move {
+            this.begin_and_drive(&partner, record, work, q, hash, inflight, now).await
+        });
+        task.await.map_err(|e| {
+            tracing::error!(error = %e, "payment task failed");
+            ApiError::Internal
+        })?
+    }
+
+    /// Writes the new payment `record` (PENDING, with its first resolver `work`), unless the
+    /// partner's request or the quote says otherwise, then sends it.
+    #[allow(clippy::too_many_arguments)]
+    async fn begin_and_drive(
+        self: Arc<Self>,
+        partner: &str,
+        record: PaymentRecord,
+        work: WorkItem,
+        q: QuoteRecord,
+        hash: String,
+        inflight: Claim,
+        now: DateTime<Utc>,
+    ) -> Result<(PaymentRecord, bool), ApiError> {
         match self.store.begin_payment(&record, &work, now).await {
             Ok(Begin::Created) => {}
             Ok(Begin::Replay(existing)) => {
                 drop(inflight);
                 return self.replay(*existing, &hash).await.map(|p| (p, false));
+            }
+            Err(e @ (StoreError::Database(_) | StoreError::Sled(_))) => {
+                // The write may have been made before the error came back: if it was, nothing
+                // was sent, and the same request repeated here sends it (see `replay`).
+                self.unsent_set().insert(record.payment_id.clone());
+                self.work_due(self.inquiry_due(&record, now, 0));
+                return Err(internal(e));
             }
             Err(e) => {
                 // A conflict may rest on another request's write: say it once that is durable.
@@ -550,7 +594,7 @@ impl<S: Store> Engine<S> {
             }
         }
         tracing::info!(payment = %record.payment_id, partner, quote = %record.quote_id, "payment pending");
-        self.spawn_drive(record, q, inflight).await.map(|p| (p, true))
+        self.drive(record, q, inflight).await.map(|p| (p, true))
     }
 
     /// Runs [`Engine::drive`] in a task of its own and waits for it.
@@ -638,9 +682,31 @@ impl<S: Store> Engine<S> {
     /// `p` once this process has finished paying it (at once when it is not paying it).
     async fn settled(&self, p: PaymentRecord) -> Result<PaymentRecord, ApiError> {
         let waiting = self.inflight.waiter(&p.payment_id);
-        let Some(mut rx) = waiting else { return Ok(p) };
+        let Some(mut rx) = waiting else {
+            return self.sent_elsewhere(p).await;
+        };
         // Err: the payer's task ended without saying so (a panic); its guard still cleared it.
         let _ = rx.wait_for(|done| *done).await;
+        self.store.payment(&p.payment_id).await.map_err(internal)?.ok_or(ApiError::Internal)
+    }
+
+    /// `p` as it stands once no other node can still be sending it: a PENDING payment younger
+    /// than the send window, on a store other nodes share, may be on its way from one of them,
+    /// and a reversal that overtook it would be confirmed before the approval lands. Waits out
+    /// the window (at most its length), then reads the payment again.
+    async fn sent_elsewhere(&self, p: PaymentRecord) -> Result<PaymentRecord, ApiError> {
+        if !self.store.shared() || p.state != PaymentState::Pending {
+            return Ok(p);
+        }
+        let left = (p.created_at + self.resolver.send_window - self.clock.now())
+            .to_std()
+            .unwrap_or_default()
+            .min(self.resolver.send_window.to_std().unwrap_or_default());
+        if left.is_zero() {
+            return Ok(p);
+        }
+        tracing::info!(payment = %p.payment_id, wait_ms = left.as_millis() as u64, "waiting out another node's send");
+        tokio::time::sleep(left).await;
         self.store.payment(&p.payment_id).await.map_err(internal)?.ok_or(ApiError::Internal)
     }
 
@@ -671,25 +737,60 @@ impl<S: Store> Engine<S> {
             amount: p.pay,
         };
         let outcome = self.call(&p.acquirer, AcquirerRequest::Send(instruction)).await?;
-        let guard = self.lock_payment(&p.payment_id).await;
-        let current =
-            self.store.payment(&p.payment_id).await.map_err(internal)?.ok_or_else(|| {
-                tracing::error!(payment = %p.payment_id, "an instructed payment vanished");
-                ApiError::Internal
-            })?;
-        // Changed while the instruction was out (another node's resolver): the outcome still
-        // applies while nothing is known; otherwise the resolver reconciles what it says.
-        if current.rev != p.rev
-            && !matches!(current.state, PaymentState::Pending | PaymentState::Unknown)
-        {
-            drop(guard);
-            tracing::info!(payment = %p.payment_id, "the payment moved on while it was instructed");
-            return self.visible(current).await;
+        // The lock keeps this process's own steps out; another node's resolver (several nodes on
+        // one database) is kept out by the revision check only, so a change it made in between
+        // is read and the outcome applied over it.
+        let mut tries = 0;
+        loop {
+            let guard = self.lock_payment(&p.payment_id).await;
+            let current =
+                self.store.payment(&p.payment_id).await.map_err(internal)?.ok_or_else(|| {
+                    tracing::error!(payment = %p.payment_id, "an instructed payment vanished");
+                    ApiError::Internal
+                })?;
+            // Changed while the instruction was out (another node's resolver): the outcome still
+            // applies while nothing is known; otherwise the resolver reconciles what it says.
+            if current.rev != p.rev
+                && !matches!(current.state, PaymentState::Pending | PaymentState::Unknown)
+            {
+                let approved = matches!(
+                    &outcome,
+                    Ok(AcquirerResponse::Instruction(a)) if a.status == InstructionStatus::Approved
+                );
+                if approved && !current.booked {
+                    // Approved behind a reversal (a cancel on another node overtook the send):
+                    // never dropped — the resolver verifies it now, books it and reverses it.
+                    tracing::warn!(payment = %p.payment_id, state = ?current.state, "approved after the payment moved on; verifying");
+                    let now = self.clock.now();
+                    let change =
+                        Self::unchanged(&current, now, self.work(&current, Task::Verify, now, 0));
+                    match self.store.apply(&change).await {
+                        Ok(()) => {}
+                        Err(StoreError::Stale(_)) if tries < STALE_TRIES => {
+                            tries += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(internal(e)),
+                    }
+                    drop(guard);
+                    self.work_due(now);
+                    let _ = self.durable(change).await?;
+                    return self.visible(current).await;
+                }
+                drop(guard);
+                tracing::info!(payment = %p.payment_id, "the payment moved on while it was instructed");
+                return self.visible(current).await;
+            }
+            let change = self.instruct_outcome(&current, outcome.clone(), self.clock.now());
+            match self.store.apply(&change).await {
+                Ok(()) => {
+                    drop(guard);
+                    return self.durable(change).await;
+                }
+                Err(StoreError::Stale(_)) if tries < STALE_TRIES => tries += 1,
+                Err(e) => return Err(internal(e)),
+            }
         }
-        let change = self.instruct_outcome(&current, outcome, self.clock.now());
-        self.store.apply(&change).await.map_err(internal)?;
-        drop(guard);
-        self.durable(change).await
     }
 
     /// The change an instruction's outcome makes. Only an explicit answer decides: an approval,
@@ -1217,8 +1318,11 @@ impl<S: Store> Engine<S> {
                 change.journal = Some(entry);
                 change
             }
+            // Not settled at the acquirer yet: ask again rather than take a reversal on trust.
+            Some(InstructionStatus::Processing) | None => {
+                self.retry(p, item, item.refusals, last_error, now)
+            }
             Some(_) => Self::unchanged(p, now, Work::Done),
-            None => self.retry(p, item, item.refusals, last_error, now),
         }
     }
 

@@ -28,6 +28,11 @@ pub async fn run<S: Store>(
 ) {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     loop {
+        // Between passes too: a pass that did work is followed at once by another, and a node
+        // told to stop (shutdown, or its lease lost) must not go on.
+        if *shutdown.borrow() {
+            return;
+        }
         let woken = engine.work_written.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();

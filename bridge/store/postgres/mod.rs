@@ -23,9 +23,10 @@
 //! with `synchronous_commit = off`, since losing them in a crash is honest (a quote not found, an
 //! event delivered again under its id).
 //!
-//! No timer of this process bounds a call (a test's paused clock would fire it while the
-//! process waits on the socket): bound them in the database URL (`connect_timeout=…`,
-//! `options=-c statement_timeout=…`). The pool bounds the connections.
+//! Every call is bounded, by the server's clock where it can be ([`bounded`]: a statement, a
+//! lock wait, a transaction left idle by a node cut off mid-way — which would otherwise hold its
+//! row locks, and every node's outbox reads, until TCP gave up hours later) and by the pool's
+//! (waiting for a connection, making one). The URL's own settings, where it has them, win.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -193,7 +194,32 @@ async fn one<T: DeserializeOwned>(
 }
 
 fn parse(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    tokio_postgres::Config::from_str(url).map_err(|e| database(format!("database URL: {e}")))
+    tokio_postgres::Config::from_str(url)
+        .map(bounded)
+        .map_err(|e| database(format!("database URL: {e}")))
+}
+
+/// The bounds every connection gets unless the URL sets its own: how long a connection may take
+/// to open, how soon a dead peer is noticed (TCP keepalives), and on the server, how long one
+/// statement may run, wait for a lock, or a transaction sit idle.
+fn bounded(mut c: tokio_postgres::Config) -> tokio_postgres::Config {
+    use std::time::Duration;
+    if c.get_connect_timeout().is_none() {
+        c.connect_timeout(Duration::from_secs(5));
+    }
+    c.keepalives(true).keepalives_idle(Duration::from_secs(10));
+    let mut options = c.get_options().unwrap_or("").to_owned();
+    for (setting, value) in [
+        ("statement_timeout", "60s"),
+        ("lock_timeout", "10s"),
+        ("idle_in_transaction_session_timeout", "15s"),
+    ] {
+        if !options.contains(setting) {
+            options.push_str(&format!(" -c {setting}={value}"));
+        }
+    }
+    c.options(options.trim());
+    c
 }
 
 /// Applies the migrations `url`'s database lacks; returns the versions applied (none when it
@@ -290,6 +316,10 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .recycle_timeout(Some(std::time::Duration::from_secs(5)))
             .build()
             .map_err(|e| database(format!("connection pool: {e}")))?;
         let mut c = pool.get().await?;
@@ -303,6 +333,17 @@ impl PgStore {
             tracing::warn!(
                 "the database's synchronous_commit is off: a payment answered as done may be lost \
                  in a crash of the database"
+            );
+        }
+        let standbys: String = c
+            .query_one("SELECT current_setting('synchronous_standby_names')", &[])
+            .await?
+            .try_get(0)?;
+        if standbys.trim().is_empty() {
+            tracing::warn!(
+                "the database has no synchronous standby: a payment answered as done lives on \
+                 this server alone, and a failover to an asynchronous standby may lose it \
+                 (docs/SCALING.md)"
             );
         }
         drop(c);
@@ -464,6 +505,10 @@ impl Store for PgStore {
     }
 
     async fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
+        if id.contains('\0') {
+            // No stored id holds a NUL (the database refuses one): not found.
+            return Ok(None);
+        }
         let c = self.conn().await?;
         one(&c, "quotes", "SELECT record FROM quotes WHERE id = $1", &[&id]).await
     }
@@ -617,6 +662,10 @@ impl Store for PgStore {
     }
 
     async fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
+        if id.contains('\0') {
+            // No stored id holds a NUL (the database refuses one): not found.
+            return Ok(None);
+        }
         let c = self.conn().await?;
         one(&c, "payments", "SELECT record FROM payments WHERE id = $1", &[&id]).await
     }
@@ -631,6 +680,10 @@ impl Store for PgStore {
         partner: &str,
         request_id: &str,
     ) -> Result<Option<PaymentRecord>, StoreError> {
+        if partner.contains('\0') || request_id.contains('\0') {
+            // No stored id holds a NUL (the database refuses one): not found.
+            return Ok(None);
+        }
         let c = self.conn().await?;
         one(
             &c,
@@ -792,6 +845,10 @@ impl Store for PgStore {
     }
 
     async fn work_item(&self, payment_id: &str) -> Result<Option<WorkItem>, StoreError> {
+        if payment_id.contains('\0') {
+            // No stored id holds a NUL (the database refuses one): not found.
+            return Ok(None);
+        }
         let c = self.conn().await?;
         one(&c, "work", "SELECT record FROM work WHERE payment_id = $1", &[&payment_id]).await
     }
@@ -806,6 +863,10 @@ impl Store for PgStore {
         acquirer: &str,
         acquirer_refund_id: &str,
     ) -> Result<Option<RefundRecord>, StoreError> {
+        if acquirer.contains('\0') || acquirer_refund_id.contains('\0') {
+            // No stored id holds a NUL (the database refuses one): not found.
+            return Ok(None);
+        }
         let c = self.conn().await?;
         one(
             &c,
@@ -817,6 +878,10 @@ impl Store for PgStore {
     }
 
     async fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
+        if payment_id.contains('\0') {
+            // No stored id holds a NUL (the database refuses one): not found.
+            return Ok(Vec::new());
+        }
         let c = self.conn().await?;
         // Refund ids are time-ordered: id order is creation order.
         records(
@@ -895,6 +960,10 @@ impl Store for PgStore {
     }
 
     async fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
+        if payment_id.contains('\0') {
+            // No stored id holds a NUL (the database refuses one): not found.
+            return Ok(Vec::new());
+        }
         let c = self.conn().await?;
         records(
             &c,
@@ -991,6 +1060,10 @@ impl Store for PgStore {
     }
 
     async fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        if event_id.contains('\0') {
+            // No stored id holds a NUL (the database refuses one): not found.
+            return Ok(false);
+        }
         let mut c = self.conn().await?;
         let tx = c.transaction().await?;
         let Some(r) = row(
