@@ -3,6 +3,7 @@
 
 pub mod blocking;
 pub mod both;
+pub mod crash;
 pub mod daemon;
 pub mod engine;
 pub mod flows;

@@ -208,6 +208,8 @@ fn bounded(mut c: tokio_postgres::Config) -> tokio_postgres::Config {
         c.connect_timeout(Duration::from_secs(5));
     }
     c.keepalives(true).keepalives_idle(Duration::from_secs(10));
+    // Of several hosts in the URL, the primary: a standby (or a demoted primary) takes no writes.
+    c.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
     let mut options = c.get_options().unwrap_or("").to_owned();
     for (setting, value) in [
         ("statement_timeout", "60s"),
