@@ -1434,40 +1434,53 @@ impl<S: Store> Engine<S> {
     async fn cancel_now(&self, partner: &str, payment_id: &str) -> Result<PaymentRecord, ApiError> {
         let p = self.own(partner, payment_id).await?;
         self.settled(p).await?;
-        let guard = self.lock_payment(payment_id).await;
-        let p = self.own(partner, payment_id).await?;
-        match p.state {
-            // Being cancelled already: the resolver reverses it on its schedule (a repeated
-            // cancel does not hurry it, so refusals count attempts spread in time).
-            PaymentState::Failed
-            | PaymentState::Cancelled
-            | PaymentState::Reversing
-            | PaymentState::Cancelling => {
-                drop(guard);
-                return self.visible(p).await;
-            }
-            PaymentState::Pending | PaymentState::Unknown | PaymentState::Succeeded => {
-                if p.refunded_cny.is_positive() {
-                    return Err(ApiError::CancelNotAllowed(
-                        "the payment has refunds; it can no longer be cancelled".into(),
-                    ));
+        let mut tries = 0;
+        loop {
+            let guard = self.lock_payment(payment_id).await;
+            let p = self.own(partner, payment_id).await?;
+            match p.state {
+                // Being cancelled already: the resolver reverses it on its schedule (a repeated
+                // cancel does not hurry it, so refusals count attempts spread in time).
+                PaymentState::Failed
+                | PaymentState::Cancelled
+                | PaymentState::Reversing
+                | PaymentState::Cancelling => {
+                    drop(guard);
+                    return self.visible(p).await;
                 }
-                if p.reversal_refused {
-                    return Err(ApiError::CancelNotAllowed(
-                        "the acquirer would not reverse this payment; ask for a refund".into(),
-                    ));
+                PaymentState::Pending | PaymentState::Unknown | PaymentState::Succeeded => {
+                    if p.refunded_cny.is_positive() {
+                        return Err(ApiError::CancelNotAllowed(
+                            "the payment has refunds; it can no longer be cancelled".into(),
+                        ));
+                    }
+                    if p.reversal_refused {
+                        return Err(ApiError::CancelNotAllowed(
+                            "the acquirer would not reverse this payment; ask for a refund".into(),
+                        ));
+                    }
+                    let now = self.clock.now();
+                    if now > self.cancel.deadline(p.created_at) {
+                        return Err(ApiError::CancelWindowClosed);
+                    }
+                    let mut change = Change::of(p.successor(now));
+                    change.payment.state = PaymentState::Cancelling;
+                    change.work = self.work(&p, Task::Reverse, now, 0);
+                    match self.store.apply(&change).await {
+                        Ok(()) => {}
+                        // Another node changed it meanwhile (its send's outcome, its resolver):
+                        // decide again on the payment as it now stands.
+                        Err(StoreError::Stale(_)) if tries < STALE_TRIES => {
+                            tries += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(internal(e)),
+                    }
+                    drop(guard);
+                    self.unsent_set().remove(payment_id);
+                    self.durable(change).await?;
+                    break;
                 }
-                let now = self.clock.now();
-                if now > self.cancel.deadline(p.created_at) {
-                    return Err(ApiError::CancelWindowClosed);
-                }
-                let mut change = Change::of(p.successor(now));
-                change.payment.state = PaymentState::Cancelling;
-                change.work = self.work(&p, Task::Reverse, now, 0);
-                self.store.apply(&change).await.map_err(internal)?;
-                drop(guard);
-                self.unsent_set().remove(payment_id);
-                self.durable(change).await?;
             }
         }
         // The reversal; when it is not confirmed the resolver keeps trying, and the payment shows
