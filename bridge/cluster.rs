@@ -164,7 +164,8 @@ enum Ended {
 
 /// Calls `reload` whenever the audit chain's head moves from `seen` (the head read before the
 /// settings in force were read: another node changed a setting), looking every `every`, until
-/// `shutdown`. A reload that fails (false) is tried again at the next look.
+/// `shutdown`; `reload` gets the head's sequence. A reload that fails (false) is tried again at
+/// the next look.
 pub async fn watch_settings<S, F, Fut>(
     store: Arc<S>,
     every: Duration,
@@ -173,7 +174,7 @@ pub async fn watch_settings<S, F, Fut>(
     reload: F,
 ) where
     S: Store,
-    F: Fn() -> Fut,
+    F: Fn(Option<u64>) -> Fut,
     Fut: Future<Output = bool>,
 {
     loop {
@@ -184,7 +185,7 @@ pub async fn watch_settings<S, F, Fut>(
         match store.audit_head().await {
             Ok(head) => {
                 let now = head.map(|h| h.seq);
-                if now != seen && reload().await {
+                if now != seen && reload(now).await {
                     seen = now;
                 }
             }

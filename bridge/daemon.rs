@@ -64,6 +64,8 @@ pub struct Daemon {
     pub acquirer_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub engine: Arc<Engine<AnyStore>>,
+    /// Rates, spreads and positions over the engine (what the admin API serves).
+    pub treasury: Arc<Treasury<AnyStore>>,
     pub sandbox: Option<Sandbox>,
     shutdown: watch::Sender<bool>,
     /// How long shutdown waits for connections and workers before it drops them.
@@ -241,7 +243,9 @@ impl Daemon {
         // The head first: a change another node makes while the settings are read is seen.
         let settings_seen = store.audit_head().await?.map(|h| h.seq);
         treasury.restore().await?;
+        treasury.settings_reached(settings_seen.unwrap_or(0));
         let treasury_watch = treasury.clone();
+        let treasury_handle = treasury.clone();
         // Other nodes write work, events and settings that wake no one here: look for them.
         let poll = store.shared().then(|| Duration::from_millis(config.cluster.poll_ms));
         if store.shared() {
@@ -466,12 +470,13 @@ impl Daemon {
                 every,
                 settings_seen,
                 shutdown_rx.clone(),
-                move || {
+                move |head| {
                     let t = t.clone();
                     async move {
                         match t.restore().await {
                             Ok(()) => {
                                 tracing::info!("settings changed by another node: in force here");
+                                t.settings_reached(head.unwrap_or(0));
                                 true
                             }
                             Err(e) => {
@@ -500,6 +505,7 @@ impl Daemon {
             acquirer_addr,
             admin_addr,
             engine,
+            treasury: treasury_handle,
             sandbox,
             shutdown,
             shutdown_timeout: serve_limits.shutdown_timeout,

@@ -69,6 +69,9 @@ pub struct Treasury<S> {
     node: Arc<str>,
     lease: crate::cluster::LeasePolicy,
     days: BusinessDays,
+    /// The audit sequence whose settings are in force here: changes made here, and (several
+    /// nodes on one store) those read from another node's.
+    in_force: tokio::sync::watch::Sender<u64>,
 }
 
 /// A spread as kept in the settings (the default has neither partner nor pair).
@@ -177,7 +180,22 @@ impl<S: Store> Treasury<S> {
             days,
             node: crate::cluster::node_id(None),
             lease: crate::cluster::LeasePolicy { ttl: std::time::Duration::from_secs(10) },
+            in_force: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// The audit sequence whose settings are in force on this node, as it moves.
+    pub fn settings_in_force(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.in_force.subscribe()
+    }
+
+    /// Settings up to audit sequence `seq` are in force here.
+    pub fn settings_reached(&self, seq: u64) {
+        self.in_force.send_if_modified(|s| {
+            let moved = seq > *s;
+            *s = (*s).max(seq);
+            moved
+        });
     }
 
     /// Changes as node `node` among several sharing the store, with leases of `lease`.
@@ -268,6 +286,7 @@ impl<S: Store> Treasury<S> {
         let store = self.engine.store();
         let record = store.admin_commit(&draft, settings).await.map_err(internal)?;
         store.flush().await.map_err(internal)?;
+        self.settings_reached(record.seq);
         tracing::info!(actor = %draft.actor, action = %draft.action, target = %draft.target, seq = record.seq, "admin change");
         Ok(record)
     }

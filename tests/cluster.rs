@@ -1,0 +1,203 @@
+//! Two daemons on one PostgreSQL database, in this process, with real mTLS on loopback: either
+//! answers for every payment (a request repeated on the other node finds the same payment, a
+//! quote made on one is paid on the other), a spread set on one prices the other's quotes within
+//! its poll, and the work done once is led by one node and handed over when it stops. The
+//! two-node crash test (`crash_cluster.rs`) kills them; this one checks what they share.
+//! PostgreSQL missing: fails under `CI=true`, skips loudly otherwise.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use qrbridge::clock::SystemClock;
+use qrbridge::daemon::{Daemon, StartOptions};
+use qrbridge::pki::{self, Ca};
+use qrbridge::store::Store;
+use qrbridge_adapters::acquirer::sandbox::SandboxConfig;
+use serde_json::Value;
+use support::daemon::TestClient;
+use support::flows::{code, pay, quote};
+
+/// Bound on anything the test waits for.
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Pair {
+    a: Daemon,
+    b: Daemon,
+    pki: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    db: support::pg::PgTest,
+}
+
+async fn node(dir: &std::path::Path, url: &str, name: &str) -> Daemon {
+    let mut c = qrbridge::daemon::embedded_config(dir, support::loopback()).unwrap();
+    c.storage.url = Some(url.to_owned());
+    c.storage.pool_size = 4;
+    c.cluster.node_id = Some(name.into());
+    c.cluster.poll_ms = 50;
+    c.cluster.lease_ttl_ms = 2_000;
+    Daemon::start(
+        c,
+        StartOptions { clock: Arc::new(SystemClock), sandbox: SandboxConfig { slow_ms: 5_000 } },
+    )
+    .await
+    .expect("node starts")
+}
+
+async fn pair() -> Option<Pair> {
+    let db = support::pg::database().await?;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    pki::write_dev_pki(&pki, &Ca::new("test CA").unwrap()).unwrap();
+    let a = node(dir.path(), &db.url, "a").await;
+    let b = node(dir.path(), &db.url, "b").await;
+    Some(Pair { a, b, pki, _dir: dir, db })
+}
+
+impl Pair {
+    fn partner(&self, d: &Daemon) -> TestClient {
+        TestClient::new(&self.pki, Some("partner-demo"), d.partner_addr, false)
+    }
+
+    fn admin(&self, d: &Daemon) -> TestClient {
+        TestClient::new(&self.pki, Some("admin"), d.admin_addr, false)
+    }
+
+    /// Who holds lease `name` now (the node's configured name, before its process suffix).
+    async fn holder(&self, name: &str) -> Option<String> {
+        let raw = self.db.raw().await;
+        let row = raw
+            .query_opt(
+                "SELECT holder FROM leases WHERE name = $1 AND until > clock_timestamp()",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        row.map(|r| r.get::<_, String>(0).split('-').next().unwrap_or_default().to_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn either_node_answers_for_every_payment() {
+    let Some(p) = pair().await else { return };
+    let (on_a, on_b) = (p.partner(&p.a), p.partner(&p.b));
+    // Quoted on one node, paid on the other.
+    let (s, q) = quote(&on_a, &code(None), Some(2_372), "PHP").await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let quote_id = q["quote_id"].as_str().unwrap();
+    let (s, paid) = pay(&on_b, "cluster-1", quote_id, "payer-1").await;
+    assert_eq!(s, StatusCode::CREATED, "{paid}");
+    assert_eq!(paid["status"], "SUCCEEDED", "{paid}");
+    let id = paid["payment_id"].as_str().unwrap();
+    // The same request repeated on the first node: the same payment, not a second.
+    let (s, again) = pay(&on_a, "cluster-1", quote_id, "payer-1").await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["payment_id"], paid["payment_id"]);
+    // The same request id with another quote: a conflict on either node.
+    let (_, q2) = quote(&on_b, &code(None), Some(2_372), "PHP").await;
+    let (s, conflict) = pay(&on_a, "cluster-1", q2["quote_id"].as_str().unwrap(), "payer-1").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{conflict}");
+    // Read back from both.
+    for c in [&on_a, &on_b] {
+        let (s, got) = c.get(&format!("/v1/payments/{id}")).await;
+        assert_eq!(s, StatusCode::OK, "{got}");
+        assert_eq!(got["status"], "SUCCEEDED");
+    }
+    let sums = p.a.store().ledger_sums().await.unwrap();
+    assert!(sums.values().all(|s| *s == 0), "{sums:?}");
+    p.a.shutdown().await;
+    p.b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_set_on_one_node_prices_the_other_nodes_quotes() {
+    let Some(p) = pair().await else { return };
+    let on_b = p.partner(&p.b);
+    let wallet = |q: &Value| q["wallet_amount"]["value"].as_str().unwrap().parse::<i64>().unwrap();
+    let (_, before) = quote(&on_b, &code(None), Some(10_000), "PHP").await;
+
+    let mut in_force_b = p.b.treasury.settings_in_force();
+    let (s, set) = p
+        .admin(&p.a)
+        .try_send(
+            Method::PUT,
+            "/admin/v1/spreads",
+            Some(br#"{"partner": "partner-demo", "pair": "CNY/PHP", "bps": "300"}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{set}");
+    let seq = set["audit_seq"].as_u64().unwrap();
+    // Node b reads it from the store within its poll.
+    tokio::time::timeout(WAIT, in_force_b.wait_for(|s| *s >= seq))
+        .await
+        .expect("the spread reached the other node")
+        .unwrap();
+    let (_, after) = quote(&on_b, &code(None), Some(10_000), "PHP").await;
+    assert!(
+        wallet(&after) > wallet(&before),
+        "a wider spread costs the payer more: {before} {after}"
+    );
+
+    // A change made on b from b's copy keeps a's change (the list is read again under the
+    // cluster's turn): both overrides are in force on both nodes.
+    let (s, set2) = p
+        .admin(&p.b)
+        .try_send(
+            Method::PUT,
+            "/admin/v1/spreads",
+            Some(br#"{"partner": "partner-demo", "pair": "CNY/KRW", "bps": "250"}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{set2}");
+    let seq2 = set2["audit_seq"].as_u64().unwrap();
+    let mut in_force_a = p.a.treasury.settings_in_force();
+    tokio::time::timeout(WAIT, in_force_a.wait_for(|s| *s >= seq2))
+        .await
+        .expect("the second spread reached the first node")
+        .unwrap();
+    for d in [&p.a, &p.b] {
+        let (_, spreads) = p.admin(d).get("/admin/v1/spreads").await;
+        let overrides = spreads["overrides"].as_array().unwrap();
+        assert_eq!(overrides.len(), 2, "{spreads}");
+    }
+    p.a.shutdown().await;
+    p.b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_done_once_is_led_by_one_node_and_handed_over_when_it_stops() {
+    let Some(p) = pair().await else { return };
+    let leader = p.holder("resolver").await.expect("a node leads the resolver");
+    assert!(leader == "a" || leader == "b", "{leader}");
+    assert_eq!(p.holder("webhooks").await.as_deref().map(|h| h == "a" || h == "b"), Some(true));
+    // The leader stops (and gives its leases up); the other takes them within a few renewals.
+    let (stopping, staying) = if leader == "a" { (p.a, p.b) } else { (p.b, p.a) };
+    stopping.shutdown().await;
+    let other = if leader == "a" { "b" } else { "a" };
+    let raw = p.db.raw().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let held: Vec<String> = raw
+            .query("SELECT name FROM leases WHERE holder LIKE $1 AND until > clock_timestamp() ORDER BY name", &[&format!("{other}-%")])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if held.iter().any(|n| n == "resolver") && held.iter().any(|n| n == "webhooks") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no takeover: {held:?}");
+        // Polling the database with a bound: the other node's renewals are its own timers.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The survivor still answers.
+    let c = TestClient::new(&p.pki, Some("partner-demo"), staying.partner_addr, false);
+    let (s, q) = quote(&c, &code(None), Some(1_000), "PHP").await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    staying.shutdown().await;
+}
