@@ -421,6 +421,30 @@ pub struct AuditRecord {
 pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 impl AuditRecord {
+    /// The record `draft` makes after `head` (the chain's start when there is none), hashed.
+    pub fn next(draft: &AuditDraft, head: Option<AuditHead>) -> AuditRecord {
+        let head = head.unwrap_or_else(|| AuditHead { seq: 0, hash: AUDIT_GENESIS.into() });
+        let mut record = AuditRecord {
+            v: RECORD_VERSION,
+            seq: head.seq + 1,
+            at: draft.at,
+            actor: draft.actor.clone(),
+            action: draft.action.clone(),
+            target: draft.target.clone(),
+            before: draft.before.clone(),
+            after: draft.after.clone(),
+            prev_hash: head.hash,
+            hash: String::new(),
+        };
+        record.hash = record.compute_hash();
+        record
+    }
+
+    /// The chain's head once this record is its last.
+    pub fn head(&self) -> AuditHead {
+        AuditHead { seq: self.seq, hash: self.hash.clone() }
+    }
+
     /// The hash this record should carry: SHA-256 of its fields other than `hash`, as JSON with
     /// sorted keys.
     pub fn compute_hash(&self) -> String {

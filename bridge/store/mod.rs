@@ -107,6 +107,19 @@ pub struct Change {
 }
 
 impl Change {
+    /// Stops the process when the change's journal entry does not balance: a bug, and booking
+    /// wrong money is worse than stopping. Every store calls it before it writes a change.
+    pub fn assert_balanced(&self) {
+        if let Some(j) = &self.journal {
+            assert!(
+                j.is_balanced(),
+                "unbalanced journal entry for {}: {:?}",
+                j.payment_id,
+                j.sums()
+            );
+        }
+    }
+
     /// A change to `payment` and nothing else.
     pub fn of(payment: PaymentRecord) -> Self {
         Change {

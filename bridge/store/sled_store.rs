@@ -572,15 +572,7 @@ impl SledStore {
 
     pub fn apply(&self, c: &Change) -> Result<(), StoreError> {
         let _write = self.flusher.write();
-        if let Some(j) = &c.journal {
-            // A journal entry that does not balance is a bug: stop rather than book wrong money.
-            assert!(
-                j.is_balanced(),
-                "unbalanced journal entry for {}: {:?}",
-                j.payment_id,
-                j.sums()
-            );
-        }
+        c.assert_balanced();
         let p = &c.payment;
         let id = p.payment_id.as_str();
         let _payment = self.stripe(id);
@@ -838,25 +830,15 @@ impl SledStore {
         // Admin changes are rare and not on the payment path: a transaction across the two trees.
         let r = (&self.settings, &self.audit).transaction(|(set, audit)| {
             let head = match set.get(AUDIT_HEAD.as_bytes())? {
-                Some(v) => decode::<AuditHead>("settings", &v)
-                    .map_err(sled::transaction::ConflictableTransactionError::Abort)?,
-                None => AuditHead { seq: 0, hash: AUDIT_GENESIS.into() },
+                Some(v) => Some(
+                    decode::<AuditHead>("settings", &v)
+                        .map_err(sled::transaction::ConflictableTransactionError::Abort)?,
+                ),
+                None => None,
             };
-            let mut record = AuditRecord {
-                v: RECORD_VERSION,
-                seq: head.seq + 1,
-                at: draft.at,
-                actor: draft.actor.clone(),
-                action: draft.action.clone(),
-                target: draft.target.clone(),
-                before: draft.before.clone(),
-                after: draft.after.clone(),
-                prev_hash: head.hash,
-                hash: String::new(),
-            };
-            record.hash = record.compute_hash();
+            let record = AuditRecord::next(draft, head);
             audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
-            let head = AuditHead { seq: record.seq, hash: record.hash.clone() };
+            let head = record.head();
             set.insert(AUDIT_HEAD.as_bytes(), encode(&head))?;
             for (k, v) in settings {
                 match v {

@@ -697,15 +697,7 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, ch: &Change) -> Result<(), StoreError> {
-        if let Some(j) = &ch.journal {
-            // A journal entry that does not balance is a bug: stop rather than book wrong money.
-            assert!(
-                j.is_balanced(),
-                "unbalanced journal entry for {}: {:?}",
-                j.payment_id,
-                j.sums()
-            );
-        }
+        ch.assert_balanced();
         let p = &ch.payment;
         let stale = || StoreError::Stale(p.payment_id.clone());
         let Some(stored_rev) = p.rev.checked_sub(1) else { return Err(stale()) };
@@ -1110,23 +1102,10 @@ impl Store for PgStore {
         let tx = c.transaction().await?;
         // One appender at a time, on any node: each record follows the head it read.
         exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await?;
-        let head: AuditHead =
+        let head: Option<AuditHead> =
             one(&tx, "settings", "SELECT value FROM settings WHERE key = $1", &[&AUDIT_HEAD])
-                .await?
-                .unwrap_or_else(|| AuditHead { seq: 0, hash: AUDIT_GENESIS.into() });
-        let mut record = AuditRecord {
-            v: RECORD_VERSION,
-            seq: head.seq + 1,
-            at: draft.at,
-            actor: draft.actor.clone(),
-            action: draft.action.clone(),
-            target: draft.target.clone(),
-            before: draft.before.clone(),
-            after: draft.after.clone(),
-            prev_hash: head.hash,
-            hash: String::new(),
-        };
-        record.hash = record.compute_hash();
+                .await?;
+        let record = AuditRecord::next(draft, head);
         exec(
             &tx,
             "INSERT INTO audit (seq, at, actor, action, hash, record) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -1140,7 +1119,7 @@ impl Store for PgStore {
             ],
         )
         .await?;
-        let head = AuditHead { seq: record.seq, hash: record.hash.clone() };
+        let head = record.head();
         let mut writes: Vec<(&str, Option<Vec<u8>>)> = vec![(AUDIT_HEAD, Some(encode(&head)))];
         writes.extend(settings.iter().map(|(k, v)| (k.as_str(), v.clone())));
         for (key, value) in writes {
