@@ -1,7 +1,8 @@
 //! Runs the README's start command for real — the `qrbridge serve` binary on its embedded
 //! defaults — in a fresh folder: it generates the development PKI, starts the sandbox acquirer,
 //! prints a working curl command, takes a payment over mTLS, stops cleanly on SIGTERM, and after a
-//! restart on the same folder the payment is still there.
+//! restart on the same folder the payment is still there; the same on PostgreSQL, after
+//! `qrbridge migrate`.
 
 mod support;
 
@@ -17,8 +18,15 @@ use tokio::process::{Child, Command};
 
 /// Starts `qrbridge serve` in `dir` and reads its banner: the address and the printed curl body.
 async fn start(dir: &Path) -> (Child, SocketAddr, String) {
+    start_with(dir, &[]).await
+}
+
+/// [`start`] with more arguments.
+async fn start_with(dir: &Path, more: &[&str]) -> (Child, SocketAddr, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qrbridge"))
         .args(["serve", "--data-dir", "var", "--partner-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0", "--acquirer-addr", "127.0.0.1:0"])
+        .args(more)
         .current_dir(dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -89,6 +97,50 @@ async fn the_embedded_default_serves_and_keeps_its_word() {
     let (child, addr, _) = start(dir.path()).await;
     let c = TestClient::new(&pki, Some("partner-demo"), addr, false);
     let (s, again) = c.get("/v1/payments?request_id=serve-1").await;
+    assert_eq!((s, &again), (StatusCode::OK, &p));
+    stop(child).await;
+}
+
+/// The README's PostgreSQL command: `qrbridge migrate` applies the schema once, `qrbridge serve
+/// --database-url` runs the embedded defaults on it (the data folder holds the PKI, not a store),
+/// and a restart finds the payment in the database.
+#[tokio::test]
+async fn the_embedded_default_on_postgresql() {
+    let Some(db) = support::pg::database().await else { return };
+    let migrate = |url: String| async move {
+        let out = Command::new(env!("CARGO_BIN_EXE_qrbridge"))
+            .args(["migrate", "--database-url", &url])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(migrate(db.url.clone()).await.contains("migrations applied: 1, 2"));
+    assert!(migrate(db.url.clone()).await.contains("up to date"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr, curl_body) =
+        start_with(dir.path(), &["--database-url", db.url.as_str()]).await;
+    assert!(!dir.path().join("var/db").exists(), "no embedded store beside a database");
+    let pki = dir.path().join("var/pki");
+    let c = TestClient::new(&pki, Some("partner-demo"), addr, false);
+    let mut quote_body: serde_json::Value = serde_json::from_str(&curl_body).unwrap();
+    quote_body["wallet_currency"] = json!("PHP");
+    let (s, q) = c.post("/v1/quotes", &quote_body).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let (s, p) = c
+        .post(
+            "/v1/payments",
+            &json!({"request_id": "serve-pg", "quote_id": q["quote_id"], "payer": {"id": "u"}}),
+        )
+        .await;
+    assert_eq!((s, p["status"].as_str()), (StatusCode::CREATED, Some("SUCCEEDED")), "{p}");
+    stop(child).await;
+
+    let (child, addr, _) = start_with(dir.path(), &["--database-url", db.url.as_str()]).await;
+    let c = TestClient::new(&pki, Some("partner-demo"), addr, false);
+    let (s, again) = c.get("/v1/payments?request_id=serve-pg").await;
     assert_eq!((s, &again), (StatusCode::OK, &p));
     stop(child).await;
 }
