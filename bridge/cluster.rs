@@ -70,10 +70,10 @@ pub async fn lead<S, F, Fut>(
     F: Fn(watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let take = |store: Arc<S>, node: Arc<str>| async move {
+    // A renewal waits at most `limit`: never past the point where the leader must stop.
+    let take = |store: Arc<S>, node: Arc<str>, limit: Duration| async move {
         let sent = Instant::now();
-        match tokio::time::timeout(policy.renew_every(), store.lease(role, &node, policy.ttl)).await
-        {
+        match tokio::time::timeout(limit, store.lease(role, &node, policy.ttl)).await {
             Ok(Ok(held)) => Some((held, sent)),
             Ok(Err(e)) => {
                 tracing::warn!(role, error = %e, "lease: the store did not answer");
@@ -88,7 +88,9 @@ pub async fn lead<S, F, Fut>(
     loop {
         // Until the lease is ours.
         let mut renewed = loop {
-            if let Some((true, sent)) = take(store.clone(), node.clone()).await {
+            if let Some((true, sent)) =
+                take(store.clone(), node.clone(), policy.renew_every()).await
+            {
                 break sent;
             }
             tokio::select! {
@@ -100,15 +102,18 @@ pub async fn lead<S, F, Fut>(
             tracing::info!(role, node = %node, "this node leads");
         }
         let (stop, stopped) = watch::channel(false);
-        let mut worker = tokio::spawn(work(stopped));
+        // Aborted if this task is (a shutdown past its deadline): the worker never outlives it.
+        let mut worker = AbortOnDrop(tokio::spawn(work(stopped)));
         let mut next = renewed + policy.renew_every();
         let ended = loop {
             tokio::select! {
-                _ = &mut worker => break Ended::ByItself,
+                _ = &mut worker.0 => break Ended::ByItself,
                 _ = tokio::time::sleep_until(next) => {
                     // After a failed renewal, again soon (not at once: the store is struggling).
                     next = Instant::now() + policy.renew_every() / 4;
-                    match take(store.clone(), node.clone()).await {
+                    let left = policy.give_up_after().saturating_sub(renewed.elapsed());
+                    let limit = policy.renew_every().min(left).max(Duration::from_millis(1));
+                    match take(store.clone(), node.clone(), limit).await {
                         Some((true, sent)) => {
                             renewed = sent;
                             next = sent + policy.renew_every();
@@ -125,7 +130,7 @@ pub async fn lead<S, F, Fut>(
         };
         let _ = stop.send(true);
         if !matches!(ended, Ended::ByItself) {
-            let _ = (&mut worker).await;
+            let _ = (&mut worker.0).await;
         }
         match ended {
             Ended::Shutdown => {
@@ -153,6 +158,15 @@ pub async fn lead<S, F, Fut>(
                 }
             }
         }
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -202,7 +216,9 @@ pub async fn watch_settings<S, F, Fut>(
 pub struct Turn<S: Store> {
     store: Arc<S>,
     name: &'static str,
-    node: Arc<str>,
+    /// This turn's own holder name (the node's, and a nonce): giving it up never gives up
+    /// another turn's, even of the same node.
+    holder: Arc<str>,
     renewing: Option<tokio::task::JoinHandle<()>>,
     lost: watch::Receiver<bool>,
 }
@@ -218,10 +234,11 @@ impl<S: Store> Turn<S> {
         wait: Duration,
     ) -> Result<Option<Turn<S>>, crate::store::StoreError> {
         let (lost_tx, lost) = watch::channel(false);
+        let holder: Arc<str> = format!("{node}/{:08x}", fastrand::u32(..)).into();
         let turn = |renewing| Turn {
             store: store.clone(),
             name,
-            node: node.clone(),
+            holder: holder.clone(),
             renewing,
             lost: lost.clone(),
         };
@@ -231,7 +248,7 @@ impl<S: Store> Turn<S> {
         let until = Instant::now() + wait;
         let mut granted = loop {
             let sent = Instant::now();
-            if store.lease(name, node, policy.ttl).await? {
+            if store.lease(name, &holder, policy.ttl).await? {
                 break sent;
             }
             if Instant::now() >= until {
@@ -239,7 +256,7 @@ impl<S: Store> Turn<S> {
             }
             tokio::time::sleep(Duration::from_millis(100).min(policy.renew_every())).await;
         };
-        let (s, n) = (store.clone(), node.clone());
+        let (s, n) = (store.clone(), holder.clone());
         let renewing = tokio::spawn(async move {
             let mut next = granted + policy.renew_every();
             loop {
@@ -271,15 +288,32 @@ impl<S: Store> Turn<S> {
     pub fn lost(&self) -> bool {
         *self.lost.borrow()
     }
+
+    /// Gives the turn up now (dropping it gives it up in the background).
+    pub async fn release(mut self) {
+        let Some(renewing) = self.renewing.take() else { return };
+        renewing.abort();
+        let release = self.store.release_lease(self.name, &self.holder);
+        match tokio::time::timeout(Duration::from_secs(5), release).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(lease = self.name, error = %e, "lease not given up; it runs out by itself")
+            }
+            Err(_) => tracing::warn!(
+                lease = self.name,
+                "lease not given up in time; it runs out by itself"
+            ),
+        }
+    }
 }
 
 impl<S: Store> Drop for Turn<S> {
     fn drop(&mut self) {
         let Some(renewing) = self.renewing.take() else { return };
         renewing.abort();
-        let (store, name, node) = (self.store.clone(), self.name, self.node.clone());
+        let (store, name, holder) = (self.store.clone(), self.name, self.holder.clone());
         tokio::spawn(async move {
-            if let Err(e) = store.release_lease(name, &node).await {
+            if let Err(e) = store.release_lease(name, &holder).await {
                 tracing::warn!(lease = name, error = %e, "lease not given up; it runs out by itself");
             }
         });

@@ -34,6 +34,10 @@ use crate::tls::{self, Directory};
 use crate::treasury::Treasury;
 use crate::webhooks::DeliveryPolicy;
 
+/// How soon after its creation a payment must be sent, or not at all (see
+/// [`ResolverPolicy::send_by`]).
+const SEND_BY_MS: i64 = 2_000;
+
 /// A worker a node runs while it leads.
 type Worker = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -208,16 +212,19 @@ impl Daemon {
                 reversal_refusals_max: config.resolver.reversal_refusals_max,
                 acquirer_concurrency_max: config.resolver.acquirer_concurrency_max as usize,
                 late_approvals_max: config.resolver.late_approvals_max,
-                // The longest an instruction can take to any acquirer, and a second more.
+                // Sent within `send_by` of its creation, then the longest an instruction can
+                // take to any acquirer, and a second more.
                 send_window: chrono::Duration::milliseconds(
-                    config
-                        .acquirers
-                        .iter()
-                        .map(|a| (a.connect_timeout_ms + a.timeout_ms) as i64)
-                        .max()
-                        .unwrap_or(0)
+                    SEND_BY_MS
+                        + config
+                            .acquirers
+                            .iter()
+                            .map(|a| (a.connect_timeout_ms + a.timeout_ms) as i64)
+                            .max()
+                            .unwrap_or(0)
                         + 1_000,
                 ),
+                send_by: chrono::Duration::milliseconds(SEND_BY_MS),
             },
             refund_window_days: settlement.refund_window_days,
         });
@@ -473,7 +480,7 @@ impl Daemon {
                 move |head| {
                     let t = t.clone();
                     async move {
-                        match t.restore().await {
+                        match t.reload().await {
                             Ok(()) => {
                                 tracing::info!("settings changed by another node: in force here");
                                 t.settings_reached(head.unwrap_or(0));

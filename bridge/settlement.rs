@@ -899,6 +899,7 @@ impl<S: Store> Settlement<S> {
         }
         let dir = self.dir.join(day.to_string());
         write_day(dir, files).await?;
+        turn.release().await;
         let digest = summary.files.get("in-doubt.csv").cloned();
         self.treasury
             .record(

@@ -184,6 +184,12 @@ impl<S: Store> Treasury<S> {
         }
     }
 
+    /// [`Treasury::restore`] between this node's own changes (another node changed settings).
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let _one = self.changes.lock().await;
+        self.restore().await
+    }
+
     /// The audit sequence whose settings are in force on this node, as it moves.
     pub fn settings_in_force(&self) -> tokio::sync::watch::Receiver<u64> {
         self.in_force.subscribe()
@@ -448,7 +454,7 @@ impl<S: Store> Treasury<S> {
         let _one = self.changes.lock().await;
         // The spreads are stored as one list: another node's change since this node last read
         // them must be in it, so read them again under the cluster's turn.
-        let _turn = self.settings_turn().await?;
+        let turn = self.settings_turn().await?;
         self.restore().await.map_err(internal)?;
         let mut policy = self.engine.spreads();
         let before = if key.partner.is_none() && key.pair.is_none() {
@@ -481,8 +487,13 @@ impl<S: Store> Treasury<S> {
                 .collect::<Vec<_>>();
         let stored = serde_json::to_vec(&stored).expect("JSON of plain data");
         let draft = self.draft(actor, "spreads.set", target_of(&key), json!(before), json!(bps));
+        if turn.lost() {
+            // Another node may be writing the list now: this change is not made.
+            return Err(ApiError::Overloaded);
+        }
         let record = self.commit(draft, &[(SPREADS_KEY.into(), Some(stored))]).await?;
         self.engine.set_spreads(policy);
+        turn.release().await;
         let mut answer = self.spreads();
         answer["audit_seq"] = json!(record.seq);
         Ok(answer)

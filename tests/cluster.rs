@@ -31,12 +31,12 @@ struct Pair {
     db: support::pg::PgTest,
 }
 
-async fn node(dir: &std::path::Path, url: &str, name: &str) -> Daemon {
+async fn node(dir: &std::path::Path, url: &str, name: &str, poll_ms: u64) -> Daemon {
     let mut c = qrbridge::daemon::embedded_config(dir, support::loopback()).unwrap();
     c.storage.url = Some(url.to_owned());
     c.storage.pool_size = 4;
     c.cluster.node_id = Some(name.into());
-    c.cluster.poll_ms = 50;
+    c.cluster.poll_ms = poll_ms;
     c.cluster.lease_ttl_ms = 2_000;
     Daemon::start(
         c,
@@ -47,12 +47,17 @@ async fn node(dir: &std::path::Path, url: &str, name: &str) -> Daemon {
 }
 
 async fn pair() -> Option<Pair> {
+    pair_polling(50).await
+}
+
+/// Two nodes that look for each other's writes every `poll_ms`.
+async fn pair_polling(poll_ms: u64) -> Option<Pair> {
     let db = support::pg::database().await?;
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     pki::write_dev_pki(&pki, &Ca::new("test CA").unwrap()).unwrap();
-    let a = node(dir.path(), &db.url, "a").await;
-    let b = node(dir.path(), &db.url, "b").await;
+    let a = node(dir.path(), &db.url, "a", poll_ms).await;
+    let b = node(dir.path(), &db.url, "b", poll_ms).await;
     Some(Pair { a, b, pki, _dir: dir, db })
 }
 
@@ -141,29 +146,37 @@ async fn a_spread_set_on_one_node_prices_the_other_nodes_quotes() {
         "a wider spread costs the payer more: {before} {after}"
     );
 
-    // A change made on b from b's copy keeps a's change (the list is read again under the
-    // cluster's turn): both overrides are in force on both nodes.
-    let (s, set2) = p
-        .admin(&p.b)
-        .try_send(
-            Method::PUT,
-            "/admin/v1/spreads",
-            Some(br#"{"partner": "partner-demo", "pair": "CNY/KRW", "bps": "250"}"#.to_vec()),
-        )
+    p.a.shutdown().await;
+    p.b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_change_on_one_node_never_undoes_another_nodes() {
+    // Nodes that do not poll in the test's time: b's copy of the spreads stays the one it
+    // started with, so only reading them again under the cluster's turn keeps a's change.
+    let Some(p) = pair_polling(600_000).await else { return };
+    let set = |d: &Daemon, body: &'static [u8]| {
+        let admin = p.admin(d);
+        async move {
+            let (s, v) = admin
+                .try_send(Method::PUT, "/admin/v1/spreads", Some(body.to_vec()))
+                .await
+                .unwrap();
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v
+        }
+    };
+    set(&p.a, br#"{"partner": "partner-demo", "pair": "CNY/PHP", "bps": "300"}"#).await;
+    let on_b = set(&p.b, br#"{"partner": "partner-demo", "pair": "CNY/KRW", "bps": "250"}"#).await;
+    assert_eq!(on_b["overrides"].as_array().unwrap().len(), 2, "b kept a's change: {on_b}");
+    let raw = p.db.raw().await;
+    let stored: Vec<u8> = raw
+        .query_one("SELECT value FROM settings WHERE key = 'spreads'", &[])
         .await
-        .unwrap();
-    assert_eq!(s, StatusCode::OK, "{set2}");
-    let seq2 = set2["audit_seq"].as_u64().unwrap();
-    let mut in_force_a = p.a.treasury.settings_in_force();
-    tokio::time::timeout(WAIT, in_force_a.wait_for(|s| *s >= seq2))
-        .await
-        .expect("the second spread reached the first node")
-        .unwrap();
-    for d in [&p.a, &p.b] {
-        let (_, spreads) = p.admin(d).get("/admin/v1/spreads").await;
-        let overrides = spreads["overrides"].as_array().unwrap();
-        assert_eq!(overrides.len(), 2, "{spreads}");
-    }
+        .unwrap()
+        .get(0);
+    let stored: Value = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(stored.as_array().unwrap().len(), 3, "default and both overrides: {stored}");
     p.a.shutdown().await;
     p.b.shutdown().await;
 }

@@ -71,6 +71,9 @@ pub struct ResolverPolicy {
     /// store, a cancel on one node waits this out before it reverses a payment another node may
     /// be sending (this node's own sends it waits for directly).
     pub send_window: Duration,
+    /// A payment not sent this long after its creation is not sent at all (it fails as
+    /// `ACQUIRER_UNAVAILABLE`): the send window is this and the longest call.
+    pub send_by: Duration,
 }
 
 impl ResolverPolicy {
@@ -89,7 +92,8 @@ impl Default for ResolverPolicy {
             reversal_refusals_max: 5,
             acquirer_concurrency_max: 16,
             late_approvals_max: 3,
-            send_window: Duration::seconds(11),
+            send_window: Duration::seconds(9),
+            send_by: Duration::seconds(2),
         }
     }
 }
@@ -572,11 +576,21 @@ impl<S: Store> Engine<S> {
                 return self.replay(*existing, &hash).await.map(|p| (p, false));
             }
             Err(e @ (StoreError::Database(_) | StoreError::Sled(_))) => {
-                // The write may have been made before the error came back: if it was, nothing
-                // was sent, and the same request repeated here sends it (see `replay`).
-                self.unsent_set().insert(record.payment_id.clone());
-                self.work_due(self.inquiry_due(&record, now, 0));
-                return Err(internal(e));
+                // The write may have been made before the error came back (a commit whose answer
+                // was lost): read it again. Written: it goes on, sent now. Not written: nothing
+                // to do. Unknown: nothing was sent, and the same request repeated here sends it
+                // (see `replay`), or the resolver ends it.
+                match self.store.payment(&record.payment_id).await {
+                    Ok(Some(stored)) if stored.rev == record.rev => {
+                        tracing::warn!(payment = %record.payment_id, error = %e, "the write was made after all");
+                    }
+                    Ok(_) => return Err(internal(e)),
+                    Err(_) => {
+                        self.unsent_set().insert(record.payment_id.clone());
+                        self.work_due(self.inquiry_due(&record, now, 0));
+                        return Err(internal(e));
+                    }
+                }
             }
             Err(e) => {
                 // A conflict may rest on another request's write: say it once that is durable.
@@ -626,6 +640,17 @@ impl<S: Store> Engine<S> {
             // The resolver finishes it if the partner does not repeat the request.
             self.work_due(self.inquiry_due(&p, p.created_at, 0));
             return Err(internal(e));
+        }
+        // On a store other nodes share, sent only soon after its creation (a store slow to take
+        // the write can make it late):
+        // the send window other nodes wait out before reversing ([`ResolverPolicy::send_window`])
+        // counts from the creation, so a late send could land behind their reversal. Nothing
+        // was sent: the resolver ends it ACQUIRER_UNAVAILABLE.
+        if self.store.shared() && self.clock.now() > p.created_at + self.resolver.send_by {
+            tracing::warn!(payment = %p.payment_id, "too late to send; not sent");
+            self.unsent_set().insert(p.payment_id.clone());
+            self.work_due(self.clock.now());
+            return Err(internal(StoreError::Database("the payment's write took too long".into())));
         }
         self.unsent_set().remove(&p.payment_id);
         // The resolver learns of the payment, in case its outcome stays unknown.
@@ -695,7 +720,9 @@ impl<S: Store> Engine<S> {
     /// and a reversal that overtook it would be confirmed before the approval lands. Waits out
     /// the window (at most its length), then reads the payment again.
     async fn sent_elsewhere(&self, p: PaymentRecord) -> Result<PaymentRecord, ApiError> {
-        if !self.store.shared() || p.state != PaymentState::Pending {
+        let maybe_on_its_way =
+            p.state == PaymentState::Pending || (p.state == PaymentState::Unknown && !p.booked);
+        if !self.store.shared() || !maybe_on_its_way {
             return Ok(p);
         }
         let left = (p.created_at + self.resolver.send_window - self.clock.now())
@@ -721,6 +748,18 @@ impl<S: Store> Engine<S> {
     /// expiry, so the last inquiry and the reversal happen on time.
     fn inquiry_due(&self, p: &PaymentRecord, from: DateTime<Utc>, attempt: u32) -> DateTime<Utc> {
         (from + self.resolver.delay(attempt)).min(p.created_at + self.resolver.expiry)
+    }
+
+    /// When to verify a reversal: after the first delay, and (several nodes on one store) not
+    /// before another node's send of the payment could have landed, so that an approval behind
+    /// the reversal is found.
+    fn verify_due(&self, p: &PaymentRecord, now: DateTime<Utc>) -> DateTime<Utc> {
+        let due = now + self.resolver.delay(0);
+        if self.store.shared() {
+            due.max(p.created_at + self.resolver.send_window)
+        } else {
+            due
+        }
     }
 
     fn work(&self, p: &PaymentRecord, task: Task, due: DateTime<Utc>, attempt: u32) -> Work {
@@ -759,11 +798,25 @@ impl<S: Store> Engine<S> {
                 );
                 if approved && !current.booked {
                     // Approved behind a reversal (a cancel on another node overtook the send):
-                    // never dropped — the resolver verifies it now, books it and reverses it.
-                    tracing::warn!(payment = %p.payment_id, state = ?current.state, "approved after the payment moved on; verifying");
+                    // never dropped. A reversal still under way (CANCELLING, REVERSING) goes on
+                    // and books its own undoing: the approval is booked now, its task kept. A
+                    // payment already final gets a verification now, which books the approval
+                    // and reverses it again.
+                    tracing::warn!(payment = %p.payment_id, state = ?current.state, "approved after the payment moved on");
                     let now = self.clock.now();
-                    let change =
-                        Self::unchanged(&current, now, self.work(&current, Task::Verify, now, 0));
+                    let reversing =
+                        matches!(current.state, PaymentState::Cancelling | PaymentState::Reversing);
+                    let change = if reversing {
+                        let mut change = Self::unchanged(&current, now, Work::Keep);
+                        change.payment.late_approvals += 1;
+                        change.payment.booked = true;
+                        let mut entry = ledger::payment(&change.payment, now);
+                        entry.kind = "late_approval".into();
+                        change.journal = Some(entry);
+                        change
+                    } else {
+                        Self::unchanged(&current, now, self.work(&current, Task::Verify, now, 0))
+                    };
                     match self.store.apply(&change).await {
                         Ok(()) => {}
                         Err(StoreError::Stale(_)) if tries < STALE_TRIES => {
@@ -1036,7 +1089,7 @@ impl<S: Store> Engine<S> {
                 });
                 change.release_quote = true;
                 // Nothing was sent; one inquiry later makes sure of it.
-                change.work = self.work(&p, Task::Verify, now + self.resolver.delay(0), 0);
+                change.work = self.work(&p, Task::Verify, self.verify_due(&p, now), 0);
                 self.event_for(&mut change, now);
                 change
             }
@@ -1115,7 +1168,7 @@ impl<S: Store> Engine<S> {
                 change.payment.state = PaymentState::Failed;
                 change.payment.failure =
                     Some(expired("the outcome stayed unknown; the acquirer holds no such payment"));
-                change.work = self.work(p, Task::Verify, now + self.resolver.delay(0), 0);
+                change.work = self.work(p, Task::Verify, self.verify_due(p, now), 0);
             }
             Some(InstructionStatus::NotFound | InstructionStatus::Processing) | None => {
                 if p.reversal_refused {
@@ -1195,7 +1248,7 @@ impl<S: Store> Engine<S> {
             change.journal = Some(ledger::reversal(p, kind, now));
             change.payment.booked = false;
         }
-        change.work = self.work(p, Task::Verify, now + self.resolver.delay(0), 0);
+        change.work = self.work(p, Task::Verify, self.verify_due(p, now), 0);
         if change.payment.state != p.state {
             tracing::info!(payment = %p.payment_id, state = ?change.payment.state, "reversal confirmed");
             self.event_for(&mut change, now);

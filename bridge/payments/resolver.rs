@@ -38,7 +38,7 @@ pub async fn run<S: Store>(
         woken.as_mut().enable();
         // While scanning, any new work wakes the next round.
         engine.resolver_sleeps_until(None);
-        let wait = match pass(&engine, &permits).await {
+        let wait = match pass(&engine, &permits, &shutdown).await {
             Ok(Pass { done: 0, next }) => next,
             Ok(_) => continue,
             Err(e) => {
@@ -68,12 +68,17 @@ struct Pass {
 async fn pass<S: Store>(
     engine: &Arc<Engine<S>>,
     permits: &Arc<Semaphore>,
+    stop: &watch::Receiver<bool>,
 ) -> Result<Pass, crate::store::StoreError> {
     let now = engine.now();
     let mut next: Option<std::time::Duration> = None;
     let mut soonest = |d: std::time::Duration| next = Some(next.map_or(d, |n| n.min(d)));
     let mut tasks = JoinSet::new();
     for item in engine.store().open_work().await? {
+        if *stop.borrow() {
+            // Told to stop (shutdown, or the lease lost): nothing more starts; what started ends.
+            break;
+        }
         if item.task == crate::model::Task::Attention {
             // For an operator; the resolver never does it.
             continue;
