@@ -13,10 +13,9 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use qrbridge::clock::SystemClock;
 use qrbridge::daemon::{Daemon, StartOptions};
-use qrbridge::pki::{self, Ca};
 use qrbridge::store::Store;
 use qrbridge_adapters::acquirer::sandbox::SandboxConfig;
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::daemon::TestClient;
 use support::flows::{code, pay, quote};
 
@@ -26,13 +25,22 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Pair {
     a: Daemon,
     b: Daemon,
+    /// The acquirer both nodes send to (its `52` fen answers after 1.5 s, inside their timeout).
+    sandbox: qrbridge_adapters::acquirer::sandbox::Sandbox,
     pki: std::path::PathBuf,
     _dir: tempfile::TempDir,
     db: support::pg::PgTest,
 }
 
-async fn node(dir: &std::path::Path, url: &str, name: &str, poll_ms: u64) -> Daemon {
+async fn node(
+    dir: &std::path::Path,
+    url: &str,
+    name: &str,
+    poll_ms: u64,
+    acquirer: std::net::SocketAddr,
+) -> Daemon {
     let mut c = qrbridge::daemon::embedded_config(dir, support::loopback()).unwrap();
+    c.acquirers[0].endpoint = format!("https://{acquirer}");
     c.storage.url = Some(url.to_owned());
     c.storage.pool_size = 4;
     c.cluster.node_id = Some(name.into());
@@ -55,10 +63,10 @@ async fn pair_polling(poll_ms: u64) -> Option<Pair> {
     let db = support::pg::database().await?;
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
-    pki::write_dev_pki(&pki, &Ca::new("test CA").unwrap()).unwrap();
-    let a = node(dir.path(), &db.url, "a", poll_ms).await;
-    let b = node(dir.path(), &db.url, "b", poll_ms).await;
-    Some(Pair { a, b, pki, _dir: dir, db })
+    let sandbox = support::pki_and_sandbox(&pki, 1_500).await;
+    let a = node(dir.path(), &db.url, "a", poll_ms, sandbox.addr()).await;
+    let b = node(dir.path(), &db.url, "b", poll_ms, sandbox.addr()).await;
+    Some(Pair { a, b, sandbox, pki, _dir: dir, db })
 }
 
 impl Pair {
@@ -213,4 +221,43 @@ async fn work_done_once_is_led_by_one_node_and_handed_over_when_it_stops() {
     let (s, q) = quote(&c, &code(None), Some(1_000), "PHP").await;
     assert_eq!(s, StatusCode::CREATED, "{q}");
     staying.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_on_one_node_waits_out_the_other_nodes_send() {
+    let Some(p) = pair().await else { return };
+    let (on_a, on_b) = (p.partner(&p.a), p.partner(&p.b));
+    // 10.52 CNY: the acquirer approves, and answers 1.5 s later.
+    let (s, q) = quote(&on_a, &code(None), Some(1_052), "PHP").await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let quote_id = q["quote_id"].as_str().unwrap().to_owned();
+    let paying = tokio::spawn(async move { pay(&on_a, "slow-1", &quote_id, "payer-1").await });
+    // The payment as the other node sees it: PENDING while its send is on the wire.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let id = loop {
+        let (s, got) = on_b.get("/v1/payments?request_id=slow-1").await;
+        if s == StatusCode::OK {
+            break got["payment_id"].as_str().unwrap().to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the payment never showed: {got}");
+        // Polling the other node's answer with a bound: its send is its own.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Cancelled on b while a is still sending: b waits out the send window, so the reversal
+    // comes after the approval, which is booked and then reversed — never a reversal that
+    // overtakes the instruction.
+    let (s, cancelled) = on_b.post(&format!("/v1/payments/{id}/cancel"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["status"], "CANCELLED", "{cancelled}");
+    let (s, paid) = paying.await.unwrap();
+    assert_eq!((s, paid["status"].as_str()), (StatusCode::CREATED, Some("SUCCEEDED")), "{paid}");
+    let kinds: Vec<String> =
+        p.a.store().journal_of(&id).await.unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.len(), 2, "booked, then its reversal booked: {kinds:?}");
+    assert_eq!(p.sandbox.received(&id), 1);
+    assert_eq!(p.sandbox.reversals(), vec![id.clone()]);
+    let sums = p.a.store().ledger_sums().await.unwrap();
+    assert!(sums.values().all(|s| *s == 0), "{sums:?}");
+    p.a.shutdown().await;
+    p.b.shutdown().await;
 }
