@@ -12,6 +12,8 @@
 //!   id after a kill are counted and printed), and nothing is left undelivered;
 //! - the ledger balances, and exactly the succeeded payments are booked.
 //!
+//! It runs on sled, then on PostgreSQL (one daemon on its own schema; the same kills and checks),
+//! which fails under `CI=true` when no server answers and is skipped loudly otherwise.
 //! (The load, the book and the checks are `support::crash`'s, shared with the two-node test.)
 //! It prints its seed; `QRBRIDGE_CRASH_SEED=<seed>` replays the same amounts, request ids and kill
 //! moments (process scheduling is the machine's own).
@@ -20,7 +22,7 @@ mod support;
 
 use std::time::Duration;
 
-use qrbridge::store::SledStore;
+use qrbridge::store::{PgStore, SledStore};
 use support::crash::{self, Book, Dir, Nodes, Request, Worker, PARTNERS};
 use support::webhook::{Mode, Receiver};
 
@@ -29,10 +31,16 @@ const WORKERS: usize = 4;
 fn main() {
     let (seed, kills) = crash::seed_and_kills("crash test", 100);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    rt.block_on(run(seed, kills));
+    rt.block_on(async {
+        run(seed, kills, None).await;
+        if let Some(db) = support::pg::database().await {
+            run(seed, kills, Some(&db.url)).await;
+        }
+    });
 }
 
-async fn run(seed: u64, kills: usize) {
+/// The test on sled, or (`database`) on PostgreSQL.
+async fn run(seed: u64, kills: usize, database: Option<&str>) {
     let started = tokio::time::Instant::now();
     let dir = Dir::new("crash test");
     let pki = dir.path().join("pki");
@@ -42,7 +50,9 @@ async fn run(seed: u64, kills: usize) {
     let hooks = Receiver::start(&pki, Mode::FailFirst(1)).await;
 
     let config = dir.path().join("qrbridge.toml");
-    crash::write_config(&config, &crash::config(dir.path(), sandbox.addr(), &hooks.url(), 1));
+    let mut c = crash::config(dir.path(), sandbox.addr(), &hooks.url(), 1);
+    c.storage.url = database.map(str::to_owned);
+    crash::write_config(&config, &c);
     let log = dir.path().join("daemon.log");
     let book = Book::shared();
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -94,11 +104,20 @@ async fn run(seed: u64, kills: usize) {
     crash::stop(daemon).await;
 
     // The store, as the last daemon left it.
-    let store = SledStore::open(&dir.path().join("db"), 64 << 20).unwrap();
-    let f = crash::check(&store, &sandbox, &hooks, &book, &settled, &never_made).await;
+    let f = match database {
+        None => {
+            let store = SledStore::open(&dir.path().join("db"), 64 << 20).unwrap();
+            crash::check(&store, &sandbox, &hooks, &book, &settled, &never_made).await
+        }
+        Some(url) => {
+            let store = PgStore::connect(url, 2).await.unwrap();
+            crash::check(&store, &sandbox, &hooks, &book, &settled, &never_made).await
+        }
+    };
 
     println!(
-        "crash test passed: {kills} kills in {:.1} s; {} requests sent, {} payments ({:?}), {} never made; {} instructions, {} reversals; {} webhook events acknowledged, {} of them again after a kill; total {:.1} s",
+        "crash test passed on {}: {kills} kills in {:.1} s; {} requests sent, {} payments ({:?}), {} never made; {} instructions, {} reversals; {} webhook events acknowledged, {} of them again after a kill; total {:.1} s",
+        if database.is_some() { "PostgreSQL" } else { "sled" },
         after_kills.as_secs_f64(),
         book.sent.len(),
         settled.payments.len(),
