@@ -32,6 +32,8 @@ enum Call {
 /// Answers: the instruction times out; inquiries get `inquiry` until a reversal, after the
 /// `n`th reversal `after_reversal[n]`.
 struct Script {
+    /// When set, a send waits for this signal and then is approved (otherwise it times out).
+    send_gate: Option<Arc<tokio::sync::Notify>>,
     inquiry: InstructionStatus,
     after_reversal: Vec<InstructionStatus>,
     reversals: usize,
@@ -56,6 +58,12 @@ fn scripted(
                     reason: None,
                 }))
             };
+            let gate = script.lock().unwrap().send_gate.clone();
+            if let (AcquirerRequest::Send(ins), Some(gate)) = (&req, gate) {
+                calls.send(Call::Send(at)).unwrap();
+                gate.notified().await;
+                return answer(ins.instruction_id.clone(), InstructionStatus::Approved);
+            }
             let mut s = script.lock().unwrap();
             match req {
                 AcquirerRequest::Send(_) => {
@@ -163,6 +171,7 @@ on_both_stores! {
 #[tokio::test(start_paused = true)]
 async fn inquiries_follow_the_schedule_then_expiry_reverses() {
     let script = Script {
+        send_gate: None,
         inquiry: InstructionStatus::NotFound,
         after_reversal: vec![InstructionStatus::Reversed],
         reversals: 0,
@@ -197,6 +206,7 @@ on_both_stores! {
 #[tokio::test(start_paused = true)]
 async fn an_inquiry_that_finds_an_approval_books_it() {
     let script = Script {
+        send_gate: None,
         inquiry: InstructionStatus::Approved,
         after_reversal: vec![InstructionStatus::Reversed],
         reversals: 0,
@@ -222,6 +232,7 @@ async fn an_approval_behind_the_reversal_is_booked_and_reversed_again() {
     // Undecided until expiry; the first reversal is acknowledged but the approval lands behind it;
     // the second reversal sticks.
     let script = Script {
+        send_gate: None,
         inquiry: InstructionStatus::Processing,
         after_reversal: vec![InstructionStatus::Approved, InstructionStatus::Reversed],
         reversals: 0,
@@ -258,5 +269,49 @@ async fn an_approval_behind_the_reversal_is_booked_and_reversed_again() {
     assert!(store.ledger_sums().await.unwrap().values().all(|s| *s == 0));
     // The partner was told FAILED once; the late approval changed nothing it sees.
     assert_eq!(store.outbox().await.unwrap().len(), 1);
+}
+}
+
+on_both_stores! {
+#[tokio::test(start_paused = true)]
+async fn an_approval_that_lands_behind_another_nodes_cancel_is_booked_then_reversed() {
+    // Another node's cancel overtook this node's send (a stalled node, skewed clocks): the
+    // approval that comes back must be booked, not dropped, and the reversal under way undoes it.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let script = Script {
+        send_gate: Some(gate.clone()),
+        inquiry: InstructionStatus::Processing,
+        after_reversal: vec![InstructionStatus::Reversed],
+        reversals: 0,
+    };
+    let mut rig = rig(script, ResolverPolicy::default()).await;
+    let engine = rig.engine.clone();
+    let paying = tokio::spawn(async move { pay(&engine).await });
+    assert_eq!(rig.calls.recv().await, Some(Call::Send(0)));
+    // The other node: CANCELLING, its reversal due now.
+    let store = rig.engine.store().clone();
+    let pending = store.payments().await.unwrap().remove(0);
+    assert_eq!(pending.state, PaymentState::Pending);
+    let now = rig.engine.now();
+    let mut cancel = qrbridge::store::Change::of(pending.successor(now));
+    cancel.payment.state = PaymentState::Cancelling;
+    cancel.work = qrbridge::store::Work::Set(WorkItem::new(&pending.payment_id, Task::Reverse, now, 0));
+    store.apply(&cancel).await.unwrap();
+    // The approval lands.
+    gate.notify_one();
+    let answered = paying.await.unwrap();
+    assert_eq!(answered.state, PaymentState::Cancelling);
+    let p = store.payment(&pending.payment_id).await.unwrap().unwrap();
+    assert!(p.booked, "the approval is booked");
+    let kinds = |j: Vec<JournalEntry>| j.into_iter().map(|e| e.kind).collect::<Vec<_>>();
+    assert_eq!(kinds(store.journal_of(&p.payment_id).await.unwrap()), vec!["late_approval"]);
+    assert_eq!(store.work_item(&p.payment_id).await.unwrap().map(|w| w.task), Some(Task::Reverse));
+    // The reversal goes on and books its undoing.
+    let calls = run_for(&mut rig, 1).await;
+    assert!(matches!(calls[..], [Call::Reverse(_)]), "{calls:?}");
+    let p = store.payment(&p.payment_id).await.unwrap().unwrap();
+    assert_eq!(p.state, PaymentState::Cancelled);
+    assert_eq!(kinds(store.journal_of(&p.payment_id).await.unwrap()).len(), 2);
+    assert!(store.ledger_sums().await.unwrap().values().all(|s| *s == 0));
 }
 }

@@ -584,8 +584,10 @@ impl<S: Store> Engine<S> {
                     Ok(Some(stored)) if stored.rev == record.rev => {
                         tracing::warn!(payment = %record.payment_id, error = %e, "the write was made after all");
                     }
-                    Ok(_) => return Err(internal(e)),
-                    Err(_) => {
+                    // Not there, or not known: the commit may still land (a backend can finish
+                    // it after the connection broke). Nothing was sent: a repeat here sends it,
+                    // or the resolver ends it.
+                    _ => {
                         self.unsent_set().insert(record.payment_id.clone());
                         self.work_due(self.inquiry_due(&record, now, 0));
                         return Err(internal(e));
@@ -648,9 +650,18 @@ impl<S: Store> Engine<S> {
         // was sent: the resolver ends it ACQUIRER_UNAVAILABLE.
         if self.store.shared() && self.clock.now() > p.created_at + self.resolver.send_by {
             tracing::warn!(payment = %p.payment_id, "too late to send; not sent");
-            self.unsent_set().insert(p.payment_id.clone());
-            self.work_due(self.clock.now());
-            return Err(internal(StoreError::Database("the payment's write took too long".into())));
+            let guard = self.lock_payment(&p.payment_id).await;
+            let current = self.store.payment(&p.payment_id).await.map_err(internal)?;
+            let Some(current) = current.filter(|c| c.rev == p.rev) else {
+                // Another node acted on it meanwhile: as it stands.
+                drop(guard);
+                let now_p = self.store.payment(&p.payment_id).await.map_err(internal)?;
+                return self.visible(now_p.ok_or(ApiError::Internal)?).await;
+            };
+            let change = self.never_sent(&current, self.clock.now());
+            self.store.apply(&change).await.map_err(internal)?;
+            drop(guard);
+            return self.durable(change).await;
         }
         self.unsent_set().remove(&p.payment_id);
         // The resolver learns of the payment, in case its outcome stays unknown.
@@ -1080,19 +1091,7 @@ impl<S: Store> Engine<S> {
         let wait_until = q.map(|q| q.quote.expires_at).filter(|at| *at > now);
         let change = match wait_until {
             Some(at) => Self::unchanged(&p, now, Work::Set(WorkItem { due: at, ..item })),
-            None => {
-                let mut change = Change::of(p.successor(now));
-                change.payment.state = PaymentState::Failed;
-                change.payment.failure = Some(Failure {
-                    code: "ACQUIRER_UNAVAILABLE".into(),
-                    message: "the payment could not be recorded in time; nothing was sent".into(),
-                });
-                change.release_quote = true;
-                // Nothing was sent; one inquiry later makes sure of it.
-                change.work = self.work(&p, Task::Verify, self.verify_due(&p, now), 0);
-                self.event_for(&mut change, now);
-                change
-            }
+            None => self.never_sent(&p, now),
         };
         self.store.apply(&change).await.map_err(internal)?;
         drop(guard);
@@ -1100,6 +1099,21 @@ impl<S: Store> Engine<S> {
             self.unsent_set().remove(&p.payment_id);
         }
         self.durable(change).await
+    }
+
+    /// A PENDING payment that was never sent ends `FAILED` / `ACQUIRER_UNAVAILABLE`, its quote
+    /// free again; one inquiry later makes sure nothing arrived.
+    fn never_sent(&self, p: &PaymentRecord, now: DateTime<Utc>) -> Change {
+        let mut change = Change::of(p.successor(now));
+        change.payment.state = PaymentState::Failed;
+        change.payment.failure = Some(Failure {
+            code: "ACQUIRER_UNAVAILABLE".into(),
+            message: "the payment could not be recorded in time; nothing was sent".into(),
+        });
+        change.release_quote = true;
+        change.work = self.work(p, Task::Verify, self.verify_due(p, now), 0);
+        self.event_for(&mut change, now);
+        change
     }
 
     /// A change that leaves the payment as it is (its partner-visible `updated_at` too) and
@@ -1295,7 +1309,9 @@ impl<S: Store> Engine<S> {
                 if approved || p.booked {
                     succeed(&mut change);
                     self.payment_event(&mut change, "payment.cancel_refused", now);
-                    if !p.booked {
+                    // Announce the success unless the partner heard it before the cancel (an
+                    // approval booked behind the cancel's reversal was never announced).
+                    if !p.booked || p.late_approvals > 0 {
                         self.event_for(&mut change, now);
                     }
                     // "Still processing" to the last reversal: the reversal may yet go through
@@ -1315,7 +1331,9 @@ impl<S: Store> Engine<S> {
                 }
             }
             PaymentState::Reversing => {
-                if approved {
+                // Booked: an approval that landed behind the reversal, which the acquirer will
+                // not undo — the payment stands.
+                if approved || p.booked {
                     succeed(&mut change);
                     self.event_for(&mut change, now);
                 } else {
