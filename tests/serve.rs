@@ -51,6 +51,22 @@ async fn start_with(dir: &Path, more: &[&str]) -> (Child, SocketAddr, String) {
     (child, addr.expect("banner names the address"), body.expect("banner has a curl body"))
 }
 
+/// Quotes the printed curl body in PHP and pays it as `request_id`: the payment, SUCCEEDED.
+async fn quote_and_pay(c: &TestClient, curl_body: &str, request_id: &str) -> serde_json::Value {
+    let mut quote_body: serde_json::Value = serde_json::from_str(curl_body).unwrap();
+    quote_body["wallet_currency"] = json!("PHP");
+    let (s, q) = c.post("/v1/quotes", &quote_body).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let (s, p) = c
+        .post(
+            "/v1/payments",
+            &json!({"request_id": request_id, "quote_id": q["quote_id"], "payer": {"id": "u"}}),
+        )
+        .await;
+    assert_eq!((s, p["status"].as_str()), (StatusCode::CREATED, Some("SUCCEEDED")), "{p}");
+    p
+}
+
 async fn stop(mut child: Child) {
     let pid = child.id().unwrap().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
@@ -80,17 +96,7 @@ async fn the_embedded_default_serves_and_keeps_its_word() {
     let (s, decoded) = c.post_raw("/v1/codes/decode", curl_body.clone().into_bytes()).await;
     assert_eq!(s, StatusCode::OK, "{decoded}");
     assert_eq!(decoded["acquirer"], "sandbox");
-    let mut quote_body: serde_json::Value = serde_json::from_str(&curl_body).unwrap();
-    quote_body["wallet_currency"] = json!("PHP");
-    let (s, q) = c.post("/v1/quotes", &quote_body).await;
-    assert_eq!(s, StatusCode::CREATED, "{q}");
-    let (s, p) = c
-        .post(
-            "/v1/payments",
-            &json!({"request_id": "serve-1", "quote_id": q["quote_id"], "payer": {"id": "u"}}),
-        )
-        .await;
-    assert_eq!((s, p["status"].as_str()), (StatusCode::CREATED, Some("SUCCEEDED")), "{p}");
+    let p = quote_and_pay(&c, &curl_body, "serve-1").await;
     stop(child).await;
 
     // Restarted on the same folder: same PKI, and the payment is durable.
@@ -125,17 +131,7 @@ async fn the_embedded_default_on_postgresql() {
     assert!(!dir.path().join("var/db").exists(), "no embedded store beside a database");
     let pki = dir.path().join("var/pki");
     let c = TestClient::new(&pki, Some("partner-demo"), addr, false);
-    let mut quote_body: serde_json::Value = serde_json::from_str(&curl_body).unwrap();
-    quote_body["wallet_currency"] = json!("PHP");
-    let (s, q) = c.post("/v1/quotes", &quote_body).await;
-    assert_eq!(s, StatusCode::CREATED, "{q}");
-    let (s, p) = c
-        .post(
-            "/v1/payments",
-            &json!({"request_id": "serve-pg", "quote_id": q["quote_id"], "payer": {"id": "u"}}),
-        )
-        .await;
-    assert_eq!((s, p["status"].as_str()), (StatusCode::CREATED, Some("SUCCEEDED")), "{p}");
+    let p = quote_and_pay(&c, &curl_body, "serve-pg").await;
     stop(child).await;
 
     let (child, addr, _) = start_with(dir.path(), &["--database-url", db.url.as_str()]).await;
