@@ -100,7 +100,7 @@ async fn run(seed: u64, kills: usize, database: Option<&str>) {
     let daemon = crash::start(&config, &log, "warn").await;
     let never_made = crash::replay_all(&pki, daemon.partner_addr, &book).await;
     let book = std::sync::Arc::try_unwrap(book).ok().unwrap().into_inner().unwrap();
-    let settled = crash::settle(&hooks, &pki, daemon.partner_addr, &book).await;
+    let settled = crash::settle(&hooks, &pki, daemon.partner_addr, daemon.admin_addr, &book).await;
     crash::stop(daemon).await;
 
     // The store, as the last daemon left it.

@@ -101,6 +101,10 @@ impl Cluster {
         self.slots[i].daemon.as_ref().expect("running").partner_addr
     }
 
+    fn admin_addr(&self, i: usize) -> std::net::SocketAddr {
+        self.slots[i].daemon.as_ref().expect("running").admin_addr
+    }
+
     /// The running node that `holder` names.
     fn running(&self, holder: &str) -> Option<usize> {
         (0..2).find(|i| self.slots[*i].daemon.is_some() && names(holder, &self.slots[*i].id))
@@ -244,7 +248,8 @@ async fn run(seed: u64, kills: usize) {
     let unanswered = book.lock().unwrap().unanswered().len();
     let never_made = crash::replay_all(&pki, survivor_addr, &book).await;
     let book = std::sync::Arc::try_unwrap(book).ok().unwrap().into_inner().unwrap();
-    let settled = crash::settle(&hooks, &pki, survivor_addr, &book).await;
+    let settled =
+        crash::settle(&hooks, &pki, survivor_addr, cluster.admin_addr(survivor), &book).await;
     for id in &in_doubt {
         let p = Store::payment(&store, id).await.unwrap().unwrap();
         assert!(p.state.is_final(), "{id}, in doubt when {leader_id} died, is {:?}", p.state);

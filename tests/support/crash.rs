@@ -113,6 +113,7 @@ pub fn write_config(path: &Path, c: &Config) {
 pub struct Daemon {
     pub child: Child,
     pub partner_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
 }
 
 /// Starts `qrbridge serve --config <config>`, logging to `log` (appended) at `rust_log`, and
@@ -132,9 +133,15 @@ pub async fn start(config: &Path, log: &Path, rust_log: &str) -> Daemon {
     while let Some(line) = lines.next_line().await.unwrap() {
         if let Some(rest) = line.strip_prefix("qrbridge listening: partner=https://") {
             let partner_addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            let admin_addr = rest
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("admin=https://"))
+                .expect("the admin address")
+                .parse()
+                .unwrap();
             // Keep reading stdout so the daemon never blocks on it.
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return Daemon { child, partner_addr };
+            return Daemon { child, partner_addr, admin_addr };
         }
     }
     panic!("the daemon exited before listening: {:?}", child.wait().await);
@@ -532,8 +539,16 @@ pub struct Settled {
 }
 
 /// Waits until the partner has heard of every payment's outcome (on the webhook endpoint's own
-/// signal), then reads each payment through the daemon at `addr`: none may be in doubt.
-pub async fn settle(hooks: &Receiver, pki: &Path, addr: SocketAddr, book: &Book) -> Settled {
+/// signal), then reads each payment through the daemon at `addr`: none may be in doubt. Then
+/// waits (bounded) until the daemon, at its admin address `admin`, has no resolver work left: a
+/// verification after a reversal (an approval landing behind it) is part of coming to rest.
+pub async fn settle(
+    hooks: &Receiver,
+    pki: &Path,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    book: &Book,
+) -> Settled {
     let payments: HashMap<String, Request> =
         book.acked.iter().map(|(r, p)| (p.clone(), r.clone())).collect();
     assert_eq!(payments.len(), book.acked.len(), "two requests share a payment");
@@ -562,6 +577,18 @@ pub async fn settle(hooks: &Receiver, pki: &Path, addr: SocketAddr, book: &Book)
         };
         *outcomes.entry(label).or_default() += 1;
         status.insert(id.clone(), st);
+    }
+    let admin = client(pki, "admin", admin);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (s, work) = admin.get("/admin/v1/resolver").await;
+        assert_eq!(s, StatusCode::OK, "{work}");
+        if work["open"].as_array().is_some_and(|o| o.is_empty()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "resolver work never ended: {work}");
+        // The resolver's schedule is the daemon's own timers: polled, with a bound.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Settled { payments, status, outcomes }
 }
