@@ -255,7 +255,10 @@ async fn a_cancel_on_one_node_waits_out_the_other_nodes_send() {
         p.a.store().journal_of(&id).await.unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds.len(), 2, "booked, then its reversal booked: {kinds:?}");
     assert_eq!(p.sandbox.received(&id), 1);
-    assert_eq!(p.sandbox.reversals(), vec![id.clone()]);
+    // Reversed (the cancel's own step, and maybe the leading node's resolver as well: a reversal
+    // is idempotent at the acquirer), and nothing else.
+    let reversals = p.sandbox.reversals();
+    assert!(!reversals.is_empty() && reversals.iter().all(|r| *r == id), "{reversals:?}");
     let sums = p.a.store().ledger_sums().await.unwrap();
     assert!(sums.values().all(|s| *s == 0), "{sums:?}");
     p.a.shutdown().await;
