@@ -30,6 +30,10 @@ pub struct Config {
     #[serde(default)]
     pub cluster: Cluster,
     #[serde(default)]
+    pub ops: Ops,
+    #[serde(default)]
+    pub log: Log,
+    #[serde(default)]
     pub settlement: Settlement,
     #[serde(default)]
     pub resolver: Resolver,
@@ -373,6 +377,44 @@ impl Default for Cluster {
     fn default() -> Self {
         Cluster { node_id: None, lease_ttl_ms: 10_000, poll_ms: 1_000 }
     }
+}
+
+/// The operators' listener: plain HTTP, loopback by default — `/metrics` (Prometheus text),
+/// `/healthz`, `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ops {
+    /// Where it listens; `None` turns it off.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `/readyz` answers 503 when no rate a partner may be quoted in is younger than this.
+    pub rates_stale_after_s: u64,
+}
+
+impl Default for Ops {
+    fn default() -> Self {
+        Ops { listen: Some(([127, 0, 0, 1], 9090).into()), rates_stale_after_s: 300 }
+    }
+}
+
+/// How the daemon writes its log lines (standard error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `text` (coloured only on a terminal) or `json` (one object a line).
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The business day and the windows measured from it.

@@ -263,6 +263,7 @@ fn others(p: &mut Problems, c: &Config) {
     p.range("storage.pool_size", u64::from(c.storage.pool_size), 1, 1_000);
     p.range("cluster.lease_ttl_ms", c.cluster.lease_ttl_ms, 1_000, 600_000);
     p.range("cluster.poll_ms", c.cluster.poll_ms, 10, 60_000);
+    p.range("ops.rates_stale_after_s", c.ops.rates_stale_after_s, 1, 86_400);
     if let Some(id) = &c.cluster.node_id {
         if !valid_id(id) {
             p.add(
