@@ -201,6 +201,7 @@ async fn start_node(
     c.storage.path = dir.join("db");
     c.storage.url = database.map(str::to_owned);
     c.cluster.node_id = Some(format!("bench-{node}"));
+    c.ops.listen = Some(([127, 0, 0, 1], 0).into());
     for p in &mut c.partners {
         p.limits.requests_per_s = 1_000_000;
         p.limits.burst = 1_000_000;

@@ -8,6 +8,7 @@ use crate::api::{DecodeAnswer, ErrorBody, ErrorDetail};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use qrbridge_config::LogFormat;
 
 /// qrbridge: overseas e-wallets paying domestic Chinese merchants by QR code.
 #[derive(Debug, Parser)]
@@ -42,6 +43,14 @@ pub enum Command {
         /// and may be shared by several daemons on one host). Overrides `storage.url`.
         #[arg(long)]
         database_url: Option<String>,
+        /// The operators' listener (plain HTTP: /metrics, /healthz, /readyz). Overrides
+        /// `ops.listen`.
+        #[arg(long)]
+        ops_addr: Option<std::net::SocketAddr>,
+        /// How log lines are written: `text` (coloured only on a terminal) or `json` (one object
+        /// a line, the start-up text included). Overrides `log.format`.
+        #[arg(long, value_parser = ["text", "json"])]
+        log_format: Option<String>,
     },
     /// Apply the PostgreSQL store's migrations (a daemon also applies them when it starts).
     Migrate {
@@ -99,13 +108,32 @@ pub fn run(cli: Cli) -> ExitCode {
             admin_addr,
             acquirer_addr,
             database_url,
+            ops_addr,
+            log_format,
         } => {
             let listeners = qrbridge_config::Listeners {
                 partner: partner_addr,
                 admin: admin_addr,
                 acquirer: acquirer_addr,
             };
-            runtime(serve(config, data_dir, listeners, database_url))
+            let embedded = config.is_none();
+            // The configuration first: it says how to log.
+            let loaded = serve_config(config, &data_dir, listeners, database_url, ops_addr);
+            let format = match log_format.as_deref() {
+                Some("json") => LogFormat::Json,
+                Some(_) => LogFormat::Text,
+                None => loaded.as_ref().map_or(LogFormat::Text, |c| c.log.format),
+            };
+            init_logging(format);
+            match loaded {
+                Ok(config) => in_runtime(serve(config, embedded, data_dir)),
+                Err(problems) => {
+                    for p in problems {
+                        eprintln!("{p}");
+                    }
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Migrate { database_url, config } => runtime(migrate(database_url, config)),
         Command::SandboxAcquirer { addr, cert, key, client_ca, slow_ms } => {
@@ -185,9 +213,42 @@ fn check_config(file: &std::path::Path) -> ExitCode {
 }
 
 /// Prints a line; a closed pipe (`| head`) is not an error worth a panic.
+/// How this process writes its lines, once logging has started ([`init_logging`]).
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Writes `line` for the operator on standard output: as it is, or (JSON logs) as one JSON object
+/// like the log lines', so that every line the daemon writes reads the same way.
 fn out(line: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
+    let text = match FORMAT.get() {
+        Some(LogFormat::Json) => serde_json::json!({
+            "timestamp": crate::clock::Clock::now(&crate::clock::SystemClock)
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": "INFO",
+            "target": "qrbridge",
+            "fields": { "message": line },
+        })
+        .to_string(),
+        _ => line.to_owned(),
+    };
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// Starts the log: lines on standard error, filtered by `RUST_LOG` (default `info`), as text
+/// (coloured only on a terminal) or one JSON object a line with the spans they happen in (the
+/// request id, partner and payment where a span carries them).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let _ = FORMAT.set(format);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+        LogFormat::Text => builder
+            .with_ansi(log_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR")))
+            .init(),
+    }
 }
 
 /// Whether log lines on stderr may carry ANSI colour: only on a terminal (a file or a pipe gets
@@ -197,15 +258,11 @@ pub fn log_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>
 }
 
 fn runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(log_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR")))
-        .init();
+    init_logging(LogFormat::Text);
+    in_runtime(work)
+}
+
+fn in_runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt.block_on(work),
         Err(e) => {
@@ -271,34 +328,37 @@ async fn migrate(database_url: Option<String>, config: Option<PathBuf>) -> ExitC
     }
 }
 
-async fn serve(
+/// The configuration `qrbridge serve` runs: the file, or the embedded defaults under `data_dir`,
+/// with the command line's overrides; or what is wrong with it.
+fn serve_config(
     config: Option<PathBuf>,
-    data_dir: PathBuf,
+    data_dir: &Path,
     listeners: qrbridge_config::Listeners,
     database_url: Option<String>,
-) -> ExitCode {
-    let embedded = config.is_none();
-    let config = match config {
-        Some(path) => qrbridge_config::from_file(&path).map_err(|e| e.to_string()),
-        None => crate::daemon::embedded_config(&data_dir, listeners).map_err(|e| e.to_string()),
-    };
+    ops_addr: Option<std::net::SocketAddr>,
+) -> Result<qrbridge_config::Config, Vec<String>> {
     let mut config = match config {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
+        Some(path) => qrbridge_config::from_file(&path).map_err(|e| vec![e.to_string()])?,
+        None => {
+            crate::daemon::embedded_config(data_dir, listeners).map_err(|e| vec![e.to_string()])?
         }
     };
-    if let Some(url) = database_url {
-        config.storage.url = Some(url);
+    if database_url.is_some() || ops_addr.is_some() {
+        if let Some(url) = database_url {
+            config.storage.url = Some(url);
+        }
+        if let Some(addr) = ops_addr {
+            config.ops.listen = Some(addr);
+        }
         let problems = qrbridge_config::validate::check(&config);
         if !problems.is_empty() {
-            for p in problems {
-                eprintln!("{p}");
-            }
-            return ExitCode::from(2);
+            return Err(problems.iter().map(ToString::to_string).collect());
         }
     }
+    Ok(config)
+}
+
+async fn serve(config: qrbridge_config::Config, embedded: bool, data_dir: PathBuf) -> ExitCode {
     let opts = crate::daemon::StartOptions {
         clock: std::sync::Arc::new(crate::clock::SystemClock),
         sandbox: Default::default(),
@@ -311,8 +371,11 @@ async fn serve(
         }
     };
     out(&format!(
-        "qrbridge listening: partner=https://{} admin=https://{} acquirer=https://{}",
-        daemon.partner_addr, daemon.admin_addr, daemon.acquirer_addr
+        "qrbridge listening: partner=https://{} admin=https://{} acquirer=https://{}{}",
+        daemon.partner_addr,
+        daemon.admin_addr,
+        daemon.acquirer_addr,
+        daemon.ops_addr.map(|a| format!(" ops=http://{a}")).unwrap_or_default()
     ));
     if embedded {
         let pki = data_dir.join("pki");

@@ -1,6 +1,7 @@
 //! Assembling and running the daemon: store, rates, acquirer clients (and the in-process sandbox
 //! acquirer for endpoints named `sandbox`), the engine, its workers (resolver, webhook delivery)
-//! and three listeners (partner, acquirer, admin). Start resumes whatever the last process left:
+//! three listeners (partner, acquirer, admin), and the operators' plain-HTTP one ([`crate::ops`])
+//! when `[ops] listen` is set. Start resumes whatever the last process left:
 //! the workers read their work from the store. Shutdown stops accepting, drains every connection,
 //! lets the workers finish what they are doing, then makes a final flush.
 
@@ -67,6 +68,8 @@ pub struct Daemon {
     pub partner_addr: SocketAddr,
     pub acquirer_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The ops listener's address (`/healthz`, `/readyz`, `/metrics`); `None` when it is off.
+    pub ops_addr: Option<SocketAddr>,
     pub engine: Arc<Engine<AnyStore>>,
     /// Rates, spreads and positions over the engine (what the admin API serves).
     pub treasury: Arc<Treasury<AnyStore>>,
@@ -125,6 +128,8 @@ impl Daemon {
         if config.partners.is_empty() {
             return Err(StartError::Config("no partners are configured".into()));
         }
+        // Before anything records a metric: what is recorded earlier is lost.
+        crate::ops::handle();
         let store = Arc::new(AnyStore::open(&config.storage).await?);
         tracing::info!(store = store.kind(), "store open");
         let rates = crate::rates::book(&config.fx);
@@ -504,13 +509,43 @@ impl Daemon {
                 "resuming payments in doubt and undelivered webhooks"
             );
         }
+        // The ops listener first, so a supervisor sees "not ready" rather than nothing.
+        let listeners_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut ops_task = None;
+        let ops_addr = match config.ops.listen {
+            Some(addr) => {
+                let bind = |source| StartError::Bind { what: "ops listener", addr, source };
+                let (listener, bound) = crate::ops::bind(addr).await.map_err(bind)?;
+                let ops = Arc::new(crate::ops::Ops {
+                    engine: engine.clone(),
+                    node: node.to_string(),
+                    rates_stale_after: chrono::Duration::seconds(
+                        i64::try_from(config.ops.rates_stale_after_s).unwrap_or(i64::MAX),
+                    ),
+                    listeners_up: listeners_up.clone(),
+                });
+                ops_task = Some(tokio::spawn(crate::ops::serve(
+                    listener,
+                    ops,
+                    shutdown_rx.clone(),
+                    serve_limits.shutdown_timeout,
+                )));
+                tracing::info!(addr = %bound, "ops listening");
+                Some(bound)
+            }
+            None => None,
+        };
         let (acquirer_addr, t1, acquirer_tls) = acquirer.spawn(serve_limits, &shutdown_rx).await?;
         let (admin_addr, t2, admin_tls) = admin.spawn(serve_limits, &shutdown_rx).await?;
         let (partner_addr, t3, partner_tls) = partner.spawn(serve_limits, &shutdown_rx).await?;
+        listeners_up.store(true, std::sync::atomic::Ordering::Release);
+        let mut listeners = vec![t1, t2, t3];
+        listeners.extend(ops_task);
         Ok(Daemon {
             partner_addr,
             acquirer_addr,
             admin_addr,
+            ops_addr,
             engine,
             treasury: treasury_handle,
             sandbox,
@@ -521,7 +556,7 @@ impl Daemon {
                 ("admin API", admin_tls),
                 ("partner API", partner_tls),
             ],
-            listeners: vec![t1, t2, t3],
+            listeners,
             workers,
         })
     }

@@ -13,6 +13,7 @@
 //! - [`api`]: the partner API's answer shapes.
 //! - [`tls`]: mTLS material and client identities; [`pki`]: the development PKI.
 //! - [`rates`]: rate sources loaded at start; [`routing`]: configuration → the router.
+//! - [`ops`]: the operators' listener (health, readiness, Prometheus metrics).
 //! - [`clock`]: time, passed in; [`defaults`]: the embedded development configuration.
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod defaults;
 pub mod error;
 pub mod http;
 pub mod model;
+pub mod ops;
 pub mod payments;
 pub mod pki;
 pub mod rates;

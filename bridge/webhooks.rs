@@ -430,6 +430,10 @@ async fn settle<S: Store>(
 ) {
     let a = queue.attempts.entry(seq).or_default();
     a.count += 1;
+    crate::ops::webhook_delivery(
+        &event.partner,
+        if result.is_ok() { "delivered" } else { "failed" },
+    );
     match result {
         Ok(()) => {
             let d = DeliveredEvent {

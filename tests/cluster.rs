@@ -44,6 +44,7 @@ async fn node(
     c.storage.url = Some(url.to_owned());
     c.storage.pool_size = 4;
     c.cluster.node_id = Some(name.into());
+    c.ops.listen = Some(([127, 0, 0, 1], 0).into());
     c.cluster.poll_ms = poll_ms;
     c.cluster.lease_ttl_ms = 2_000;
     Daemon::start(

@@ -26,6 +26,7 @@ async fn start_with(dir: &Path, more: &[&str]) -> (Child, SocketAddr, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qrbridge"))
         .args(["serve", "--data-dir", "var", "--partner-addr", "127.0.0.1:0"])
         .args(["--admin-addr", "127.0.0.1:0", "--acquirer-addr", "127.0.0.1:0"])
+        .args(["--ops-addr", "127.0.0.1:0"])
         .args(more)
         .current_dir(dir)
         .env("RUST_LOG", "warn")
@@ -139,4 +140,67 @@ async fn the_embedded_default_on_postgresql() {
     let (s, again) = c.get("/v1/payments?request_id=serve-pg").await;
     assert_eq!((s, &again), (StatusCode::OK, &p));
     stop(child).await;
+}
+
+/// `--log-format json`: every line the daemon writes, on either stream and the start-up text
+/// included, is one JSON object with a time, a level and a message; a payer's id and the private
+/// keys it reads never appear in them, even at `debug`.
+#[tokio::test]
+async fn json_logs_are_one_object_a_line_and_keep_secrets_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qrbridge"))
+        .args(["serve", "--data-dir", "var", "--partner-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0", "--acquirer-addr", "127.0.0.1:0"])
+        .args(["--ops-addr", "127.0.0.1:0", "--log-format", "json"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&errors).unwrap()))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("qrbridge serve starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut out = Vec::new();
+    let mut addr: Option<SocketAddr> = None;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let v: serde_json::Value = serde_json::from_str(&line).expect("stdout: one JSON object");
+        let message = v["fields"]["message"].as_str().unwrap_or_default().to_owned();
+        if let Some(rest) = message.strip_prefix("qrbridge is up: partner API on https://") {
+            addr = Some(rest.lines().next().unwrap().trim().parse().unwrap());
+        }
+        out.push(line);
+        if message.contains("Ctrl-C stops") {
+            break;
+        }
+    }
+    let addr = addr.expect("the start-up text names the address");
+    let payer = "payer-SECRET-4711";
+    let c = TestClient::new(&dir.path().join("var/pki"), Some("partner-demo"), addr, false);
+    let (s, q) = c
+        .post(
+            "/v1/quotes",
+            &json!({"code": qrbridge::defaults::demo_code(), "wallet_currency": "PHP"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let (s, p) = c
+        .post(
+            "/v1/payments",
+            &json!({"request_id": "json-1", "quote_id": q["quote_id"], "payer": {"id": payer}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    stop(child).await;
+
+    let logged = std::fs::read_to_string(&errors).unwrap();
+    let all: Vec<&str> = out.iter().map(String::as_str).chain(logged.lines()).collect();
+    assert!(all.len() > out.len(), "the daemon logged at debug");
+    for line in &all {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{line}");
+        assert!(!line.contains(payer), "a payer id was logged: {line}");
+        assert!(!line.contains("PRIVATE KEY"), "a key was logged: {line}");
+    }
 }

@@ -320,7 +320,22 @@ impl<S: Store> Engine<S> {
             tracing::error!(acquirer = id, "routed to an acquirer with no client");
             ApiError::Internal
         })?;
-        Ok(svc.clone().oneshot(req).await)
+        let call = match &req {
+            AcquirerRequest::Lookup(_) => "lookup",
+            AcquirerRequest::Send(_) => "send",
+            AcquirerRequest::Inquire(_) => "inquire",
+            AcquirerRequest::Reverse(_) => "reverse",
+        };
+        let started = tokio::time::Instant::now();
+        let answer = svc.clone().oneshot(req).await;
+        let outcome = match &answer {
+            Ok(_) => "answered",
+            Err(AcquirerError::Rejected { .. }) => "rejected",
+            Err(AcquirerError::NotSent(_)) => "not_sent",
+            Err(AcquirerError::Unknown(_)) => "unknown",
+        };
+        crate::ops::acquirer_call(id, call, outcome, started.elapsed());
+        Ok(answer)
     }
 
     /// What the acquirer says about `p`'s instruction.
@@ -954,6 +969,18 @@ impl<S: Store> Engine<S> {
     async fn durable(&self, change: Change) -> Result<PaymentRecord, ApiError> {
         self.store.flush().await.map_err(internal)?;
         tracing::info!(payment = %change.payment.payment_id, state = ?change.payment.state, "payment updated");
+        // A final state is announced by its event ([`Engine::event_for`]): counted once, here.
+        let p = &change.payment;
+        for e in &change.events {
+            let state = match e.kind.as_str() {
+                "payment.succeeded" => "SUCCEEDED",
+                "payment.failed" => "FAILED",
+                "payment.cancelled" => "CANCELLED",
+                _ => continue,
+            };
+            let took = (self.clock.now() - p.created_at).to_std().unwrap_or_default();
+            crate::ops::payment_final(&p.partner, state, took);
+        }
         if let Work::Set(w) = &change.work {
             self.work_due(w.due);
         }
