@@ -512,7 +512,7 @@ impl Daemon {
         // The ops listener first, so a supervisor sees "not ready" rather than nothing.
         let listeners_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut ops_task = None;
-        let ops_addr = match config.ops.listen {
+        let ops_addr = match config.ops.listen.filter(|_| config.ops.enabled) {
             Some(addr) => {
                 let bind = |source| StartError::Bind { what: "ops listener", addr, source };
                 let (listener, bound) = crate::ops::bind(addr).await.map_err(bind)?;
@@ -523,6 +523,7 @@ impl Daemon {
                         i64::try_from(config.ops.rates_stale_after_s).unwrap_or(i64::MAX),
                     ),
                     listeners_up: listeners_up.clone(),
+                    rendered: Default::default(),
                 });
                 ops_task = Some(tokio::spawn(crate::ops::serve(
                     listener,

@@ -32,7 +32,9 @@ const CONNECTIONS_MAX: usize = 64;
 /// A client must send its request headers within this (slow-loris bound).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection is closed after this, whatever it is doing: nothing here takes long.
-const CONNECTION_MAX_AGE: Duration = Duration::from_secs(60);
+const CONNECTION_MAX_AGE: Duration = Duration::from_secs(10);
+/// Each of those reads is given up after this (its gauge keeps its last value).
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// The store probe of `/readyz` fails when it takes longer than this.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// What the lease the probe takes on a shared store is held for.
@@ -121,6 +123,8 @@ pub struct Ops<S> {
     pub rates_stale_after: chrono::Duration,
     /// Set once the partner, acquirer and admin listeners are bound and serving.
     pub listeners_up: Arc<AtomicBool>,
+    /// The last rendering of `/metrics` and when it was finished; one rendering at a time.
+    pub rendered: tokio::sync::Mutex<Option<(tokio::time::Instant, String)>>,
 }
 
 /// `/readyz`'s answer.
@@ -143,8 +147,14 @@ impl<S: Store> Ops<S> {
         let store = self.engine.store();
         let probe = async {
             if store.shared() {
+                // A real write, then its row removed again (nothing accumulates).
                 let name = format!("ops-probe/{}", self.node);
-                store.lease(&name, &self.node, PROBE_LEASE_TTL).await.map(|_| ())
+                if !store.lease(&name, &self.node, PROBE_LEASE_TTL).await? {
+                    return Err(crate::store::StoreError::Database(
+                        "the probe's lease was refused".into(),
+                    ));
+                }
+                store.release_lease(&name, &self.node).await
             } else {
                 store.flush().await
             }
@@ -173,10 +183,34 @@ impl<S: Store> Ops<S> {
         Readiness { ready: reasons.is_empty(), reasons }
     }
 
-    /// Sets the gauges read from stored state, then renders every metric.
+    /// Every metric. One rendering at a time: scrapes that arrive while one is under way get
+    /// its result, so however many there are, the store serves one set of reads at a time.
     pub async fn render(&self) -> String {
+        let asked = tokio::time::Instant::now();
+        let mut last = self.rendered.lock().await;
+        if let Some((at, text)) = last.as_ref() {
+            if *at >= asked {
+                return text.clone();
+            }
+        }
+        let text = self.render_now().await;
+        *last = Some((tokio::time::Instant::now(), text.clone()));
+        text
+    }
+
+    /// Sets the gauges read from stored state, then renders every metric.
+    async fn render_now(&self) -> String {
         let store = self.engine.store();
-        match store.open_work().await {
+        let bounded = |what: &'static str| {
+            move |e: tokio::time::error::Elapsed| {
+                crate::store::StoreError::Database(format!("{what}: {e}").into())
+            }
+        };
+        let work = tokio::time::timeout(READ_TIMEOUT, store.open_work())
+            .await
+            .map_err(bounded("open work"))
+            .and_then(|r| r);
+        match work {
             Ok(work) => {
                 let mut by_task = [0u32; 4];
                 for w in &work {
@@ -191,29 +225,45 @@ impl<S: Store> Ops<S> {
             }
             Err(e) => tracing::error!(error = %e, "metrics: open work could not be read"),
         }
-        match store.outbox().await {
+        let outbox = tokio::time::timeout(READ_TIMEOUT, store.outbox())
+            .await
+            .map_err(bounded("outbox"))
+            .and_then(|r| r);
+        match outbox {
             Ok(events) => metrics::gauge!(OUTBOX_EVENTS).set(clamp(events.len())),
             Err(e) => tracing::error!(error = %e, "metrics: the outbox could not be read"),
         }
-        match store.parked().await {
+        let parked = tokio::time::timeout(READ_TIMEOUT, store.parked())
+            .await
+            .map_err(bounded("parked"))
+            .and_then(|r| r);
+        match parked {
             Ok(parked) => metrics::gauge!(WEBHOOK_PARKED).set(clamp(parked.len())),
             Err(e) => tracing::error!(error = %e, "metrics: parked events could not be read"),
         }
+        let h = handle();
+        h.run_upkeep();
+        let mut text = h.render();
+        // Rate ages are written from the book as it is now, not kept as gauges: a rate replaced
+        // by another source's must not leave a series behind that looks fresh. A rate set by an
+        // admin is `source="admin"` (names stay out of labels).
         let now = self.engine.now();
-        let ages: Vec<(String, String, u32)> = self.engine.with_rates(|book| {
+        let ages: Vec<String> = self.engine.with_rates(|book| {
             book.rates()
                 .map(|r| {
-                    let age = (now - r.as_of).num_seconds().clamp(0, u32::MAX as i64) as u32;
-                    (r.pair.to_string(), r.source.clone(), age)
+                    let age = (now - r.as_of).num_seconds().max(0);
+                    let source = if r.source.starts_with("admin:") { "admin" } else { &r.source };
+                    format!("{RATE_AGE}{{pair=\"{}\",source=\"{}\"}} {age}\n", r.pair, source)
                 })
                 .collect()
         });
-        for (pair, source, age) in ages {
-            metrics::gauge!(RATE_AGE, "pair" => pair, "source" => source).set(age);
+        text.push_str(&format!(
+            "# HELP {RATE_AGE} How old each rate held is, by pair and source.\n# TYPE {RATE_AGE} gauge\n"
+        ));
+        for line in ages {
+            text.push_str(&line);
         }
-        let h = handle();
-        h.run_upkeep();
-        h.render()
+        text
     }
 }
 

@@ -384,7 +384,9 @@ impl Default for Cluster {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ops {
-    /// Where it listens; `None` turns it off.
+    /// Whether it listens at all.
+    pub enabled: bool,
+    /// Where it listens (`None`, from code only, is off too).
     pub listen: Option<std::net::SocketAddr>,
     /// `/readyz` answers 503 when no rate a partner may be quoted in is younger than this.
     pub rates_stale_after_s: u64,
@@ -392,7 +394,8 @@ pub struct Ops {
 
 impl Default for Ops {
     fn default() -> Self {
-        Ops { listen: Some(([127, 0, 0, 1], 9090).into()), rates_stale_after_s: 300 }
+        // Beside the three APIs' 8443–8445; not 9090, a Prometheus server's own.
+        Ops { enabled: true, listen: Some(([127, 0, 0, 1], 8446).into()), rates_stale_after_s: 300 }
     }
 }
 

@@ -80,7 +80,7 @@ impl Dir {
 pub fn config(dir: &Path, sandbox: SocketAddr, hooks: &str, partners: usize) -> Config {
     let mut c = qrbridge::daemon::embedded_config(dir, super::loopback()).unwrap();
     c.storage.path = dir.join("db");
-    // Several daemons at once: none on the default's 9090.
+    // Several daemons at once: none on the default's 8446.
     c.ops.listen = Some(([127, 0, 0, 1], 0).into());
     c.acquirers = vec![Acquirer {
         id: "sandbox".into(),

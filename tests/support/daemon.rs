@@ -62,7 +62,7 @@ impl TestDaemon {
         let mut config = qrbridge::daemon::embedded_config(dir.path(), super::loopback()).unwrap();
         // Short acquirer timeouts so "no answer" cases end quickly.
         config.acquirers[0].timeout_ms = 400;
-        // Every test daemon has its ops listener, on a port of its own (not the default's 9090).
+        // Every test daemon has its ops listener, on a port of its own (not the default's 8446).
         config.ops.listen = Some(([127, 0, 0, 1], 0).into());
         // An acquirer that refuses connections, routed by a GUID only tests use.
         config.acquirers.push(Acquirer {
