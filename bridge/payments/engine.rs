@@ -763,6 +763,17 @@ impl<S: Store> Engine<S> {
         self.store.payment(&p.payment_id).await.map_err(internal)?.ok_or(ApiError::Internal)
     }
 
+    /// [`Engine::visible`] of a payment that may not be there.
+    async fn visible_opt(
+        &self,
+        p: Option<PaymentRecord>,
+    ) -> Result<Option<PaymentRecord>, ApiError> {
+        match p {
+            Some(p) => Ok(Some(self.visible(p).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// `p`, once everything read so far is durable: nothing leaves the process (an answer, a
     /// webhook, an acquirer call) that a crash could take back.
     async fn visible<T>(&self, value: T) -> Result<T, ApiError> {
@@ -1062,11 +1073,7 @@ impl<S: Store> Engine<S> {
             if now_p.as_ref().map(|c| c.rev) != Some(p.rev) || now_item.as_ref() != Some(&item) {
                 drop(guard);
                 tracing::debug!(payment = %payment_id, "changed while the acquirer was asked; answer dropped");
-                let now_p = match now_p {
-                    Some(p) => Some(self.visible(p).await?),
-                    None => None,
-                };
-                return Ok((now_p, acted));
+                return Ok((self.visible_opt(now_p).await?, acted));
             }
             acted = true;
             let now = self.clock.now();
@@ -1080,7 +1087,18 @@ impl<S: Store> Engine<S> {
             // A reversal due at once follows at once: at expiry, and after a late approval.
             let follow = matches!(&change.work, Work::Set(w)
                 if w.task == Task::Reverse && item.task != Task::Reverse && w.due <= now);
-            self.store.apply(&change).await.map_err(internal)?;
+            match self.store.apply(&change).await {
+                Ok(()) => {}
+                // Another node's step of the same work got there first (its resolver, while a
+                // cancel here reversed): its change stands, and this answer is dropped.
+                Err(StoreError::Stale(_)) => {
+                    drop(guard);
+                    tracing::debug!(payment = %payment_id, "changed elsewhere while the acquirer was asked; answer dropped");
+                    let now_p = self.store.payment(payment_id).await.map_err(internal)?;
+                    return Ok((self.visible_opt(now_p).await?, acted));
+                }
+                Err(e) => return Err(internal(e)),
+            }
             drop(guard);
             if p.state == PaymentState::Pending {
                 self.unsent_set().remove(payment_id);
