@@ -763,6 +763,24 @@ impl<S: Store> Engine<S> {
         self.store.payment(&p.payment_id).await.map_err(internal)?.ok_or(ApiError::Internal)
     }
 
+    /// Applies `change`: true when done; false when another node changed the payment since it
+    /// was read (at most [`STALE_TRIES`] times, counted in `tries`), for the caller to read it
+    /// again and decide anew; `INTERNAL` for anything else.
+    async fn applied_unless_stale(
+        &self,
+        change: &Change,
+        tries: &mut u32,
+    ) -> Result<bool, ApiError> {
+        match self.store.apply(change).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::Stale(_)) if *tries < STALE_TRIES => {
+                *tries += 1;
+                Ok(false)
+            }
+            Err(e) => Err(internal(e)),
+        }
+    }
+
     /// [`Engine::visible`] of a payment that may not be there.
     async fn visible_opt(
         &self,
@@ -854,13 +872,8 @@ impl<S: Store> Engine<S> {
                     } else {
                         Self::unchanged(&current, now, self.work(&current, Task::Verify, now, 0))
                     };
-                    match self.store.apply(&change).await {
-                        Ok(()) => {}
-                        Err(StoreError::Stale(_)) if tries < STALE_TRIES => {
-                            tries += 1;
-                            continue;
-                        }
-                        Err(e) => return Err(internal(e)),
+                    if !self.applied_unless_stale(&change, &mut tries).await? {
+                        continue;
                     }
                     drop(guard);
                     self.work_due(now);
@@ -872,13 +885,9 @@ impl<S: Store> Engine<S> {
                 return self.visible(current).await;
             }
             let change = self.instruct_outcome(&current, outcome.clone(), self.clock.now());
-            match self.store.apply(&change).await {
-                Ok(()) => {
-                    drop(guard);
-                    return self.durable(change).await;
-                }
-                Err(StoreError::Stale(_)) if tries < STALE_TRIES => tries += 1,
-                Err(e) => return Err(internal(e)),
+            if self.applied_unless_stale(&change, &mut tries).await? {
+                drop(guard);
+                return self.durable(change).await;
             }
         }
     }
@@ -1582,15 +1591,10 @@ impl<S: Store> Engine<S> {
                     let mut change = Change::of(p.successor(now));
                     change.payment.state = PaymentState::Cancelling;
                     change.work = self.work(&p, Task::Reverse, now, 0);
-                    match self.store.apply(&change).await {
-                        Ok(()) => {}
-                        // Another node changed it meanwhile (its send's outcome, its resolver):
-                        // decide again on the payment as it now stands.
-                        Err(StoreError::Stale(_)) if tries < STALE_TRIES => {
-                            tries += 1;
-                            continue;
-                        }
-                        Err(e) => return Err(internal(e)),
+                    // Another node may have changed it meanwhile (its send's outcome, its
+                    // resolver): then decide again on the payment as it now stands.
+                    if !self.applied_unless_stale(&change, &mut tries).await? {
+                        continue;
                     }
                     drop(guard);
                     self.unsent_set().remove(payment_id);
