@@ -21,10 +21,15 @@
 //! | `POST /admin/v1/settlement/{day}` | closes the day: writes its statements, returns the summary |
 //! | `GET /admin/v1/settlement/{day}/files/{name}` | downloads one of the day's files |
 //! | `POST /admin/v1/settlement/{day}/reconciliation/{acquirer}` | reconciles the acquirer's CSV for the day |
+//! | `POST /admin/v1/reload` | reads the configuration again and puts it in force, all or nothing (audited; `422 CONFIG_REFUSED` with every reason) |
+//! | `POST /admin/v1/store/backup` | copies the store, consistently, into a folder on the daemon's host (audited) |
+//! | `GET /admin/v1/store/backup` | how the last backup went, or that one is running |
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -33,6 +38,8 @@ use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 use tower::util::BoxCloneSyncService;
 
+use crate::api::{ErrorBody, ErrorDetail};
+use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::http::{
     allow, allow_any, json_response, read_body, read_json, service, HttpLimits, Req, Resp,
@@ -40,6 +47,7 @@ use crate::http::{
 use crate::model::{ParkedEvent, Task};
 use crate::payments::engine::Engine;
 use crate::settlement::{parse_day, Settlement};
+use crate::store::backup::{self, BackupError};
 use crate::store::{EventSeq, Store};
 use crate::tls::Directory;
 use crate::treasury::{RateInput, Treasury};
@@ -62,6 +70,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/v1/settlement/{day}"),
     ("GET", "/admin/v1/settlement/{day}/files/{name}"),
     ("POST", "/admin/v1/settlement/{day}/reconciliation/{acquirer}"),
+    ("POST", "/admin/v1/reload"),
+    ("GET", "/admin/v1/store/backup"),
+    ("POST", "/admin/v1/store/backup"),
 ];
 
 /// Largest acquirer file or rate CSV taken (admin bodies only).
@@ -79,6 +90,20 @@ pub struct Admin<S> {
     pub engine: Arc<Engine<S>>,
     pub treasury: Arc<Treasury<S>>,
     pub settlement: Arc<Settlement<S>>,
+    /// What `POST /admin/v1/reload` asks (the daemon's reloader, set once it exists; weak, as
+    /// the reloader holds this admin API's service).
+    pub reloader: std::sync::OnceLock<std::sync::Weak<dyn Reload>>,
+}
+
+/// A reload of the daemon's configuration, as the admin API asks for it: what it put in force,
+/// or every reason it was refused ([`crate::ops::reload`]).
+pub trait Reload: Send + Sync {
+    fn reload<'a>(
+        &'a self,
+        actor: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<serde_json::Value, Vec<String>>> + Send + 'a>,
+    >;
 }
 
 /// The admin API service.
@@ -88,8 +113,10 @@ pub fn admin_service<S: Store>(
     limits: HttpLimits,
 ) -> BoxCloneSyncService<Req, Resp, Infallible> {
     let body_max = limits.body_bytes_max;
+    // A backup request answers within its request's time: done, or still running.
+    let backup_wait = limits.request_timeout * 3 / 4;
     service(directory, ApiError::Forbidden, HashMap::new(), limits, move |actor, req| {
-        route(admin.clone(), body_max, actor, req)
+        route(admin.clone(), body_max, backup_wait, actor, req)
     })
 }
 
@@ -306,9 +333,121 @@ fn query(req: &Req) -> HashMap<String, String> {
     form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect()
 }
 
+/// `POST /admin/v1/store/backup`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    /// The backup's folder on the daemon's host: absolute, its parent existing, itself new or
+    /// empty.
+    dir: PathBuf,
+}
+
+/// The engine's clock, for a backup's manifest.
+struct EngineClock<S>(Arc<Engine<S>>);
+
+impl<S: Store> Clock for EngineClock<S> {
+    fn now(&self) -> DateTime<Utc> {
+        self.0.now()
+    }
+}
+
+/// A backup's refusal or failure, answered in the shape of every error (the codes are the admin
+/// API's own: docs/admin-api.yaml).
+fn backup_error(e: &BackupError) -> Result<Resp, ApiError> {
+    let (status, retryable) = match e {
+        BackupError::Refused(m) => return Err(ApiError::InvalidRequest(m.clone())),
+        BackupError::InProgress(_) => (StatusCode::CONFLICT, true),
+        BackupError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, false),
+        BackupError::TooManyWrites(_) => (StatusCode::SERVICE_UNAVAILABLE, true),
+        BackupError::Io(_) | BackupError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, true),
+    };
+    let body =
+        ErrorBody { error: ErrorDetail { code: e.code(), message: e.to_string(), retryable } };
+    Ok(json_response(status, &body))
+}
+
+/// Starts a backup of the store into the body's folder, audited (`store.backup`) before it
+/// starts, so the record is in the copy. The copy runs on a task of its own — a request that
+/// goes away does not stop it — and the answer comes when it ends (`200`, the manifest) or after
+/// `wait` (`202`, running: `GET` says how it went).
+async fn start_backup<S: Store>(
+    ctx: &Admin<S>,
+    admin: &str,
+    body: BackupBody,
+    wait: Duration,
+) -> Result<Resp, ApiError> {
+    let engine = ctx.engine.clone();
+    let store = engine.store().clone();
+    let Some(backups) = store.backups() else {
+        return backup_error(&BackupError::Unsupported(
+            "this daemon's store has no backup of its own".into(),
+        ));
+    };
+    let dir = body.dir;
+    if let Err(e) = backup::check_dir(&dir) {
+        return backup_error(&e);
+    }
+    if let Err(e) = backups.begin(&dir, admin, engine.now()) {
+        return backup_error(&e);
+    }
+    let after = serde_json::json!({ "dir": dir });
+    let record = match ctx
+        .treasury
+        .record(admin, "store.backup", format!("store:{}", dir.display()), after)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let why = BackupError::Io(format!("the audit record could not be written: {e}"));
+            backups.finish(&Err(why), engine.now());
+            return Err(e);
+        }
+    };
+    let (done, ended) = tokio::sync::oneshot::channel();
+    let admin_name = admin.to_owned();
+    // The task's own handles (`backups` borrows this function's).
+    let (store, engine) = (store.clone(), engine.clone());
+    tokio::spawn(async move {
+        let (s, e, d) = (store.clone(), engine.clone(), dir.clone());
+        let runtime = tokio::runtime::Handle::current();
+        // The copy blocks its thread (sled), so it runs on one of its own.
+        let result =
+            tokio::task::spawn_blocking(move || runtime.block_on(s.backup(&d, &EngineClock(e))))
+                .await
+                .unwrap_or_else(|e| Err(BackupError::Io(format!("the backup stopped: {e}"))));
+        if let Some(b) = store.backups() {
+            b.finish(&result, engine.now());
+        }
+        match &result {
+            Ok(m) => {
+                tracing::info!(admin = %admin_name, dir = %dir.display(), pause_us = m.pause_us, "store backed up")
+            }
+            Err(e) => {
+                tracing::error!(admin = %admin_name, dir = %dir.display(), error = %e, "store backup failed")
+            }
+        }
+        let _ = done.send(result);
+    });
+    match tokio::time::timeout(wait, ended).await {
+        Ok(Ok(Ok(_))) => {
+            let mut v = serde_json::to_value(backups.state()).expect("JSON of plain data");
+            v["audit_seq"] = serde_json::json!(record.seq);
+            Ok(json_response(StatusCode::OK, &v))
+        }
+        Ok(Ok(Err(e))) => backup_error(&e),
+        // Still copying (or the task ended without a word: `GET` tells).
+        Err(_) | Ok(Err(_)) => {
+            let mut v = serde_json::to_value(backups.state()).expect("JSON of plain data");
+            v["audit_seq"] = serde_json::json!(record.seq);
+            Ok(json_response(StatusCode::ACCEPTED, &v))
+        }
+    }
+}
+
 async fn route<S: Store>(
     ctx: Arc<Admin<S>>,
     body_max: u64,
+    backup_wait: Duration,
     admin: Arc<str>,
     req: Req,
 ) -> Result<Resp, ApiError> {
@@ -432,6 +571,18 @@ async fn route<S: Store>(
             let lines = treasury.revenue_async(from, to).await?;
             Ok(json_response(StatusCode::OK, &serde_json::json!({ "revenue": lines })))
         }
+        ["admin", "v1", "reload"] => {
+            allow(&method, &Method::POST)?;
+            // Any body is ignored: the configuration is read from where the daemon reads it.
+            let reloader = ctx.reloader.get().and_then(std::sync::Weak::upgrade);
+            let Some(reloader) = reloader else {
+                return Err(ApiError::ConfigRefused("this daemon cannot reload".into()));
+            };
+            match reloader.reload(&admin).await {
+                Ok(done) => Ok(json_response(StatusCode::OK, &done)),
+                Err(reasons) => Err(ApiError::ConfigRefused(reasons.join("; "))),
+            }
+        }
         ["admin", "v1", "audit"] => {
             allow(&method, &Method::GET)?;
             let (records, chain) = treasury.audit().await?;
@@ -456,6 +607,19 @@ async fn route<S: Store>(
             let file = read_body(req, ADMIN_FILE_BYTES_MAX).await?;
             let report = ctx.settlement.reconcile(&admin, day, acquirer, &file).await?;
             Ok(json_response(StatusCode::OK, &report))
+        }
+        ["admin", "v1", "store", "backup"] if method == Method::POST => {
+            let body: BackupBody = read_json(req, body_max).await?;
+            start_backup(&ctx, &admin, body, backup_wait).await
+        }
+        ["admin", "v1", "store", "backup"] => {
+            allow_any(&method, &[Method::GET, Method::POST])?;
+            match store.backups() {
+                Some(b) => Ok(json_response(StatusCode::OK, &b.state())),
+                None => backup_error(&BackupError::Unsupported(
+                    "this daemon's store has no backup of its own".into(),
+                )),
+            }
         }
         _ => Err(ApiError::NotFound),
     }

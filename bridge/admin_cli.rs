@@ -19,6 +19,19 @@ use serde_json::{json, Value};
 /// How to reach the admin API.
 #[derive(Debug, Args)]
 pub struct AdminArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// The admin listener and the admin certificate (shared by `qrbridge admin` and
+/// `qrbridge store backup`).
+#[derive(Debug, Args)]
+pub struct Connection {
     /// The admin listener.
     #[arg(long, default_value = "https://127.0.0.1:8444")]
     pub url: String,
@@ -34,11 +47,6 @@ pub struct AdminArgs {
     /// The CA of the server's certificate; default `<pki>/ca.crt`.
     #[arg(long)]
     pub ca: Option<PathBuf>,
-    /// Print the API's JSON answer instead of a table.
-    #[arg(long, global = true)]
-    pub json: bool,
-    #[command(subcommand)]
-    pub command: AdminCommand,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +82,9 @@ pub enum AdminCommand {
     },
     /// The audit log, its hash chain verified; exits 1 when the chain is broken.
     Audit,
+    /// Make the daemon read its configuration again and put it in force, all or nothing (as
+    /// SIGHUP does); exits 2 with every reason when it is refused.
+    Reload,
     /// Parked webhook events and the resolver's open work.
     #[command(subcommand)]
     Ops(OpsCommand),
@@ -174,21 +185,40 @@ pub enum OpsCommand {
 }
 
 /// The admin API over mTLS.
-struct Client {
+pub(crate) struct Client {
     http: qrbridge_adapters::https::HttpsClient,
     base: String,
+    /// The longest wait for one answer.
+    answer_within: Duration,
 }
 
 /// What went wrong, and the exit code it gives.
-enum Failure {
+pub(crate) enum Failure {
     /// Connection, TLS, a server error: 1.
     Work(String),
     /// The request was refused as bad: 2.
     Refused(String),
 }
 
+impl Failure {
+    /// Prints the failure and gives its exit code.
+    pub(crate) fn exit(self) -> ExitCode {
+        match self {
+            Failure::Work(m) => {
+                eprintln!("error: {m}");
+                ExitCode::from(1)
+            }
+            Failure::Refused(m) => {
+                eprintln!("refused: {m}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
 impl Client {
-    fn new(a: &AdminArgs) -> Result<Client, Failure> {
+    /// A client of the admin API `a` names, waiting at most `answer_within` for each answer.
+    pub(crate) fn new(a: &Connection, answer_within: Duration) -> Result<Client, Failure> {
         let file =
             |given: &Option<PathBuf>, name: &str| given.clone().unwrap_or_else(|| a.pki.join(name));
         let (cert, key, ca) =
@@ -205,6 +235,7 @@ impl Client {
         Ok(Client {
             http: qrbridge_adapters::https::client(tls, Duration::from_secs(5)),
             base: a.url.trim_end_matches('/').to_owned(),
+            answer_within,
         })
     }
 
@@ -214,6 +245,18 @@ impl Client {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<(Bytes, bool), Failure> {
+        let (_, bytes, is_json) = self.send_with_status(method, path, body).await?;
+        Ok((bytes, is_json))
+    }
+
+    /// Sends a request: a success's status, body and whether it is JSON; an error answer as a
+    /// [`Failure`] (4xx refused, the rest failed).
+    async fn send_with_status(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(http::StatusCode, Bytes, bool), Failure> {
         let mut req = Request::builder().method(method).uri(format!("{}{path}", self.base));
         let bytes = match body {
             Some((kind, b)) => {
@@ -224,9 +267,12 @@ impl Client {
         };
         let req =
             req.body(Full::new(Bytes::from(bytes))).map_err(|e| Failure::Work(e.to_string()))?;
-        let res = tokio::time::timeout(Duration::from_secs(120), self.http.request(req))
+        let res = tokio::time::timeout(self.answer_within, self.http.request(req))
             .await
-            .map_err(|_| Failure::Work("the admin API did not answer in 120 s".into()))?
+            .map_err(|_| {
+                let s = self.answer_within.as_secs();
+                Failure::Work(format!("the admin API did not answer in {s} s"))
+            })?
             .map_err(|e| Failure::Work(format!("{}: {e}", self.base)))?;
         let status = res.status();
         let is_json = res
@@ -236,7 +282,7 @@ impl Client {
         let body =
             res.into_body().collect().await.map_err(|e| Failure::Work(e.to_string()))?.to_bytes();
         if status.is_success() {
-            return Ok((body, is_json));
+            return Ok((status, body, is_json));
         }
         let err: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let text = format!(
@@ -250,7 +296,22 @@ impl Client {
         Err(if status.is_client_error() { Failure::Refused(text) } else { Failure::Work(text) })
     }
 
-    async fn json(
+    /// Sends `body` as JSON; the answer as JSON, with its status.
+    pub(crate) async fn json_with_status(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(http::StatusCode, Value), Failure> {
+        let body =
+            body.map(|b| ("application/json", serde_json::to_vec(&b).expect("JSON of plain data")));
+        let (status, bytes, _) = self.send_with_status(method, path, body).await?;
+        let v = serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::Work(format!("the answer is not JSON: {e}")))?;
+        Ok((status, v))
+    }
+
+    pub(crate) async fn json(
         &self,
         method: Method,
         path: &str,
@@ -309,21 +370,11 @@ fn print(line: &str) {
 /// Runs one admin command.
 pub async fn run(a: AdminArgs) -> ExitCode {
     let result = async {
-        let c = Client::new(&a)?;
+        let c = Client::new(&a.connection, Duration::from_secs(120))?;
         execute(&c, &a).await
     }
     .await;
-    match result {
-        Ok(code) => code,
-        Err(Failure::Work(m)) => {
-            eprintln!("error: {m}");
-            ExitCode::from(1)
-        }
-        Err(Failure::Refused(m)) => {
-            eprintln!("refused: {m}");
-            ExitCode::from(2)
-        }
-    }
+    result.unwrap_or_else(Failure::exit)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Failure> {
@@ -521,6 +572,16 @@ async fn execute(c: &Client, a: &AdminArgs) -> Result<ExitCode, Failure> {
             if v["clean"] != json!(true) {
                 return Ok(ExitCode::from(3));
             }
+        }
+        AdminCommand::Reload => {
+            let v = c.json(Method::POST, "/admin/v1/reload", Some(json!({}))).await?;
+            let changed: Vec<String> = items(&v, "changed").map(s).collect();
+            let text = if changed.is_empty() {
+                format!("reloaded (nothing changed; audit record {})", s(&v["audit_seq"]))
+            } else {
+                format!("reloaded: {} (audit record {})", changed.join(", "), s(&v["audit_seq"]))
+            };
+            show(&v, text);
         }
         AdminCommand::Audit => {
             let v = c.json(Method::GET, "/admin/v1/audit", None).await?;

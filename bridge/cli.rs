@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use qrbridge_adapters::decode::{DecodeLimits, WarningCode};
 
 use crate::api::{DecodeAnswer, ErrorBody, ErrorDetail};
+use crate::ops::systemd;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -86,6 +87,8 @@ pub enum Command {
     /// settlement, reconciliation, audit. Exits 0 done, 1 failed, 2 refused, 3 reconciliation
     /// differences.
     Admin(crate::admin_cli::AdminArgs),
+    /// The store: a consistent backup while the daemon runs, and restoring one.
+    Store(crate::store::backup::StoreArgs),
     /// Decode a scanned code: prints the partner API's decode answer as JSON (exit 0), or
     /// `{"error": {"code": "INVALID_CODE", …}}` (exit 2).
     Decode {
@@ -117,6 +120,21 @@ pub fn run(cli: Cli) -> ExitCode {
                 acquirer: acquirer_addr,
             };
             let embedded = config.is_none();
+            // A reload reads the configuration the same way, overrides included.
+            let source: crate::ops::reload::ConfigSource = {
+                let (config, data_dir, listeners) =
+                    (config.clone(), data_dir.clone(), listeners.clone());
+                let database_url = database_url.clone();
+                std::sync::Arc::new(move || {
+                    serve_config(
+                        config.clone(),
+                        &data_dir,
+                        listeners.clone(),
+                        database_url.clone(),
+                        ops_addr,
+                    )
+                })
+            };
             // The configuration first: it says how to log.
             let loaded = serve_config(config, &data_dir, listeners, database_url, ops_addr);
             let format = match log_format.as_deref() {
@@ -126,7 +144,7 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             init_logging(format);
             match loaded {
-                Ok(config) => in_runtime(serve(config, embedded, data_dir)),
+                Ok(config) => in_runtime(serve(config, source, embedded, data_dir)),
                 Err(problems) => {
                     for p in problems {
                         eprintln!("{p}");
@@ -141,6 +159,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::CheckConfig { file } => check_config(&file),
         Command::Decode { code, config } => decode(&code, config.as_deref()),
+        Command::Store(args) => runtime(crate::store::backup::run(args)),
         Command::Admin(args) => {
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt.block_on(crate::admin_cli::run(args)),
@@ -358,25 +377,31 @@ fn serve_config(
     Ok(config)
 }
 
-async fn serve(config: qrbridge_config::Config, embedded: bool, data_dir: PathBuf) -> ExitCode {
+async fn serve(
+    config: qrbridge_config::Config,
+    source: crate::ops::reload::ConfigSource,
+    embedded: bool,
+    data_dir: PathBuf,
+) -> ExitCode {
     let opts = crate::daemon::StartOptions {
         clock: std::sync::Arc::new(crate::clock::SystemClock),
         sandbox: Default::default(),
     };
-    let daemon = match crate::daemon::Daemon::start(config, opts).await {
+    let daemon = match crate::daemon::Daemon::start_reloadable(config, opts, source).await {
         Ok(d) => d,
         Err(e) => {
             eprintln!("cannot start: {e}");
             return ExitCode::from(1);
         }
     };
-    out(&format!(
-        "qrbridge listening: partner=https://{} admin=https://{} acquirer=https://{}{}",
+    let listening = format!(
+        "partner=https://{} admin=https://{} acquirer=https://{}{}",
         daemon.partner_addr,
         daemon.admin_addr,
         daemon.acquirer_addr,
         daemon.ops_addr.map(|a| format!(" ops=http://{a}")).unwrap_or_default()
-    ));
+    );
+    out(&format!("qrbridge listening: {listening}"));
     if embedded {
         let pki = data_dir.join("pki");
         let p = |f: &str| pki.join(f).display().to_string();
@@ -389,7 +414,15 @@ async fn serve(config: qrbridge_config::Config, embedded: bool, data_dir: PathBu
             key = p("partner-demo.key"),
         ));
     }
-    // SIGHUP re-reads the listeners' certificates and CRLs.
+    // Under systemd (Type=notify): ready once every listener is bound, with what `systemctl
+    // status` shows; after a reload, `systemd::ready(&status)` again. Without NOTIFY_SOCKET these
+    // do nothing.
+    let status = format!("listening: {listening}");
+    systemd::ready(&status);
+    // Pinged from this runtime until the termination signal (a wedged runtime stops the pings).
+    let (watchdog_stop, watchdog_stop_rx) = tokio::sync::watch::channel(false);
+    let watchdog = systemd::watchdog(watchdog_stop_rx);
+    // SIGHUP reads the configuration and its files again (crate::ops::reload): all or nothing.
     #[cfg(unix)]
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let stop = terminated();
@@ -407,11 +440,30 @@ async fn serve(config: qrbridge_config::Config, embedded: bool, data_dir: PathBu
         tokio::select! {
             _ = &mut stop => break,
             _ = hangup => {
-                tracing::info!("SIGHUP: reloading TLS certificates and CRLs");
-                let _ = daemon.reload_tls();
+                // In a task of its own: SIGTERM is still heard while it runs (reloads queue up
+                // behind each other).
+                tracing::info!("SIGHUP: reloading the configuration");
+                let (reloader, status) = (daemon.reloader().clone(), status.clone());
+                tokio::spawn(async move {
+                    systemd::reloading();
+                    if let Err(refused) = reloader.reload("sighup").await {
+                        tracing::error!(
+                            reasons = ?refused.0,
+                            "reload refused: the configuration in force stays"
+                        );
+                    }
+                    systemd::ready(&status);
+                });
             }
         }
     }
+    // The pings end before STOPPING=1 is sent, so none follows it (systemd watches only a running
+    // service: the drain is bounded by TimeoutStopSec instead).
+    let _ = watchdog_stop.send(true);
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
+    systemd::stopping();
     tracing::info!("shutting down: draining connections");
     daemon.shutdown().await;
     ExitCode::SUCCESS

@@ -118,6 +118,9 @@ pub enum ApiError {
     /// No configured acquirer by that id (admin).
     #[error("no acquirer {0:?}")]
     AcquirerNotFound(String),
+    /// A reload's new configuration was refused whole; the reasons, joined.
+    #[error("reload refused: {0}")]
+    ConfigRefused(String),
 }
 
 impl ApiError {
@@ -173,6 +176,7 @@ impl ApiError {
             RateSourceFailed(_) => ("RATE_SOURCE_FAILED", StatusCode::BAD_GATEWAY, true),
             DayNotClosed(_) => ("DAY_NOT_CLOSED", StatusCode::CONFLICT, true),
             SettlementNotFound(_) => ("SETTLEMENT_NOT_FOUND", StatusCode::NOT_FOUND, false),
+            ConfigRefused(_) => ("CONFIG_REFUSED", StatusCode::UNPROCESSABLE_ENTITY, false),
             AcquirerNotFound(_) => ("ACQUIRER_NOT_FOUND", StatusCode::NOT_FOUND, false),
             InvalidReconciliationFile(_) => {
                 ("INVALID_RECONCILIATION_FILE", StatusCode::UNPROCESSABLE_ENTITY, false)

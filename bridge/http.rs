@@ -396,12 +396,20 @@ where
 /// it, or refuses the request with `refused`.
 fn authenticate(directory: &Directory, refused: &ApiError, req: &mut Req) -> Option<Resp> {
     let partner = req.extensions().get::<Arc<Conn>>().and_then(|conn| {
-        conn.identity
-            .get_or_init(|| {
-                let peer = PeerCert::from_chain(&conn.peer_certs)?;
-                directory.resolve(&peer).map(str::to_owned)
-            })
-            .clone()
+        let known = conn.identity.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match known {
+            Some((generation, id)) if generation == directory.generation() => id,
+            // First request of the connection, or the directory changed (a reload): resolved
+            // again, with the CRLs in force now (outside the lock: streams of the connection
+            // do not wait on each other's verification).
+            _ => {
+                let id = PeerCert::from_chain(&conn.peer_certs)
+                    .and_then(|peer| directory.resolve(&peer).map(str::to_owned));
+                *conn.identity.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((directory.generation(), id.clone()));
+                id
+            }
+        }
     });
     let Some(partner) = partner else {
         tracing::warn!("client certificate names no one this listener knows");
@@ -606,6 +614,41 @@ pub fn allow_any(method: &Method, wants: &[Method]) -> Result<(), ApiError> {
         let names: Vec<&str> = wants.iter().map(Method::as_str).collect();
         Err(ApiError::MethodNotAllowed(names.join(", ")))
     }
+}
+
+/// The template among `routes` that `path` matches (`{name}` stands for one segment), whatever
+/// the method; `other` when none does. A metric's label: a path's ids never become labels.
+pub fn route_template(routes: &[(&str, &'static str)], path: &str) -> &'static str {
+    let segments: Vec<&str> = path.split('/').collect();
+    routes
+        .iter()
+        .map(|(_, template)| *template)
+        .find(|template| {
+            let parts: Vec<&str> = template.split('/').collect();
+            parts.len() == segments.len()
+                && parts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| (t.starts_with('{') && !s.is_empty()) || t == s)
+        })
+        .unwrap_or("other")
+}
+
+/// [`serve_request`], counted in the metrics by `listener` and route template.
+pub async fn serve_counted(
+    listener: &'static str,
+    routes: &'static [(&'static str, &'static str)],
+    svc: BoxCloneSyncService<Req, Resp, Infallible>,
+    req: Req,
+    conn: Arc<Conn>,
+) -> Result<Resp, qrbridge_adapters::https::Reset> {
+    let route = route_template(routes, req.uri().path());
+    let started = tokio::time::Instant::now();
+    let answer = serve_request(svc, req, conn).await;
+    if let Ok(resp) = &answer {
+        crate::ops::http_request(listener, route, resp.status().as_u16(), started.elapsed());
+    }
+    answer
 }
 
 /// Serves one request on the partner listener: the connection goes in as an extension.

@@ -756,13 +756,22 @@ pub struct Settlement<S> {
     treasury: Arc<Treasury<S>>,
     days: BusinessDays,
     dir: PathBuf,
-    partners: Vec<(String, Vec<Currency>)>,
-    acquirers: Vec<String>,
+    /// The configured partners (with their wallet currencies) and acquirers: each gets a file.
+    /// Made again on reload ([`Settlement::set_parties`]).
+    parties: std::sync::RwLock<Arc<SettlementParties>>,
     /// One run or reconciliation at a time in this process...
     running: tokio::sync::Mutex<()>,
     /// ...and across the nodes sharing the store: this node's name and the lease's length.
     node: Arc<str>,
     lease: crate::cluster::LeasePolicy,
+}
+
+/// Who gets a file whether or not they had activity: the configured partners, each with its
+/// wallet currencies, and the configured acquirers.
+#[derive(Debug, Clone, Default)]
+pub struct SettlementParties {
+    pub partners: Vec<(String, Vec<Currency>)>,
+    pub acquirers: Vec<String>,
 }
 
 /// The lease a settlement run or reconciliation holds while it runs.
@@ -808,12 +817,21 @@ impl<S: Store> Settlement<S> {
             treasury,
             days,
             dir,
-            partners,
-            acquirers,
+            parties: std::sync::RwLock::new(Arc::new(SettlementParties { partners, acquirers })),
             running: tokio::sync::Mutex::new(()),
             node: crate::cluster::node_id(None),
             lease: crate::cluster::LeasePolicy { ttl: std::time::Duration::from_secs(10) },
         }
+    }
+
+    /// The parties in force.
+    fn parties(&self) -> Arc<SettlementParties> {
+        self.parties.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `parties` in force for the runs and reconciliations that begin from now on.
+    pub fn set_parties(&self, parties: SettlementParties) {
+        *self.parties.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parties);
     }
 
     /// Runs as node `node` among several sharing the store, with leases of `lease`.
@@ -883,11 +901,12 @@ impl<S: Store> Settlement<S> {
         let _one = self.running.lock().await;
         let turn = self.one_in_cluster().await?;
         let data = self.load(day, true, Vec::new()).await?;
+        let parties = self.parties();
         let (summary, files) = build(&DayInput {
             day,
             days: &self.days,
-            partners: &self.partners,
-            acquirers: &self.acquirers,
+            partners: &parties.partners,
+            acquirers: &parties.acquirers,
             payments: &data.payments,
             refunds: &data.refunds,
             journal: &data.journal,
@@ -950,7 +969,7 @@ impl<S: Store> Settlement<S> {
         // has payments or refunds among the day's records (the payments made that day, the
         // refunds made that day or a day either side and their payments, and the payments its
         // file names). An unconfigured acquirer with none of those is `ACQUIRER_NOT_FOUND`.
-        if !self.acquirers.iter().any(|a| a == acquirer)
+        if !self.parties().acquirers.iter().any(|a| a == acquirer)
             && !data.payments.iter().any(|p| p.acquirer == acquirer)
             && !data.refunds.iter().any(|r| r.acquirer == acquirer)
         {

@@ -157,22 +157,30 @@ impl ServerTlsFiles {
     /// warning (see the module docs).
     pub fn load(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let cas: Vec<&Path> = self.client_cas.iter().map(PathBuf::as_path).collect();
-        let mut crls = Vec::new();
-        let now = UnixTime::now();
-        for path in &self.crls {
-            let read = load_crls(path)?;
-            for stale in stale_crls(path, &read, now) {
-                tracing::warn!(
-                    crl = %stale.path.display(),
-                    next_update = %stale.next_update,
-                    "CRL past its nextUpdate: still used, but revocations since are unknown; \
-                     install its CA's current CRL and reload"
-                );
-            }
-            crls.extend(read);
-        }
+        let crls = read_crls(&self.crls)?;
         server_config_with_crls(&self.cert, &self.key, roots(&cas)?, crls, self.allow_tls12)
     }
+}
+
+/// Every CRL in `paths`; one past its nextUpdate is kept, with a warning (see the module docs).
+pub fn read_crls(
+    paths: &[PathBuf],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut crls = Vec::new();
+    let now = UnixTime::now();
+    for path in paths {
+        let read = load_crls(path)?;
+        for stale in stale_crls(path, &read, now) {
+            tracing::warn!(
+                crl = %stale.path.display(),
+                next_update = %stale.next_update,
+                "CRL past its nextUpdate: still used, but revocations since are unknown; \
+                 install its CA's current CRL and reload"
+            );
+        }
+        crls.extend(read);
+    }
+    Ok(crls)
 }
 
 /// A CRL whose nextUpdate has passed: its CA has published a newer one that we do not have.
@@ -204,17 +212,30 @@ pub fn stale_crls(
 }
 
 /// A listener's TLS configuration that can be made again from its files: [`Self::reload`] swaps
-/// it in for the next handshake, or leaves the current one when a file is bad.
+/// it in for the next handshake, or leaves the current one when a file is bad; a reload of the
+/// whole configuration makes one from new files first ([`ServerTlsFiles::load`]) and puts it in
+/// force with the rest ([`Self::put`]).
 #[derive(Debug)]
 pub struct ReloadableTls {
-    files: ServerTlsFiles,
+    files: std::sync::Mutex<ServerTlsFiles>,
     current: tokio::sync::watch::Sender<Arc<ServerConfig>>,
 }
 
 impl ReloadableTls {
     pub fn new(files: ServerTlsFiles) -> Result<Self, TlsError> {
         let config = files.load()?;
-        Ok(ReloadableTls { files, current: tokio::sync::watch::channel(config).0 })
+        Ok(ReloadableTls {
+            files: std::sync::Mutex::new(files),
+            current: tokio::sync::watch::channel(config).0,
+        })
+    }
+
+    /// One whose current configuration, made from `files`, is `config`.
+    pub fn with(files: ServerTlsFiles, config: Arc<ServerConfig>) -> Self {
+        ReloadableTls {
+            files: std::sync::Mutex::new(files),
+            current: tokio::sync::watch::channel(config).0,
+        }
     }
 
     /// What the accept loop reads the configuration from.
@@ -224,9 +245,16 @@ impl ReloadableTls {
 
     /// Reads the files again; the next handshake uses them. On an error nothing changes.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = self.files.load()?;
-        self.current.send_replace(config);
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.put(files.clone(), files.load()?);
         Ok(())
+    }
+
+    /// Puts `config`, made from `files`, in force for the next handshake; later reloads read
+    /// `files`.
+    pub fn put(&self, files: ServerTlsFiles, config: Arc<ServerConfig>) {
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = files;
+        self.current.send_replace(config);
     }
 }
 
@@ -280,9 +308,22 @@ impl PeerCert {
 
 /// The parties one listener knows: an id, the identity its certificate carries, and a verifier
 /// holding only its own CA.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Directory {
     entries: Vec<(String, Identity, Arc<dyn ClientCertVerifier>)>,
+    /// Unique to this directory (in this process): what a connection resolved with another one
+    /// is resolved again.
+    generation: u64,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Directory {
+            entries: Vec::new(),
+            generation: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 impl std::fmt::Debug for Directory {
@@ -292,13 +333,28 @@ impl std::fmt::Debug for Directory {
 }
 
 impl Directory {
-    /// Adds a party whose certificates `ca` issues.
-    pub fn add(&mut self, id: &str, identity: Identity, ca: &Path) -> Result<(), TlsError> {
-        // Revocation was checked by the handshake (with the CRLs current then); this check only
-        // binds the name to its own CA.
-        let verifier = WebPkiClientVerifier::builder(roots(&[ca])?).build()?;
+    /// Adds a party whose certificates `ca` issues, none of them revoked by `crls`.
+    pub fn add(
+        &mut self,
+        id: &str,
+        identity: Identity,
+        ca: &Path,
+        crls: &[CertificateRevocationListDer<'static>],
+    ) -> Result<(), TlsError> {
+        // The handshake checked revocation with the CRLs in force then; this check binds the
+        // name to its own CA, and with the CRLs in force now, so a certificate revoked by a
+        // reload is refused on a connection opened before it too.
+        let verifier = WebPkiClientVerifier::builder(roots(&[ca])?)
+            .with_crls(crls.iter().cloned())
+            .allow_unknown_revocation_status()
+            .build()?;
         self.entries.push((id.to_owned(), identity, verifier));
         Ok(())
+    }
+
+    /// Which directory this is ([`Directory::default`] makes a new one each time).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The ids of every party, in the order they were added.

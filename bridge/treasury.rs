@@ -74,6 +74,23 @@ pub struct Treasury<S> {
     in_force: tokio::sync::watch::Sender<u64>,
 }
 
+/// Admin changes held back ([`Treasury::settings_held`]) until this is released or dropped.
+pub struct SettingsHeld<'a, S: Store> {
+    _one: tokio::sync::MutexGuard<'a, ()>,
+    turn: Turn<S>,
+}
+
+impl<S: Store> SettingsHeld<'_, S> {
+    /// Whether the settings' turn was lost (another node may be changing them now).
+    pub fn lost(&self) -> bool {
+        self.turn.lost()
+    }
+
+    pub async fn release(self) {
+        self.turn.release().await;
+    }
+}
+
 /// A spread as kept in the settings (the default has neither partner nor pair).
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredSpread {
@@ -539,6 +556,67 @@ impl<S: Store> Treasury<S> {
             tracing::error!(broken_at = ?check.broken_at, reason = ?check.reason, "audit chain broken");
         }
         Ok((records, check))
+    }
+
+    /// Holds admin changes back, here and (as the settings' turn) on every node sharing the
+    /// store: a reload puts new spread bounds in force under it, so no spread change checked
+    /// against the old bounds lands after them, and the stored spreads it checks stay as read.
+    pub async fn settings_held(&self) -> Result<SettingsHeld<'_, S>, ApiError> {
+        let one = self.changes.lock().await;
+        let turn = self.settings_turn().await?;
+        Ok(SettingsHeld { _one: one, turn })
+    }
+
+    /// The spreads `base` (the configuration's default and bounds) puts in force with what
+    /// admins set (the stored default and overrides win over the configuration's default), or
+    /// each stored spread that the new bounds refuse and the bounds in force take. One that the
+    /// bounds in force refuse too (kept from a build with wider bounds) is left out and logged,
+    /// as at start. Call with [`Self::settings_held`] held.
+    pub async fn spreads_within(
+        &self,
+        base: qrbridge_fx::SpreadPolicy,
+    ) -> Result<qrbridge_fx::SpreadPolicy, Vec<String>> {
+        let store = self.engine.store();
+        let stored = store.settings(SPREADS_KEY).await.map_err(|e| vec![e.to_string()])?;
+        let (min, max) = self.engine.spreads().bounds();
+        let mut policy = base;
+        let mut refused = Vec::new();
+        if let Some((_, bytes)) = stored.into_iter().find(|(k, _)| k == SPREADS_KEY) {
+            let stored: Vec<StoredSpread> =
+                serde_json::from_slice(&bytes).map_err(|e| vec![format!("stored spreads: {e}")])?;
+            for s in stored {
+                let key = SpreadKey { partner: s.partner, pair: s.pair };
+                let Err(e) = policy.set(key.clone(), s.bps) else { continue };
+                if s.bps < min || s.bps > max {
+                    tracing::warn!(target = %target_of(&key), error = %e, "stored spread left out");
+                } else {
+                    refused.push(format!(
+                        "fx.spread: the spread in force for {} ({}) would be outside the new \
+                         bounds: {e}; change it first",
+                        target_of(&key),
+                        s.bps
+                    ));
+                }
+            }
+        }
+        if refused.is_empty() {
+            Ok(policy)
+        } else {
+            Err(refused)
+        }
+    }
+
+    /// [`Self::record`] with [`Self::settings_held`] already held, with what was before.
+    pub async fn record_held(
+        &self,
+        actor: &str,
+        action: &str,
+        target: String,
+        before: Value,
+        after: Value,
+    ) -> Result<AuditRecord, ApiError> {
+        let draft = self.draft(actor, action, target, before, after);
+        self.commit(draft, &[]).await
     }
 
     /// Records an admin action that is not a setting (a settlement run, a reconciliation).

@@ -150,6 +150,13 @@ impl Queue {
         Queue { has_sender, ..Queue::default() }
     }
 
+    /// The partners with a sender changed (a reload): every event waiting is placed again at
+    /// the next sync (those under way stay so, and attempts so far are kept).
+    fn senders_changed(&mut self, has_sender: HashSet<String>) {
+        self.has_sender = has_sender;
+        self.epoch = None;
+    }
+
     /// Reads what the outbox holds that the queue does not: the events after the cursor, or, when
     /// the epoch changed (a replay), everything again.
     async fn sync<S: Store>(&mut self, store: &S) -> Result<(), StoreError> {
@@ -321,16 +328,38 @@ impl Queue {
     }
 }
 
+/// The webhook senders in force, one per partner with a webhook URL; made again on reload
+/// ([`Senders::replace`]). A delivery under way finishes with the sender it began with.
+#[derive(Clone, Default)]
+pub struct Senders(Arc<std::sync::RwLock<Arc<HashMap<String, WebhookSender>>>>);
+
+impl Senders {
+    pub fn new(senders: HashMap<String, WebhookSender>) -> Self {
+        Senders(Arc::new(std::sync::RwLock::new(Arc::new(senders))))
+    }
+
+    /// The senders in force.
+    pub fn current(&self) -> Arc<HashMap<String, WebhookSender>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `senders` in force for the deliveries that start from now on.
+    pub fn replace(&self, senders: HashMap<String, WebhookSender>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(senders);
+    }
+}
+
 /// Runs until `shutdown` turns true. `senders` has one entry per partner with a webhook URL;
 /// events of other partners are logged as delivered with nothing sent.
 pub async fn run<S: Store>(
     engine: Arc<Engine<S>>,
-    senders: HashMap<String, WebhookSender>,
+    senders: Senders,
     policy: DeliveryPolicy,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut rng = fastrand::Rng::new();
-    let mut queue = Queue::new(senders.keys().cloned().collect());
+    let mut in_force = senders.current();
+    let mut queue = Queue::new(in_force.keys().cloned().collect());
     let mut running: JoinSet<(EventSeq, OutboxEvent, Result<(), String>)> = JoinSet::new();
     // Deliveries under way per partner, and what each task holds, so that even a task that
     // panicked gives its event and its lane's slot back.
@@ -340,6 +369,11 @@ pub async fn run<S: Store>(
         let woken = engine.events_written.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        let now_in_force = senders.current();
+        if !Arc::ptr_eq(&now_in_force, &in_force) {
+            queue.senders_changed(now_in_force.keys().cloned().collect());
+            in_force = now_in_force;
+        }
         let next = match plan(&engine, &mut queue, &policy, &lanes, running.len()).await {
             Ok(plan) => {
                 // Nothing leaves that a crash could take back: an event read from the outbox may
@@ -351,7 +385,7 @@ pub async fn run<S: Store>(
                     Ok(()) => {
                         for seq in plan.start {
                             let Some(event) = queue.start(seq) else { continue };
-                            let sender = senders.get(&event.partner).cloned();
+                            let sender = in_force.get(&event.partner).cloned();
                             let now = engine.now().timestamp();
                             *lanes.entry(event.partner.clone()).or_default() += 1;
                             let partner = event.partner.clone();

@@ -521,7 +521,7 @@ async fn a_webhook_waits_until_its_change_is_durable() {
     let (stop, stopped) = watch::channel(false);
     let worker = tokio::spawn(qrbridge::webhooks::run(
         rig.engine.clone(),
-        HashMap::from([("p".to_owned(), sender)]),
+        qrbridge::webhooks::Senders::new(HashMap::from([("p".to_owned(), sender)])),
         policy,
         stopped,
     ));

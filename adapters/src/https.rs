@@ -41,6 +41,10 @@
 //! The TLS configuration is read per connection, when its ClientHello has come, from a
 //! [`ServerTls`], so a reload (new certificates, new CRLs) applies to the next handshake without a
 //! restart.
+//!
+//! Each listener is named ([`serve_named`]) and counts, through the `metrics` facade, how its
+//! connections got in (`qrbridge_tls_handshakes_total{listener,outcome}`) and how many are open
+//! (`qrbridge_connections_open{listener}`); see docs/metrics.md and [`Meter`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -65,16 +69,17 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 /// What a handler knows about the connection a request came on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Conn {
     pub remote: SocketAddr,
     /// The client's certificate chain, end entity first (verified by the handshake).
     pub peer_certs: Arc<Vec<CertificateDer<'static>>>,
     /// The negotiated key exchange group, e.g. `X25519MLKEM768`.
     pub kx_group: Option<String>,
-    /// Who the certificate identifies, once a listener has resolved it (per connection, so the
-    /// chain is verified once, not per request; `connection_max_age` bounds how long that holds).
-    pub identity: std::sync::OnceLock<Option<String>>,
+    /// Who the certificate identifies, once a listener has resolved it, with the generation of
+    /// the directory that resolved it (per connection, so the chain is verified once, not per
+    /// request; a reload makes a new directory, and the next request resolves it again).
+    pub identity: std::sync::Mutex<Option<(u64, Option<String>)>>,
 }
 
 /// A handler's way to drop the connection without answering (the sandbox acquirer's "connection
@@ -490,11 +495,47 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(ACCEPT_BACKLOG)
 }
 
-/// Serves `listener` until `shutdown` turns true, then drains connections (for at most
-/// `limits.shutdown_timeout`) and returns.
+/// [`serve_named`] with the listener named [`UNNAMED`] in its metrics.
 pub async fn serve<H, F>(
     listener: TcpListener,
     tls: impl Into<ServerTls>,
+    limits: ServeLimits,
+    shutdown: watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, Reset>> + Send + 'static,
+{
+    serve_named(UNNAMED, listener, tls, limits, shutdown, handler).await
+}
+
+/// The `listener` label of a listener served by [`serve`], which gives no name.
+pub const UNNAMED: &str = "unnamed";
+
+/// Serves `listener` until `shutdown` turns true, then drains connections (for at most
+/// `limits.shutdown_timeout`) and returns. `name` is the listener's `listener` label in the
+/// metrics ([`Meter`]): a few fixed words (`partner`, `admin`, `acquirer`), never anything a peer
+/// chose. Its series exist (at zero) once this is called, before the future is first polled.
+pub fn serve_named<H, F>(
+    name: &'static str,
+    listener: TcpListener,
+    tls: impl Into<ServerTls>,
+    limits: ServeLimits,
+    shutdown: watch::Receiver<bool>,
+    handler: H,
+) -> impl Future<Output = ()> + Send
+where
+    H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, Reset>> + Send + 'static,
+{
+    accept_loop(Meter::new(name), listener, tls.into(), limits, shutdown, handler)
+}
+
+/// [`serve_named`]'s work.
+async fn accept_loop<H, F>(
+    meter: Meter,
+    listener: TcpListener,
+    tls: ServerTls,
     limits: ServeLimits,
     mut shutdown: watch::Receiver<bool>,
     handler: H,
@@ -502,7 +543,6 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, Reset>> + Send + 'static,
 {
-    let tls = tls.into();
     let handshakes = Handshakes::new(limits.handshakes_max, limits.handshake_timeout);
     let established = Arc::new(Semaphore::new(limits.connections_max.max(1)));
     let per_ip =
@@ -526,9 +566,13 @@ pub async fn serve<H, F>(
             },
             _ = stopped(&mut shutdown) => break,
         };
+        // Counted open from here; the count goes down when `open` is dropped, however the
+        // connection ends (closed at once below, its task done, or aborted at shutdown).
+        let open = meter.opened();
         let now = tokio::time::Instant::now();
         let Some((handshake, evicted)) = Handshakes::enter(&handshakes, host(remote.ip()), now)
         else {
+            meter.refused.increment(1);
             tracing::debug!(%remote, "closing a connection: every handshake place is in use");
             continue;
         };
@@ -546,6 +590,8 @@ pub async fn serve<H, F>(
                 evicted,
                 established: established.clone(),
                 per_ip: per_ip.clone(),
+                meter: meter.clone(),
+                open,
             },
         ));
     }
@@ -574,6 +620,10 @@ struct Admission {
     evicted: oneshot::Receiver<()>,
     established: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
+    /// Where its way in is counted.
+    meter: Meter,
+    /// Its place in the open connections' gauge, held until the connection ends.
+    open: Open,
 }
 
 /// Why a connection was not established.
@@ -587,6 +637,73 @@ enum NotAdmitted {
     NoSlot,
     #[error("TLS handshake timed out")]
     HandshakeTimeout,
+}
+
+const TLS_HANDSHAKES_TOTAL: &str = "qrbridge_tls_handshakes_total";
+const CONNECTIONS_OPEN: &str = "qrbridge_connections_open";
+
+/// One listener's metrics (the handles are taken once, at the start of [`serve_named`]):
+/// `qrbridge_tls_handshakes_total{listener,outcome}`, how each accepted connection's way in
+/// ended, and `qrbridge_connections_open{listener}`, the TCP connections accepted and not closed
+/// yet (in their handshake, established, or lingering).
+///
+/// The outcomes: `ok` (handshake done, established); `failed` (the handshake failed: a refused
+/// or missing client certificate, a peer that is not speaking TLS, or one that closed first, as a
+/// TCP health check does); `timeout` (not done within `handshake_timeout`); `refused` (closed for
+/// lack of room: every handshake place taken, its place given to a newer connection, past the
+/// per-address limit, or no established slot free in time). A connection still in its handshake
+/// when the listener shuts down is not counted.
+#[derive(Clone)]
+struct Meter {
+    ok: metrics::Counter,
+    failed: metrics::Counter,
+    timeout: metrics::Counter,
+    refused: metrics::Counter,
+    open: metrics::Gauge,
+}
+
+impl Meter {
+    /// The handles of `listener`'s series; all four outcomes exist (at 0) from the start, so a
+    /// rate over them is defined before the first failure.
+    fn new(listener: &'static str) -> Meter {
+        metrics::describe_counter!(
+            TLS_HANDSHAKES_TOTAL,
+            "Connections accepted on a TLS listener, by how their way in ended"
+        );
+        metrics::describe_gauge!(CONNECTIONS_OPEN, "TCP connections open on a TLS listener");
+        let outcome = |outcome: &'static str| metrics::counter!(TLS_HANDSHAKES_TOTAL, "listener" => listener, "outcome" => outcome);
+        Meter {
+            ok: outcome("ok"),
+            failed: outcome("failed"),
+            timeout: outcome("timeout"),
+            refused: outcome("refused"),
+            open: metrics::gauge!(CONNECTIONS_OPEN, "listener" => listener),
+        }
+    }
+
+    /// Counts a connection open until the [`Open`] is dropped.
+    fn opened(&self) -> Open {
+        self.open.increment(1);
+        Open(self.open.clone())
+    }
+
+    /// Counts a connection that was not established.
+    fn not_admitted(&self, why: &NotAdmitted) {
+        match why {
+            NotAdmitted::Tls(_) => self.failed.increment(1),
+            NotAdmitted::HandshakeTimeout => self.timeout.increment(1),
+            NotAdmitted::PerAddress | NotAdmitted::NoSlot => self.refused.increment(1),
+        }
+    }
+}
+
+/// A connection counted in `qrbridge_connections_open`; counted out when dropped.
+struct Open(metrics::Gauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.decrement(1);
+    }
 }
 
 /// Takes a connection from accept through its TLS handshake into an established slot, all by
@@ -634,19 +751,26 @@ async fn connection<H, F>(
     H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, Reset>> + Send + 'static,
 {
-    let Admission { accepted, handshake, mut evicted, established, per_ip } = admission;
+    // `_open` is held to the end of the connection: its drop counts the connection closed.
+    let Admission { accepted, handshake, mut evicted, established, per_ip, meter, open: _open } =
+        admission;
     let deadline = accepted + limits.handshake_timeout;
     let admitted = tokio::select! {
         admitted = admit(tcp, remote, &tls, &handshake, &established, &per_ip, deadline) => admitted,
         _ = &mut evicted => {
+            meter.refused.increment(1);
             tracing::debug!(%remote, "closing a handshake: its place went to a newer connection");
             return;
         }
         _ = stopped(&mut shutdown) => return,
     };
     let (tls, _held) = match admitted {
-        Ok((tls, permit, slot)) => (tls, (permit, slot)),
+        Ok((tls, permit, slot)) => {
+            meter.ok.increment(1);
+            (tls, (permit, slot))
+        }
         Err(e) => {
+            meter.not_admitted(&e);
             tracing::debug!(%remote, "closing the connection: {e}");
             return;
         }
@@ -663,7 +787,7 @@ async fn connection<H, F>(
                 .unwrap_or_default(),
         ),
         kx_group: session.negotiated_key_exchange_group().map(|g| format!("{:?}", g.name())),
-        identity: std::sync::OnceLock::new(),
+        identity: std::sync::Mutex::new(None),
     });
     let (count, mut busy) = watch::channel(0usize);
     let count = Arc::new(count);

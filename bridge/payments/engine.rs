@@ -163,9 +163,8 @@ pub struct Engine<S> {
     clock: Arc<dyn Clock>,
     rates: RwLock<RateBook>,
     spreads: RwLock<SpreadPolicy>,
-    router: Router,
-    acquirers: HashMap<String, AcquirerService>,
-    partners: HashMap<String, PartnerPolicy>,
+    /// Who the engine deals with; made again on reload ([`Engine::set_parties`]).
+    parties: RwLock<Arc<Parties>>,
     quote_ttl: Duration,
     decode_limits: DecodeLimits,
     cancel: CancelPolicy,
@@ -180,8 +179,6 @@ pub struct Engine<S> {
     /// them (the only case a PENDING payment is sent again; after a restart nobody knows, and
     /// the resolver asks instead). Left when the payment moves on.
     unsent: Mutex<std::collections::HashSet<String>>,
-    /// Per acquirer, the resolver steps it may have under way ([`ResolverPolicy`]).
-    lanes: HashMap<String, Arc<tokio::sync::Semaphore>>,
     locks: Vec<tokio::sync::Mutex<()>>,
     /// Signalled when resolver work is written that is due before the resolver means to wake.
     pub work_written: Notify,
@@ -192,6 +189,33 @@ pub struct Engine<S> {
     pub events_written: Notify,
     /// Counts events leaving the outbox (delivered, skipped, parked): something to wait on.
     pub events_settled: watch::Sender<u64>,
+}
+
+/// Who the engine deals with: the partners and their policies, the acquirers' clients and the
+/// routing table. Made again on reload ([`Engine::set_parties`]); a request works with the
+/// parties in force when its step began.
+pub struct Parties {
+    router: Router,
+    acquirers: HashMap<String, AcquirerService>,
+    partners: HashMap<String, PartnerPolicy>,
+    /// Per acquirer, the resolver steps it may have under way ([`ResolverPolicy`]); kept across
+    /// reloads, so steps under way still count.
+    lanes: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// Acquirers no longer configured: no route leads to them, but payments and refunds they
+    /// hold are still asked about, reversed and refunded through their last client.
+    retired: Vec<String>,
+}
+
+impl Parties {
+    /// The acquirers configured now (not the retired ones).
+    pub fn acquirers(&self) -> impl Iterator<Item = &str> {
+        self.acquirers.keys().map(String::as_str).filter(|a| !self.retired.iter().any(|r| r == a))
+    }
+
+    /// The partners configured now.
+    pub fn partners(&self) -> impl Iterator<Item = &str> {
+        self.partners.keys().map(String::as_str)
+    }
 }
 
 /// A code resolved to a merchant and an acquirer.
@@ -229,14 +253,19 @@ impl<S: Store> Engine<S> {
             .keys()
             .map(|id| (id.clone(), Arc::new(tokio::sync::Semaphore::new(lane))))
             .collect();
+        let parties = Parties {
+            router: p.router,
+            acquirers: p.acquirers,
+            partners: p.partners,
+            lanes,
+            retired: Vec::new(),
+        };
         Arc::new(Engine {
             store: p.store,
             clock: p.clock,
             rates: RwLock::new(p.rates),
             spreads: RwLock::new(p.spreads),
-            router: p.router,
-            acquirers: p.acquirers,
-            partners: p.partners,
+            parties: RwLock::new(Arc::new(parties)),
             quote_ttl: p.quote_ttl,
             decode_limits: p.decode_limits,
             cancel: p.cancel,
@@ -245,7 +274,6 @@ impl<S: Store> Engine<S> {
             inflight: Arc::default(),
             stepping: Arc::default(),
             unsent: Mutex::default(),
-            lanes,
             locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             work_written: Notify::new(),
             resolver_wake_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
@@ -310,13 +338,76 @@ impl<S: Store> Engine<S> {
         *self.spreads.write().unwrap_or_else(|p| p.into_inner()) = policy;
     }
 
+    /// The parties in force.
+    pub fn parties(&self) -> Arc<Parties> {
+        self.parties.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts new parties in force for the steps that begin from now on (steps under way finish
+    /// with the parties they began with). An acquirer missing from `acquirers` keeps its
+    /// client, retired: nothing is routed to it, but what it holds can still be resolved,
+    /// reversed and refunded. The resolver's per-acquirer lanes carry over.
+    pub fn set_parties(
+        &self,
+        router: Router,
+        mut acquirers: HashMap<String, AcquirerService>,
+        partners: HashMap<String, PartnerPolicy>,
+    ) {
+        let mut slot = self.parties.write().unwrap_or_else(|p| p.into_inner());
+        let old = slot.clone();
+        let mut retired = Vec::new();
+        for (id, client) in &old.acquirers {
+            if !acquirers.contains_key(id) {
+                acquirers.insert(id.clone(), client.clone());
+                retired.push(id.clone());
+            }
+        }
+        retired.sort();
+        let lane = self.resolver.acquirer_concurrency_max.max(1);
+        let lanes = acquirers
+            .keys()
+            .map(|id| {
+                let l = old.lanes.get(id).cloned();
+                (id.clone(), l.unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(lane))))
+            })
+            .collect();
+        *slot = Arc::new(Parties { router, acquirers, partners, lanes, retired });
+    }
+
+    /// A quote issued before a reload is paid only if the parties in force now would issue it:
+    /// its acquirer still configured (a retired one gets no new instruction), its currency
+    /// still the partner's, its amount within the partner's limit. Nothing is stored otherwise.
+    fn still_payable(&self, partner: &str, q: &QuoteRecord) -> Result<(), ApiError> {
+        let parties = self.parties();
+        let policy = parties.partners.get(partner).ok_or(ApiError::ClientNotRecognised)?;
+        if parties.retired.contains(&q.code.acquirer)
+            || !parties.acquirers.contains_key(&q.code.acquirer)
+        {
+            return Err(ApiError::MerchantNotServiceable(
+                "the merchant's acquirer is no longer served; decode the code again".into(),
+            ));
+        }
+        let wallet = q.quote.wallet.currency();
+        if !policy.wallet_currencies.contains(&wallet) {
+            return Err(ApiError::CurrencyNotSupported(format!(
+                "wallet_currency: {wallet} is no longer enabled for this partner"
+            )));
+        }
+        if q.quote.pay.minor() > policy.payment_cny_minor_max {
+            return Err(ApiError::InvalidAmount(
+                "amount: over this partner's limit (lowered since the quote)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// One call to acquirer `id`.
     async fn call(
         &self,
         id: &str,
         req: AcquirerRequest,
     ) -> Result<Result<AcquirerResponse, AcquirerError>, ApiError> {
-        let svc = self.acquirers.get(id).ok_or_else(|| {
+        let svc = self.parties().acquirers.get(id).cloned().ok_or_else(|| {
             tracing::error!(acquirer = id, "routed to an acquirer with no client");
             ApiError::Internal
         })?;
@@ -327,7 +418,7 @@ impl<S: Store> Engine<S> {
             AcquirerRequest::Reverse(_) => "reverse",
         };
         let started = tokio::time::Instant::now();
-        let answer = svc.clone().oneshot(req).await;
+        let answer = svc.oneshot(req).await;
         let outcome = match &answer {
             Ok(_) => "answered",
             Err(AcquirerError::Rejected { .. }) => "rejected",
@@ -364,10 +455,10 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    async fn resolve(&self, text: &str) -> Result<Resolved, ApiError> {
+    async fn resolve(&self, text: &str, parties: &Parties) -> Result<Resolved, ApiError> {
         let code = decode::decode(text, &self.decode_limits)
             .map_err(|e| ApiError::InvalidCode(e.to_string()))?;
-        let routed = self
+        let routed = parties
             .router
             .route(&code)
             .map_err(|e| ApiError::MerchantNotServiceable(e.to_string()))?;
@@ -421,7 +512,7 @@ impl<S: Store> Engine<S> {
 
     /// `POST /v1/codes/decode`.
     pub async fn decode(&self, text: &str) -> Result<DecodeAnswer, ApiError> {
-        Ok(self.resolve(text).await?.answer)
+        Ok(self.resolve(text, &self.parties()).await?.answer)
     }
 
     /// `POST /v1/quotes`.
@@ -430,7 +521,8 @@ impl<S: Store> Engine<S> {
         partner: &str,
         body: QuoteRequestBody,
     ) -> Result<QuoteRecord, ApiError> {
-        let policy = self.partners.get(partner).ok_or(ApiError::ClientNotRecognised)?;
+        let parties = self.parties();
+        let policy = parties.partners.get(partner).ok_or(ApiError::ClientNotRecognised)?;
         let wallet = Currency::from_code(&body.wallet_currency)
             .map_err(|e| ApiError::CurrencyNotSupported(format!("wallet_currency: {e}")))?;
         if !policy.wallet_currencies.contains(&wallet) {
@@ -452,7 +544,7 @@ impl<S: Store> Engine<S> {
                     .map_err(|e| ApiError::InvalidAmount(format!("amount.value: {e}")))
             })
             .transpose()?;
-        let resolved = self.resolve(&body.code).await?;
+        let resolved = self.resolve(&body.code, &parties).await?;
         let pay = match (asked, resolved.answer.amount) {
             (Some(a), Some(c)) if a != c => {
                 return Err(ApiError::AmountMismatch(format!(
@@ -544,6 +636,7 @@ impl<S: Store> Engine<S> {
             Some(q) if q.partner == partner => q,
             _ => return Err(ApiError::QuoteNotFound),
         };
+        self.still_payable(partner, &q)?;
         let now = self.clock.now();
         // An order code pays one order: its key is the order (acquirer, merchant, code).
         let order = (q.code.code_type == "DYNAMIC")
@@ -1062,8 +1155,9 @@ impl<S: Store> Engine<S> {
                 return self.unsent_step(p, item).await.map(|p| (Some(p), true));
             }
             // One acquirer's outage holds at most its own lane; a full lane is left for later.
-            let lane = self.lanes.get(&p.acquirer).and_then(|l| l.clone().try_acquire_owned().ok());
-            if lane.is_none() && self.lanes.contains_key(&p.acquirer) {
+            let lanes = &self.parties().lanes;
+            let lane = lanes.get(&p.acquirer).and_then(|l| l.clone().try_acquire_owned().ok());
+            if lane.is_none() && lanes.contains_key(&p.acquirer) {
                 return Ok((Some(self.visible(p).await?), acted));
             }
             // What the acquirer is about to hear of must survive a crash.

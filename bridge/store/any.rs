@@ -10,6 +10,8 @@ use qrbridge_fx::Currency;
 use super::*;
 
 /// One of the stores.
+// One per daemon, behind an `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyStore {
     Sled(SledStore),
     Postgres(PgStore),
@@ -229,5 +231,17 @@ impl Store for AnyStore {
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         each!(self, s => Store::release_lease(s, name, holder).await)
+    }
+
+    async fn backup(
+        &self,
+        dir: &std::path::Path,
+        clock: &dyn crate::clock::Clock,
+    ) -> Result<Manifest, BackupError> {
+        each!(self, s => Store::backup(s, dir, clock).await)
+    }
+
+    fn backups(&self) -> Option<&Backups> {
+        each!(self, s => Store::backups(s))
     }
 }

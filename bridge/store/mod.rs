@@ -6,6 +6,9 @@
 //! Nothing is "done" before [`Store::flush`] has returned `Ok`: sled's `flush_async` made the
 //! state durable. Concurrent requests share one flush ([`GroupCommit`]), so fsync does not
 //! serialize the daemon.
+//!
+//! [`backup`]: a consistent copy of the store while the daemon runs ([`sled_backup`] for sled,
+//! one snapshot for PostgreSQL), and restoring one; `qrbridge store …`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,11 +21,16 @@ use tokio::sync::{mpsc, oneshot};
 use crate::model::*;
 
 mod any;
+pub mod backup;
 pub mod codec;
 pub mod postgres;
 pub mod retention;
+mod sled_backup;
 mod sled_store;
 mod v1;
+
+pub use backup::{BackupError, Backups, Manifest};
+pub use sled_backup::BackupOptions;
 
 pub use any::{migrate_database, AnyStore};
 pub use postgres::PgStore;
@@ -341,6 +349,25 @@ pub trait Store: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Copies the store, as it stood at one instant, into the folder `dir` (absolute; new, or
+    /// empty), while it keeps serving; the manifest is written last. Blocks the thread it runs on
+    /// for as long as the copy takes (the sled store's copy is synchronous): call it off the
+    /// async runtime's threads. A store that cannot do it answers [`BackupError::Unsupported`].
+    fn backup(
+        &self,
+        dir: &std::path::Path,
+        clock: &dyn crate::clock::Clock,
+    ) -> impl Future<Output = Result<Manifest, BackupError>> + Send {
+        let _ = (dir, clock);
+        async { Err(BackupError::Unsupported("this store has no backup of its own".into())) }
+    }
+
+    /// The backups asked for through the admin API (one at a time, and how the last went), for
+    /// a store that can make them.
+    fn backups(&self) -> Option<&Backups> {
+        None
+    }
+
     /// Per-currency sums of the whole journal: all zero when the ledger balances.
     fn ledger_sums(
         &self,
@@ -357,6 +384,32 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// How long each flush took (sled: `flush_async` and the disk syncs after it; PostgreSQL: the
+/// `COMMIT` of a transaction that waits for its WAL), by store.
+pub const FLUSH_DURATION: &str = "qrbridge_store_flush_duration_seconds";
+/// How many writes each flush made durable (sled: the writes begun since the previous flush
+/// began; PostgreSQL: 1, a commit covers its own transaction), by store.
+pub const FLUSH_WRITES: &str = "qrbridge_store_flush_writes";
+
+/// Describes the store's metrics to the process's recorder (installed before a daemon opens its
+/// store: see `ops::handle`); called at every open, which is harmless.
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_histogram, Unit};
+    describe_histogram!(
+        FLUSH_DURATION,
+        Unit::Seconds,
+        "Store flushes (fsync, or a synchronous commit)"
+    );
+    describe_histogram!(FLUSH_WRITES, Unit::Count, "Writes each store flush made durable");
+}
+
+/// Records one flush of `store` that took `took` and covered `writes` writes.
+pub(crate) fn flushed(store: &'static str, took: std::time::Duration, writes: u64) {
+    metrics::histogram!(FLUSH_DURATION, "store" => store).record(took);
+    metrics::histogram!(FLUSH_WRITES, "store" => store)
+        .record(u32::try_from(writes).unwrap_or(u32::MAX));
+}
+
 /// One flush shared by every write waiting when it starts, and none when an earlier flush already
 /// covered everything written.
 ///
@@ -369,6 +422,8 @@ pub trait Store: Send + Sync + 'static {
 pub struct GroupCommit {
     tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), StoreError>>>,
     marks: Arc<Marks>,
+    /// The flusher task (it holds the store open): ends once every sender is gone.
+    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 #[derive(Default)]
@@ -459,7 +514,9 @@ impl GroupCommit {
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), StoreError>>>();
         let marks = Arc::new(Marks::default());
         let m = marks.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
+            // Writes begun when the last flush that ran began: the next one covers those after.
+            let mut covered = 0u64;
             while let Some(first) = rx.recv().await {
                 let mut waiting = vec![first];
                 while let Ok(more) = rx.try_recv() {
@@ -473,7 +530,8 @@ impl GroupCommit {
                 let result = if m.durable.load(SeqCst) >= begun {
                     Ok(())
                 } else {
-                    match db.flush_async().await {
+                    let started = tokio::time::Instant::now();
+                    let outcome = match db.flush_async().await {
                         Ok(_) => {
                             let d = disk.clone();
                             // Only a task that did not run (the runtime stopping) fails here.
@@ -482,7 +540,12 @@ impl GroupCommit {
                             })
                         }
                         Err(e) => Err(StoreError::from(e)),
+                    };
+                    if outcome.is_ok() {
+                        flushed("sled", started.elapsed(), begun.saturating_sub(covered));
+                        covered = begun;
                     }
+                    outcome
                 };
                 if result.is_ok() && ended == begun {
                     m.durable.fetch_max(begun, SeqCst);
@@ -492,7 +555,16 @@ impl GroupCommit {
                 }
             }
         });
-        GroupCommit { tx, marks }
+        GroupCommit { tx, marks, task: Arc::new(std::sync::Mutex::new(Some(task))) }
+    }
+
+    /// Stops the flusher and waits until it has let the store go (with this, the last sender).
+    pub async fn close(self) {
+        let task = self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        drop(self);
+        if let Some(t) = task {
+            let _ = t.await;
+        }
     }
 
     /// Marks a write as begun (call it before writing) until the mark is dropped.

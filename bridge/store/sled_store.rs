@@ -13,6 +13,13 @@
 //!   nothing), and the running account totals change in the same batch as the entry.
 //!
 //! Locks are taken in that order (stripe, claims, sequencer) and never across an await.
+//!
+//! Every write reaches sled through one of four functions — [`SledStore::write`] (a batch),
+//! [`SledStore::put`], [`SledStore::del`] and the admin transaction in
+//! [`SledStore::admin_commit`] — and each passes the backup's [`Tap`]: so a backup taken while
+//! the daemon runs sees every write (see [`super::sled_backup`]). A new way of writing must go
+//! through the tap too. (Writes at open — the first release's migration, work left by a crash —
+//! come before any backup can start.)
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,6 +33,7 @@ use sled::transaction::TransactionError;
 use sled::Transactional;
 
 use super::codec::{decode, encode};
+use super::sled_backup::{Tap, TreeId, Written};
 use super::*;
 
 /// Keys: one prefix byte per kind of record, then the record's id. Ids never hold a zero byte,
@@ -154,12 +162,16 @@ pub(super) fn encode_totals<'a>(
 
 /// The sled store.
 pub struct SledStore {
-    db: sled::Db,
+    pub(super) db: sled::Db,
     /// Every record but the admin's (see [`key`]).
-    t: sled::Tree,
+    pub(super) t: sled::Tree,
     /// Admin settings (spreads, rates set by hand) and the audit chain's head.
-    settings: sled::Tree,
-    audit: sled::Tree,
+    pub(super) settings: sled::Tree,
+    pub(super) audit: sled::Tree,
+    /// What every write passes, so that a backup sees it ([`super::sled_backup`]).
+    pub(super) tap: Tap,
+    /// Backups asked for through the admin API: one at a time, and how the last one went.
+    pub(super) backups: super::backup::Backups,
     flusher: GroupCommit,
     stripes: Vec<Mutex<()>>,
     claims: Mutex<()>,
@@ -184,22 +196,32 @@ pub struct Ops {
     pub keys: AtomicU64,
 }
 
-/// A sled batch that counts its keys.
+/// What one atomic batch writes, in order: each key's new value, or its removal. Kept as a list
+/// (not a `sled::Batch`, which does not show its contents) so that the backup's tap can log it.
 #[derive(Default)]
 struct Batch {
-    b: sled::Batch,
-    keys: u64,
+    ops: Vec<(sled::IVec, Option<sled::IVec>)>,
 }
 
 impl Batch {
     fn insert(&mut self, k: impl Into<sled::IVec>, v: impl Into<sled::IVec>) {
-        self.keys += 1;
-        self.b.insert(k, v);
+        self.ops.push((k.into(), Some(v.into())));
     }
 
     fn remove(&mut self, k: impl Into<sled::IVec>) {
-        self.keys += 1;
-        self.b.remove(k);
+        self.ops.push((k.into(), None));
+    }
+
+    /// The sled batch (a later write of a key wins, as in the list).
+    fn to_sled(&self) -> sled::Batch {
+        let mut b = sled::Batch::default();
+        for (k, v) in &self.ops {
+            match v {
+                Some(v) => b.insert(k.clone(), v.clone()),
+                None => b.remove(k.clone()),
+            }
+        }
+        b
     }
 }
 
@@ -256,9 +278,12 @@ impl SledStore {
         // way (see `DiskSync`).
         db.flush()?;
         let disk = DiskSync::open(path).map_err(sled::Error::Io)?;
+        super::describe_metrics();
         Ok(SledStore {
             settings: db.open_tree("settings")?,
             audit: db.open_tree("audit")?,
+            tap: Tap::default(),
+            backups: super::backup::Backups::default(),
             flusher: GroupCommit::start(db.clone(), disk),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             claims: Mutex::new(()),
@@ -269,6 +294,14 @@ impl SledStore {
             t,
             db,
         })
+    }
+
+    /// Closes the store: returns once sled's files are let go (its lock with them), so another
+    /// process — or this one — may open it at once.
+    pub async fn close(self) {
+        let SledStore { flusher, db, t, settings, audit, .. } = self;
+        drop((db, t, settings, audit));
+        flusher.close().await;
     }
 
     /// Bytes sled uses on disk.
@@ -291,24 +324,41 @@ impl SledStore {
         Ok(self.t.get(k)?)
     }
 
+    /// One atomic batch of the records tree.
     fn write(&self, b: Batch) -> Result<(), StoreError> {
         self.ops.batches.fetch_add(1, Ordering::Relaxed);
-        self.ops.keys.fetch_add(b.keys, Ordering::Relaxed);
-        self.t.apply_batch(b.b)?;
-        Ok(())
+        self.ops.keys.fetch_add(b.ops.len() as u64, Ordering::Relaxed);
+        let batch = b.to_sled();
+        self.tap.write(
+            || Ok(self.t.apply_batch(batch)?),
+            |_| {
+                b.ops
+                    .into_iter()
+                    .map(|(key, value)| Written { tree: TreeId::Records, key, value })
+                    .collect()
+            },
+        )
     }
 
-    /// One key written on its own (no batch: see `begin_payment`).
+    /// One key of the records tree written on its own (no batch: see `begin_payment`).
     fn put(&self, k: impl AsRef<[u8]>, v: impl Into<sled::IVec>) -> Result<(), StoreError> {
         self.ops.keys.fetch_add(1, Ordering::Relaxed);
-        self.t.insert(k, v)?;
-        Ok(())
+        let (k, v): (&[u8], sled::IVec) = (k.as_ref(), v.into());
+        let logged = v.clone();
+        self.tap.write(
+            || Ok(self.t.insert(k, v).map(drop)?),
+            |_| vec![Written { tree: TreeId::Records, key: k.into(), value: Some(logged) }],
+        )
     }
 
+    /// One key of the records tree removed.
     fn del(&self, k: impl AsRef<[u8]>) -> Result<(), StoreError> {
         self.ops.keys.fetch_add(1, Ordering::Relaxed);
-        self.t.remove(k)?;
-        Ok(())
+        let k = k.as_ref();
+        self.tap.write(
+            || Ok(self.t.remove(k).map(drop)?),
+            |_| vec![Written { tree: TreeId::Records, key: k.into(), value: None }],
+        )
     }
 
     /// Whether the claim at `k` (a payment id) is held by a payment that exists. One that is not
@@ -828,29 +878,52 @@ impl SledStore {
     ) -> Result<AuditRecord, StoreError> {
         let _write = self.flusher.write();
         // Admin changes are rare and not on the payment path: a transaction across the two trees.
-        let r = (&self.settings, &self.audit).transaction(|(set, audit)| {
-            let head = match set.get(AUDIT_HEAD.as_bytes())? {
-                Some(v) => Some(
-                    decode::<AuditHead>("settings", &v)
-                        .map_err(sled::transaction::ConflictableTransactionError::Abort)?,
-                ),
-                None => None,
-            };
-            let record = AuditRecord::next(draft, head);
-            audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
-            let head = record.head();
-            set.insert(AUDIT_HEAD.as_bytes(), encode(&head))?;
-            for (k, v) in settings {
-                match v {
-                    Some(v) => set.insert(k.as_bytes(), v.as_slice())?,
-                    None => set.remove(k.as_bytes())?,
+        // What it wrote is logged for a backup from the record it returns (a transaction may run
+        // its closure more than once; only the committed run counts).
+        let transaction = || {
+            let r = (&self.settings, &self.audit).transaction(|(set, audit)| {
+                let head = match set.get(AUDIT_HEAD.as_bytes())? {
+                    Some(v) => Some(
+                        decode::<AuditHead>("settings", &v)
+                            .map_err(sled::transaction::ConflictableTransactionError::Abort)?,
+                    ),
+                    None => None,
                 };
-            }
-            Ok(record)
-        });
-        r.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => e.into(),
+                let record = AuditRecord::next(draft, head);
+                audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
+                set.insert(AUDIT_HEAD.as_bytes(), encode(&record.head()))?;
+                for (k, v) in settings {
+                    match v {
+                        Some(v) => set.insert(k.as_bytes(), v.as_slice())?,
+                        None => set.remove(k.as_bytes())?,
+                    };
+                }
+                Ok(record)
+            });
+            r.map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => e.into(),
+            })
+        };
+        self.tap.write(transaction, |record: &AuditRecord| {
+            let mut w = vec![
+                Written {
+                    tree: TreeId::Audit,
+                    key: record.seq.to_be_bytes().as_slice().into(),
+                    value: Some(encode(record).into()),
+                },
+                Written {
+                    tree: TreeId::Settings,
+                    key: AUDIT_HEAD.as_bytes().into(),
+                    value: Some(encode(&record.head()).into()),
+                },
+            ];
+            w.extend(settings.iter().map(|(k, v)| Written {
+                tree: TreeId::Settings,
+                key: k.as_bytes().into(),
+                value: v.as_deref().map(Into::into),
+            }));
+            w
         })
     }
 
@@ -1037,5 +1110,17 @@ impl Store for SledStore {
 
     async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
         SledStore::audit_head(self)
+    }
+
+    async fn backup(
+        &self,
+        dir: &Path,
+        clock: &dyn crate::clock::Clock,
+    ) -> Result<Manifest, BackupError> {
+        SledStore::backup(self, dir, clock)
+    }
+
+    fn backups(&self) -> Option<&Backups> {
+        Some(&self.backups)
     }
 }

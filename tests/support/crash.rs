@@ -616,6 +616,9 @@ pub struct Figures {
 ///   status; nothing is left in the outbox or parked; no event is recorded delivered twice, and
 ///   each recorded one was acknowledged;
 /// - the ledger balances, and the running totals are the journal's.
+///
+/// Each part is a function of its own (`check_payments`, `check_requests`, …), so that a test
+/// of a store that holds part of the history (a restored backup) can make the checks that apply.
 pub async fn check(
     store: &impl Store,
     sandbox: &Sandbox,
@@ -624,6 +627,30 @@ pub async fn check(
     settled: &Settled,
     never_made: &HashSet<Request>,
 ) -> Figures {
+    let by_request = check_payments(store, sandbox, settled).await;
+    check_requests(&by_request, book, never_made);
+    let instructed = check_instructions_known(&by_request, sandbox);
+    check_work(store).await;
+    let acked_ids = check_outcome_events(hooks, settled);
+    check_outbox(store, hooks).await;
+    check_ledger(store).await;
+    let acked = hooks.acked();
+    Figures {
+        instructions: instructed.len(),
+        reversals: sandbox.reversals().len(),
+        events: acked_ids.len(),
+        redelivered: acked.len() - acked_ids.len(),
+    }
+}
+
+/// Every stored payment: one per request, final, made by a request `settled` knows, booked
+/// exactly when it succeeded, agreeing with the acquirer, which saw at most one instruction for
+/// it. Returns the stored payments by request.
+pub async fn check_payments(
+    store: &impl Store,
+    sandbox: &Sandbox,
+    settled: &Settled,
+) -> HashMap<Request, String> {
     let stored = store.payments().await.unwrap();
     let mut by_request = HashMap::new();
     for p in &stored {
@@ -666,6 +693,16 @@ pub async fn check(
             sandbox.received(&p.payment_id)
         );
     }
+    by_request
+}
+
+/// Every request `book` saw acknowledged is stored (`by_request`) as the payment it was
+/// answered with; none of `never_made` is.
+pub fn check_requests(
+    by_request: &HashMap<Request, String>,
+    book: &Book,
+    never_made: &HashSet<Request>,
+) {
     for (request, payment_id) in &book.acked {
         assert_eq!(
             by_request.get(request),
@@ -676,17 +713,32 @@ pub async fn check(
     for request in never_made {
         assert!(!by_request.contains_key(request), "{request} said no payment, but one exists");
     }
-    let known: HashSet<&str> = stored.iter().map(|p| p.payment_id.as_str()).collect();
+}
+
+/// The acquirer was instructed only for stored payments; returns what it was instructed for.
+pub fn check_instructions_known(
+    by_request: &HashMap<Request, String>,
+    sandbox: &Sandbox,
+) -> Vec<String> {
+    let known: HashSet<&str> = by_request.values().map(String::as_str).collect();
     let instructed = sandbox.all_received();
     assert!(
         instructed.iter().all(|i| known.contains(i.as_str())),
         "the acquirer was instructed for a payment the bridge does not have"
     );
+    instructed
+}
+
+/// No resolver work is left but verifications.
+pub async fn check_work(store: &impl Store) {
     for w in store.open_work().await.unwrap() {
         assert_eq!(w.task, Task::Verify, "{w:?} left undone");
     }
+}
 
-    // Webhooks: one event id per outcome, matching the final status; nothing left behind.
+/// Each settled payment's outcome reached its partner under exactly one event id, matching its
+/// final status. Returns the distinct event ids acknowledged.
+pub fn check_outcome_events(hooks: &Receiver, settled: &Settled) -> HashSet<String> {
     let acked = hooks.acked();
     let mut outcome_events: HashMap<&str, HashSet<&str>> = HashMap::new();
     for r in acked.iter().filter(|r| r.kind.starts_with("payment.")) {
@@ -706,20 +758,29 @@ pub async fn check(
             outcome_events.get(id.as_str())
         );
     }
+    acked.iter().map(|r| r.event_id.clone()).collect()
+}
+
+/// Nothing is left in the outbox or parked; no event is recorded delivered twice, and each
+/// recorded one was acknowledged.
+pub async fn check_outbox(store: &impl Store, hooks: &Receiver) {
     assert!(store.outbox().await.unwrap().is_empty(), "undelivered events left");
     assert!(store.parked().await.unwrap().is_empty(), "events parked");
     let delivered = store.delivered_events().await.unwrap();
     let distinct: HashSet<&str> = delivered.iter().map(|d| d.event.event_id.as_str()).collect();
     assert_eq!(distinct.len(), delivered.len(), "an event recorded delivered twice");
+    let acked = hooks.acked();
     let acked_ids: HashSet<&str> = acked.iter().map(|r| r.event_id.as_str()).collect();
     assert!(
         delivered.iter().all(|d| acked_ids.contains(d.event.event_id.as_str())),
         "an event recorded delivered that the partner never acknowledged"
     );
+}
 
+/// The ledger balances, and the running totals the store keeps (positions) are the journal's.
+pub async fn check_ledger(store: &impl Store) {
     let sums = store.ledger_sums().await.unwrap();
     assert!(sums.values().all(|s| *s == 0), "ledger does not balance: {sums:?}");
-    // The running totals the store keeps (positions) are the journal's, kill after kill.
     let mut from_journal = BTreeMap::new();
     for e in store.journal().await.unwrap() {
         for p in e.postings {
@@ -727,11 +788,4 @@ pub async fn check(
         }
     }
     assert_eq!(store.account_totals().await.unwrap(), from_journal, "running totals drifted");
-
-    Figures {
-        instructions: instructed.len(),
-        reversals: sandbox.reversals().len(),
-        events: acked_ids.len(),
-        redelivered: acked.len() - acked_ids.len(),
-    }
 }

@@ -29,6 +29,8 @@ pub struct TestDaemon {
     pub clock: Option<ManualClock>,
     /// The partners' webhook endpoint, when the setup asked for one.
     pub hooks: Option<Receiver>,
+    /// The configuration a reload reads: change it, then `daemon().reload(…)`.
+    pub config: Arc<std::sync::Mutex<Config>>,
     /// The daemon's database, when it runs on PostgreSQL ([`super::both`]); dropped last.
     pub database: Option<super::pg::PgTest>,
 }
@@ -116,13 +118,16 @@ impl TestDaemon {
             Some(m) => Arc::new(m.clone()),
             None => Arc::new(SystemClock),
         };
-        let daemon = Daemon::start(
+        let shared = Arc::new(std::sync::Mutex::new(config.clone()));
+        let source = shared.clone();
+        let daemon = Daemon::start_reloadable(
             config,
             StartOptions { clock, sandbox: SandboxConfig { slow_ms: 5_000 } },
+            Arc::new(move || Ok(source.lock().unwrap().clone())),
         )
         .await
         .expect("daemon starts");
-        TestDaemon { daemon: Some(daemon), dir, ca, clock: manual, hooks, database }
+        TestDaemon { daemon: Some(daemon), dir, ca, clock: manual, hooks, config: shared, database }
     }
 
     pub fn daemon(&self) -> &Daemon {

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod flows;
 pub mod pg;
 pub mod stores;
+pub mod third_ca;
 pub mod webhook;
 
 use std::path::PathBuf;

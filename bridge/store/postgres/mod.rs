@@ -42,6 +42,8 @@ use tokio_postgres::{NoTls, Row};
 use super::codec::{decode, encode};
 use super::*;
 
+pub mod backup;
+
 /// The schema's versions, in order: each applied once, in one transaction with the others
 /// missing. Never edit one that was released; add the next.
 const MIGRATIONS: &[(u32, &str)] = &[
@@ -171,6 +173,24 @@ async fn exec(
 ) -> Result<u64, StoreError> {
     let st = c.prepare_cached(sql).await?;
     Ok(c.execute(&st, params).await?)
+}
+
+/// A read-only transaction on one snapshot (`REPEATABLE READ`), taken at its first statement.
+async fn snapshot(c: &mut Conn) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    Ok(c.build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
+/// Commits a write transaction, which waits for its WAL to reach disk (the server's
+/// `synchronous_commit`): the store's flush, timed as one.
+async fn commit(tx: deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    let started = tokio::time::Instant::now();
+    tx.commit().await?;
+    super::flushed("postgres", started.elapsed(), 1);
+    Ok(())
 }
 
 /// Every record `sql` selects (in its first column).
@@ -303,6 +323,8 @@ async fn apply_migrations(client: &mut tokio_postgres::Client) -> Result<Vec<u32
 /// The PostgreSQL store: a pool of connections to one database, which holds all state.
 pub struct PgStore {
     pool: Pool,
+    /// Backups asked for through the admin API: one at a time, and how the last one went.
+    backups: super::backup::Backups,
 }
 
 impl PgStore {
@@ -356,7 +378,8 @@ impl PgStore {
             );
         }
         drop(c);
-        Ok(PgStore { pool })
+        super::describe_metrics();
+        Ok(PgStore { pool, backups: super::backup::Backups::default() })
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
@@ -458,6 +481,18 @@ impl PgStore {
 const RELAXED: &str = "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed";
 
 impl Store for PgStore {
+    async fn backup(
+        &self,
+        dir: &std::path::Path,
+        clock: &dyn crate::clock::Clock,
+    ) -> Result<Manifest, BackupError> {
+        self.backup_into(dir, clock).await
+    }
+
+    fn backups(&self) -> Option<&Backups> {
+        Some(&self.backups)
+    }
+
     fn shared(&self) -> bool {
         true
     }
@@ -572,7 +607,7 @@ impl Store for PgStore {
             .await?;
             purge.removed = usize::try_from(removed).unwrap_or(usize::MAX);
         }
-        tx.commit().await?;
+        commit(tx).await?;
         Ok(purge)
     }
 
@@ -636,7 +671,7 @@ impl Store for PgStore {
                     &[&p.payment_id, &work.due, &encode(work)],
                 )
                 .await?;
-                tx.commit().await?;
+                commit(tx).await?;
                 return Ok(Begin::Created);
             }
             // Refused by a committed claim (the insert waited for its transaction): whose, in
@@ -836,7 +871,7 @@ impl Store for PgStore {
             )
             .await?;
         }
-        tx.commit().await?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -924,7 +959,7 @@ impl Store for PgStore {
             // Their payments' later events may go now: readers keeping a cursor look again.
             exec(&tx, "UPDATE outbox_epoch SET epoch = epoch + 1", &[]).await?;
         }
-        tx.commit().await?;
+        commit(tx).await?;
         Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
 
@@ -1091,7 +1126,7 @@ impl Store for PgStore {
         .await?;
         // In the same transaction: a reader that sees the new epoch finds the event back.
         exec(&tx, "UPDATE outbox_epoch SET epoch = epoch + 1", &[]).await?;
-        tx.commit().await?;
+        commit(tx).await?;
         Ok(true)
     }
 
@@ -1143,19 +1178,14 @@ impl Store for PgStore {
                 None => exec(&tx, "DELETE FROM settings WHERE key = $1", &[&key]).await?,
             };
         }
-        tx.commit().await?;
+        commit(tx).await?;
         Ok(record)
     }
 
     async fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
         let mut c = self.conn().await?;
         // One snapshot for both: the log and the head it reads agree.
-        let tx = c
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let tx = snapshot(&mut c).await?;
         let log = records(&tx, "audit", "SELECT record FROM audit ORDER BY seq", &[]).await?;
         let head =
             one(&tx, "settings", "SELECT value FROM settings WHERE key = $1", &[&AUDIT_HEAD])

@@ -3,7 +3,10 @@
 //! three listeners (partner, acquirer, admin), and the operators' plain-HTTP one ([`crate::ops`])
 //! when `[ops] listen` is set. Start resumes whatever the last process left:
 //! the workers read their work from the store. Shutdown stops accepting, drains every connection,
-//! lets the workers finish what they are doing, then makes a final flush.
+//! lets the workers finish what they are doing, then makes a final flush. What a reload may
+//! change is made by [`parts`]; [`crate::ops::reload`] makes it again while the daemon runs.
+
+pub mod parts;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,10 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qrbridge_adapters::acquirer::sandbox::{Sandbox, SandboxConfig};
-use qrbridge_adapters::acquirer::AcquirerClient;
 use qrbridge_adapters::decode::DecodeLimits;
 use qrbridge_adapters::https::{self, ServeLimits};
-use qrbridge_adapters::webhook::WebhookSender;
 use qrbridge_config::{Config, Identity, Listeners, Partner};
 use qrbridge_fx::{Currency, SpreadPolicy};
 use tokio::net::TcpListener;
@@ -24,16 +25,16 @@ use tokio::sync::watch;
 use crate::admin::Admin;
 use crate::clock::Clock;
 use crate::cluster::LeasePolicy;
-use crate::http::{self as partner_http, HttpLimits, Rate, Req, Resp};
-use crate::payments::engine::{
-    AcquirerService, CancelPolicy, Engine, EngineParts, PartnerPolicy, ResolverPolicy,
-};
+use crate::http::{self as partner_http, HttpLimits};
+use crate::ops::reload::{ConfigSource, InForce, Refused, Reloaded, Reloader};
+use crate::payments::engine::{CancelPolicy, Engine, EngineParts, ResolverPolicy};
 use crate::rates::Feeds;
 use crate::settlement::{BusinessDays, Settlement};
 use crate::store::{AnyStore, Store};
-use crate::tls::{self, Directory};
+use crate::tls;
 use crate::treasury::Treasury;
 use crate::webhooks::DeliveryPolicy;
+use parts::{ListenerParts, ListenerSlot, Parts, ServiceSlot};
 
 /// How soon after its creation a payment must be sent, or not at all (see
 /// [`ResolverPolicy::send_by`]).
@@ -77,8 +78,8 @@ pub struct Daemon {
     shutdown: watch::Sender<bool>,
     /// How long shutdown waits for connections and workers before it drops them.
     shutdown_timeout: Duration,
-    /// Each listener's TLS configuration, made again from its files by [`Daemon::reload_tls`].
-    tls: Vec<(&'static str, tls::ReloadableTls)>,
+    /// Makes what can change again from the configuration ([`Daemon::reload`]).
+    reloader: Arc<Reloader>,
     listeners: Vec<tokio::task::JoinHandle<()>>,
     workers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -86,9 +87,12 @@ pub struct Daemon {
 /// A listener about to be served.
 struct Listen {
     what: &'static str,
+    /// The metrics' name for it, and its routes.
+    label: &'static str,
+    routes: &'static [(&'static str, &'static str)],
     addr: SocketAddr,
     tls: tls::ReloadableTls,
-    svc: tower::util::BoxCloneSyncService<Req, Resp, std::convert::Infallible>,
+    svc: ServiceSlot,
 }
 
 impl Listen {
@@ -97,34 +101,40 @@ impl Listen {
         self,
         limits: ServeLimits,
         shutdown: &watch::Receiver<bool>,
-    ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>, tls::ReloadableTls), StartError> {
-        let Listen { what, addr, tls, svc } = self;
+    ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>, ListenerSlot), StartError> {
+        let Listen { what, label, routes, addr, tls, svc } = self;
         let bind = |source| StartError::Bind { what, addr, source };
         let listener = https::listen(addr).map_err(bind)?;
         let bound = listener.local_addr().map_err(bind)?;
-        let task = tokio::spawn(https::serve(
+        let serving = svc.clone();
+        let task = tokio::spawn(https::serve_named(
+            label,
             listener,
             tls.source(),
             limits,
             shutdown.clone(),
-            move |req, conn| partner_http::serve_request(svc.clone(), req, conn),
+            move |req, conn| {
+                partner_http::serve_counted(label, routes, serving.current(), req, conn)
+            },
         ));
         tracing::info!(addr = %bound, "{what} listening");
-        Ok((bound, task, tls))
+        Ok((bound, task, ListenerSlot { what, tls, svc }))
     }
 }
 
-fn client_tls(config: &Config, ca: &Path) -> Result<rustls::ClientConfig, tls::TlsError> {
-    let roots = tls::roots(&[ca])?;
-    Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(
-        tls::load_certs(&config.tls.client_cert)?,
-        tls::load_key(&config.tls.client_key)?,
-    )?)
-}
-
 impl Daemon {
-    /// Starts everything `config` describes.
+    /// Starts everything `config` describes; a reload reads the same files again.
     pub async fn start(config: Config, opts: StartOptions) -> Result<Daemon, StartError> {
+        let same = config.clone();
+        Daemon::start_reloadable(config, opts, Arc::new(move || Ok(same.clone()))).await
+    }
+
+    /// Starts everything `config` describes; a reload takes the configuration `source` gives.
+    pub async fn start_reloadable(
+        config: Config,
+        opts: StartOptions,
+        source: ConfigSource,
+    ) -> Result<Daemon, StartError> {
         if config.partners.is_empty() {
             return Err(StartError::Config("no partners are configured".into()));
         }
@@ -138,41 +148,30 @@ impl Daemon {
             .map_err(|e| StartError::Config(format!("fx.spread: {e}")))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
 
+        // The sandbox acquirer first (acquirers named `sandbox` are sent to it), then everything
+        // a reload may make again.
         let mut sandbox = None;
-        let mut acquirers = HashMap::new();
-        for a in &config.acquirers {
-            let base = if a.endpoint == "sandbox" {
-                if sandbox.is_none() {
-                    let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
-                    let listener = TcpListener::bind(addr).await.map_err(|source| {
-                        StartError::Bind { what: "sandbox acquirer", addr, source }
-                    })?;
-                    let tls = tls::server_config(
-                        &config.tls.server_cert,
-                        &config.tls.server_key,
-                        tls::roots(&[&a.ca])?,
-                        true,
-                    )?;
-                    let sb = Sandbox::start(listener, tls, opts.sandbox).map_err(|source| {
-                        StartError::Bind { what: "sandbox acquirer", addr, source }
-                    })?;
-                    tracing::info!(addr = %sb.addr(), "sandbox acquirer started in-process");
-                    sandbox = Some(sb);
-                }
-                format!("https://{}", sandbox.as_ref().map(|s| s.addr()).expect("started above"))
-            } else {
-                a.endpoint.clone()
-            };
-            let client = AcquirerClient::new(
-                &a.id,
-                &base,
-                client_tls(&config, &a.ca)?,
-                Duration::from_millis(a.connect_timeout_ms),
-                Duration::from_millis(a.timeout_ms),
-            )
-            .with_answer_bytes_max(a.answer_bytes_max as usize);
-            acquirers.insert(a.id.clone(), AcquirerService::new(client));
+        if let Some(a) = config.acquirers.iter().find(|a| a.endpoint == "sandbox") {
+            let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+            let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+                what: "sandbox acquirer",
+                addr,
+                source,
+            })?;
+            let tls = tls::server_config(
+                &config.tls.server_cert,
+                &config.tls.server_key,
+                tls::roots(&[&a.ca])?,
+                true,
+            )?;
+            let sb = Sandbox::start(listener, tls, opts.sandbox)
+                .map_err(|source| StartError::Bind { what: "sandbox acquirer", addr, source })?;
+            tracing::info!(addr = %sb.addr(), "sandbox acquirer started in-process");
+            sandbox = Some(sb);
         }
+        let sandbox_base = sandbox.as_ref().map(|s| format!("https://{}", s.addr()));
+        let parts =
+            Parts::build(&config, sandbox_base.as_deref(), &[]).map_err(StartError::Config)?;
 
         let settlement = &config.settlement;
         let tz: chrono_tz::Tz = settlement.time_zone.parse().map_err(|_| {
@@ -188,21 +187,9 @@ impl Daemon {
             clock: opts.clock.clone(),
             rates,
             spreads,
-            router: crate::routing::router(&config),
-            acquirers,
-            partners: config
-                .partners
-                .iter()
-                .map(|p| {
-                    (
-                        p.id.clone(),
-                        PartnerPolicy {
-                            wallet_currencies: p.wallet_currencies.clone(),
-                            payment_cny_minor_max: p.limits.payment_cny_minor_max,
-                        },
-                    )
-                })
-                .collect(),
+            router: parts.router.clone(),
+            acquirers: parts.acquirers.clone(),
+            partners: parts.partners.clone(),
             quote_ttl: chrono::Duration::seconds(config.fx.quote_ttl_s as i64),
             decode_limits: DecodeLimits { max_chars: config.limits.code_chars_max as usize },
             cancel: CancelPolicy::contract(until),
@@ -268,12 +255,8 @@ impl Daemon {
                 treasury.clone(),
                 days,
                 settlement.dir.clone(),
-                config
-                    .partners
-                    .iter()
-                    .map(|p| (p.id.clone(), p.wallet_currencies.clone()))
-                    .collect(),
-                config.acquirers.iter().map(|a| a.id.clone()).collect(),
+                parts.settlement.partners.clone(),
+                parts.settlement.acquirers.clone(),
             )
             .on_node(node.clone(), lease),
         );
@@ -301,114 +284,43 @@ impl Daemon {
             linger: Duration::from_millis(l.linger_ms),
             linger_bytes_max: l.linger_bytes_max,
         };
-        let server_tls = |cas: &[&Path]| {
-            tls::ReloadableTls::new(tls::ServerTlsFiles {
-                cert: config.tls.server_cert.clone(),
-                key: config.tls.server_key.clone(),
-                client_cas: cas.iter().map(|p| p.to_path_buf()).collect(),
-                crls: config.tls.crls.clone(),
-                allow_tls12: config.tls.allow_tls12,
-            })
+        let admin_api = Arc::new(Admin {
+            engine: engine.clone(),
+            treasury: treasury.clone(),
+            settlement: settlement_runs.clone(),
+            reloader: std::sync::OnceLock::new(),
+        });
+        let [partner_svc, acquirer_svc, admin_svc] =
+            parts.services(&engine, &admin_api, &http_limits);
+        let listen = |what, label, routes, addr, l: &ListenerParts, svc| Listen {
+            what,
+            label,
+            routes,
+            addr,
+            tls: tls::ReloadableTls::with(l.files.clone(), l.tls.clone()),
+            svc: ServiceSlot::new(svc),
         };
-
-        // Partners.
-        let mut directory = Directory::default();
-        let mut cas: Vec<&Path> = Vec::new();
-        for p in &config.partners {
-            directory.add(&p.id, p.identity.clone(), &p.ca)?;
-            if !cas.contains(&p.ca.as_path()) {
-                cas.push(&p.ca);
-            }
-        }
-        let rates = config
-            .partners
-            .iter()
-            .map(|p| (p.id.clone(), Rate { per_s: p.limits.requests_per_s, burst: p.limits.burst }))
-            .collect();
-        let partner = Listen {
-            what: "partner API",
-            addr: config.listeners.partner,
-            tls: server_tls(&cas)?,
-            svc: partner_http::partner_service(
-                engine.clone(),
-                directory,
-                rates,
-                HttpLimits {
-                    caller_concurrency_max: config
-                        .partners
-                        .iter()
-                        .filter_map(|p| Some((p.id.clone(), p.limits.concurrency_max? as usize)))
-                        .collect(),
-                    ..http_limits.clone()
-                },
-            ),
-        };
-
-        // Acquirers (those with an identity may call in).
-        let mut directory = Directory::default();
-        let mut cas: Vec<&Path> = Vec::new();
-        for a in &config.acquirers {
-            if let Some(identity) = &a.identity {
-                directory.add(&a.id, identity.clone(), &a.ca)?;
-                if !cas.contains(&a.ca.as_path()) {
-                    cas.push(&a.ca);
-                }
-            }
-        }
-        let acquirer = Listen {
-            what: "acquirer API",
-            addr: config.listeners.acquirer,
-            tls: if cas.is_empty() {
-                // Nobody may call in; the listener still needs a CA, and refuses everyone.
-                server_tls(&[&config.tls.admin_ca])?
-            } else {
-                server_tls(&cas)?
-            },
-            svc: crate::acquirer_api::acquirer_service(
-                engine.clone(),
-                directory,
-                HashMap::new(),
-                http_limits.clone(),
-            ),
-        };
-
-        // Admins.
-        let mut directory = Directory::default();
-        for name in &config.tls.admin_identities {
-            let identity = if name.contains("://") {
-                Identity::SanUri(name.clone())
-            } else {
-                Identity::SanDns(name.clone())
-            };
-            directory.add(name, identity, &config.tls.admin_ca)?;
-        }
-        let admin = Listen {
-            what: "admin API",
-            addr: config.listeners.admin,
-            tls: server_tls(&[&config.tls.admin_ca])?,
-            svc: crate::admin::admin_service(
-                Arc::new(Admin { engine: engine.clone(), treasury, settlement: settlement_runs }),
-                directory,
-                http_limits,
-            ),
-        };
-
-        // Webhook senders, one per partner with a URL.
-        let mut senders = HashMap::new();
-        for p in &config.partners {
-            if let (Some(url), Some(secret)) = (&p.webhook_url, &p.webhook_secret) {
-                let ca = p.webhook_ca.as_ref().unwrap_or(&p.ca);
-                let sender = WebhookSender::new(
-                    url,
-                    secret.expose().as_bytes(),
-                    client_tls(&config, ca)?,
-                    Duration::from_millis(config.webhooks.timeout_ms.min(5_000)),
-                    Duration::from_millis(config.webhooks.timeout_ms),
-                )
-                .with_answer_bytes_max(config.webhooks.answer_bytes_max as usize);
-                senders.insert(p.id.clone(), sender);
-            }
-        }
+        let ls = &config.listeners;
+        let partner = listen(
+            "partner API",
+            "partner",
+            partner_http::ROUTES,
+            ls.partner,
+            &parts.partner,
+            partner_svc,
+        );
+        let acquirer = listen(
+            "acquirer API",
+            "acquirer",
+            crate::acquirer_api::ROUTES,
+            ls.acquirer,
+            &parts.acquirer,
+            acquirer_svc,
+        );
+        let admin =
+            listen("admin API", "admin", crate::admin::ROUTES, ls.admin, &parts.admin, admin_svc);
+        let senders = crate::webhooks::Senders::new(parts.senders.clone());
+        let delivering = senders.clone();
         let w = &config.webhooks;
         let delivery = DeliveryPolicy {
             backoff_initial: Duration::from_millis(w.backoff_initial_ms),
@@ -455,7 +367,7 @@ impl Daemon {
                 Box::new(move |stop| {
                     Box::pin(crate::webhooks::run(
                         engine.clone(),
-                        senders.clone(),
+                        delivering.clone(),
                         delivery.clone(),
                         stop,
                     )) as Worker
@@ -536,9 +448,24 @@ impl Daemon {
             }
             None => None,
         };
-        let (acquirer_addr, t1, acquirer_tls) = acquirer.spawn(serve_limits, &shutdown_rx).await?;
-        let (admin_addr, t2, admin_tls) = admin.spawn(serve_limits, &shutdown_rx).await?;
-        let (partner_addr, t3, partner_tls) = partner.spawn(serve_limits, &shutdown_rx).await?;
+        let (acquirer_addr, t1, acquirer_slot) = acquirer.spawn(serve_limits, &shutdown_rx).await?;
+        let (admin_addr, t2, admin_slot) = admin.spawn(serve_limits, &shutdown_rx).await?;
+        let (partner_addr, t3, partner_slot) = partner.spawn(serve_limits, &shutdown_rx).await?;
+        let reloader = Arc::new(Reloader {
+            source,
+            current: tokio::sync::Mutex::new(InForce::new(config.clone(), &node)),
+            node: node.clone(),
+            engine: engine.clone(),
+            treasury: treasury_handle.clone(),
+            settlement: settlement_runs,
+            admin: admin_api,
+            senders,
+            listeners: vec![partner_slot, acquirer_slot, admin_slot],
+            http_limits,
+            sandbox: sandbox_base,
+        });
+        let weak: std::sync::Weak<dyn crate::admin::Reload> = Arc::downgrade(&reloader) as _;
+        let _ = reloader.admin.reloader.set(weak);
         listeners_up.store(true, std::sync::atomic::Ordering::Release);
         let mut listeners = vec![t1, t2, t3];
         listeners.extend(ops_task);
@@ -552,11 +479,7 @@ impl Daemon {
             sandbox,
             shutdown,
             shutdown_timeout: serve_limits.shutdown_timeout,
-            tls: vec![
-                ("acquirer API", acquirer_tls),
-                ("admin API", admin_tls),
-                ("partner API", partner_tls),
-            ],
+            reloader,
             listeners,
             workers,
         })
@@ -566,23 +489,15 @@ impl Daemon {
         self.engine.store()
     }
 
-    /// Makes every listener's TLS configuration again from its files (certificates, CAs, CRLs):
-    /// the next handshake uses it, and connections already open meet it at their maximum age.
-    /// A listener whose files are bad keeps what it had; the first error is returned.
-    pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
-        let mut first = Ok(());
-        for (what, t) in &self.tls {
-            match t.reload() {
-                Ok(()) => tracing::info!("{what}: TLS configuration reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "{what}: TLS reload failed; keeping the old one");
-                    if first.is_ok() {
-                        first = Err(e);
-                    }
-                }
-            }
-        }
-        first
+    /// Reads the configuration again and puts in force what changed, all or nothing
+    /// ([`crate::ops::reload`]); `actor` is who asked, for the audit log.
+    pub async fn reload(&self, actor: &str) -> Result<Reloaded, Refused> {
+        self.reloader.reload(actor).await
+    }
+
+    /// What reloads this daemon (the admin API's `POST /admin/v1/reload` holds it too).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
     }
 
     /// Stops accepting, lets open connections finish and the workers finish their current task,

@@ -8,6 +8,9 @@
 //! listed in docs/metrics.md. Gauges that describe stored state (work in doubt, the outbox, rate
 //! ages) are read when `/metrics` is scraped, so they cost nothing between scrapes.
 
+pub mod reload;
+pub mod systemd;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +54,23 @@ pub fn handle() -> &'static PrometheusHandle {
         let buckets: &[f64] =
             &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
         let builder = builder.set_buckets(buckets).expect("buckets are not empty");
+        // Counts, and flushes that take well under a millisecond, need buckets of their own.
+        #[allow(clippy::disallowed_types)]
+        let writes: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+        #[allow(clippy::disallowed_types)]
+        let flushes: &[f64] = &[
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ];
+        use metrics_exporter_prometheus::Matcher;
+        let builder = builder
+            .set_buckets_for_metric(Matcher::Full("qrbridge_store_flush_writes".into()), writes)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("qrbridge_store_flush_duration_seconds".into()),
+                    flushes,
+                )
+            })
+            .expect("buckets are not empty");
         match builder.install_recorder() {
             Ok(h) => {
                 describe();
@@ -75,6 +95,8 @@ const RESOLVER_BACKLOG: &str = "qrbridge_resolver_backlog";
 const OUTBOX_EVENTS: &str = "qrbridge_outbox_events";
 const WEBHOOK_PARKED: &str = "qrbridge_webhook_parked";
 const RATE_AGE: &str = "qrbridge_rate_age_seconds";
+const HTTP_REQUESTS_TOTAL: &str = "qrbridge_http_requests_total";
+const HTTP_REQUEST_DURATION: &str = "qrbridge_http_request_duration_seconds";
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -88,6 +110,22 @@ fn describe() {
     describe_gauge!(OUTBOX_EVENTS, "Webhook events not delivered yet (read at scrape)");
     describe_gauge!(WEBHOOK_PARKED, "Webhook events parked (read at scrape)");
     describe_gauge!(RATE_AGE, Unit::Seconds, "Age of each mid rate held (read at scrape)");
+    describe_counter!(HTTP_REQUESTS_TOTAL, "Requests answered, by listener, route and status");
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Request arrival to answer head, by listener and route"
+    );
+}
+
+/// One request answered on `listener` (`partner`, `acquirer`, `admin`): `route` is its template
+/// (`/v1/payments/{payment_id}`; `other` for a path no route has), never an id.
+pub fn http_request(listener: &'static str, route: &'static str, status: u16, took: Duration) {
+    let status = status.to_string();
+    metrics::counter!(HTTP_REQUESTS_TOTAL, "listener" => listener, "route" => route, "status" => status)
+        .increment(1);
+    metrics::histogram!(HTTP_REQUEST_DURATION, "listener" => listener, "route" => route)
+        .record(took);
 }
 
 /// A payment reached a final state (`SUCCEEDED`, `FAILED`, `CANCELLED`) `took` after its
