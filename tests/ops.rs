@@ -296,6 +296,25 @@ async fn metrics_health_and_readiness_follow_a_known_workload() {
     let (s, v) = get_json(ops, "/readyz").await;
     assert_eq!((s, &v), (StatusCode::OK, &json!({"ready": true})), "{v}");
 
+    // The store stops taking writes (on PostgreSQL, another session holds the table the probe
+    // writes): not ready, saying why; once it lets go, ready again. (sled's probe is a flush: a
+    // disk that fails it cannot be made here.)
+    if let Some(db) = &d.database {
+        let (blocker, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        blocker.batch_execute("BEGIN; LOCK TABLE leases IN ACCESS EXCLUSIVE MODE").await.unwrap();
+        let (s, v) = get_json(ops, "/readyz").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        let reasons = v["reasons"].as_array().expect("reasons");
+        assert!(
+            reasons.iter().any(|r| r.as_str().unwrap().starts_with("store: not taking writes")),
+            "{v}"
+        );
+        blocker.batch_execute("ROLLBACK").await.unwrap();
+        let (s, v) = get_json(ops, "/readyz").await;
+        assert_eq!((s, &v), (StatusCode::OK, &json!({"ready": true})), "{v}");
+    }
+
     d.finish().await;
 }
 }
