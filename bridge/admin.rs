@@ -47,7 +47,7 @@ use crate::http::{
 use crate::model::{ParkedEvent, Task};
 use crate::payments::engine::Engine;
 use crate::settlement::{parse_day, Settlement};
-use crate::store::backup::{self, BackupError};
+use crate::store::backup::BackupError;
 use crate::store::{EventSeq, Store};
 use crate::tls::Directory;
 use crate::treasury::{RateInput, Treasury};
@@ -358,12 +358,27 @@ fn backup_error(e: &BackupError) -> Result<Resp, ApiError> {
         BackupError::Refused(m) => return Err(ApiError::InvalidRequest(m.clone())),
         BackupError::InProgress(_) => (StatusCode::CONFLICT, true),
         BackupError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, false),
-        BackupError::TooManyWrites(_) => (StatusCode::SERVICE_UNAVAILABLE, true),
+        BackupError::TooManyWrites(_) | BackupError::Cancelled => {
+            (StatusCode::SERVICE_UNAVAILABLE, true)
+        }
+        // Asking again changes nothing until space is freed.
+        BackupError::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, false),
         BackupError::Io(_) | BackupError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, true),
     };
     let body =
         ErrorBody { error: ErrorDetail { code: e.code(), message: e.to_string(), retryable } };
     Ok(json_response(status, &body))
+}
+
+/// Tells the store's backup under way to give up when dropped still holding the store.
+struct AbandonOnDrop<S: Store>(Option<Arc<S>>);
+
+impl<S: Store> Drop for AbandonOnDrop<S> {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take().as_deref().and_then(Store::backups) {
+            b.cancel();
+        }
+    }
 }
 
 /// Starts a backup of the store into the body's folder, audited (`store.backup`) before it
@@ -384,7 +399,7 @@ async fn start_backup<S: Store>(
         ));
     };
     let dir = body.dir;
-    if let Err(e) = backup::check_dir(&dir) {
+    if let Err(e) = backups.check_dir(&dir) {
         return backup_error(&e);
     }
     if let Err(e) = backups.begin(&dir, admin, engine.now()) {
@@ -408,6 +423,10 @@ async fn start_backup<S: Store>(
     // The task's own handles (`backups` borrows this function's).
     let (store, engine) = (store.clone(), engine.clone());
     tokio::spawn(async move {
+        // This task is dropped, unfinished, only when the runtime stops — the daemon shutting
+        // down: the copy, on a thread of its own, is told to give up and empty its folder
+        // rather than hold the process until it ends.
+        let mut abandon = AbandonOnDrop(Some(store.clone()));
         let (s, e, d) = (store.clone(), engine.clone(), dir.clone());
         let runtime = tokio::runtime::Handle::current();
         // The copy blocks its thread (sled), so it runs on one of its own.
@@ -415,6 +434,7 @@ async fn start_backup<S: Store>(
             tokio::task::spawn_blocking(move || runtime.block_on(s.backup(&d, &EngineClock(e))))
                 .await
                 .unwrap_or_else(|e| Err(BackupError::Io(format!("the backup stopped: {e}"))));
+        abandon.0 = None;
         if let Some(b) = store.backups() {
             b.finish(&result, engine.now());
         }
@@ -622,5 +642,35 @@ async fn route<S: Store>(
             }
         }
         _ => Err(ApiError::NotFound),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(e: &BackupError) -> (StatusCode, serde_json::Value) {
+        use http_body_util::BodyExt;
+        let resp = backup_error(e).unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_backup_that_does_not_fit_is_507_and_not_retried_as_it_is() {
+        let e = BackupError::NoSpace { dir: "/b".into(), needed: 2 << 30, available: 1 << 30 };
+        let (status, v) = answer(&e).await;
+        assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(v["error"]["code"], "BACKUP_NO_SPACE");
+        assert_eq!(v["error"]["retryable"], false);
+        assert!(v["error"]["message"].as_str().unwrap().contains("1073741824 bytes free"), "{v}");
+        // Abandoned at shutdown: as abandoned for too many writes.
+        let (status, v) = answer(&BackupError::Cancelled).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            (&v["error"]["code"], &v["error"]["retryable"]),
+            (&"BACKUP_ABANDONED".into(), &true.into())
+        );
     }
 }

@@ -92,6 +92,26 @@ pub struct RateView {
     pub price: String,
 }
 
+/// `reference` in answers: the mid rate a price was built from (../shared/API.md, v1.1).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferenceView {
+    /// The mid rate, as a decimal string (as the quote keeps it: derived mids to 12 places).
+    pub rate: String,
+    /// The rate source's id (`builtin`, `ecb`, `admin:<identity>`); for a cross rate the sources
+    /// of its two legs, in order, joined with `+`; `unknown` for a quote priced before quotes
+    /// kept it.
+    pub source: String,
+    /// The rate's as-of time (a cross: the older leg's).
+    #[serde(with = "rfc3339")]
+    pub as_of: chrono::DateTime<chrono::Utc>,
+}
+
+impl ReferenceView {
+    fn new(r: &crate::model::PriceReference) -> Self {
+        ReferenceView { rate: r.mid.to_string(), source: r.source.clone(), as_of: r.as_of }
+    }
+}
+
 /// The answer of `POST /v1/quotes`.
 #[derive(Debug, Clone, Serialize)]
 pub struct QuoteAnswer {
@@ -101,6 +121,11 @@ pub struct QuoteAnswer {
     pub pay_amount: Amount,
     pub wallet_amount: Amount,
     pub rate: RateView,
+    /// How far `rate.price` sits above `reference.rate`, in basis points (the spread and the
+    /// price's rounding): `(price / mid − 1) × 10 000` rounded up to exactly two places
+    /// (`qrbridge_fx::rounding::markup_bps`).
+    pub markup_bps: String,
+    pub reference: ReferenceView,
     #[serde(with = "rfc3339")]
     pub created_at: chrono::DateTime<chrono::Utc>,
     #[serde(with = "rfc3339")]
@@ -116,6 +141,8 @@ impl QuoteAnswer {
             pay_amount: q.quote.pay,
             wallet_amount: q.quote.wallet,
             rate: RateView { pair: q.quote.pair.to_string(), price: q.quote.price.to_string() },
+            markup_bps: q.quote.markup_bps().to_string(),
+            reference: ReferenceView::new(&crate::model::PriceReference::of(&q.quote)),
             created_at: q.quote.created_at,
             expires_at: q.quote.expires_at,
         }
@@ -139,6 +166,10 @@ pub struct PaymentAnswer {
     pub pay_amount: Amount,
     pub wallet_amount: Amount,
     pub rate: RateView,
+    /// As the quote's. `null` (with `reference`) only for a payment made before payments kept
+    /// the reference.
+    pub markup_bps: Option<String>,
+    pub reference: Option<ReferenceView>,
     pub merchant: MerchantAnswer,
     /// What has been refunded to the partner, in the wallet currency.
     pub refunded_amount: Amount,
@@ -163,6 +194,8 @@ impl PaymentAnswer {
             pay_amount: p.pay,
             wallet_amount: p.wallet,
             rate: RateView { pair: p.rate.pair.clone(), price: p.rate.price.to_string() },
+            markup_bps: p.markup_bps().map(|b| b.to_string()),
+            reference: p.reference.as_ref().map(ReferenceView::new),
             merchant: p.merchant.clone(),
             refunded_amount: p.refunded_wallet,
             failure: p

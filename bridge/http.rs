@@ -72,6 +72,79 @@ pub struct HttpLimits {
     pub request_timeout: Duration,
     /// A request's body must have arrived this long after its head.
     pub body_read_timeout: Duration,
+    /// The listener's rate limiters and concurrency permits, kept across the services a reload
+    /// makes ([`Admission`]).
+    pub admission: Admission,
+}
+
+/// One listener's rate limiters (per caller) and concurrency permits (per caller, and the
+/// listener's): the service a reload makes takes over each one whose setting did not change, so
+/// a reload hands out no fresh burst and no extra permits while requests on the old service are
+/// still under way.
+#[derive(Clone, Default)]
+pub struct Admission(Arc<std::sync::Mutex<AdmissionState>>);
+
+#[derive(Default)]
+struct AdmissionState {
+    limiters: HashMap<String, ((u32, u32), Arc<DefaultDirectRateLimiter>)>,
+    shares: HashMap<String, (usize, Arc<Semaphore>)>,
+    listener: Option<(usize, Arc<Semaphore>)>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admission")
+    }
+}
+
+impl Admission {
+    /// The limiters, shares and listener permits for these settings: the ones held where the
+    /// setting is unchanged, new ones otherwise; callers no longer named are forgotten.
+    #[allow(clippy::type_complexity)]
+    fn take(
+        &self,
+        rates: &HashMap<String, (u32, u32)>,
+        shares: &HashMap<String, usize>,
+        listener: usize,
+    ) -> (
+        HashMap<String, Arc<DefaultDirectRateLimiter>>,
+        HashMap<String, Arc<Semaphore>>,
+        Arc<Semaphore>,
+    ) {
+        let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        st.limiters.retain(|id, (held, _)| rates.get(id) == Some(held));
+        st.shares.retain(|id, (held, _)| shares.get(id) == Some(held));
+        let mut limiters = HashMap::new();
+        for (id, &(per_s, burst)) in rates {
+            let (Some(per_s), Some(burst)) =
+                (std::num::NonZeroU32::new(per_s), std::num::NonZeroU32::new(burst.max(per_s)))
+            else {
+                continue;
+            };
+            let (_, l) = st.limiters.entry(id.clone()).or_insert_with(|| {
+                let quota = Quota::per_second(per_s).allow_burst(burst);
+                ((per_s.get(), burst.get()), Arc::new(RateLimiter::direct(quota)))
+            });
+            limiters.insert(id.clone(), l.clone());
+        }
+        let shares = shares
+            .iter()
+            .map(|(id, &n)| {
+                let (_, s) =
+                    st.shares.entry(id.clone()).or_insert_with(|| (n, Arc::new(Semaphore::new(n))));
+                (id.clone(), s.clone())
+            })
+            .collect();
+        let listener = match &st.listener {
+            Some((n, s)) if *n == listener => s.clone(),
+            _ => {
+                let s = Arc::new(Semaphore::new(listener));
+                st.listener = Some((listener, s.clone()));
+                s
+            }
+        };
+        (limiters, shares, listener)
+    }
 }
 
 /// Per-partner rate: sustained per second and burst.
@@ -132,28 +205,20 @@ where
     R: Fn(Arc<str>, Req) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Resp, ApiError>> + Send + 'static,
 {
-    let limiters: Arc<HashMap<String, DefaultDirectRateLimiter>> = Arc::new(
-        rates
-            .into_iter()
-            .filter_map(|(id, r)| {
-                let per_s = std::num::NonZeroU32::new(r.per_s)?;
-                let burst = std::num::NonZeroU32::new(r.burst.max(r.per_s))?;
-                Some((id, RateLimiter::direct(Quota::per_second(per_s).allow_burst(burst))))
-            })
-            .collect(),
-    );
+    let rates: HashMap<String, (u32, u32)> =
+        rates.into_iter().map(|(id, r)| (id, (r.per_s, r.burst))).collect();
     let callers = directory.ids().count().max(1);
     let share = (limits.concurrency_max / callers).max(1);
-    let shares: Arc<HashMap<String, Arc<Semaphore>>> = Arc::new(
-        directory
-            .ids()
-            .map(|id| {
-                let n = limits.caller_concurrency_max.get(id).copied().unwrap_or(share).max(1);
-                (id.to_owned(), Arc::new(Semaphore::new(n)))
-            })
-            .collect(),
-    );
-    let listener = Arc::new(Semaphore::new(limits.concurrency_max.max(1)));
+    let shares: HashMap<String, usize> = directory
+        .ids()
+        .map(|id| {
+            let n = limits.caller_concurrency_max.get(id).copied().unwrap_or(share).max(1);
+            (id.to_owned(), n)
+        })
+        .collect();
+    let (limiters, shares, listener) =
+        limits.admission.take(&rates, &shares, limits.concurrency_max.max(1));
+    let (limiters, shares) = (Arc::new(limiters), Arc::new(shares));
     let body_max = limits.body_bytes_max;
     let routes = tower::service_fn(move |req: Req| {
         let routes = routes.clone();
@@ -421,7 +486,10 @@ fn authenticate(directory: &Directory, refused: &ApiError, req: &mut Req) -> Opt
 }
 
 /// Refuses a partner's requests past its configured rate.
-fn rate_limit(limiters: &HashMap<String, DefaultDirectRateLimiter>, req: &mut Req) -> Option<Resp> {
+fn rate_limit(
+    limiters: &HashMap<String, Arc<DefaultDirectRateLimiter>>,
+    req: &mut Req,
+) -> Option<Resp> {
     let limited = req
         .extensions()
         .get::<Caller>()

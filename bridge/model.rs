@@ -127,6 +127,27 @@ pub struct RateAnswer {
     pub price: Decimal,
 }
 
+/// The mid rate a payment's price was built from (partners see it as `reference`), copied from
+/// its quote when the payment is made so that the payment answers what its quote answered, with
+/// no read of the quote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceReference {
+    /// The quote's `mid`.
+    pub mid: Decimal,
+    /// The quote's `mid_source`: the rate source, or the sources of a cross's legs joined with `+`.
+    pub source: String,
+    /// The quote's `mid_as_of`.
+    #[serde(with = "qrbridge_fx::time")]
+    pub as_of: DateTime<Utc>,
+}
+
+impl PriceReference {
+    /// The reference of quote `q`.
+    pub fn of(q: &Quote) -> Self {
+        PriceReference { mid: q.mid, source: q.mid_source.clone(), as_of: q.mid_as_of }
+    }
+}
+
 /// A payment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentRecord {
@@ -147,6 +168,10 @@ pub struct PaymentRecord {
     pub wallet_at_mid: Amount,
     pub spread: Amount,
     pub rate: RateAnswer,
+    /// The mid `rate.price` was built from. `None` only for a payment made before payments kept
+    /// it (store format 3 and the first release's JSON): partners then see `null`.
+    #[serde(default)]
+    pub reference: Option<PriceReference>,
     pub merchant: MerchantAnswer,
     pub acquirer: String,
     pub acquirer_ref: Option<String>,
@@ -207,6 +232,7 @@ impl PaymentRecord {
             wallet_at_mid: q.quote.wallet_at_mid,
             spread: q.quote.spread_amount,
             rate: RateAnswer { pair: q.quote.pair.to_string(), price: q.quote.price },
+            reference: Some(PriceReference::of(&q.quote)),
             merchant: q.code.merchant.clone(),
             acquirer: q.code.acquirer.clone(),
             acquirer_ref: None,
@@ -222,6 +248,14 @@ impl PaymentRecord {
             updated_at: now,
             rev: 0,
         }
+    }
+
+    /// How far `rate.price` sits above the reference mid, in basis points, as partners are shown
+    /// it (`qrbridge_fx::rounding::markup_bps`; the same figure as the quote's); `None` without a
+    /// reference.
+    pub fn markup_bps(&self) -> Option<Decimal> {
+        let r = self.reference.as_ref()?;
+        qrbridge_fx::rounding::markup_bps(r.mid, self.rate.price)
     }
 
     /// The record's next revision, changed at `now`: what every state change starts from (the

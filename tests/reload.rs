@@ -377,3 +377,25 @@ async fn a_reload_never_strands_or_misroutes_money() {
     assert_eq!((s, p["status"].as_str()), (StatusCode::OK, Some("PROCESSING")), "{p}");
     d.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_hands_out_no_fresh_burst() {
+    use support::daemon::{Setup, TestDaemon};
+    let d = TestDaemon::start_with(Setup {
+        tweak: Box::new(|c| {
+            c.partners[0].limits.requests_per_s = 1;
+            c.partners[0].limits.burst = 1;
+        }),
+        ..Setup::default()
+    })
+    .await;
+    let c = d.client("partner-demo");
+    assert_eq!(c.get("/v1/payments/pay_nope").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(c.get("/v1/payments/pay_nope").await.0, StatusCode::TOO_MANY_REQUESTS);
+    // A reload that leaves the partner's rate as it was keeps its limiter: still at the rate.
+    d.config.lock().unwrap().fx.spread.max_bps = "450".parse().unwrap();
+    let done = d.daemon().reload("test").await.expect("reloads");
+    assert_eq!(done.changed, vec!["fx.spread"]);
+    assert_eq!(c.get("/v1/payments/pay_nope").await.0, StatusCode::TOO_MANY_REQUESTS);
+    d.finish().await;
+}

@@ -141,6 +141,14 @@ impl Daemon {
         // Before anything records a metric: what is recorded earlier is lost.
         crate::ops::handle();
         let store = Arc::new(AnyStore::open(&config.storage).await?);
+        if let Some(backups) = store.backups() {
+            // A backup folder may not be one of the daemon's own: the PKI, settlement files.
+            let folders = [&config.tls.server_cert, &config.tls.server_key, &config.tls.admin_ca]
+                .into_iter()
+                .filter_map(|p| p.parent().map(Path::to_path_buf))
+                .chain([config.settlement.dir.clone()]);
+            backups.keep_out(folders);
+        }
         tracing::info!(store = store.kind(), "store open");
         let rates = crate::rates::book(&config.fx);
         let s = &config.fx.spread;
@@ -262,12 +270,14 @@ impl Daemon {
         );
 
         let l = &config.limits;
+        let admissions: [partner_http::Admission; 3] = Default::default();
         let http_limits = HttpLimits {
             body_bytes_max: l.body_bytes_max,
             concurrency_max: l.concurrency_max as usize,
             caller_concurrency_max: HashMap::new(),
             request_timeout: Duration::from_millis(l.request_timeout_ms),
             body_read_timeout: Duration::from_millis(l.body_read_timeout_ms),
+            admission: Default::default(),
         };
         let serve_limits = ServeLimits {
             connections_max: l.connections_max as usize,
@@ -291,7 +301,7 @@ impl Daemon {
             reloader: std::sync::OnceLock::new(),
         });
         let [partner_svc, acquirer_svc, admin_svc] =
-            parts.services(&engine, &admin_api, &http_limits);
+            parts.services(&engine, &admin_api, &http_limits, &admissions);
         let listen = |what, label, routes, addr, l: &ListenerParts, svc| Listen {
             what,
             label,
@@ -462,6 +472,7 @@ impl Daemon {
             senders,
             listeners: vec![partner_slot, acquirer_slot, admin_slot],
             http_limits,
+            admissions,
             sandbox: sandbox_base,
         });
         let weak: std::sync::Weak<dyn crate::admin::Reload> = Arc::downgrade(&reloader) as _;

@@ -240,13 +240,17 @@ impl Parts {
         })
     }
 
-    /// The three listeners' services over these parts: partner, acquirer, admin.
+    /// The three listeners' services over these parts: partner, acquirer, admin, each with its
+    /// own [`crate::http::Admission`] (kept across reloads).
     pub fn services(
         &self,
         engine: &Arc<Engine<AnyStore>>,
         admin: &Arc<Admin<AnyStore>>,
         limits: &HttpLimits,
+        admissions: &[crate::http::Admission; 3],
     ) -> [Svc; 3] {
+        let [partner, acquirer, admins] = admissions.clone();
+        let with = |admission| HttpLimits { admission, ..limits.clone() };
         [
             crate::http::partner_service(
                 engine.clone(),
@@ -254,20 +258,16 @@ impl Parts {
                 self.partner_rates.clone(),
                 HttpLimits {
                     caller_concurrency_max: self.partner_concurrency.clone(),
-                    ..limits.clone()
+                    ..with(partner)
                 },
             ),
             crate::acquirer_api::acquirer_service(
                 engine.clone(),
                 self.acquirer.directory.clone(),
                 HashMap::new(),
-                limits.clone(),
+                with(acquirer),
             ),
-            crate::admin::admin_service(
-                admin.clone(),
-                self.admin.directory.clone(),
-                limits.clone(),
-            ),
+            crate::admin::admin_service(admin.clone(), self.admin.directory.clone(), with(admins)),
         ]
     }
 }

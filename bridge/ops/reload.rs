@@ -19,8 +19,8 @@
 //! is refused on an old connection too. An acquirer no longer configured keeps its client
 //! ([`crate::payments::engine::Engine::set_parties`]): nothing is routed to it, but payments it
 //! holds are still resolved, reversed and refunded. Rate limiters and per-partner concurrency
-//! shares start afresh with the new services (for a moment, requests on the old and the new
-//! service may together pass a partner's concurrency limit).
+//! shares carry over to the new services where their settings did not change
+//! ([`crate::http::Admission`]): a reload hands out no fresh burst and no extra permits.
 
 use std::sync::Arc;
 
@@ -89,6 +89,8 @@ pub struct Reloader {
     /// Partner, acquirer, admin: the order of [`Parts::services`].
     pub(crate) listeners: Vec<ListenerSlot>,
     pub(crate) http_limits: HttpLimits,
+    /// Each listener's rate limiters and permits, carried from service to service.
+    pub(crate) admissions: [crate::http::Admission; 3],
     /// The in-process sandbox acquirer's base URL, when it runs.
     pub(crate) sandbox: Option<String>,
 }
@@ -294,7 +296,8 @@ impl Reloader {
                 parts.senders.entry(partner.clone()).or_insert_with(|| sender.clone());
             }
         }
-        let services = parts.services(&self.engine, &self.admin, &self.http_limits);
+        let services =
+            parts.services(&self.engine, &self.admin, &self.http_limits, &self.admissions);
         self.engine.set_parties(parts.router, parts.acquirers, parts.partners);
         self.engine.set_spreads(spreads);
         self.settlement.set_parties(parts.settlement);

@@ -41,7 +41,10 @@ impl AnyStore {
                 PgStore::connect(url, storage.pool_size as usize).await?,
             ));
         }
-        Ok(AnyStore::Sled(SledStore::open(&storage.path, storage.cache_bytes)?))
+        Ok(AnyStore::Sled(
+            SledStore::open(&storage.path, storage.cache_bytes)?
+                .with_backup_log_bytes_max(storage.backup_log_bytes_max),
+        ))
     }
 
     /// The sled store inside, if that is what this is.

@@ -2,9 +2,10 @@
 //! and `qrbridge store restore DIR` (the daemons stopped).
 //!
 //! A backup is a folder: the store's copy (`db.kv`, every sled tree's keys and values in one
-//! checksummed file; or `tables/`, one file per PostgreSQL table) and `backup.json`, the [`Manifest`], written last — after every file of the
-//! copy is synced — so a folder without one is a backup that did not finish, and restore refuses
-//! it. The folder is made readable by the daemon's user only: it holds every payment.
+//! checksummed file; or `tables/`, one file per PostgreSQL table) and `backup.json`, the
+//! [`Manifest`], written last — after every file of the copy is synced — so a folder without one
+//! is a backup that did not finish, and restore refuses it. The folder (`0700`, even when it
+//! existed) and its files (`0600`) are the daemon's user's only: it holds every payment.
 //!
 //! **Consistent.** A backup is the store as it stood at one instant (`taken_at`):
 //! - sled ([`super::sled_backup`], with the argument): every write also goes to a log while the
@@ -19,16 +20,26 @@
 //! (`POST /admin/v1/store/backup`, admin certificate, audited as `store.backup` before it starts,
 //! so the copy holds its own record): sled lets one process open a store, and that process is the
 //! daemon. `qrbridge store backup DIR --url … --pki …` asks for it and waits; `DIR` is a path on
-//! the daemon's host, new or empty. One backup at a time per daemon.
+//! the daemon's host, new or empty, and not inside the daemon's own folders (its store, and
+//! whatever else the daemon names: [`Backups::keep_out`]). One backup at a time per daemon. It
+//! is refused when the folder's file system has less free than about twice the store's size on
+//! disk and some headroom ([`space_needed`]: a full disk under the store stops payments), and
+//! abandoned — its folder emptied — when the daemon shuts down ([`Backups::cancel`]).
 //!
 //! **Restoring one** (the daemons stopped): `qrbridge store restore DIR --config FILE` (or
 //! `--data-dir D` for sled, `--database-url URL` for PostgreSQL). It checks the manifest (a
 //! newer qrbridge's backup is refused), refuses a target that holds a store — sled: unless
 //! `--force`, which moves it aside to `<store>.before-restore-<time>`, never deleting it, and
 //! never while a process has it open (sled's lock); PostgreSQL: always, restore into an empty
-//! database or schema — copies the backup beside the target, checks its counts against the
-//! manifest, moves it into place, opens it as the daemon would (so its format is checked) and
-//! prints what it holds. Then start the daemons.
+//! database or schema. A sled restore builds the store beside the target (`.<store>.restoring`,
+//! one restore at a time: `.<store>.restore.lock`), checks its counts against the manifest,
+//! opens it as the daemon would (so its format is checked), counts it and checks that its
+//! ledger balances — and only then moves the old store aside and the new one into place. A
+//! check that fails leaves the target as it was. A sled store folder that is missing while a
+//! restore's traces lie beside it (its build, or a store it moved aside) is a restore that was
+//! cut short between its two renames: the store refuses to open there
+//! ([`refuse_after_interrupted_restore`]) rather than start an empty one, which would take
+//! partners' retries as new payments. Then start the daemons.
 //!
 //! **What a restore means.** The bridge is back at `taken_at`:
 //! - payments in doubt then (sent, outcome unknown) are resolved by asking the acquirer, as after
@@ -47,6 +58,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -182,12 +194,25 @@ pub enum BackupError {
     /// This store cannot be backed up by the daemon.
     #[error("{0}")]
     Unsupported(String),
-    /// More was written while the copy ran than the backup keeps in memory: abandoned.
+    /// What was written while the copy ran took more memory than the backup may keep
+    /// (`storage.backup_log_bytes_max`): abandoned.
     #[error(
-        "abandoned: more than {0} bytes were written while the copy ran; try again when the \
-         store is quieter"
+        "abandoned: the writes made while the copy ran took more than {0} bytes of memory \
+         (storage.backup_log_bytes_max); try again when the store is quieter"
     )]
     TooManyWrites(usize),
+    /// The folder's file system has less free space than the copy needs ([`space_needed`]):
+    /// refused before anything was written.
+    #[error(
+        "not enough free space: the file system of {} has {available} bytes free, and a backup \
+         of this store needs about {needed} (twice the store's size on disk, and headroom); free \
+         some, or choose a folder on another file system",
+        .dir.display()
+    )]
+    NoSpace { dir: PathBuf, needed: u64, available: u64 },
+    /// The daemon is shutting down: the copy was abandoned, and what it wrote removed.
+    #[error("abandoned: the daemon is shutting down")]
+    Cancelled,
     /// Writing the backup failed (disk full, permissions…).
     #[error("{0}")]
     Io(String),
@@ -202,7 +227,8 @@ impl BackupError {
             BackupError::InProgress(_) => "BACKUP_IN_PROGRESS",
             BackupError::Refused(_) => "INVALID_REQUEST",
             BackupError::Unsupported(_) => "BACKUP_UNSUPPORTED",
-            BackupError::TooManyWrites(_) => "BACKUP_ABANDONED",
+            BackupError::TooManyWrites(_) | BackupError::Cancelled => "BACKUP_ABANDONED",
+            BackupError::NoSpace { .. } => "BACKUP_NO_SPACE",
             BackupError::Io(_) | BackupError::Store(_) => "BACKUP_FAILED",
         }
     }
@@ -213,22 +239,41 @@ fn io(what: &Path, e: std::io::Error) -> BackupError {
 }
 
 /// Checks that `dir` can take a backup, without touching it: absolute, its parent an existing
-/// folder, and itself missing or an empty folder.
-pub fn check_dir(dir: &Path) -> Result<(), BackupError> {
+/// folder, itself missing or an empty folder, and not inside any of `keep_out` (the daemon's own
+/// folders; compared with links resolved).
+pub fn check_dir(dir: &Path, keep_out: &[PathBuf]) -> Result<(), BackupError> {
     if !dir.is_absolute() {
         return Err(BackupError::Refused(format!(
             "dir: {} is not an absolute path (the path is on the daemon's host)",
             dir.display()
         )));
     }
-    let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) else {
-        return Err(BackupError::Refused(format!("dir: {} has no parent folder", dir.display())));
+    let (Some(parent), Some(name)) =
+        (dir.parent().filter(|p| !p.as_os_str().is_empty()), dir.file_name())
+    else {
+        return Err(BackupError::Refused(format!(
+            "dir: {} names no folder in a parent folder",
+            dir.display()
+        )));
     };
     if !parent.is_dir() {
         return Err(BackupError::Refused(format!(
             "dir: {} does not exist on the daemon's host (the backup's folder is made in it)",
             parent.display()
         )));
+    }
+    // Where the folder really is: its parent's links resolved, and its own if it is one.
+    let real = std::fs::canonicalize(parent).map_err(|e| io(parent, e))?.join(name);
+    let real = std::fs::canonicalize(&real).unwrap_or(real);
+    for kept in keep_out {
+        let kept_real = std::fs::canonicalize(kept).unwrap_or_else(|_| kept.clone());
+        if real.starts_with(&kept_real) {
+            return Err(BackupError::Refused(format!(
+                "dir: {} is inside {}, one of the daemon's own folders: put backups elsewhere",
+                dir.display(),
+                kept.display()
+            )));
+        }
     }
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
@@ -248,6 +293,49 @@ pub fn check_dir(dir: &Path) -> Result<(), BackupError> {
     }
 }
 
+/// Free space a backup leaves beyond its own size, at least: the rest of the disk is the
+/// store's, and sled stops writing (payments with it) when it fills.
+const SPACE_HEADROOM_MIN: u64 = 64 << 20;
+
+/// The free space a backup of a store taking `store_bytes` on disk needs on its folder's file
+/// system: the copy is about the store's live data, and a sled backup also writes its scan (as
+/// big again) before the copy; plus headroom — a tenth of the store, and at least 64 MiB.
+pub fn space_needed(store_bytes: u64) -> u64 {
+    store_bytes.saturating_mul(2).saturating_add((store_bytes / 10).max(SPACE_HEADROOM_MIN))
+}
+
+/// Refuses a backup into `dir` (checked by [`check_dir`]: it or its parent exists) when its file
+/// system has less free than [`space_needed`] for a store of `store_bytes`. `available`: the
+/// free bytes there, or `None` to ask the file system.
+pub(super) fn check_space(
+    dir: &Path,
+    store_bytes: u64,
+    available: Option<u64>,
+) -> Result<(), BackupError> {
+    let on = if dir.exists() { dir } else { dir.parent().unwrap_or(dir) };
+    let available = match available {
+        Some(a) => a,
+        None => fs2::available_space(on).map_err(|e| io(on, e))?,
+    };
+    let needed = space_needed(store_bytes);
+    if available < needed {
+        return Err(BackupError::NoSpace { dir: dir.to_owned(), needed, available });
+    }
+    Ok(())
+}
+
+/// Creates the new file `path` of a backup (or a restore), readable by the daemon's user only.
+pub(super) fn create_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+/// Creates the new folder `path` of a backup, readable by the daemon's user only.
+pub(super) fn create_folder(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(path)
+}
+
 /// A backup's folder while the copy is made.
 pub(super) struct Target {
     dir: PathBuf,
@@ -256,20 +344,26 @@ pub(super) struct Target {
 }
 
 impl Target {
-    /// Takes `dir`: made when missing (readable by the daemon's user only: a backup holds every
-    /// payment), refused unless empty ([`check_dir`]).
-    pub(super) fn prepare(dir: &Path) -> Result<Target, BackupError> {
-        use std::os::unix::fs::DirBuilderExt;
-        check_dir(dir)?;
-        let made = match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+    /// Takes `dir`: refused unless [`Backups::check_dir`] allows it; made when missing, and
+    /// readable by the daemon's user only either way (a backup holds every payment).
+    pub(super) fn prepare(dir: &Path, backups: &Backups) -> Result<Target, BackupError> {
+        use std::os::unix::fs::PermissionsExt;
+        backups.check_dir(dir)?;
+        let made = match create_folder(dir) {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 // Made, or filled, since the check: look again.
-                check_dir(dir)?;
+                backups.check_dir(dir)?;
                 false
             }
             Err(e) => return Err(io(dir, e)),
         };
+        // An empty folder that was there keeps no wider mode than a new one.
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            let target = Target { dir: dir.to_owned(), made };
+            target.abandon();
+            return Err(io(dir, e));
+        }
         Ok(Target { dir: dir.to_owned(), made })
     }
 
@@ -320,7 +414,7 @@ impl Target {
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
+    let mut f = create_file(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -382,15 +476,44 @@ pub struct FailedBackup {
     pub message: String,
 }
 
-/// The backups a store was asked for: one at a time, and how the last one went.
+/// The backups a store was asked for: one at a time, and how the last one went; the folders
+/// none may go into; and the word to give up.
 #[derive(Default)]
 pub struct Backups {
     state: Mutex<BackupState>,
+    /// Folders a backup must not go into (see [`Backups::keep_out`]).
+    keep_out: Mutex<Vec<PathBuf>>,
+    /// Set when the daemon stops: the copy under way gives up at its next key (or batch of
+    /// rows) and removes what it wrote, rather than hold the shutdown.
+    cancel: AtomicBool,
 }
 
 impl Backups {
     fn lock(&self) -> std::sync::MutexGuard<'_, BackupState> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds folders no backup may go into: the store's own (the sled store adds its folder when
+    /// it opens), and the daemon's others (its PKI, its settlement files).
+    pub fn keep_out(&self, folders: impl IntoIterator<Item = PathBuf>) {
+        self.keep_out.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(folders);
+    }
+
+    /// [`check_dir`] against the folders kept out.
+    pub fn check_dir(&self, dir: &Path) -> Result<(), BackupError> {
+        let keep_out =
+            self.keep_out.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        check_dir(dir, &keep_out)
+    }
+
+    /// Tells the backup under way, if any, to give up (the daemon is shutting down).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the backup under way was told to give up.
+    pub(super) fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
     }
 
     /// Marks a backup into `dir` by `actor` as running; `Err` while another one runs.
@@ -399,6 +522,7 @@ impl Backups {
         if let BackupState::Running { dir, .. } = &*s {
             return Err(BackupError::InProgress(Some(dir.clone())));
         }
+        self.cancel.store(false, Ordering::SeqCst);
         *s = BackupState::Running { dir: dir.to_owned(), actor: actor.to_owned(), started_at: at };
         Ok(())
     }
@@ -436,7 +560,7 @@ impl Backups {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RestoreError {
     /// Refused before anything changed (exit 2): not a backup, the wrong store, a target that
-    /// holds a store, a store in use.
+    /// holds a store, a store in use, another restore under way.
     #[error("{0}")]
     Refused(String),
     /// Could not be done (exit 1).
@@ -461,28 +585,224 @@ pub struct Restored {
     pub outbox: usize,
     pub parked: usize,
     pub audit_records: usize,
-    /// Whether the ledger balances in every currency.
-    pub balanced: bool,
 }
 
 /// Whether `path` is missing or an empty folder.
-fn vacant(path: &Path) -> Result<bool, RestoreError> {
+fn vacant(path: &Path) -> std::io::Result<bool> {
     match std::fs::read_dir(path) {
         Ok(mut e) => Ok(e.next().is_none()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(failed(path, e)),
+        Err(e) => Err(e),
     }
+}
+
+/// A sled store folder's name and the folder it is in.
+fn name_and_parent(target: &Path) -> Option<(String, PathBuf)> {
+    let name = target.file_name()?.to_string_lossy().into_owned();
+    let parent = match target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => p.to_owned(),
+        None => PathBuf::from("."),
+    };
+    Some((name, parent))
+}
+
+/// Where a restore into the store folder `<parent>/<name>` builds the store: beside it (one file
+/// system, so it moves into place by a rename).
+fn staging_of(parent: &Path, name: &str) -> PathBuf {
+    parent.join(format!(".{name}.restoring"))
+}
+
+/// The start of the name a restore moves the store that was there to.
+fn aside_prefix(name: &str) -> String {
+    format!("{name}.before-restore-")
+}
+
+/// The file a restore into `<parent>/<name>` holds locked while it runs (so two restores never
+/// share one build); left behind, empty, when it ends.
+fn lock_of(parent: &Path, name: &str) -> PathBuf {
+    parent.join(format!(".{name}.restore.lock"))
+}
+
+/// What a restore into the sled store folder `path` leaves beside it while it runs: its build,
+/// and the stores it moved aside (this one's, or an earlier restore's).
+fn restore_traces(path: &Path) -> Vec<PathBuf> {
+    let Some((name, parent)) = name_and_parent(path) else { return Vec::new() };
+    let mut traces = Vec::new();
+    let staging = staging_of(&parent, &name);
+    if staging.exists() {
+        traces.push(staging);
+    }
+    let prefix = aside_prefix(&name);
+    let mut aside: Vec<PathBuf> = std::fs::read_dir(&parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    aside.sort();
+    traces.extend(aside);
+    traces
+}
+
+/// Refuses to open a sled store at `path` when none is there but a restore's traces lie beside
+/// it ([`restore_traces`]): a restore cut short between moving the old store aside and moving
+/// the new one in. Opening would make a new, empty store, and partners' retries of payments it
+/// does not know would become new payments — an acquirer could be told to pay twice.
+pub(super) fn refuse_after_interrupted_restore(path: &Path) -> Result<(), StoreError> {
+    if !vacant(path).unwrap_or(false) {
+        return Ok(());
+    }
+    let traces = restore_traces(path);
+    if traces.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> = traces.iter().map(|t| t.display().to_string()).collect();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let back = traces
+        .iter()
+        .rev()
+        .find(|t| {
+            t.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&aside_prefix(&name)))
+        })
+        .map(|aside| {
+            format!(
+                ", or put the store that was there back (mv {} {})",
+                aside.display(),
+                path.display()
+            )
+        })
+        .unwrap_or_default();
+    Err(StoreError::Refused(format!(
+        "{} holds no store, but a restore into it did not finish: {} beside it. Opening it would \
+         start an empty store, and partners' retries would become new payments. Run the restore \
+         again (qrbridge store restore BACKUP, with the same target: it builds the store anew and \
+         puts it in place){back}; to start an empty store on purpose, move {} elsewhere first",
+        path.display(),
+        listed.join(", "),
+        listed.join(" and ")
+    )))
+}
+
+/// Holds the restore lock of the store folder `target` ([`lock_of`]), or refuses: another
+/// restore into it is under way. Let go when the file is dropped (or the process ends).
+fn lock_restore(parent: &Path, name: &str, target: &Path) -> Result<std::fs::File, RestoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = lock_of(parent, name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| failed(&path, e))?;
+    match fs2::FileExt::try_lock_exclusive(&file) {
+        Ok(()) => Ok(file),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(RestoreError::Refused(format!(
+                "another restore into {} is under way (it holds {}): let it finish",
+                target.display(),
+                path.display()
+            )))
+        }
+        Err(e) => Err(failed(&path, e)),
+    }
+}
+
+/// Refuses a store folder a process has open: sled holds an exclusive lock on its `db` file
+/// while it has it open. (Tried on the file itself, not by opening the store: that would leave
+/// sled's own threads holding the lock a moment after, and a second look would find it held.)
+fn refuse_in_use(target: &Path) -> Result<(), RestoreError> {
+    let path = target.join("db");
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(failed(&path, e)),
+    };
+    // Let go when `file` is dropped.
+    match fs2::FileExt::try_lock_exclusive(&file) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(RestoreError::Refused(format!(
+                "{} is in use (a running daemon holds it): stop the daemon, then restore",
+                target.display()
+            )))
+        }
+        Err(e) => Err(failed(&path, e)),
+    }
+}
+
+/// Waits until sled has let go of the store at `path` that this process closed: its IO threads
+/// drop their handle on the store's file (and its lock with it) a moment after the store is
+/// closed, so opening it again at once can find it locked (sled's own tests wait the same way).
+/// Blocks on the lock itself, no polling; only for a store no other process may open (a
+/// restore's build, under the restore lock; a test's).
+pub(super) fn wait_released(path: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::open(path.join("db"))?;
+    fs2::FileExt::lock_exclusive(&file)
+}
+
+/// What a built store holds.
+struct Counted {
+    payments: usize,
+    journal_entries: usize,
+    outbox: usize,
+    parked: usize,
+    audit_records: usize,
+}
+
+/// Opens the store built at `built` as the daemon opens it (its format checked, what an open
+/// repairs repaired), counts it, checks that its ledger balances, and closes it.
+async fn check_built(
+    built: &Path,
+    cache_bytes: u64,
+    target: &Path,
+) -> Result<Counted, RestoreError> {
+    let b = built.to_owned();
+    tokio::task::spawn_blocking(move || wait_released(&b))
+        .await
+        .map_err(|e| failed(built, e))?
+        .map_err(|e| failed(built, e))?;
+    let store = SledStore::open(built, cache_bytes).map_err(|e| failed(built, e))?;
+    let count = async {
+        let sums = Store::ledger_sums(&store).await?;
+        let counted = Counted {
+            payments: store.payments()?.len(),
+            journal_entries: store.journal()?.len(),
+            outbox: store.outbox()?.len(),
+            parked: store.parked()?.len(),
+            audit_records: store.audit_log()?.0.len(),
+        };
+        Ok::<_, StoreError>((sums, counted))
+    };
+    let counted = count.await;
+    store.close().await;
+    let (sums, counted) = counted.map_err(|e| failed(built, e))?;
+    let unbalanced: Vec<String> =
+        sums.iter().filter(|(_, s)| **s != 0).map(|(c, s)| format!("{c} {s}")).collect();
+    if !unbalanced.is_empty() {
+        return Err(RestoreError::Failed(format!(
+            "the backup's ledger does not balance ({}): it was not restored, and {} is as it was \
+             (keep the backup to look into it)",
+            unbalanced.join(", "),
+            target.display()
+        )));
+    }
+    Ok(counted)
 }
 
 /// Restores the sled backup at `backup` into the sled store folder `target`, the daemon stopped.
 ///
 /// Refuses a folder without a manifest, a PostgreSQL backup, a copy whose SHA-256 is not the
-/// manifest's, and a `target` that holds a store — unless `force`, which moves that store aside
-/// (to `<target>.before-restore-<time>`, never deleted), and never while a process has it open.
-/// The store is built beside `target` (its id generator past the manifest's), checked against
-/// the manifest's counts, synced, and only then renamed into place — a failure leaves `target`
-/// as it was — and opened as the daemon opens its store (so its format is checked); what it
-/// holds is counted.
+/// manifest's, another restore into `target` under way, and a `target` that holds a store —
+/// unless `force`, which moves that store aside (to `<target>.before-restore-<time>`, never
+/// deleted), and never while a process has it open. The store is built beside `target` (its id
+/// generator past the manifest's), checked against the manifest's counts, opened as the daemon
+/// opens it (so its format is checked), counted, its ledger checked, closed and synced — and
+/// only then the old store moved aside and the new one renamed into place. A failure before the
+/// renames leaves `target` as it was; a crash between them leaves a missing store that
+/// [`SledStore::open`] refuses to start afresh (see [`refuse_after_interrupted_restore`]), and
+/// running the restore again finishes it.
 pub async fn restore_sled(
     backup: &Path,
     target: &Path,
@@ -502,27 +822,14 @@ pub async fn restore_sled(
     if !source.is_file() {
         return Err(RestoreError::Refused(format!("{} is missing", source.display())));
     }
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+    let (name, parent) = name_and_parent(target)
         .ok_or_else(|| RestoreError::Refused(format!("{}: not a folder name", target.display())))?;
-    let parent = match target.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(p) => p.to_owned(),
-        None => PathBuf::from("."),
-    };
-    let held = !vacant(target)?;
-    // A store a process has open holds sled's lock on it: opening it here fails.
-    if held && target.join("db").is_file() {
-        match sled::Config::new().path(target).open() {
-            Ok(db) => drop(db),
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                return Err(RestoreError::Refused(format!(
-                    "{} is in use (a running daemon holds it): stop the daemon, then restore",
-                    target.display()
-                )))
-            }
-            Err(e) => return Err(failed(target, e)),
-        }
+    std::fs::create_dir_all(&parent).map_err(|e| failed(&parent, e))?;
+    // Held to the end: one restore builds beside this target at a time.
+    let _lock = lock_restore(&parent, &name, target)?;
+    let held = !vacant(target).map_err(|e| failed(target, e))?;
+    if held {
+        refuse_in_use(target)?;
     }
     if held && !force {
         return Err(RestoreError::Refused(format!(
@@ -534,8 +841,7 @@ pub async fn restore_sled(
 
     // Built beside the target (same file system), checked, synced. A build left by an earlier
     // restore that was interrupted is this restore's to redo.
-    std::fs::create_dir_all(&parent).map_err(|e| failed(&parent, e))?;
-    let staging = parent.join(format!(".{name}.restoring"));
+    let staging = staging_of(&parent, &name);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| failed(&staging, e))?;
     }
@@ -561,22 +867,45 @@ pub async fn restore_sled(
                 )));
             }
         }
-        sync_tree(&into).map_err(|e| failed(&into, e))?;
         Ok(())
     })
     .await
-    .map_err(|e| RestoreError::Failed(format!("the build stopped: {e}")))?;
-    if let Err(e) = built {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e);
-    }
+    .map_err(|e| RestoreError::Failed(format!("the build stopped: {e}")))
+    .and_then(|built| built);
+    // Opened, counted and its ledger checked before it goes anywhere near the target.
+    let checked = match built {
+        Ok(()) => check_built(&staging, cache_bytes, target).await,
+        Err(e) => Err(e),
+    };
+    let checked = checked.and_then(|counted| {
+        sync_tree(&staging).map_err(|e| RestoreError::Failed(e.to_string()))?;
+        Ok(counted)
+    });
+    let counted = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
 
+    // The swap: the old store aside, the new one in. Between the two renames the target is
+    // missing, with the build and the old store beside it: what `SledStore::open` refuses.
     let mut moved_aside = None;
     if held {
+        // A daemon started since the first look would keep writing into the store moved aside.
+        if let Err(e) = refuse_in_use(target) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
         let stamp = SystemClock.now().format("%Y%m%dT%H%M%SZ");
-        let aside = parent.join(format!("{name}.before-restore-{stamp}"));
+        let aside = parent.join(format!("{}{stamp}", aside_prefix(&name)));
         if aside.exists() {
-            return Err(RestoreError::Refused(format!("{} exists already", aside.display())));
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(RestoreError::Refused(format!(
+                "{} exists already: try again in a second",
+                aside.display()
+            )));
         }
         std::fs::rename(target, &aside).map_err(|e| failed(target, e))?;
         moved_aside = Some(aside);
@@ -584,28 +913,25 @@ pub async fn restore_sled(
         // An empty folder: the store takes its name.
         std::fs::remove_dir(target).map_err(|e| failed(target, e))?;
     }
-    std::fs::rename(&staging, target).map_err(|e| failed(target, e))?;
+    if let Err(e) = std::fs::rename(&staging, target) {
+        // Put the old store back, if it can be; if not, opening the target refuses until the
+        // restore is run again.
+        if let Some(aside) = &moved_aside {
+            let _ = std::fs::rename(aside, target);
+        }
+        return Err(failed(target, e));
+    }
     sync_dir(&parent).map_err(|e| failed(&parent, e))?;
-
-    // Opened as the daemon opens it: its format is checked, and it is counted.
-    let store = SledStore::open(target, cache_bytes).map_err(|e| failed(target, e))?;
-    let count = async {
-        let sums = Store::ledger_sums(&store).await?;
-        Ok::<_, StoreError>(Restored {
-            payments: store.payments()?.len(),
-            journal_entries: store.journal()?.len(),
-            outbox: store.outbox()?.len(),
-            parked: store.parked()?.len(),
-            audit_records: store.audit_log()?.0.len(),
-            balanced: sums.values().all(|s| *s == 0),
-            manifest: manifest.clone(),
-            path: target.to_owned(),
-            moved_aside: moved_aside.clone(),
-        })
-    };
-    let restored = count.await.map_err(|e| failed(target, e));
-    store.close().await;
-    restored
+    Ok(Restored {
+        manifest,
+        path: target.to_owned(),
+        moved_aside,
+        payments: counted.payments,
+        journal_entries: counted.journal_entries,
+        outbox: counted.outbox,
+        parked: counted.parked,
+        audit_records: counted.audit_records,
+    })
 }
 
 /// `qrbridge store …`.
@@ -793,22 +1119,17 @@ async fn restore_command(dir: &Path, into: RestoreInto, force: bool) -> ExitCode
             }
             print(&format!(
                 "restored the backup taken at {} on {} into {}: {} payments, {} journal entries \
-                 ({}), {} events waiting, {} parked, {} audit records",
+                 (balanced), {} events waiting, {} parked, {} audit records",
                 r.manifest.taken_at.to_rfc3339(),
                 if r.manifest.host.is_empty() { "?" } else { &r.manifest.host },
                 r.path.display(),
                 r.payments,
                 r.journal_entries,
-                if r.balanced { "balanced" } else { "NOT BALANCED" },
                 r.outbox,
                 r.parked,
                 r.audit_records
             ));
-            if r.balanced {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+            ExitCode::SUCCESS
         }
         Err(e) => restore_failed(e),
     }
@@ -821,18 +1142,43 @@ mod tests {
     #[test]
     fn a_backup_goes_into_a_new_or_empty_folder_named_absolutely() {
         let dir = tempfile::tempdir().unwrap();
-        let refused = |p: &Path| matches!(check_dir(p), Err(BackupError::Refused(_)));
+        let refused = |p: &Path| matches!(check_dir(p, &[]), Err(BackupError::Refused(_)));
         assert!(refused(Path::new("relative/backup")));
         assert!(refused(Path::new("/")));
+        assert!(refused(&dir.path().join("empty/..")));
         assert!(refused(&dir.path().join("missing/backup")));
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").unwrap();
         assert!(refused(&file));
-        assert!(check_dir(&dir.path().join("new")).is_ok());
+        assert!(check_dir(&dir.path().join("new"), &[]).is_ok());
         let empty = dir.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
-        assert!(check_dir(&empty).is_ok());
+        assert!(check_dir(&empty, &[]).is_ok());
         assert!(refused(dir.path()), "holds `file` and `empty`");
+    }
+
+    #[test]
+    fn a_backup_stays_out_of_the_daemons_own_folders_links_and_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("db");
+        let pki = dir.path().join("pki");
+        for d in [&store, &pki] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let backups = Backups::default();
+        backups.keep_out([store.clone()]);
+        backups.keep_out([pki.clone()]);
+        let inside = |d: &Path| matches!(backups.check_dir(d), Err(BackupError::Refused(m)) if m.contains("own folders"));
+        assert!(inside(&store.join("backup")));
+        assert!(inside(&pki.join("backup")));
+        assert!(inside(&dir.path().join("pki/../db/backup")));
+        // Through a link to the store's folder, or a link in its place.
+        std::os::unix::fs::symlink(&store, dir.path().join("link")).unwrap();
+        assert!(inside(&dir.path().join("link/backup")));
+        assert!(inside(&dir.path().join("link")));
+        // Beside them is fine (the store's folder, a sibling of the backups').
+        assert!(backups.check_dir(&dir.path().join("backups")).is_ok());
+        assert!(backups.check_dir(&dir.path().join("db-backup")).is_ok());
     }
 
     #[test]
@@ -876,5 +1222,176 @@ mod tests {
         b.begin(Path::new("/b"), "admin", at).unwrap();
         b.finish(&Ok(Manifest::new("sled", at)), at);
         assert!(matches!(b.state(), BackupState::Done { .. }));
+    }
+
+    use crate::model::{AuditDraft, JournalEntry, Posting, RECORD_VERSION};
+
+    /// Opens the sled store at `path` (as it was let go by this process, if it was), waiting for
+    /// sled's threads to let go of it.
+    fn open(path: &Path) -> SledStore {
+        if path.join("db").exists() {
+            wait_released(path).unwrap();
+        }
+        SledStore::open(path, 8 << 20).unwrap()
+    }
+
+    /// Opens the sled store at `path`, sets `test/value` to `value` in it, and closes it.
+    async fn store_holding(path: &Path, value: &str) {
+        let s = open(path);
+        let draft = AuditDraft {
+            at: SystemClock.now(),
+            actor: "admin".into(),
+            action: "test.set".into(),
+            target: "test".into(),
+            before: serde_json::Value::Null,
+            after: serde_json::json!(value),
+        };
+        s.admin_commit(&draft, &[("test/value".into(), Some(value.as_bytes().to_vec()))]).unwrap();
+        s.flush().await.unwrap();
+        s.close().await;
+    }
+
+    /// What `test/value` holds in the sled store at `path`.
+    async fn value_in(path: &Path) -> String {
+        let s = open(path);
+        let got = s.settings("test/").unwrap();
+        s.close().await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        String::from_utf8(got[0].1.clone()).unwrap()
+    }
+
+    /// A backup, at `dir/backup`, of a store holding `value` (and, if `unbalanced`, a journal
+    /// entry whose postings do not sum to zero).
+    async fn backup_holding(dir: &Path, value: &str, unbalanced: bool) -> PathBuf {
+        let path = dir.join("source").join("db");
+        store_holding(&path, value).await;
+        let s = open(&path);
+        if unbalanced {
+            let entry = JournalEntry {
+                v: RECORD_VERSION,
+                payment_id: "pay_unbalanced".into(),
+                kind: "payment".into(),
+                at: SystemClock.now(),
+                postings: vec![Posting {
+                    account: "wallet".into(),
+                    currency: qrbridge_fx::Currency::CNY,
+                    minor: 100,
+                }],
+            };
+            let key = super::super::sled_store::key::journal(&entry.payment_id, 1);
+            s.t.insert(key, super::super::codec::encode(&entry)).unwrap();
+        }
+        let backup = dir.join("backup");
+        s.backup(&backup, &SystemClock).unwrap();
+        s.close().await;
+        backup
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_cut_short_between_its_renames_is_refused_at_open_then_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let backup = backup_holding(dir.path(), "restored", false).await;
+        let data = dir.path().join("data");
+        let target = data.join("db");
+        store_holding(&target, "old").await;
+
+        // Cut short: the old store moved aside, the checked build beside it, nothing in place.
+        let aside = data.join("db.before-restore-20260101T000000Z");
+        std::fs::rename(&target, &aside).unwrap();
+        let staging = data.join(".db.restoring");
+        std::fs::create_dir(&staging).unwrap();
+        let refused = |why: &str| match SledStore::open(&target, 8 << 20) {
+            Err(StoreError::Refused(m)) => {
+                assert!(m.contains("did not finish") && m.contains(&target.display().to_string()));
+                m
+            }
+            Err(e) => panic!("{why}: {e}"),
+            Ok(_) => panic!("{why}: a store was opened"),
+        };
+        let m = refused("the build and the old store beside it");
+        assert!(
+            m.contains(".db.restoring") && m.contains(&format!("mv {}", aside.display())),
+            "{m}"
+        );
+        assert!(!target.exists(), "no empty store is made");
+        // An empty folder in its place holds no store either.
+        std::fs::create_dir(&target).unwrap();
+        refused("an empty folder");
+        std::fs::remove_dir(&target).unwrap();
+        // Only the old store aside (cut short before the build was made, on another try).
+        std::fs::remove_dir(&staging).unwrap();
+        refused("the old store beside it");
+        // Only the build (a restore into a new data folder).
+        std::fs::create_dir(&staging).unwrap();
+        std::fs::rename(&aside, dir.path().join("kept")).unwrap();
+        let m = refused("the build beside it");
+        assert!(!m.contains("mv "), "{m}");
+        std::fs::rename(dir.path().join("kept"), &aside).unwrap();
+
+        // Running the restore again finishes it: the build made anew, and put in place.
+        let r = restore_sled(&backup, &target, false, 8 << 20).await.unwrap();
+        assert!(r.moved_aside.is_none());
+        assert_eq!(value_in(&target).await, "restored");
+        assert!(!staging.exists());
+        // The store moved aside is kept as it was.
+        assert_eq!(value_in(&aside).await, "old");
+        // With the store in place, the traces beside it stop nothing.
+        assert_eq!(value_in(&target).await, "restored");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_whose_ledger_does_not_balance_leaves_the_store_there_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let backup = backup_holding(dir.path(), "restored", true).await;
+        let data = dir.path().join("data");
+        let target = data.join("db");
+        store_holding(&target, "old").await;
+        let got = restore_sled(&backup, &target, true, 8 << 20).await;
+        match &got {
+            Err(RestoreError::Failed(m)) => {
+                assert!(m.contains("does not balance") && m.contains("CNY 100"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(names_in(&data), [".db.restore.lock", "db"], "no build, nothing moved aside");
+        assert_eq!(value_in(&target).await, "old");
+
+        // A balanced backup goes in, the old store aside.
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let backup = backup_holding(&other, "restored", false).await;
+        let r = restore_sled(&backup, &target, true, 8 << 20).await.unwrap();
+        let aside = r.moved_aside.unwrap();
+        assert_eq!((r.payments, r.journal_entries), (0, 0));
+        assert_eq!(value_in(&target).await, "restored");
+        assert_eq!(value_in(&aside).await, "old");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_restores_into_one_store_never_share_a_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let backup = backup_holding(dir.path(), "restored", false).await;
+        let data = dir.path().join("data");
+        let target = data.join("db");
+        std::fs::create_dir(&data).unwrap();
+        let held = lock_restore(&data, "db", &target).unwrap();
+        let got = restore_sled(&backup, &target, false, 8 << 20).await;
+        assert!(
+            matches!(&got, Err(RestoreError::Refused(m)) if m.contains("under way")),
+            "{got:?}"
+        );
+        assert!(!target.exists() && !data.join(".db.restoring").exists());
+        drop(held);
+        restore_sled(&backup, &target, false, 8 << 20).await.unwrap();
+        assert_eq!(value_in(&target).await, "restored");
     }
 }

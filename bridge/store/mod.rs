@@ -56,6 +56,10 @@ pub enum StoreError {
     /// The acquirer's refund id is taken: this is the refund it names.
     #[error("refund {} already recorded", .0.acquirer_refund_id)]
     RefundExists(Box<RefundRecord>),
+    /// The store will not open as things stand on disk (the message says why, and what to do):
+    /// e.g. a sled store missing beside the traces of a restore that did not finish.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<sled::Error> for StoreError {

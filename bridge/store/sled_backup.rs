@@ -20,7 +20,9 @@
 //!    off, the gate let go. This is the only pause writes see (`pause_us` in the manifest).
 //! 4. **The copy** (`db.kv`): the scan, each key in the map replaced by its last value (or
 //!    dropped, when that was a removal) — the store at the gate. Synced; the manifest, with the
-//!    copy's SHA-256 and the id to go on from, written last ([`super::backup`]).
+//!    copy's SHA-256 and the id to go on from, written last ([`super::backup`]). The scan file
+//!    is never synced: it is deleted once read, and syncing it while the tap is on would only
+//!    keep writes going one at a time for longer.
 //!
 //! **Why the copy is the store at the instant G the gate was taken.** Let T be the instant the
 //! tap went on. A write that began before T ended before T (the write side waited for it), so
@@ -53,18 +55,25 @@
 //! Journal and event sequences come from sled's id generator, which lives outside the trees: a
 //! store built afresh would start it over and hand out sequences already used (an event behind
 //! the outbox cursor, a delivered event overwritten). The manifest keeps the store's generator,
-//! read at G, and [`build`] moves the new store's past it, by drawing ids (the only way sled
-//! offers; about 10 ns each).
+//! read at G, and [`build`] moves the new store's past it in constant time (drawing ids up to it
+//! would take time in proportion to every id the store ever drew): sled, reopening a store,
+//! starts its generator at the last persisted value plus twice its persist interval, so the
+//! built store is reopened once with that interval set to about half the manifest's id, and one
+//! id drawn, which persists it (see [`idgen_past`]).
 //!
 //! Memory: the map holds what was written during the copy, each key once, and the log what was
-//! written since its last drain. Either past [`BackupOptions::tap_bytes_max`] abandons the backup
-//! ([`BackupError::TooManyWrites`]; the log is dropped at once); writes never fail because of a
-//! backup.
+//! written since its last drain; both are counted as allocated (the containers' capacity, and
+//! each key's and value's own allocation). Together past [`BackupOptions::log_bytes_max`]
+//! (`storage.backup_log_bytes_max`) they abandon the backup ([`BackupError::TooManyWrites`];
+//! the log is dropped at once); writes never fail because of a backup.
+//!
+//! A backup also stops — abandoned, its folder emptied — when the daemon shuts down
+//! ([`super::Backups::cancel`]), checked at every key it reads or writes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -104,10 +113,29 @@ pub(super) struct Written {
     pub value: Option<sled::IVec>,
 }
 
+/// Bytes sled keeps inside an `IVec` itself, with no allocation of its own.
+const IVEC_INLINE: usize = 22;
+/// What an allocation costs beyond its bytes, counted high: an `Arc`'s two counts and the
+/// allocator's rounding.
+const ALLOC_OVERHEAD: usize = 32;
+
+/// The heap bytes `v` holds beyond its own size.
+fn heap(v: &sled::IVec) -> usize {
+    if v.len() <= IVEC_INLINE {
+        0
+    } else {
+        v.len() + ALLOC_OVERHEAD
+    }
+}
+
+fn heap_of(v: &Option<sled::IVec>) -> usize {
+    v.as_ref().map_or(0, heap)
+}
+
 impl Written {
-    /// What it holds in memory (its bytes, and the entry itself).
-    fn bytes(&self) -> usize {
-        self.key.len() + self.value_len() + std::mem::size_of::<Self>()
+    /// The heap bytes it holds beyond its own size (which its log's capacity counts).
+    fn heap(&self) -> usize {
+        heap(&self.key) + heap_of(&self.value)
     }
 }
 
@@ -121,6 +149,8 @@ pub(super) struct Tap {
     /// one value for its whole call.
     on: AtomicBool,
     log: Mutex<Log>,
+    /// Signalled when a write is logged while a backup waits for writes ([`Hold`]).
+    logged: Condvar,
     /// A backup is under way (one at a time).
     busy: AtomicBool,
 }
@@ -128,11 +158,25 @@ pub(super) struct Tap {
 #[derive(Default)]
 struct Log {
     writes: Vec<Written>,
-    /// Bytes held in `writes` (keys, values, and each entry's own size).
-    bytes: usize,
-    /// Past this, the log is dropped and marked overflowed.
+    /// Heap bytes held by `writes` beyond the vector's own capacity.
+    heap: usize,
+    /// What the backup's map of last values holds (set by the backup after each drain).
+    held: usize,
+    /// Past this, all told ([`Log::bytes`]), the log is dropped and marked overflowed.
     max: usize,
     overflowed: bool,
+    /// Keys logged since the tap went on (not reset by a drain).
+    total: u64,
+    /// A backup waits on `Tap::logged` ([`Hold`]).
+    waiting: bool,
+}
+
+impl Log {
+    /// The memory the writes made during the copy take: the log's entries, as allocated, and
+    /// the map of last values.
+    fn bytes(&self) -> usize {
+        self.writes.capacity() * std::mem::size_of::<Written>() + self.heap + self.held
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -157,12 +201,16 @@ impl Tap {
         let r = apply()?;
         if !log.overflowed {
             let w = logged(&r);
-            log.bytes += w.iter().map(Written::bytes).sum::<usize>();
+            log.total += w.len() as u64;
+            log.heap += w.iter().map(Written::heap).sum::<usize>();
             log.writes.extend(w);
-            if log.bytes > log.max {
+            if log.bytes() > log.max {
                 log.overflowed = true;
                 log.writes = Vec::new();
-                log.bytes = 0;
+                log.heap = 0;
+            }
+            if log.waiting {
+                self.logged.notify_all();
             }
         }
         Ok(r)
@@ -201,8 +249,37 @@ impl Tapping<'_> {
         if log.overflowed {
             return Err(BackupError::TooManyWrites(self.bytes_max));
         }
-        log.bytes = 0;
+        log.heap = 0;
         Ok(std::mem::take(&mut log.writes))
+    }
+
+    /// Tells the log what the map of last values now holds, so that the writes logged next
+    /// are bounded with it.
+    fn holding(&self, bytes: usize) {
+        lock(&self.tap.log).held = bytes;
+    }
+
+    /// Waits until `writes` keys in all were logged since the tap went on, `within` passed, or
+    /// `cancelled` says so (looked at every [`HOLD_LOOK_EVERY`] at least: no write wakes the
+    /// wait then); whether they were.
+    fn wait_for_writes(&self, writes: u64, within: Duration, cancelled: &dyn Fn() -> bool) -> bool {
+        let until = Instant::now() + within;
+        let mut log = lock(&self.tap.log);
+        log.waiting = true;
+        while log.total < writes && !log.overflowed && !cancelled() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            log = self
+                .tap
+                .logged
+                .wait_timeout(log, left.min(HOLD_LOOK_EVERY))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        log.waiting = false;
+        log.total >= writes
     }
 
     /// Stops writes, hands the rest of the log to `last`, turns the tap off and lets writes go
@@ -242,14 +319,53 @@ impl Drop for Tapping<'_> {
 /// The test hook type.
 type Hook = Arc<dyn Fn() + Send + Sync>;
 
+/// Holds the scan, once it has read a tree, until writes have raced it: so a test shows the tap
+/// at work whatever the machine's speed. Set by tests, or (builds with debug assertions only)
+/// by [`HOLD_ENV`].
+#[derive(Debug, Clone)]
+struct Hold {
+    /// The tree after which the scan waits.
+    after_tree: String,
+    /// Keys logged since the tap went on that it waits for.
+    writes: u64,
+    /// The longest it waits; then it goes on.
+    within: Duration,
+}
+
+/// How often a held scan looks whether it was told to give up.
+const HOLD_LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// `<writes>` (or `<writes>:<tree>`, `records` by default): the daemon's backups hold their
+/// scan after that tree until that many keys were written meanwhile (at most a minute). Read in
+/// builds with debug assertions only — the end-to-end test's hook; a release build ignores it.
+const HOLD_ENV: &str = "QRBRIDGE_TEST_BACKUP_HOLD_WRITES";
+
+impl Hold {
+    /// [`HOLD_ENV`]'s hold, in a build with debug assertions.
+    fn from_env() -> Option<Hold> {
+        if !cfg!(debug_assertions) {
+            return None;
+        }
+        let text = std::env::var(HOLD_ENV).ok()?;
+        let (writes, tree) = text.split_once(':').unwrap_or((text.as_str(), "records"));
+        let writes = writes.trim().parse().ok()?;
+        Some(Hold { after_tree: tree.to_owned(), writes, within: Duration::from_secs(60) })
+    }
+}
+
 /// How a sled backup runs.
 #[derive(Clone)]
 pub struct BackupOptions {
     /// The most memory, in bytes, the writes made during the copy may take (the log between two
-    /// drains, and the map of last values); past it the backup is abandoned rather than take more.
-    tap_bytes_max: usize,
+    /// drains, and the map of last values, as allocated); past it the backup is abandoned rather
+    /// than take more.
+    log_bytes_max: usize,
     /// Keys scanned between two drains of the log.
     batch_keys: usize,
+    /// The free bytes of the backup's file system, instead of asking it (tests).
+    space_available: Option<u64>,
+    /// Holds the scan until writes raced it (tests).
+    hold: Option<Hold>,
     /// Called after each drain during the scan (tests: to let writes in between).
     after_batch: Option<Hook>,
     /// Called while writes are stopped (tests: the store is then what the copy must be).
@@ -259,8 +375,10 @@ pub struct BackupOptions {
 impl Default for BackupOptions {
     fn default() -> Self {
         BackupOptions {
-            tap_bytes_max: 256 << 20,
+            log_bytes_max: 256 << 20,
             batch_keys: 4096,
+            space_available: None,
+            hold: None,
             after_batch: None,
             at_gate: None,
         }
@@ -268,15 +386,28 @@ impl Default for BackupOptions {
 }
 
 impl BackupOptions {
-    /// The bound on the log of writes made during the copy, in bytes.
-    pub fn tap_bytes_max(mut self, bytes: usize) -> Self {
-        self.tap_bytes_max = bytes;
+    /// The bound on the memory the writes made during the copy take, in bytes.
+    pub fn log_bytes_max(mut self, bytes: usize) -> Self {
+        self.log_bytes_max = bytes;
         self
     }
 
     #[cfg(test)]
     fn batch_keys(mut self, keys: usize) -> Self {
         self.batch_keys = keys.max(1);
+        self
+    }
+
+    #[cfg(test)]
+    fn space_available(mut self, bytes: u64) -> Self {
+        self.space_available = Some(bytes);
+        self
+    }
+
+    #[cfg(test)]
+    fn hold_after(mut self, tree: &str, writes: u64) -> Self {
+        let within = Duration::from_secs(60);
+        self.hold = Some(Hold { after_tree: tree.to_owned(), writes, within });
         self
     }
 
@@ -298,29 +429,33 @@ impl BackupOptions {
 #[derive(Default)]
 struct Overrides {
     keys: HashMap<(TreeId, sled::IVec), Option<sled::IVec>>,
-    bytes: usize,
+    /// Heap bytes of the keys and values held, beyond the table's own.
+    heap: usize,
 }
 
 impl Overrides {
     /// Takes `writes` in order: a later write of a key replaces an earlier one.
     fn take(&mut self, writes: Vec<Written>, bytes_max: usize) -> Result<(), BackupError> {
         for w in writes {
-            let (size, value) = (w.bytes(), w.value_len());
+            let (key_heap, value_heap) = (heap(&w.key), heap_of(&w.value));
             match self.keys.insert((w.tree, w.key), w.value) {
-                Some(old) => self.bytes = self.bytes - old.map_or(0, |v| v.len()) + value,
-                None => self.bytes += size,
+                // The key held already stays; the new one is dropped.
+                Some(old) => self.heap = self.heap - heap_of(&old) + value_heap,
+                None => self.heap += key_heap + value_heap,
             }
         }
-        if self.bytes > bytes_max {
+        if self.bytes() > bytes_max {
             return Err(BackupError::TooManyWrites(bytes_max));
         }
         Ok(())
     }
-}
 
-impl Written {
-    fn value_len(&self) -> usize {
-        self.value.as_ref().map_or(0, |v| v.len())
+    /// What it holds in memory: its table as allocated (a slot and a control byte for each of
+    /// capacity × 8/7 buckets), and the keys' and values' own allocations.
+    fn bytes(&self) -> usize {
+        type Slot = ((TreeId, sled::IVec), Option<sled::IVec>);
+        let buckets = self.keys.capacity().saturating_mul(8) / 7;
+        buckets.saturating_mul(std::mem::size_of::<Slot>() + 1).saturating_add(self.heap)
     }
 }
 
@@ -334,7 +469,11 @@ impl SledStore {
         dir: &Path,
         clock: &dyn crate::clock::Clock,
     ) -> Result<Manifest, BackupError> {
-        self.backup_with(dir, clock, &BackupOptions::default())
+        let mut options = self.backup_options.clone();
+        if options.hold.is_none() {
+            options.hold = Hold::from_env();
+        }
+        self.backup_with(dir, clock, &options)
     }
 
     /// [`SledStore::backup`] with its limits (and, in tests, hooks).
@@ -346,14 +485,19 @@ impl SledStore {
     ) -> Result<Manifest, BackupError> {
         let started_at = clock.now();
         let started = Instant::now();
-        // One at a time, refused before the folder is touched.
-        let tapping = self.tap.begin(options.tap_bytes_max)?;
-        let target = backup::Target::prepare(dir)?;
+        // One at a time, refused before the folder is touched; and only where it fits.
+        let tapping = self.tap.begin(options.log_bytes_max)?;
+        self.backups.check_dir(dir)?;
+        backup::check_space(dir, self.size_on_disk()?, options.space_available)?;
+        let target = backup::Target::prepare(dir, &self.backups)?;
         match self.copy_into(&target, tapping, clock, options) {
             Ok(mut m) => {
                 m.started_at = started_at;
                 m.took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                target.complete(&mut m)?;
+                if let Err(e) = target.complete(&mut m) {
+                    target.abandon();
+                    return Err(e);
+                }
                 tracing::info!(
                     dir = %dir.display(),
                     pause_us = m.pause_us,
@@ -371,6 +515,14 @@ impl SledStore {
         }
     }
 
+    /// `Err` once the daemon said to give up.
+    fn go_on(&self) -> Result<(), BackupError> {
+        if self.backups.cancelled() {
+            return Err(BackupError::Cancelled);
+        }
+        Ok(())
+    }
+
     fn copy_into(
         &self,
         target: &backup::Target,
@@ -378,30 +530,51 @@ impl SledStore {
         clock: &dyn crate::clock::Clock,
         options: &BackupOptions,
     ) -> Result<Manifest, BackupError> {
+        let max = options.log_bytes_max;
         // The scan: every tree there is (those the store writes, and any other), as it reads.
         let scan_path = target.path().join(format!("{}.scan", backup::SLED_DUMP));
         let mut scan = dump::Writer::create(&scan_path)?;
         let mut overrides = Overrides::default();
         let mut writes_during = 0u64;
+        let mut take = |overrides: &mut Overrides, log: Vec<Written>| {
+            writes_during += log.len() as u64;
+            overrides.take(log, max)?;
+            tapping.holding(overrides.bytes());
+            Ok::<_, BackupError>(())
+        };
         let names = self.db.tree_names();
         for name in &names {
             let tree = self.db.open_tree(name).map_err(StoreError::from)?;
             scan.tree(name)?;
             for (n, kv) in tree.iter().enumerate() {
+                self.go_on()?;
                 let (k, v) = kv.map_err(StoreError::from)?;
                 scan.put(name, &k, &v)?;
                 if (n + 1) % options.batch_keys == 0 {
                     // What was written meanwhile, kept as each key's last value.
-                    let log = tapping.drain()?;
-                    writes_during += log.len() as u64;
-                    overrides.take(log, options.tap_bytes_max)?;
+                    take(&mut overrides, tapping.drain()?)?;
                     if let Some(h) = &options.after_batch {
                         h();
                     }
                 }
             }
+            if let Some(hold) =
+                options.hold.as_ref().filter(|h| h.after_tree.as_bytes() == &name[..])
+            {
+                let cancelled = || self.backups.cancelled();
+                if !tapping.wait_for_writes(hold.writes, hold.within, &cancelled) {
+                    tracing::warn!(
+                        writes = hold.writes,
+                        tree = %hold.after_tree,
+                        "the backup's hold ended before that many keys were written"
+                    );
+                }
+                self.go_on()?;
+                take(&mut overrides, tapping.drain()?)?;
+            }
         }
-        scan.finish()?;
+        // Not synced: it is read once, below, and deleted.
+        scan.finish_unsynced()?;
 
         // The gate: the rest of the log, and the instant the copy is of.
         let ((rest, next_id, taken_at), pause) = tapping.finish(|rest| {
@@ -412,7 +585,7 @@ impl SledStore {
             Ok((rest, next_id, clock.now()))
         })?;
         writes_during += rest.len() as u64;
-        overrides.take(rest, options.tap_bytes_max)?;
+        overrides.take(rest, max)?;
 
         // The copy: the scan, each key written meanwhile replaced by its last value (or
         // dropped, removed).
@@ -422,6 +595,7 @@ impl SledStore {
             out.tree(name)?;
         }
         for entry in dump::Reader::open(&scan_path)? {
+            self.go_on()?;
             let (tree, k, v) = entry?;
             let written = TreeId::of(&tree)
                 .is_some_and(|t| overrides.keys.contains_key(&(t, sled::IVec::from(k.as_slice()))));
@@ -454,8 +628,7 @@ impl SledStore {
 
 /// Builds the sled store at `path` (new) from the dump at `from` — `trees` (made even when
 /// empty), every key and value, its id generator past `next_id` — and closes it; returns the
-/// records per tree. Offline: the store is
-/// no process's yet.
+/// records per tree. Offline: the store is no process's yet.
 pub(super) fn build<'a>(
     from: &Path,
     path: &Path,
@@ -491,10 +664,44 @@ pub(super) fn build<'a>(
     if let Some(b) = batch.take() {
         apply(&db, b)?;
     }
-    // Sequences after the store's: see the module's docs.
-    while db.generate_id().map_err(StoreError::from)? < next_id {}
     db.flush().map_err(StoreError::from)?;
+    drop(db);
+    idgen_past(path, next_id)?;
     Ok(counts)
+}
+
+/// The interval at which sled persists its id generator, by default (the store's): a
+/// persisted value is always a multiple of it.
+const SLED_IDGEN_INTERVAL: u64 = 1_000_000;
+
+/// Moves the id generator of the sled store at `path` (closed; its generator never drawn from)
+/// past `next_id`, in constant time. sled reopens a store with its generator at the persisted
+/// value (0 here) plus twice its persist interval, and persists, when an id crosses a multiple
+/// of the interval, that multiple. So the store is reopened with an interval of half the first
+/// multiple of sled's own interval at or past `next_id`; the first id drawn is that multiple,
+/// and drawing it persists it: every later open, with sled's own interval, starts past it.
+fn idgen_past(path: &Path, next_id: u64) -> Result<(), BackupError> {
+    let interval = next_id.div_ceil(SLED_IDGEN_INTERVAL).max(1) * (SLED_IDGEN_INTERVAL / 2);
+    backup::wait_released(path).map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
+    let db = sled::Config::new()
+        .path(path)
+        .mode(sled::Mode::HighThroughput)
+        .flush_every_ms(None)
+        .idgen_persist_interval(interval)
+        .open()
+        .map_err(StoreError::from)?;
+    let drawn = db.generate_id().map_err(StoreError::from)?;
+    if drawn < next_id {
+        // Only a store whose generator was drawn from already gets here: a broken invariant.
+        return Err(BackupError::Io(format!(
+            "{}: the id generator starts at {drawn}, before {next_id}",
+            path.display()
+        )));
+    }
+    db.flush().map_err(StoreError::from)?;
+    drop(db);
+    // Closed when this returns: whoever opens it next finds it free.
+    backup::wait_released(path).map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))
 }
 
 /// Keys per batch when a store is built from a dump.
@@ -530,8 +737,9 @@ pub(super) mod dump {
     }
 
     impl Writer {
+        /// A new file (refused if one is there), readable by the daemon's user only.
         pub fn create(path: &Path) -> Result<Writer, BackupError> {
-            let f = std::fs::File::create(path).map_err(|e| io(path, e))?;
+            let f = crate::store::backup::create_file(path).map_err(|e| io(path, e))?;
             let mut w = Writer {
                 path: path.to_owned(),
                 out: BufWriter::with_capacity(1 << 20, f),
@@ -584,14 +792,30 @@ pub(super) mod dump {
 
         /// Ends the dump and syncs it; its SHA-256 (hex) and what it holds per tree.
         pub fn finish(
-            mut self,
+            self,
         ) -> Result<(String, std::collections::BTreeMap<String, Collection>), BackupError> {
+            let (f, path, done) = self.end()?;
+            f.sync_all().map_err(|e| io(&path, e))?;
+            Ok(done)
+        }
+
+        /// Ends the dump without syncing it: for a file read back at once and deleted.
+        pub fn finish_unsynced(self) -> Result<(), BackupError> {
+            self.end().map(drop)
+        }
+
+        #[allow(clippy::type_complexity)]
+        fn end(
+            mut self,
+        ) -> Result<
+            (std::fs::File, PathBuf, (String, std::collections::BTreeMap<String, Collection>)),
+            BackupError,
+        > {
             self.write(b"E")?;
             let frames = self.frames.to_be_bytes();
             self.write(&frames)?;
             let f = self.out.into_inner().map_err(|e| io(&self.path, e.into_error()))?;
-            f.sync_all().map_err(|e| io(&self.path, e))?;
-            Ok((hex::encode(self.hash.finalize()), self.counts))
+            Ok((f, self.path, (hex::encode(self.hash.finalize()), self.counts)))
         }
     }
 
@@ -1043,7 +1267,7 @@ mod tests {
         progress.wait_for(200);
         let p = progress.clone();
         let options = BackupOptions::default()
-            .tap_bytes_max(4096)
+            .log_bytes_max(4096)
             .batch_keys(8)
             .after_batch(move || p.wait_for(4));
         let backup = dir.path().join("backup");
@@ -1060,6 +1284,151 @@ mod tests {
         let (s, b) = (store.clone(), backup.clone());
         tokio::task::spawn_blocking(move || s.backup(&b, &SystemClock)).await.unwrap().unwrap();
         writers.stop();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_built_store_sequences_past_a_huge_next_id_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let backup = dir.path().join("backup");
+        let m = store.backup(&backup, &SystemClock).unwrap();
+        store.close().await;
+        // Drawing ids one by one up to here would take hours: the build takes constant time.
+        let next_id = 1_000_000_000_000u64;
+        let built = dir.path().join("built");
+        let trees = m.collections.keys().map(String::as_str);
+        build(&backup.join(backup::SLED_DUMP), &built, trees, next_id).unwrap();
+        // Opened as the daemon opens it, twice (every open moves the generator on).
+        for _ in 0..2 {
+            backup::wait_released(&built).unwrap();
+            let restored = SledStore::open(&built, 8 << 20).unwrap();
+            let id = restored.db.generate_id().unwrap();
+            assert!(id > next_id, "{id} <= {next_id}");
+            // And not far past it: a restore of a restore does not double the ids.
+            assert!(id < next_id + 10_000_000, "{id}");
+            restored.close().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scan_held_until_writes_raced_it_carries_them_into_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(&dir.path().join("db"), 8 << 20).unwrap());
+        let writers = Writers::start(&store, 2);
+        writers.progress.wait_for(100);
+        let at_gate: Arc<Mutex<Option<Trees>>> = Arc::default();
+        let (s, seen) = (store.clone(), at_gate.clone());
+        // Held once the records tree is read: every write to it then is behind the scan, and
+        // only the tap carries it into the copy.
+        let options = BackupOptions::default()
+            .hold_after("records", 300)
+            .at_gate(move || *seen.lock().unwrap() = Some(trees(&s.db)));
+        let backup = dir.path().join("backup");
+        let (s, b) = (store.clone(), backup.clone());
+        let m = tokio::task::spawn_blocking(move || s.backup_with(&b, &SystemClock, &options))
+            .await
+            .unwrap()
+            .unwrap();
+        writers.stop();
+        assert!(m.writes_during >= 300, "{m:?}");
+        let expected = at_gate.lock().unwrap().take().unwrap();
+        let built = dir.path().join("built");
+        let names = m.collections.keys().map(String::as_str);
+        build(&backup.join(backup::SLED_DUMP), &built, names, m.next_id.unwrap()).unwrap();
+        assert_eq!(trees(&sled::open(&built).unwrap()), expected);
+        // The backup's own: a folder and files of the daemon's user only, no scan left.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&backup), 0o700);
+        let mut names: Vec<String> = std::fs::read_dir(&backup)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [backup::MANIFEST, backup::SLED_DUMP]);
+        for name in names {
+            assert_eq!(mode(&backup.join(&name)), 0o600, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_folder_that_was_there_is_made_the_daemons_users_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let backup = dir.path().join("backup");
+        std::fs::create_dir(&backup).unwrap();
+        std::fs::set_permissions(&backup, std::fs::Permissions::from_mode(0o755)).unwrap();
+        store.backup(&backup, &SystemClock).unwrap();
+        let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[tokio::test]
+    async fn a_backup_that_would_not_fit_is_refused_before_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let size = store.size_on_disk().unwrap();
+        let needed = backup::space_needed(size);
+        assert!(needed >= 2 * size + (64 << 20), "{needed} for {size}");
+        let backup = dir.path().join("backup");
+        let options = BackupOptions::default().space_available(needed - 1);
+        let got = store.backup_with(&backup, &SystemClock, &options);
+        match got {
+            Err(BackupError::NoSpace { needed: n, available, .. }) => {
+                assert_eq!((n, available), (needed, needed - 1))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!backup.exists(), "nothing is made");
+        let options = BackupOptions::default().space_available(needed);
+        store.backup_with(&backup, &SystemClock, &options).unwrap();
+        // Nor into the store's own folder.
+        let inside = dir.path().join("db").join("backup");
+        let got = store.backup(&inside, &SystemClock);
+        assert!(
+            matches!(&got, Err(BackupError::Refused(m)) if m.contains("own folders")),
+            "{got:?}"
+        );
+        assert!(!inside.exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_gives_up_when_the_daemon_stops_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(&dir.path().join("db"), 8 << 20).unwrap());
+        let writers = Writers::start(&store, 1);
+        writers.progress.wait_for(200);
+        writers.stop();
+        for made in [true, false] {
+            let backup = dir.path().join(format!("backup-{made}"));
+            if !made {
+                std::fs::create_dir(&backup).unwrap();
+            }
+            let s = store.clone();
+            // The daemon stops while the scan runs.
+            let options =
+                BackupOptions::default().batch_keys(4).after_batch(move || s.backups.cancel());
+            let (s, b) = (store.clone(), backup.clone());
+            let got =
+                tokio::task::spawn_blocking(move || s.backup_with(&b, &SystemClock, &options))
+                    .await
+                    .unwrap();
+            assert!(matches!(got, Err(BackupError::Cancelled)), "{got:?}");
+            assert_eq!(got.unwrap_err().code(), "BACKUP_ABANDONED");
+            if made {
+                assert!(!backup.exists(), "the folder it made is removed");
+            } else {
+                assert_eq!(std::fs::read_dir(&backup).unwrap().count(), 0, "emptied");
+            }
+            // The next backup (the admin API's `begin` says go) runs.
+            store.backups.begin(&backup, "admin", now()).unwrap();
+            let (s, b) = (store.clone(), backup.clone());
+            let done = tokio::task::spawn_blocking(move || s.backup(&b, &SystemClock)).await;
+            let done = done.unwrap();
+            store.backups.finish(&done, now());
+            done.unwrap();
+        }
     }
 
     #[tokio::test]

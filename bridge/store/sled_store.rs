@@ -172,6 +172,8 @@ pub struct SledStore {
     pub(super) tap: Tap,
     /// Backups asked for through the admin API: one at a time, and how the last one went.
     pub(super) backups: super::backup::Backups,
+    /// How its backups run (the memory the writes made during one may take).
+    pub(super) backup_options: super::sled_backup::BackupOptions,
     flusher: GroupCommit,
     stripes: Vec<Mutex<()>>,
     claims: Mutex<()>,
@@ -239,7 +241,11 @@ impl SledStore {
     /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`, migrating a
     /// data folder of the first release on the way. Must be called inside a tokio runtime (the
     /// group-commit flusher is a task).
+    ///
+    /// Refuses a missing store beside the traces of a restore that did not finish, rather than
+    /// start an empty one there (see [`super::backup::refuse_after_interrupted_restore`]).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        super::backup::refuse_after_interrupted_restore(path)?;
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
@@ -279,11 +285,16 @@ impl SledStore {
         db.flush()?;
         let disk = DiskSync::open(path).map_err(sled::Error::Io)?;
         super::describe_metrics();
+        let backups = super::backup::Backups::default();
+        // A backup inside the store's own folder would be copied into the next one, and moved
+        // aside with it by a restore.
+        backups.keep_out([path.to_owned()]);
         Ok(SledStore {
             settings: db.open_tree("settings")?,
             audit: db.open_tree("audit")?,
             tap: Tap::default(),
-            backups: super::backup::Backups::default(),
+            backups,
+            backup_options: super::sled_backup::BackupOptions::default(),
             flusher: GroupCommit::start(db.clone(), disk),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             claims: Mutex::new(()),
@@ -302,6 +313,14 @@ impl SledStore {
         let SledStore { flusher, db, t, settings, audit, .. } = self;
         drop((db, t, settings, audit));
         flusher.close().await;
+    }
+
+    /// The store with its backups' log of writes bounded at `bytes` of memory
+    /// (`storage.backup_log_bytes_max`; see [`super::sled_backup`]).
+    pub fn with_backup_log_bytes_max(mut self, bytes: u64) -> Self {
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self.backup_options = self.backup_options.log_bytes_max(bytes);
+        self
     }
 
     /// Bytes sled uses on disk.

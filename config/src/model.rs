@@ -342,6 +342,10 @@ pub struct Storage {
     pub quote_retention_s: u64,
     /// How often expired quotes are swept.
     pub retention_sweep_s: u64,
+    /// The most memory a sled backup may take for the writes made while it copies (the log of
+    /// them, and each written key's last value): past it the backup is abandoned
+    /// (`BACKUP_ABANDONED`), never a write refused. A busier store needs more, or a quieter hour.
+    pub backup_log_bytes_max: u64,
 }
 
 impl Default for Storage {
@@ -354,6 +358,7 @@ impl Default for Storage {
             flush_every_ms: 0,
             quote_retention_s: 3_600,
             retention_sweep_s: 60,
+            backup_log_bytes_max: 256 << 20,
         }
     }
 }

@@ -280,6 +280,7 @@ fn others(p: &mut Problems, c: &Config) {
     p.range("storage.flush_every_ms", c.storage.flush_every_ms, 0, 1_000);
     p.range("storage.quote_retention_s", c.storage.quote_retention_s, 0, 366 * 86_400);
     p.range("storage.retention_sweep_s", c.storage.retention_sweep_s, 1, 86_400);
+    p.range("storage.backup_log_bytes_max", c.storage.backup_log_bytes_max, 1, 1 << 40);
     if c.resolver.inquiry_schedule_s.is_empty() {
         p.add("resolver.inquiry_schedule_s", "at least one delay is needed");
     }
@@ -340,5 +341,24 @@ fn others(p: &mut Problems, c: &Config) {
                 l.concurrency_max.max(1).into(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn a_backup_may_hold_some_memory_and_256_mib_by_default() {
+        let c = crate::from_str("", Path::new("/")).unwrap();
+        assert_eq!(c.storage.backup_log_bytes_max, 256 << 20);
+        let zero = "[storage]\nbackup_log_bytes_max = 0\n";
+        let e = crate::from_str(zero, Path::new("/")).unwrap_err().to_string();
+        assert!(e.contains("storage.backup_log_bytes_max"), "{e}");
+        let set = "[storage]\nbackup_log_bytes_max = 1048576\n";
+        assert_eq!(
+            crate::from_str(set, Path::new("/")).unwrap().storage.backup_log_bytes_max,
+            1 << 20
+        );
     }
 }

@@ -6,8 +6,10 @@
 //! - [`rate`]: the [`RateBook`] of mid rates: direct, inverse and cross through a pivot, with a
 //!   staleness limit per source.
 //! - [`spread`]: the treasury's spreads in basis points, per partner and pair, clamped to bounds.
-//! - [`rounding`]: the one place where money is rounded, always in the house's favour.
-//! - [`quote`]: the immutable [`Quote`] and refund conversion at its price.
+//! - [`rounding`]: the one place where money is rounded, always in the house's favour (and the
+//!   markup partners are shown, never understated).
+//! - [`quote`]: the immutable [`Quote`] (with its mid, the mid's source and the markup over it)
+//!   and refund conversion at its price.
 #![forbid(unsafe_code)]
 #![deny(clippy::float_arithmetic)]
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::amount::{Amount, AmountError};
 use crate::currency::Currency;
-use crate::rate::{Pair, RateBook, RateError};
+use crate::rate::{Pair, RateBook, RateError, ResolvedRate};
 use crate::rounding::{self, Direction};
 use crate::spread::{Bps, SpreadError, SpreadPolicy};
 
@@ -47,6 +47,13 @@ pub struct QuoteRequest<'a> {
     pub ttl: Duration,
 }
 
+/// [`Quote::mid_source`] of a quote priced before quotes kept their rate's source.
+pub const UNKNOWN_SOURCE: &str = "unknown";
+
+fn unknown_source() -> String {
+    UNKNOWN_SOURCE.to_owned()
+}
+
 /// A priced quote. Never changed once made: spreads or rates that change later do not touch it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quote {
@@ -55,6 +62,11 @@ pub struct Quote {
     /// The mid rate used, and the published rates it came from.
     pub mid: Decimal,
     pub mid_legs: Vec<Pair>,
+    /// The sources of `mid_legs`, joined with `+` (see [`ResolvedRate::source`]): what partners
+    /// are shown as the reference's source. [`UNKNOWN_SOURCE`] for a quote priced before it was
+    /// kept (records of older releases carry no source; it is not guessed).
+    #[serde(default = "unknown_source")]
+    pub mid_source: String,
     #[serde(with = "crate::time")]
     pub mid_as_of: DateTime<Utc>,
     pub spread_bps: Bps,
@@ -96,19 +108,23 @@ impl Quote {
         let pair = Pair::new(Currency::CNY, req.wallet_currency);
         let mid = rates.resolve(pair, req.now)?;
         let spread_bps = spreads.spread_for(req.partner, pair);
-        Self::from_mid(req, mid.mid, mid.legs, mid.as_of, spread_bps)
+        Self::from_mid(req, mid, spread_bps)
     }
 
-    /// Prices `req` at a given mid and spread.
+    /// Prices `req` at a given mid (resolved for `CNY/<req.wallet_currency>`) and spread.
     pub fn from_mid(
         req: &QuoteRequest<'_>,
-        mid: Decimal,
-        mid_legs: Vec<Pair>,
-        mid_as_of: DateTime<Utc>,
+        resolved: ResolvedRate,
         spread_bps: Bps,
     ) -> Result<Quote, QuoteError> {
         let pair = Pair::new(Currency::CNY, req.wallet_currency);
+        assert_eq!(resolved.pair, pair, "a mid for another pair");
+        let ResolvedRate { mid, as_of: mid_as_of, legs: mid_legs, source: mid_source, .. } =
+            resolved;
         let price = spread_bps.apply(mid)?;
+        // Every quote can show its markup (see `rounding::markup_bps`: a price at most twice its
+        // mid always can); checked here so that `markup_bps` never fails on a quote.
+        rounding::markup_bps(mid, price).ok_or(SpreadError::Overflow)?;
         let wallet = rounding::convert(&req.pay, price, req.wallet_currency, Direction::Up)?;
         let wallet_at_mid = rounding::convert(&req.pay, mid, req.wallet_currency, Direction::Up)?;
         // price >= mid, both rounded up from exact products, so the margin cannot be negative.
@@ -122,6 +138,7 @@ impl Quote {
             pair,
             mid,
             mid_legs,
+            mid_source,
             mid_as_of,
             spread_bps,
             price,
@@ -132,6 +149,14 @@ impl Quote {
             created_at: req.now,
             expires_at,
         })
+    }
+
+    /// How far the price sits above the mid, in basis points, as partners are shown it:
+    /// `(price / mid − 1) × 10 000` rounded up to hundredths (see [`rounding::markup_bps`]). It
+    /// holds the price's own rounding, so it is at least `spread_bps` and may be a little more.
+    pub fn markup_bps(&self) -> Decimal {
+        rounding::markup_bps(self.mid, self.price)
+            .expect("a quote's price is at most twice its positive mid (checked when priced)")
     }
 
     /// Whether the quote can no longer be paid at `now`.
@@ -234,6 +259,10 @@ mod tests {
         };
         let q = Quote::price(&req, &book, &spreads).unwrap();
         assert_eq!(q.price.to_string(), "7.87800000");
+        assert_eq!(
+            (q.mid_source.as_str(), q.markup_bps().to_string().as_str()),
+            ("test", "100.00")
+        );
         // 100.01 × 7.878 = 787.87878 -> 787.88
         assert_eq!(q.wallet.minor(), 78788);
         // 100.01 × 7.8 = 780.078 -> 780.08
@@ -250,6 +279,53 @@ mod tests {
         assert_eq!(Quote::price(&cny, &book, &spreads), Err(QuoteError::SameCurrency));
         let zero = QuoteRequest { pay: Amount::zero(Currency::CNY), ..req };
         assert_eq!(Quote::price(&zero, &book, &spreads), Err(QuoteError::NotPositive));
+    }
+
+    #[test]
+    fn the_markup_holds_the_price_rounding_and_the_source_each_leg() {
+        let (mut book, spreads, now) = setup();
+        for (pair, rate, source) in [("USD/CNY", "7.12", "ecb"), ("USD/KRW", "1390", "feed-b")] {
+            book.upsert(MidRate {
+                pair: pair.parse().unwrap(),
+                rate: rate.parse().unwrap(),
+                source: source.into(),
+                as_of: now - Duration::seconds(5),
+            })
+            .unwrap();
+        }
+        let req = QuoteRequest {
+            partner: "gcash",
+            pay: Amount::from_minor(Currency::CNY, 2372).unwrap(),
+            wallet_currency: c("KRW"),
+            now,
+            ttl: Duration::seconds(120),
+        };
+        let q = Quote::price(&req, &book, &spreads).unwrap();
+        // 1390 / 7.12 = 195.224719101123… (12 places), × 1.01 rounded up to 8 places.
+        assert_eq!(q.mid.to_string(), "195.224719101124");
+        assert_eq!(q.price.to_string(), "197.17696630");
+        assert_eq!(q.mid_source, "ecb+feed-b");
+        assert_eq!(q.mid_as_of, now - Duration::seconds(5));
+        // (197.1769663 / 195.224719101124 − 1) × 10 000 = 100.0000004…: rounded up.
+        assert_eq!(q.markup_bps().to_string(), "100.01");
+        assert!(q.markup_bps() >= q.spread_bps.value());
+    }
+
+    #[test]
+    fn a_quote_without_a_source_reads_as_unknown() {
+        let (book, spreads, now) = setup();
+        let req = QuoteRequest {
+            partner: "gcash",
+            pay: Amount::from_minor(Currency::CNY, 100).unwrap(),
+            wallet_currency: c("PHP"),
+            now,
+            ttl: Duration::seconds(120),
+        };
+        let q = Quote::price(&req, &book, &spreads).unwrap();
+        let mut json = serde_json::to_value(&q).unwrap();
+        json.as_object_mut().unwrap().remove("mid_source");
+        let old: Quote = serde_json::from_value(json).unwrap();
+        assert_eq!(old, Quote { mid_source: UNKNOWN_SOURCE.into(), ..q });
     }
 
     #[test]

@@ -112,6 +112,11 @@ pub struct ResolvedRate {
     /// The published rates it was derived from, in order (one for direct or inverse, two for a
     /// cross).
     pub legs: Vec<Pair>,
+    /// Where it came from: the `source` of each rate in `legs`, in the same order, joined with
+    /// `+` (`ecb` for a direct or inverse rate, `builtin+ecb` for a cross whose first leg came
+    /// from `builtin` and second from `ecb`; a source is named once per leg, so `ecb+ecb` is a
+    /// cross with both legs from `ecb`).
+    pub source: String,
 }
 
 /// Every mid rate known, by pair as published.
@@ -268,22 +273,18 @@ impl RateBook {
 
     /// A fresh mid for `pair` published directly or as its inverse. `Err(Some(stale))` when only a
     /// stale one exists.
-    fn leg(
-        &self,
-        pair: Pair,
-        now: DateTime<Utc>,
-    ) -> Result<(Decimal, DateTime<Utc>), Option<MidRate>> {
+    fn leg(&self, pair: Pair, now: DateTime<Utc>) -> Result<(Decimal, &MidRate), Option<MidRate>> {
         let mut stale = None;
         if let Some(r) = self.rates.get(&pair) {
             if self.is_fresh(r, now) {
-                return Ok((r.rate, r.as_of));
+                return Ok((r.rate, r));
             }
             stale = Some(r.clone());
         }
         if let Some(r) = self.rates.get(&pair.inverse()) {
             if self.is_fresh(r, now) {
                 let inv = Decimal::ONE.checked_div(r.rate).ok_or(None)?;
-                return Ok((inv, r.as_of));
+                return Ok((inv, r));
             }
             stale = stale.or_else(|| Some(r.clone()));
         }
@@ -298,8 +299,14 @@ impl RateBook {
         }
         let mut stale: Option<MidRate> = None;
         match self.leg(pair, now) {
-            Ok((mid, as_of)) => {
-                return Ok(ResolvedRate { pair, mid: rounding::mid(mid), as_of, legs: vec![pair] })
+            Ok((mid, r)) => {
+                return Ok(ResolvedRate {
+                    pair,
+                    mid: rounding::mid(mid),
+                    as_of: r.as_of,
+                    legs: vec![pair],
+                    source: r.source.clone(),
+                })
             }
             Err(s) => stale = stale.or(s),
         }
@@ -310,7 +317,7 @@ impl RateBook {
             let first = Pair::new(pair.base, pivot);
             let second = Pair::new(pivot, pair.quote);
             match (self.leg(first, now), self.leg(second, now)) {
-                (Ok((a, at_a)), Ok((b, at_b))) => {
+                (Ok((a, ra)), Ok((b, rb))) => {
                     let mid = a.checked_mul(b).ok_or(RateError::Overflow { pair })?;
                     if mid <= Decimal::ZERO {
                         // Both legs positive but the product underflowed to zero: unusable.
@@ -319,8 +326,9 @@ impl RateBook {
                     return Ok(ResolvedRate {
                         pair,
                         mid: rounding::mid(mid),
-                        as_of: at_a.min(at_b),
+                        as_of: ra.as_of.min(rb.as_of),
                         legs: vec![first, second],
+                        source: format!("{}+{}", ra.source, rb.source),
                     });
                 }
                 (a, b) => {
@@ -371,6 +379,24 @@ mod tests {
         let cross = b.resolve("CNY/PHP".parse().unwrap(), t(10)).unwrap();
         assert_eq!(cross.mid, d("8")); // 56.8 / 7.1
         assert_eq!(cross.legs.len(), 2);
+        assert_eq!((direct.source.as_str(), inverse.source.as_str()), ("ecb", "ecb"));
+        assert_eq!(cross.source, "ecb+ecb");
+    }
+
+    #[test]
+    fn a_cross_names_the_source_of_each_leg_in_order() {
+        let mut b = book();
+        let admin = |pair: &str, r: &str, at: i64| MidRate {
+            source: "admin:treasury-1".into(),
+            ..rate(pair, r, at)
+        };
+        b.upsert(admin("USD/PHP", "57", 5)).unwrap();
+        let cross = b.resolve("CNY/PHP".parse().unwrap(), t(10)).unwrap();
+        // CNY/USD (the inverse of ecb's USD/CNY), then USD/PHP (the admin's).
+        assert_eq!(cross.legs, vec!["CNY/USD".parse().unwrap(), "USD/PHP".parse().unwrap()]);
+        assert_eq!(cross.source, "ecb+admin:treasury-1");
+        // The older leg's time.
+        assert_eq!(cross.as_of, t(0));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Proves the money core's promises over random inputs in 0-, 2- and 3-decimal currencies: text
 //! forms round-trip, a conversion never under-collects and never over-collects by a whole minor
-//! unit, refunds sum exactly to what was paid, and absurd inputs are errors, never panics.
+//! unit, refunds sum exactly to what was paid, the markup shown is never below the spread and is
+//! the exact markup rounded up, and absurd inputs are errors, never panics.
 
 use chrono::{Duration, TimeZone, Utc};
 use proptest::prelude::*;
-use qrbridge_fx::{Amount, Bps, Currency, Decimal, Quote, QuoteRequest};
+use qrbridge_fx::{Amount, Bps, Currency, Decimal, Quote, QuoteRequest, ResolvedRate};
 
 const CODES: [&str; 9] = ["JPY", "KRW", "VND", "IDR", "PHP", "USD", "HKD", "BHD", "KWD"];
 
@@ -43,7 +44,9 @@ fn quote(
         now,
         ttl: Duration::seconds(60),
     };
-    Quote::from_mid(&req, mid, vec![req_pair(wallet)], now, bps)
+    let pair = req_pair(wallet);
+    let resolved = ResolvedRate { pair, mid, as_of: now, legs: vec![pair], source: "test".into() };
+    Quote::from_mid(&req, resolved, bps)
 }
 
 fn req_pair(wallet: Currency) -> qrbridge_fx::Pair {
@@ -92,6 +95,29 @@ proptest! {
             // Huge pay × price past the maximum amount: an error is the right answer.
             Err(e) => prop_assert!(matches!(e, qrbridge_fx::QuoteError::Amount(_)), "{e:?}"),
         }
+    }
+
+    #[test]
+    fn the_markup_is_never_below_the_spread_and_is_exact(
+        pay in 1i64..=100_000_000, wallet in currency(), mid in mid(), bps in bps(),
+    ) {
+        let q = quote(pay, wallet, mid, bps);
+        prop_assume!(!matches!(q, Err(qrbridge_fx::QuoteError::Amount(_))));
+        let q = q.unwrap();
+        let markup = q.markup_bps();
+        let spread = q.spread_bps.value();
+        prop_assert_eq!(markup.scale(), 2);
+        // The price is rounded up after the spread, and the markup up again: never below.
+        prop_assert!(markup >= spread, "{} below the spread {}", markup, spread);
+        // Above it by no more than the price's rounding (under 10^-8 of a price, 10^-4 / mid
+        // bps) and the markup's own (under 0.01 bps).
+        let slack = Decimal::new(1, 4).checked_div(q.mid).unwrap() + Decimal::new(1, 2);
+        prop_assert!(markup - spread <= slack, "{} over {} by more than {}", markup, spread, slack);
+        // Exact: the least hundredth of a basis point whose share of the mid reaches the gap
+        // (these products are exact at these sizes).
+        let gap = (q.price - q.mid) * Decimal::from(10_000);
+        prop_assert!(markup * q.mid >= gap, "{} × {} < {}", markup, q.mid, gap);
+        prop_assert!((markup - Decimal::new(1, 2)) * q.mid < gap, "{} is not the least", markup);
     }
 
     #[test]

@@ -27,16 +27,22 @@
 //! wrote them, which readers follow in commit order; in another database (or after the ids moved
 //! on) those ids mean nothing — one ahead of the new server's would hold every event back — so
 //! the restore stamps them with its own transaction's id (the order within a transaction is the
-//! sequence, which keeps each payment's events in order). The sequences behind journal and event
-//! numbers are set past the highest number restored (events: over the outbox, delivered and
-//! parked, which share one). `leases` are not copied: they name processes of the old database.
+//! sequence, which keeps each payment's events in order), then, once the load committed, again
+//! in sequence order, a thousand rows per transaction ([`restamp`]): the outbox reader never
+//! splits a transaction across pages, so one stamp for every restored event would make each of
+//! its passes read them all. The sequences behind journal and event numbers are set past the
+//! highest number restored (events: over the outbox, delivered and parked, which share one).
+//! `leases` are not copied: they name processes of the old database.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
 
 use super::{snapshot, PgStore, MIGRATIONS};
 use crate::clock::Clock;
-use crate::store::backup::{BackupError, Collection, Manifest, RestoreError, Target};
+use crate::store::backup::{
+    check_space, create_file, create_folder, BackupError, Collection, Manifest, RestoreError,
+    Target,
+};
 use crate::store::StoreError;
 
 /// The store's tables, in the order a restore fills them: each after the tables it references.
@@ -84,12 +90,17 @@ impl PgStore {
     ) -> Result<Manifest, BackupError> {
         let started_at = clock.now();
         let started = tokio::time::Instant::now();
-        let target = Target::prepare(dir)?;
+        self.backups.check_dir(dir)?;
+        check_space(dir, self.size_on_disk().await?, None)?;
+        let target = Target::prepare(dir, &self.backups)?;
         match self.copy_tables(&target, clock).await {
             Ok(mut m) => {
                 m.started_at = started_at;
                 m.took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                target.complete(&mut m)?;
+                if let Err(e) = target.complete(&mut m) {
+                    target.abandon();
+                    return Err(e);
+                }
                 tracing::info!(dir = %dir.display(), took_ms = m.took_ms, "store backup written");
                 Ok(m)
             }
@@ -98,6 +109,16 @@ impl PgStore {
                 Err(e)
             }
         }
+    }
+
+    /// Bytes the store's tables take in the database (with their indexes and TOAST).
+    async fn size_on_disk(&self) -> Result<u64, StoreError> {
+        let c = self.conn().await?;
+        let sum: Vec<String> =
+            TABLES.iter().map(|t| format!("pg_total_relation_size('{t}')")).collect();
+        let sql = format!("SELECT ({})::bigint", sum.join(" + "));
+        let bytes: i64 = c.query_one(sql.as_str(), &[]).await?.try_get(0)?;
+        Ok(u64::try_from(bytes).unwrap_or(0))
     }
 
     async fn copy_tables(
@@ -133,12 +154,11 @@ impl PgStore {
             }
         }
         let folder = target.path().join(TABLES_DIR);
-        std::fs::create_dir(&folder).map_err(|e| io(&folder, e))?;
+        create_folder(&folder).map_err(|e| io(&folder, e))?;
         let mut collections = std::collections::BTreeMap::new();
         for table in TABLES {
             let path = folder.join(format!("{table}.jsonl"));
-            let mut out =
-                std::io::BufWriter::new(std::fs::File::create(&path).map_err(|e| io(&path, e))?);
+            let mut out = std::io::BufWriter::new(create_file(&path).map_err(|e| io(&path, e))?);
             let mut n = Collection::default();
             tx.batch_execute(&format!(
                 "DECLARE backup_rows NO SCROLL CURSOR FOR SELECT row_to_json(t)::text FROM {table} t"
@@ -146,6 +166,9 @@ impl PgStore {
             .await
             .map_err(StoreError::from)?;
             loop {
+                if self.backups.cancelled() {
+                    return Err(BackupError::Cancelled);
+                }
                 let fetched = tx
                     .simple_query(&format!("FETCH {FETCH_ROWS} FROM backup_rows"))
                     .await
@@ -285,5 +308,49 @@ pub async fn restore(backup: &Path, url: &str) -> Result<RestoredTables, Restore
     .await
     .map_err(|e| failed(e.into()))?;
     tx.commit().await.map_err(|e| failed(e.into()))?;
+    restamp(&mut c).await.map_err(failed)?;
     Ok(RestoredTables { manifest, rows })
+}
+
+/// Events re-stamped per transaction after a restore: at most this many share a transaction
+/// id, under the outbox reader's page (which never splits a transaction, so one transaction of
+/// every restored event would be read whole on every pass).
+const RESTAMP_ROWS: i64 = 1000;
+
+/// Stamps the restored outbox and parked rows again, in sequence order, [`RESTAMP_ROWS`] at a
+/// time, each batch with the id of a transaction of its own — later batches, later ids — so the
+/// readers' order (transaction, then sequence) stays the sequence's, and their pages stay
+/// small. The two tables are taken together: a parked event put back keeps its id, and takes
+/// its place among the others. Each batch commits alone; one that does not leaves its rows
+/// with the load's id, which is still a valid stamp (just a larger transaction).
+async fn restamp(c: &mut super::Conn) -> Result<(), StoreError> {
+    let mut after = 0i64;
+    loop {
+        let tx = c.transaction().await?;
+        let last: Option<i64> = tx
+            .query_one(
+                "SELECT max(seq) FROM (
+                    SELECT seq FROM (SELECT seq FROM outbox WHERE seq > $1
+                                     UNION ALL
+                                     SELECT seq FROM parked WHERE seq > $1) s
+                     ORDER BY seq LIMIT $2) b",
+                &[&after, &RESTAMP_ROWS],
+            )
+            .await?
+            .try_get(0)?;
+        let Some(last) = last else { break };
+        tx.execute(
+            "UPDATE outbox SET tx = pg_current_xact_id() WHERE seq > $1 AND seq <= $2",
+            &[&after, &last],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE parked SET tx = pg_current_xact_id() WHERE seq > $1 AND seq <= $2",
+            &[&after, &last],
+        )
+        .await?;
+        tx.commit().await?;
+        after = last;
+    }
+    Ok(())
 }
