@@ -115,33 +115,8 @@ fn copy_tree(from: &Path, to: &Path) {
 /// `crash::start`, with the daemon's backups held after the records tree until `hold` keys
 /// were written meanwhile (or a minute passed).
 async fn start_holding(config: &Path, log: &Path, hold: u64) -> crash::Daemon {
-    use tokio::io::AsyncBufReadExt;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qrbridge"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .env("QRBRIDGE_TEST_BACKUP_HOLD_WRITES", format!("{hold}:records"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if let Some(rest) = line.strip_prefix("qrbridge listening: partner=https://") {
-            let partner_addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-            let admin_addr = rest
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("admin=https://"))
-                .expect("the admin address")
-                .parse()
-                .unwrap();
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return crash::Daemon { child, partner_addr, admin_addr };
-        }
-    }
-    panic!("the daemon exited before listening: {:?}", child.wait().await);
+    let env = [("QRBRIDGE_TEST_BACKUP_HOLD_WRITES", format!("{hold}:records"))];
+    crash::start_with_env(config, log, "warn", &env).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

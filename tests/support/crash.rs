@@ -121,11 +121,22 @@ pub struct Daemon {
 /// Starts `qrbridge serve --config <config>`, logging to `log` (appended) at `rust_log`, and
 /// waits for it to say where it listens.
 pub async fn start(config: &Path, log: &Path, rust_log: &str) -> Daemon {
+    start_with_env(config, log, rust_log, &[]).await
+}
+
+/// [`start`] with more environment variables.
+pub async fn start_with_env(
+    config: &Path,
+    log: &Path,
+    rust_log: &str,
+    env: &[(&str, String)],
+) -> Daemon {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_qrbridge"))
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", rust_log)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
