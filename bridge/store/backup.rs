@@ -389,6 +389,30 @@ impl Target {
         Ok(())
     }
 
+    /// Ends a backup with what its copy gave: stamps when it started and how long it took, then
+    /// [`Self::complete`]s it; on any error what it wrote is removed ([`Self::abandon`]).
+    pub(super) fn finish(
+        self,
+        copied: Result<Manifest, BackupError>,
+        started_at: chrono::DateTime<chrono::Utc>,
+        started: tokio::time::Instant,
+    ) -> Result<Manifest, BackupError> {
+        let mut m = match copied {
+            Ok(m) => m,
+            Err(e) => {
+                self.abandon();
+                return Err(e);
+            }
+        };
+        m.started_at = started_at;
+        m.took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Err(e) = self.complete(&mut m) {
+            self.abandon();
+            return Err(e);
+        }
+        Ok(m)
+    }
+
     /// Removes what the backup wrote (the folder was empty, or new, when it began).
     pub(super) fn abandon(self) {
         let entries = match std::fs::read_dir(&self.dir) {

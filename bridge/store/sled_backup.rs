@@ -490,29 +490,17 @@ impl SledStore {
         self.backups.check_dir(dir)?;
         backup::check_space(dir, self.size_on_disk()?, options.space_available)?;
         let target = backup::Target::prepare(dir, &self.backups)?;
-        match self.copy_into(&target, tapping, clock, options) {
-            Ok(mut m) => {
-                m.started_at = started_at;
-                m.took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                if let Err(e) = target.complete(&mut m) {
-                    target.abandon();
-                    return Err(e);
-                }
-                tracing::info!(
-                    dir = %dir.display(),
-                    pause_us = m.pause_us,
-                    pause_wait_us = m.pause_wait_us,
-                    writes_during = m.writes_during,
-                    took_ms = m.took_ms,
-                    "store backup written"
-                );
-                Ok(m)
-            }
-            Err(e) => {
-                target.abandon();
-                Err(e)
-            }
-        }
+        let copied = self.copy_into(&target, tapping, clock, options);
+        let m = target.finish(copied, started_at, started)?;
+        tracing::info!(
+            dir = %dir.display(),
+            pause_us = m.pause_us,
+            pause_wait_us = m.pause_wait_us,
+            writes_during = m.writes_during,
+            took_ms = m.took_ms,
+            "store backup written"
+        );
+        Ok(m)
     }
 
     /// `Err` once the daemon said to give up.

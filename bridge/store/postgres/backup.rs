@@ -93,22 +93,10 @@ impl PgStore {
         self.backups.check_dir(dir)?;
         check_space(dir, self.size_on_disk().await?, None)?;
         let target = Target::prepare(dir, &self.backups)?;
-        match self.copy_tables(&target, clock).await {
-            Ok(mut m) => {
-                m.started_at = started_at;
-                m.took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                if let Err(e) = target.complete(&mut m) {
-                    target.abandon();
-                    return Err(e);
-                }
-                tracing::info!(dir = %dir.display(), took_ms = m.took_ms, "store backup written");
-                Ok(m)
-            }
-            Err(e) => {
-                target.abandon();
-                Err(e)
-            }
-        }
+        let copied = self.copy_tables(&target, clock).await;
+        let m = target.finish(copied, started_at, started)?;
+        tracing::info!(dir = %dir.display(), took_ms = m.took_ms, "store backup written");
+        Ok(m)
     }
 
     /// Bytes the store's tables take in the database (with their indexes and TOAST).
