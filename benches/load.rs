@@ -8,7 +8,14 @@
 //! cargo bench --bench load -- --conns 32 --secs 10
 //! cargo bench --bench load -- --preload 1000000  # then start-up time and steady RSS with 1M payments
 //! cargo bench --bench load -- --database-url postgres://postgres@127.0.0.1:5432/test --nodes 2
+//! cargo bench --bench load -- --risk             # the same daemon without and with risk rules
 //! ```
+//!
+//! `--risk` compares two daemons (their own stores), one with no risk rules beyond each
+//! partner's per-payment maximum and one with a rule of every kind (amount bounds, payer
+//! velocity, merchant and MCC day limits, exposure against prefunding, near-limit flags, the
+//! three blocklists), every limit far enough not to refuse: the cost of the checks and their
+//! counters. They run in turns (off, on, off, on) so drift in the machine falls on both.
 //!
 //! With `--database-url` the daemons keep their state in PostgreSQL (a schema of the run's own,
 //! dropped after), `--nodes N` daemons side by side on it, the connections spread over them; the
@@ -54,11 +61,19 @@ struct Args {
     preload: Option<u64>,
     database_url: Option<String>,
     nodes: usize,
+    risk: bool,
 }
 
 fn args() -> Args {
-    let mut a =
-        Args { conns: 64, secs: 10, warmup: 3, preload: None, database_url: None, nodes: 1 };
+    let mut a = Args {
+        conns: 64,
+        secs: 10,
+        warmup: 3,
+        preload: None,
+        database_url: None,
+        nodes: 1,
+        risk: false,
+    };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < argv.len() {
@@ -69,6 +84,11 @@ fn args() -> Args {
             "--warmup" => a.warmup = next().expect("--warmup N"),
             "--preload" => a.preload = Some(next().expect("--preload N")),
             "--nodes" => a.nodes = next().expect("--nodes N").max(1) as usize,
+            "--risk" => {
+                a.risk = true;
+                i += 1;
+                continue;
+            }
             "--database-url" => {
                 a.database_url = Some(argv.get(i + 1).expect("--database-url URL").clone())
             }
@@ -92,6 +112,7 @@ fn main() {
     rt.block_on(async move {
         match args.preload {
             Some(n) => preload_run(&args, n).await,
+            None if args.risk => risk_run(&args).await,
             None => load_run(&args).await,
         }
     });
@@ -197,6 +218,15 @@ async fn start_node(
     database: Option<&str>,
     node: usize,
 ) -> (Server, Duration, SocketAddr) {
+    start_node_with(dir, database, node, |_| {}).await
+}
+
+async fn start_node_with(
+    dir: &Path,
+    database: Option<&str>,
+    node: usize,
+    tweak: impl FnOnce(&mut qrbridge_config::Config),
+) -> (Server, Duration, SocketAddr) {
     let mut c = qrbridge::daemon::embedded_config(dir, loopback()).unwrap();
     c.storage.path = dir.join("db");
     c.storage.url = database.map(str::to_owned);
@@ -210,6 +240,7 @@ async fn start_node(
     c.limits.connections_per_ip_max = 4096;
     c.limits.handshakes_max = 4096;
     c.limits.concurrency_max = 4096;
+    tweak(&mut c);
     let config = dir.join(format!("qrbridge-{node}.toml"));
     std::fs::write(&config, toml::to_string(&c).unwrap()).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qrbridge"));
@@ -349,6 +380,9 @@ struct Outcome {
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Payers the transactions come from, in turn (each pays every `PAYERS`-th transaction).
+const PAYERS: u64 = 10_000;
+
 /// One transaction; returns the pay's latency from `intended` (its scheduled start).
 async fn transaction(s: &mut Sender, code: &str, intended: Instant) -> Option<Duration> {
     let fen = REQUEST_SEQ.load(Ordering::Relaxed) % 50;
@@ -361,7 +395,7 @@ async fn transaction(s: &mut Sender, code: &str, intended: Instant) -> Option<Du
     let q: Value = serde_json::from_slice(&body).ok()?;
     let n = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
     let pay = json!({"request_id": format!("bench-{}-{n}", std::process::id()),
-                     "quote_id": q["quote_id"], "payer": {"id": "bench-payer"}});
+                     "quote_id": q["quote_id"], "payer": {"id": format!("bench-payer-{}", n % PAYERS)}});
     let started = Instant::now();
     let lateness = started.saturating_duration_since(intended);
     let (st, _) = s.post("/v1/payments", pay.to_string()).await;
@@ -622,6 +656,110 @@ async fn load_run(args: &Args) {
             "rss_mb": rss_mb, "cpu_s_per_1k": cpu_per_1k, "database_cpu_s_per_1k": db_per_1k,
             "disk_bytes_per_payment": disk.round(),
             "connections": args.conns, "payments": paid,
+        })
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Risk rules: the same daemon without and with them.
+
+/// A rule of every kind, none of them close to refusing the bench's payments.
+fn every_rule(c: &mut qrbridge_config::Config, dir: &Path) {
+    let r = &mut c.risk.rules;
+    r.near_limit_bps = Some(500);
+    r.merchant_day_cny_minor_max = Some(900_000_000_000_000);
+    r.mccs.entry("5812".into()).or_default().day_cny_minor_max = Some(900_000_000_000_000);
+    r.merchants
+        .entry("sandbox".into())
+        .or_default()
+        .entry("500034453110001".into())
+        .or_default()
+        .day_cny_minor_max = Some(900_000_000_000_000);
+    for p in &c.partners {
+        let pr = r.partners.entry(p.id.clone()).or_default();
+        pr.payment_cny_minor_min = Some(1);
+        pr.payer.hour_count_max = Some(1_000_000);
+        pr.payer.day_count_max = Some(1_000_000);
+        pr.payer.hour_cny_minor_max = Some(900_000_000_000_000);
+        pr.payer.day_cny_minor_max = Some(900_000_000_000_000);
+        for cur in &p.wallet_currencies {
+            let cr = pr.currencies.entry(*cur).or_default();
+            cr.payment_wallet_minor_max = Some(900_000_000_000_000);
+            cr.prefund_minor = Some(900_000_000_000_000);
+            cr.credit_line_minor = Some(0);
+        }
+    }
+    let lists = dir.join("lists");
+    std::fs::create_dir_all(&lists).unwrap();
+    for (name, body) in [
+        ("merchants", "M-BLOCKED-1\nM-BLOCKED-2\n"),
+        ("mccs", "7995\n"),
+        ("acquirers", "gone-acquirer\n"),
+    ] {
+        std::fs::write(lists.join(name), body).unwrap();
+    }
+    c.risk.blocklists.merchants = Some(lists.join("merchants"));
+    c.risk.blocklists.mccs = Some(lists.join("mccs"));
+    c.risk.blocklists.acquirers = Some(lists.join("acquirers"));
+}
+
+async fn risk_run(args: &Args) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    qrbridge::pki::ensure_dev_pki(&pki).unwrap();
+    let (off_dir, on_dir) = (dir.path().join("off"), dir.path().join("on"));
+    for d in [&off_dir, &on_dir] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::create_dir_all(d.join("pki")).unwrap();
+        for f in std::fs::read_dir(&pki).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), d.join("pki").join(f.file_name())).unwrap();
+        }
+    }
+    println!("machine: {}; sled; {} connections, HTTP/2 closed loop, {} s per turn after {} s warm-up, turns off/on/off/on", machine(), args.conns, args.secs, args.warmup);
+    let mut results: Vec<(bool, f64, f64, f64)> = Vec::new();
+    for on in [false, true, false, true] {
+        let d = if on { &on_dir } else { &off_dir };
+        let on_dir = d.clone();
+        let (node, _, _) = start_node_with(d, None, 0, move |c| {
+            if on {
+                every_rule(c, &on_dir);
+            }
+        })
+        .await;
+        let addrs = [node.addr];
+        drive(&addrs, &pki, true, args.conns, Mode::Closed, args.warmup).await;
+        let cpu0 = cpu_seconds(node.pid());
+        let o = drive(&addrs, &pki, true, args.conns, Mode::Closed, args.secs).await;
+        let cpu = cpu_seconds(node.pid()) - cpu0;
+        let done = o.tps * args.secs as f64;
+        println!(
+            "rules {}: {:.0} tx/s, pay p99 {:.2} ms, {:.3} CPU s / 1k tx, {} errors",
+            if on { "on " } else { "off" },
+            o.tps,
+            ms(&o.pay, 0.99),
+            cpu / done * 1000.0,
+            o.errors
+        );
+        results.push((on, o.tps, ms(&o.pay, 0.99), cpu / done * 1000.0));
+        node.stop().await;
+    }
+    let mean = |on: bool, f: fn(&(bool, f64, f64, f64)) -> f64| {
+        let v: Vec<f64> = results.iter().filter(|r| r.0 == on).map(f).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let (off_tps, on_tps) = (mean(false, |r| r.1), mean(true, |r| r.1));
+    let drop_pct = (1.0 - on_tps / off_tps) * 100.0;
+    println!(
+        "with every rule on: {drop_pct:.1} % fewer transactions a second (the target: at most 5 %)"
+    );
+    println!(
+        "{}",
+        json!({
+            "tps_off": off_tps.round(), "tps_on": on_tps.round(), "drop_pct": drop_pct,
+            "p99_ms_off": mean(false, |r| r.2), "p99_ms_on": mean(true, |r| r.2),
+            "cpu_s_per_1k_off": mean(false, |r| r.3), "cpu_s_per_1k_on": mean(true, |r| r.3),
+            "connections": args.conns,
         })
     );
 }

@@ -18,6 +18,20 @@
 //! | `GET /admin/v1/positions` | open position per currency, from the ledger |
 //! | `GET /admin/v1/revenue?from=&to=` | spread revenue by business day, partner and pair |
 //! | `GET /admin/v1/audit` | the audit log, its hash chain verified |
+//! | `GET /admin/v1/proposals?state=&limit=` | changes under dual control, newest first |
+//! | `GET /admin/v1/proposals/{proposal_id}` | one of them |
+//! | `POST /admin/v1/proposals/{proposal_id}/approve` | a second admin approves it: it takes effect (audited with both names) |
+//! | `POST /admin/v1/proposals/{proposal_id}/reject` | another admin rejects it, or its proposer withdraws it (audited) |
+//! | `GET /admin/v1/risk` | the risk rules and blocklists in force, exposures, funds received |
+//! | `PUT /admin/v1/risk/rules` | proposes rules in place of the configuration's (`202`) |
+//! | `DELETE /admin/v1/risk/rules` | proposes the configuration's rules again (`202`) |
+//! | `POST /admin/v1/risk/blocklists/{merchants,mccs,acquirers}` | proposes entries to add and remove (`202`) |
+//! | `POST /admin/v1/risk/funds` | proposes recording a partner's top-up or settlement received (`202`) |
+//! | `GET /admin/v1/risk/decisions?from=&to=&limit=` | the risk decisions kept (refusals, flags) |
+//!
+//! Dual control ([`crate::treasury::proposals`]): the risk changes above are proposals, as are a
+//! spread or a rate set by hand that moves more than its step (`PUT /admin/v1/spreads` and
+//! `POST /admin/v1/rates` answer `202` with the proposal then, `200` when the change is in force).
 //! | `POST /admin/v1/settlement/{day}` | closes the day: writes its statements, returns the summary |
 //! | `GET /admin/v1/settlement/{day}/files/{name}` | downloads one of the day's files |
 //! | `POST /admin/v1/settlement/{day}/reconciliation/{acquirer}` | reconciles the acquirer's CSV for the day |
@@ -50,7 +64,8 @@ use crate::settlement::{parse_day, Settlement};
 use crate::store::backup::BackupError;
 use crate::store::{EventSeq, Store};
 use crate::tls::Directory;
-use crate::treasury::{RateInput, Treasury};
+use crate::treasury::proposals::PROPOSALS_LIST_MAX;
+use crate::treasury::{BlockList, FundsRecord, Outcome, ProposalState, RateInput, Treasury};
 
 /// Every route of the admin listener.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -67,6 +82,18 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/admin/v1/positions"),
     ("GET", "/admin/v1/revenue"),
     ("GET", "/admin/v1/audit"),
+    ("GET", "/admin/v1/proposals"),
+    ("GET", "/admin/v1/proposals/{proposal_id}"),
+    ("POST", "/admin/v1/proposals/{proposal_id}/approve"),
+    ("POST", "/admin/v1/proposals/{proposal_id}/reject"),
+    ("GET", "/admin/v1/risk"),
+    ("PUT", "/admin/v1/risk/rules"),
+    ("DELETE", "/admin/v1/risk/rules"),
+    ("POST", "/admin/v1/risk/blocklists/merchants"),
+    ("POST", "/admin/v1/risk/blocklists/mccs"),
+    ("POST", "/admin/v1/risk/blocklists/acquirers"),
+    ("POST", "/admin/v1/risk/funds"),
+    ("GET", "/admin/v1/risk/decisions"),
     ("POST", "/admin/v1/settlement/{day}"),
     ("GET", "/admin/v1/settlement/{day}/files/{name}"),
     ("POST", "/admin/v1/settlement/{day}/reconciliation/{acquirer}"),
@@ -80,6 +107,11 @@ const ADMIN_FILE_BYTES_MAX: u64 = 32 << 20;
 
 /// Most parked events one purge removes (and lists in its audit record), and its default.
 const PURGE_LIMIT_MAX: usize = 1_000;
+
+/// Most risk decisions one request lists.
+const DECISIONS_LIMIT_MAX: usize = 1_000;
+/// Risk decisions and proposals listed when no `limit` is given.
+const LIST_LIMIT_DEFAULT: usize = 100;
 
 /// One change to the parked list at a time (a purge, a replay), so what a purge lists in the
 /// audit log is what it removes.
@@ -365,8 +397,9 @@ fn backup_error(e: &BackupError) -> Result<Resp, ApiError> {
         BackupError::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, false),
         BackupError::Io(_) | BackupError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, true),
     };
-    let body =
-        ErrorBody { error: ErrorDetail { code: e.code(), message: e.to_string(), retryable } };
+    let body = ErrorBody {
+        error: ErrorDetail { code: e.code(), message: e.to_string(), retryable, reason: None },
+    };
     Ok(json_response(status, &body))
 }
 
@@ -464,6 +497,112 @@ async fn start_backup<S: Store>(
     }
 }
 
+/// A change made (`200`) or proposed for a second admin's approval (`202`).
+fn outcome(o: Outcome) -> Resp {
+    match o {
+        Outcome::Applied(v) => json_response(StatusCode::OK, &v),
+        Outcome::Proposed(v) => json_response(StatusCode::ACCEPTED, &v),
+    }
+}
+
+/// A proposal answered `202`: made, waiting for a second admin.
+fn proposed(v: serde_json::Value) -> Resp {
+    json_response(StatusCode::ACCEPTED, &v)
+}
+
+/// `POST /admin/v1/proposals/{id}/approve` and `/reject`: the body is optional.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    /// Why, for the proposal and the audit log (at most 512 characters).
+    note: Option<String>,
+}
+
+/// `POST /admin/v1/risk/blocklists/{list}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockedBody {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// A JSON object body (serde would also read a struct from an array of its fields).
+async fn object_json<T: serde::de::DeserializeOwned>(req: Req, max: u64) -> Result<T, ApiError> {
+    let bytes = read_body(req, max).await?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::InvalidRequest("the body is not a JSON object".into()));
+    }
+    crate::http::json_body(&bytes)
+}
+
+/// A JSON body that may be absent (no bytes, or blanks only).
+async fn optional_json<T: Default + serde::de::DeserializeOwned>(
+    req: Req,
+    max: u64,
+) -> Result<T, ApiError> {
+    let bytes = read_body(req, max).await?;
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => Ok(T::default()),
+        Some(b'{') => crate::http::json_body(&bytes),
+        Some(_) => Err(ApiError::InvalidRequest("the body is not a JSON object".into())),
+    }
+}
+
+/// `?limit=`: 1 to `max`, `LIST_LIMIT_DEFAULT` when absent.
+fn limit_param(q: &HashMap<String, String>, max: usize) -> Result<usize, ApiError> {
+    match q.get("limit") {
+        None => Ok(LIST_LIMIT_DEFAULT.min(max)),
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::InvalidRequest(format!("limit {t:?} is not 1 to {max}"))),
+    }
+}
+
+/// `?from=` or `?to=`: an RFC 3339 instant.
+fn instant_param(
+    q: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    q.get(name)
+        .map(|t| {
+            DateTime::parse_from_rfc3339(t).map(|d| d.with_timezone(&Utc)).map_err(|e| {
+                ApiError::InvalidRequest(format!("{name} {t:?} is not an RFC 3339 instant: {e}"))
+            })
+        })
+        .transpose()
+}
+
+/// `GET /admin/v1/risk/decisions`: decisions made in `[from, to)` (default: the 24 hours before
+/// now), oldest first, at most `limit`; `next_from` continues a listing cut at `limit`.
+async fn risk_decisions<S: Store>(
+    engine: &Engine<S>,
+    q: &HashMap<String, String>,
+) -> Result<serde_json::Value, ApiError> {
+    let limit = limit_param(q, DECISIONS_LIMIT_MAX)?;
+    let to = instant_param(q, "to")?.unwrap_or_else(|| engine.now());
+    let from = match instant_param(q, "from")? {
+        Some(f) => f,
+        None => to.checked_sub_signed(chrono::TimeDelta::hours(24)).unwrap_or(to),
+    };
+    if from >= to {
+        return Err(ApiError::InvalidRequest("from must be before to".into()));
+    }
+    let mut decisions =
+        engine.store().risk_decisions(from, to, limit + 1).await.map_err(internal)?;
+    let more = decisions.len() > limit;
+    decisions.truncate(limit);
+    // Decisions at the same instant as the last one listed may be listed again from there:
+    // listed twice rather than missed.
+    let next_from = more.then(|| decisions.last().map(|d| d.at)).flatten();
+    Ok(serde_json::json!({
+        "from": from, "to": to, "decisions": decisions, "more": more, "next_from": next_from,
+    }))
+}
+
 async fn route<S: Store>(
     ctx: Arc<Admin<S>>,
     body_max: u64,
@@ -553,7 +692,7 @@ async fn route<S: Store>(
                 let body = read_json::<RatesBody>(req, body_max).await?;
                 (body.rates, body.force)
             };
-            Ok(json_response(StatusCode::OK, &treasury.set_rates(&admin, rates, force).await?))
+            Ok(outcome(treasury.change_rates(&admin, rates, force).await?))
         }
         ["admin", "v1", "rates"] => {
             allow_any(&method, &[Method::GET, Method::POST])?;
@@ -569,7 +708,7 @@ async fn route<S: Store>(
         }
         ["admin", "v1", "spreads"] if method == Method::PUT => {
             let change = read_json(req, body_max).await?;
-            Ok(json_response(StatusCode::OK, &treasury.set_spread(&admin, change).await?))
+            Ok(outcome(treasury.change_spread(&admin, change).await?))
         }
         ["admin", "v1", "spreads"] => {
             allow_any(&method, &[Method::GET, Method::PUT])?;
@@ -610,6 +749,64 @@ async fn route<S: Store>(
                 StatusCode::OK,
                 &serde_json::json!({ "chain": chain, "records": records }),
             ))
+        }
+        ["admin", "v1", "proposals"] => {
+            allow(&method, &Method::GET)?;
+            let q = query(&req);
+            let state = q
+                .get("state")
+                .map(|s| {
+                    ProposalState::from_name(s).ok_or_else(|| {
+                        ApiError::InvalidRequest(format!(
+                            "state {s:?} is not pending, approved, rejected, withdrawn or expired"
+                        ))
+                    })
+                })
+                .transpose()?;
+            let limit = limit_param(&q, PROPOSALS_LIST_MAX)?;
+            let proposals = treasury.proposals(state, limit).await?;
+            Ok(json_response(StatusCode::OK, &serde_json::json!({ "proposals": proposals })))
+        }
+        ["admin", "v1", "proposals", id] => {
+            allow(&method, &Method::GET)?;
+            Ok(json_response(StatusCode::OK, &treasury.proposal(id).await?))
+        }
+        ["admin", "v1", "proposals", id, "approve"] => {
+            allow(&method, &Method::POST)?;
+            let body: DecisionBody = optional_json(req, body_max).await?;
+            Ok(json_response(StatusCode::OK, &treasury.approve(&admin, id, body.note).await?))
+        }
+        ["admin", "v1", "proposals", id, "reject"] => {
+            allow(&method, &Method::POST)?;
+            let body: DecisionBody = optional_json(req, body_max).await?;
+            Ok(json_response(StatusCode::OK, &treasury.reject(&admin, id, body.note).await?))
+        }
+        ["admin", "v1", "risk"] => {
+            allow(&method, &Method::GET)?;
+            Ok(json_response(StatusCode::OK, &treasury.risk_view().await?))
+        }
+        ["admin", "v1", "risk", "rules"] if method == Method::PUT => {
+            let rules = object_json(req, body_max).await?;
+            Ok(proposed(treasury.propose_risk_rules(&admin, rules).await?))
+        }
+        ["admin", "v1", "risk", "rules"] => {
+            allow_any(&method, &[Method::PUT, Method::DELETE])?;
+            Ok(proposed(treasury.propose_risk_reset(&admin).await?))
+        }
+        ["admin", "v1", "risk", "blocklists", list] => {
+            let list = BlockList::from_name(list).ok_or(ApiError::NotFound)?;
+            allow(&method, &Method::POST)?;
+            let body: BlockedBody = object_json(req, body_max).await?;
+            Ok(proposed(treasury.propose_blocked(&admin, list, body.add, body.remove).await?))
+        }
+        ["admin", "v1", "risk", "funds"] => {
+            allow(&method, &Method::POST)?;
+            let funds: FundsRecord = object_json(req, body_max).await?;
+            Ok(proposed(treasury.propose_funds(&admin, funds).await?))
+        }
+        ["admin", "v1", "risk", "decisions"] => {
+            allow(&method, &Method::GET)?;
+            Ok(json_response(StatusCode::OK, &risk_decisions(engine, &query(&req)).await?))
         }
         ["admin", "v1", "settlement", day] => {
             allow(&method, &Method::POST)?;

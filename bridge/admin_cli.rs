@@ -4,6 +4,11 @@
 //! Exit codes: 0 done; 1 the work could not be done (connection, TLS, server error); 2 the
 //! request was refused as bad (4xx: the error's code and message are printed); 3 a
 //! reconciliation found differences.
+//!
+//! Changes under dual control (risk rules, blocklists, funds, and spreads or rates past their
+//! step) print the proposal they made; another admin approves it with
+//! `qrbridge admin --as admin-2 proposals approve <id>` (`--as` picks `<pki>/<name>.crt` and
+//! `.key`; `--cert`/`--key` name any other files).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,6 +43,10 @@ pub struct Connection {
     /// Folder with `admin.crt`, `admin.key` and `ca.crt` (the development PKI by default).
     #[arg(long, default_value = "var/pki")]
     pub pki: PathBuf,
+    /// Act as this admin: its certificate and key are `<pki>/<ADMIN>.crt` and `.key` (the
+    /// development PKI has `admin` and `admin-2`; a proposal needs a second admin to approve).
+    #[arg(long = "as", value_name = "ADMIN", global = true)]
+    pub as_admin: Option<String>,
     /// The admin certificate (PEM); default `<pki>/admin.crt`.
     #[arg(long)]
     pub cert: Option<PathBuf>,
@@ -88,6 +97,104 @@ pub enum AdminCommand {
     /// Parked webhook events and the resolver's open work.
     #[command(subcommand)]
     Ops(OpsCommand),
+    /// Changes waiting for a second admin (dual control): list (the default), show, approve,
+    /// reject (its proposer withdraws it).
+    Proposals {
+        #[command(subcommand)]
+        command: Option<ProposalsCommand>,
+    },
+    /// Risk rules, blocklists, funds received and decisions; every change is a proposal for a
+    /// second admin to approve. `show` is the default.
+    Risk {
+        #[command(subcommand)]
+        command: Option<RiskCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProposalsCommand {
+    /// Proposals, newest first.
+    List {
+        /// Only those `pending`, `approved`, `rejected`, `withdrawn` or `expired`.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many (1 to 1000; 100 by default).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// One proposal, with its change.
+    Show { id: String },
+    /// Approve a proposal another admin made: it takes effect now (audited with both names).
+    Approve {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Reject a proposal (or withdraw your own).
+    Reject {
+        id: String,
+        /// Why, for the proposal and the audit log.
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+/// What funds a partner sent.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FundsKindArg {
+    /// Prefunding paid in advance.
+    #[value(name = "top_up")]
+    TopUp,
+    /// A settlement the partner paid.
+    #[value(name = "settlement_received")]
+    SettlementReceived,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RiskCommand {
+    /// The rules in force (the configuration's or admins'), blocklists, exposures, funds.
+    Show,
+    /// Propose rules in place of the configuration's, from a JSON file (the keys of
+    /// `[risk.rules]`: `near_limit_bps`, `partners`, `merchants`, `mccs`, …).
+    Rules { file: PathBuf },
+    /// Propose putting the configuration's rules back in force.
+    Reset,
+    /// Propose adding entries to a blocklist (`merchants`, `mccs` or `acquirers`).
+    Block {
+        list: String,
+        #[arg(required = true)]
+        entries: Vec<String>,
+    },
+    /// Propose removing entries an admin added to a blocklist.
+    Unblock {
+        list: String,
+        #[arg(required = true)]
+        entries: Vec<String>,
+    },
+    /// Propose recording funds a partner sent: AMOUNT in major units of CURRENCY (its wallet
+    /// currency), e.g. `funds partner-demo 100000.00 PHP --kind top_up --reference BANK-123`.
+    Funds {
+        partner: String,
+        amount: String,
+        currency: String,
+        #[arg(long, value_enum)]
+        kind: FundsKindArg,
+        /// The bank's or the partner's reference for the transfer.
+        #[arg(long)]
+        reference: String,
+    },
+    /// Risk decisions kept (refusals and flags), oldest first.
+    Decisions {
+        /// From this instant (RFC 3339); default a day before `--to`.
+        #[arg(long)]
+        from: Option<String>,
+        /// Up to this instant (RFC 3339); default now.
+        #[arg(long)]
+        to: Option<String>,
+        /// At most this many (1 to 1000; 100 by default).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -221,8 +328,12 @@ impl Client {
     pub(crate) fn new(a: &Connection, answer_within: Duration) -> Result<Client, Failure> {
         let file =
             |given: &Option<PathBuf>, name: &str| given.clone().unwrap_or_else(|| a.pki.join(name));
-        let (cert, key, ca) =
-            (file(&a.cert, "admin.crt"), file(&a.key, "admin.key"), file(&a.ca, "ca.crt"));
+        let me = a.as_admin.as_deref().unwrap_or("admin");
+        let (cert, key, ca) = (
+            file(&a.cert, &format!("{me}.crt")),
+            file(&a.key, &format!("{me}.key")),
+            file(&a.ca, "ca.crt"),
+        );
         let tls = (|| -> Result<rustls::ClientConfig, crate::tls::TlsError> {
             Ok(rustls::ClientConfig::builder()
                 .with_root_certificates(crate::tls::roots(&[ca.as_path()])?)
@@ -461,6 +572,10 @@ async fn execute(c: &Client, a: &AdminArgs) -> Result<ExitCode, Failure> {
                     c.json(Method::PUT, "/admin/v1/spreads", Some(body)).await?
                 }
             };
+            if v.get("proposal").is_some() {
+                show(&v, proposed_text(&v));
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut rows = vec![vec!["*".into(), "*".into(), s(&v["default_bps"])]];
             rows.extend(items(&v, "overrides").map(|o| {
                 let any = |x: &Value| if x.is_null() { "*".to_owned() } else { s(x) };
@@ -691,8 +806,260 @@ async fn execute(c: &Client, a: &AdminArgs) -> Result<ExitCode, Failure> {
                 .await?;
             show(&v, format!("{payment_id} settled"));
         }
+        AdminCommand::Proposals { command } => {
+            let list = ProposalsCommand::List { state: None, limit: None };
+            proposals(c, command.as_ref().unwrap_or(&list), &show).await?;
+        }
+        AdminCommand::Risk { command } => {
+            risk(c, command.as_ref().unwrap_or(&RiskCommand::Show), &show).await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A path segment as given (ids and list names are checked by the daemon).
+fn segment(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+async fn proposals(
+    c: &Client,
+    cmd: &ProposalsCommand,
+    show: &impl Fn(&Value, String),
+) -> Result<(), Failure> {
+    match cmd {
+        ProposalsCommand::List { state, limit } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if let Some(st) = state {
+                q.append_pair("state", st);
+            }
+            if let Some(n) = limit {
+                q.append_pair("limit", &n.to_string());
+            }
+            let path = format!("/admin/v1/proposals?{}", q.finish());
+            let v = c.json(Method::GET, &path, None).await?;
+            let t = table(
+                &[
+                    "proposal",
+                    "kind",
+                    "state",
+                    "proposed by",
+                    "created",
+                    "expires",
+                    "decided by",
+                    "why",
+                ],
+                items(&v, "proposals").map(|p| {
+                    vec![
+                        s(&p["proposal_id"]),
+                        s(&p["kind"]),
+                        s(&p["state"]),
+                        s(&p["proposed_by"]),
+                        s(&p["created_at"]),
+                        s(&p["expires_at"]),
+                        s(&p["decided_by"]),
+                        s(&p["why"]),
+                    ]
+                }),
+            );
+            show(&v, t);
+        }
+        ProposalsCommand::Show { id } => {
+            let v =
+                c.json(Method::GET, &format!("/admin/v1/proposals/{}", segment(id)), None).await?;
+            show(&v, proposal_text(&v));
+        }
+        ProposalsCommand::Approve { id, note } => {
+            let path = format!("/admin/v1/proposals/{}/approve", segment(id));
+            let v = c.json(Method::POST, &path, Some(json!({ "note": note }))).await?;
+            let audit = s(&v["result"]["audit_seq"]);
+            show(
+                &v,
+                format!("{}\napproved: in force (audit #{audit})", proposal_text(&v["proposal"])),
+            );
+        }
+        ProposalsCommand::Reject { id, note } => {
+            let path = format!("/admin/v1/proposals/{}/reject", segment(id));
+            let v = c.json(Method::POST, &path, Some(json!({ "note": note }))).await?;
+            let p = &v["proposal"];
+            show(
+                &v,
+                format!("{}\n{} (audit #{})", proposal_text(p), s(&p["state"]), s(&v["audit_seq"])),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn risk(
+    c: &Client,
+    cmd: &RiskCommand,
+    show: &impl Fn(&Value, String),
+) -> Result<(), Failure> {
+    let blocklist = |list: &str, add: &[String], remove: &[String]| {
+        (
+            format!("/admin/v1/risk/blocklists/{}", segment(list)),
+            json!({ "add": add, "remove": remove }),
+        )
+    };
+    let v = match cmd {
+        RiskCommand::Show => {
+            let v = c.json(Method::GET, "/admin/v1/risk", None).await?;
+            show(&v, risk_text(&v));
+            return Ok(());
+        }
+        RiskCommand::Decisions { from, to, limit } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            for (k, val) in [("from", from), ("to", to)] {
+                if let Some(x) = val {
+                    q.append_pair(k, x);
+                }
+            }
+            if let Some(n) = limit {
+                q.append_pair("limit", &n.to_string());
+            }
+            let path = format!("/admin/v1/risk/decisions?{}", q.finish());
+            let v = c.json(Method::GET, &path, None).await?;
+            let t = table(
+                &["at", "partner", "outcome", "reasons", "rules", "CNY", "wallet", "over by"],
+                items(&v, "decisions").map(|d| {
+                    let list = |k: &str| items(d, k).map(s).collect::<Vec<_>>().join(", ");
+                    vec![
+                        s(&d["at"]),
+                        s(&d["partner"]),
+                        s(&d["outcome"]),
+                        list("reasons"),
+                        list("rules"),
+                        money(&d["pay"]),
+                        money(&d["wallet"]),
+                        money(&d["over_by"]),
+                    ]
+                }),
+            );
+            let more = if v["more"] == json!(true) {
+                format!("\nmore: continue with --from {}", s(&v["next_from"]))
+            } else {
+                String::new()
+            };
+            show(&v, format!("{t}\n{} to {}{more}", s(&v["from"]), s(&v["to"])));
+            return Ok(());
+        }
+        RiskCommand::Rules { file } => {
+            let text = read(file)?;
+            if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
+                return Err(Failure::Refused(format!(
+                    "{}: give the rules as JSON (the same keys as [risk.rules])",
+                    file.display()
+                )));
+            }
+            let rules: Value = serde_json::from_slice(&text)
+                .map_err(|e| Failure::Refused(format!("{}: {e}", file.display())))?;
+            c.json(Method::PUT, "/admin/v1/risk/rules", Some(rules)).await?
+        }
+        RiskCommand::Reset => c.json(Method::DELETE, "/admin/v1/risk/rules", None).await?,
+        RiskCommand::Block { list, entries } => {
+            let (path, body) = blocklist(list, entries, &[]);
+            c.json(Method::POST, &path, Some(body)).await?
+        }
+        RiskCommand::Unblock { list, entries } => {
+            let (path, body) = blocklist(list, &[], entries);
+            c.json(Method::POST, &path, Some(body)).await?
+        }
+        RiskCommand::Funds { partner, amount, currency, kind, reference } => {
+            let cur = qrbridge_fx::Currency::from_code(currency)
+                .map_err(|e| Failure::Refused(format!("{currency:?}: {e}")))?;
+            let a = qrbridge_fx::Amount::from_major_str(cur, amount)
+                .map_err(|e| Failure::Refused(format!("{amount:?} {currency}: {e}")))?;
+            let kind = match kind {
+                FundsKindArg::TopUp => "top_up",
+                FundsKindArg::SettlementReceived => "settlement_received",
+            };
+            let body =
+                json!({ "partner": partner, "amount": a, "kind": kind, "reference": reference });
+            c.json(Method::POST, "/admin/v1/risk/funds", Some(body)).await?
+        }
+    };
+    show(&v, proposed_text(&v));
+    Ok(())
+}
+
+/// A proposal as people read it.
+fn proposal_text(p: &Value) -> String {
+    let decided = if p["decided_by"].is_null() {
+        String::new()
+    } else {
+        format!("\ndecided by {} at {}", s(&p["decided_by"]), s(&p["decided_at"]))
+    };
+    let note =
+        if p["note"].is_null() { String::new() } else { format!("\nnote: {}", s(&p["note"])) };
+    format!(
+        "{} ({}) {}: {}\nproposed by {} at {}, expires {}{decided}{note}\nchange: {}",
+        s(&p["proposal_id"]),
+        s(&p["kind"]),
+        s(&p["state"]),
+        s(&p["why"]),
+        s(&p["proposed_by"]),
+        s(&p["created_at"]),
+        s(&p["expires_at"]),
+        serde_json::to_string(&p["change"]).unwrap_or_default(),
+    )
+}
+
+/// A change proposed (`202`): what it is, and how another admin approves it.
+fn proposed_text(v: &Value) -> String {
+    let p = &v["proposal"];
+    format!(
+        "{}\nnothing changes until another admin approves it (audit #{}):\n  qrbridge admin --as <another admin> proposals approve {}",
+        proposal_text(p),
+        s(&v["audit_seq"]),
+        s(&p["proposal_id"])
+    )
+}
+
+fn risk_text(v: &Value) -> String {
+    let rules = serde_json::to_string_pretty(&v["rules"]).unwrap_or_default();
+    let lists = &v["blocklists"];
+    let admin_lists = ["merchants", "mccs", "acquirers"]
+        .iter()
+        .map(|k| {
+            let added: Vec<String> = items(&lists["admin"], k).map(s).collect();
+            format!(
+                "{k}: {} from files, added by admins: {}",
+                s(&lists["files"][k]),
+                added.join(" ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let exposures = table(
+        &[
+            "partner",
+            "currency",
+            "owed",
+            "in flight",
+            "booked",
+            "funds received",
+            "cap",
+            "headroom",
+        ],
+        items(v, "exposures").map(|e| {
+            vec![
+                s(&e["partner"]),
+                s(&e["currency"]),
+                s(&e["owed"]),
+                s(&e["in_flight"]),
+                s(&e["booked_since_read"]),
+                s(&e["funds_received"]),
+                s(&e["cap"]),
+                s(&e["headroom"]),
+            ]
+        }),
+    );
+    let funds = table(
+        &["partner", "currency", "funds received"],
+        items(v, "funds").map(|f| vec![s(&f["partner"]), s(&f["currency"]), s(&f["received"])]),
+    );
+    format!("rules ({}):\n{rules}\n{admin_lists}\n{exposures}\n{funds}", s(&v["rules_source"]))
 }
 
 /// An age for `--older-than`: whole seconds, or a whole number of `s`, `m`, `h` or `d`.
@@ -733,6 +1100,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn rates_taken(v: &Value) -> String {
+    if v.get("proposal").is_some() {
+        return proposed_text(v);
+    }
     let t = table(
         &["pair", "rate", "as of", "source", "taken"],
         items(v, "rates").map(|r| {

@@ -68,6 +68,9 @@ pub struct ErrorDetail<'a> {
     pub code: &'a str,
     pub message: String,
     pub retryable: bool,
+    /// A finer, stable code beside `code` (`RISK_DECLINED`'s rule: `EXPOSURE_LIMIT`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
 }
 
 /// RFC 3339 in UTC with milliseconds: `2026-05-22T08:15:30.123Z`.

@@ -204,6 +204,7 @@ fn decode(text: &str, config: Option<&Path>) -> ExitCode {
                     code: "INVALID_CODE",
                     message: e.to_string(),
                     retryable: false,
+                    reason: None,
                 },
             };
             out(&serde_json::to_string(&body).expect("JSON of plain data"));

@@ -121,6 +121,22 @@ pub enum ApiError {
     /// A reload's new configuration was refused whole; the reasons, joined.
     #[error("reload refused: {0}")]
     ConfigRefused(String),
+    /// A risk rule refused the payment: `reason` is its stable code (`EXPOSURE_LIMIT`, …);
+    /// nothing was stored but the decision's record.
+    #[error("{message}")]
+    RiskDeclined { reason: &'static str, message: String },
+    /// Dual control: the admin who proposed a change cannot approve it (admin).
+    #[error("{0}")]
+    SameAdmin(String),
+    /// No proposal by that id (admin).
+    #[error("no proposal {0:?}")]
+    ProposalNotFound(String),
+    /// The proposal's time to be approved ran out; propose it again (admin).
+    #[error("{0}")]
+    ProposalExpired(String),
+    /// The proposal was approved, rejected or withdrawn already (admin).
+    #[error("{0}")]
+    ProposalDecided(String),
 }
 
 impl ApiError {
@@ -177,6 +193,11 @@ impl ApiError {
             DayNotClosed(_) => ("DAY_NOT_CLOSED", StatusCode::CONFLICT, true),
             SettlementNotFound(_) => ("SETTLEMENT_NOT_FOUND", StatusCode::NOT_FOUND, false),
             ConfigRefused(_) => ("CONFIG_REFUSED", StatusCode::UNPROCESSABLE_ENTITY, false),
+            RiskDeclined { .. } => ("RISK_DECLINED", StatusCode::UNPROCESSABLE_ENTITY, false),
+            SameAdmin(_) => ("SAME_ADMIN", StatusCode::FORBIDDEN, false),
+            ProposalNotFound(_) => ("PROPOSAL_NOT_FOUND", StatusCode::NOT_FOUND, false),
+            ProposalExpired(_) => ("PROPOSAL_EXPIRED", StatusCode::CONFLICT, false),
+            ProposalDecided(_) => ("PROPOSAL_DECIDED", StatusCode::CONFLICT, false),
             AcquirerNotFound(_) => ("ACQUIRER_NOT_FOUND", StatusCode::NOT_FOUND, false),
             InvalidReconciliationFile(_) => {
                 ("INVALID_RECONCILIATION_FILE", StatusCode::UNPROCESSABLE_ENTITY, false)
@@ -188,10 +209,25 @@ impl ApiError {
         self.parts().0
     }
 
+    /// The finer code beside [`ApiError::code`], where there is one.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            ApiError::RiskDeclined { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
     /// The HTTP answer.
     pub fn response(&self) -> Response<Full<Bytes>> {
         let (code, status, retryable) = self.parts();
-        let body = ErrorBody { error: ErrorDetail { code, message: self.to_string(), retryable } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+                retryable,
+                reason: self.reason(),
+            },
+        };
         let mut r = crate::api::json_response(status, &body);
         if matches!(self, ApiError::RateLimited | ApiError::Overloaded) {
             r.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));

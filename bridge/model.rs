@@ -267,6 +267,36 @@ impl PaymentRecord {
 
 /// One line of a journal entry: positive debits, negative credits (signed minor units; the
 /// API's amount form has no sign, so postings keep their own).
+/// A risk decision kept: a payment the rules refused (nothing else of it is stored), or one they
+/// let through with flags. Compliance reads them; the partner sees only `RISK_DECLINED` and the
+/// reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskDecisionRecord {
+    /// The payment id the payment was given (refused: never used again).
+    pub decision_id: String,
+    pub at: DateTime<Utc>,
+    pub partner: String,
+    pub request_id: String,
+    pub quote_id: String,
+    /// The partner's payer reference (kept for compliance; never logged).
+    pub payer_id: String,
+    pub acquirer: String,
+    pub merchant_id: Option<String>,
+    pub mcc: Option<String>,
+    pub pay: Amount,
+    pub wallet: Amount,
+    /// `REFUSED` or `FLAGGED`.
+    pub outcome: String,
+    /// The refusal's reason code (`EXPOSURE_LIMIT`, …) or the flag's (`NEAR_LIMIT`).
+    pub reasons: Vec<String>,
+    /// The rules that fired, by key (`payer.day_cny_minor_max`, …).
+    pub rules: Vec<String>,
+    /// What each rule saw (may describe other partners' totals).
+    pub detail: String,
+    /// By how much a refused payment would have passed its limit, in the limit's currency.
+    pub over_by: Option<Amount>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Posting {
     pub account: String,

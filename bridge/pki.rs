@@ -1,7 +1,9 @@
 //! The development PKI: generated on first run under `<data-dir>/pki/` so the embedded default
 //! runs with real mTLS and no setup. One CA issues the server certificate (naming `localhost` and
-//! `127.0.0.1`), the partners' (`partner-demo`, `partner-other`), the admin's, the bridge's own
-//! client certificate and the sandbox acquirer's. All ECDSA P-256, all PEM.
+//! `127.0.0.1`), the partners' (`partner-demo`, `partner-other`), two admins' (`admin` and
+//! `admin-2`: changes under dual control need a second admin to approve them), the bridge's own
+//! client certificate and the sandbox acquirer's. All ECDSA P-256, all PEM. The CA's key is not
+//! kept: a set made by an older build (without `admin-2`) is made again by removing the folder.
 //!
 //! Tests use [`Ca`] to issue more: a second "wrong" CA, expired certificates, unknown identities.
 
@@ -102,6 +104,8 @@ pub const DEV_CERTS: &[(&str, Usage)] = &[
     ("partner-demo", Usage::Client),
     ("partner-other", Usage::Client),
     ("admin", Usage::Client),
+    // The second admin identity, so that a proposal (dual control) can be approved.
+    ("admin-2", Usage::Client),
     ("bridge-client", Usage::Client),
     ("acquirer-sandbox", Usage::Server),
 ];

@@ -2,8 +2,10 @@
 //! never a panic (which drops the connection) nor a 5xx (issue 12, item 15). Each case is one
 //! that a review of the input paths found or that sits on a boundary of the parsers: days with a
 //! sign or five digits (the first of them reached an `expect` in the day's bounds), extreme
-//! decimals against a held rate, ragged CSV bodies, overlong and odd ids. The real daemon, real
-//! mTLS, one payment made first so that the routes reach past their lookups.
+//! decimals against a held rate, ragged CSV bodies, overlong and odd ids, and the dual-control
+//! and risk routes' (issue 15: what is proposed is approved by a second admin, so that the
+//! extreme rates are taken and quoted). The real daemon, real mTLS, one payment made first so
+//! that the routes reach past their lookups.
 
 mod support;
 
@@ -65,6 +67,13 @@ async fn hostile_admin_and_acquirer_input_is_answered_never_panicked() {
     let d = TestDaemon::start_with(Setup {
         manual_clock: true,
         start_at: Some("2026-11-20T02:00:00Z".parse().unwrap()),
+        // A second admin, to approve what dual control holds back (the embedded default may
+        // list it already).
+        tweak: Box::new(|c| {
+            if !c.tls.admin_identities.iter().any(|a| a == "admin-2") {
+                c.tls.admin_identities.push("admin-2".into());
+            }
+        }),
         ..Setup::default()
     })
     .await;
@@ -132,14 +141,14 @@ async fn hostile_admin_and_acquirer_input_is_answered_never_panicked() {
             422,
             Some("RATE_FROM_FUTURE"),
         ),
-        // The oldest day there is: taken (nothing held for USD/CHF), never fresh, listed.
+        // The oldest day there is: proposed (nothing held for USD/CHF: dual control), then
+        // approved below: taken, never fresh, listed.
         json_case(
             "/admin/v1/rates",
             json!({"rates": [{"base": "USD", "quote": "CHF", "rate": "0.9", "as_of": "-262143-01-01T00:00:00Z"}]}),
-            200,
+            202,
             None,
         ),
-        case(Method::GET, "/admin/v1/rates", 200, None),
         case(Method::GET, "/admin/v1/audit", 200, None),
         json_case("/admin/v1/rates", json!({"rates": []}), 422, Some("INVALID_RATE")),
         csv_case("/admin/v1/rates", "base,quote,rate,as_of\nUSD,PHP\n", 422, Some("INVALID_RATE")),
@@ -192,19 +201,68 @@ async fn hostile_admin_and_acquirer_input_is_answered_never_panicked() {
         // Ids in paths.
         case(Method::POST, "/admin/v1/webhooks/parked/%00%FF/replay", 404, None),
         case(Method::POST, "/admin/v1/rates/sources/..%2F/refresh", 404, None),
+        case(Method::POST, "/admin/v1/proposals/%00%FF/approve", 404, Some("PROPOSAL_NOT_FOUND")),
+        case(Method::GET, &format!("/admin/v1/proposals/{}", "9".repeat(10_000)), 404, None),
+        // Risk: extreme instants and amounts, odd bodies.
+        case(Method::GET, "/admin/v1/risk/decisions?from=-262143-01-01T00:00:00Z", 400, bad_day),
+        case(
+            Method::GET,
+            "/admin/v1/risk/decisions?from=0001-01-01T00:00:00Z&to=9999-12-31T23:59:59Z",
+            200,
+            None,
+        ),
+        case(Method::GET, "/admin/v1/risk/decisions?limit=99999999999999999999999", 400, bad_day),
+        json_case(
+            "/admin/v1/risk/funds",
+            json!({"partner": "partner-demo", "amount": {"currency": "PHP", "value": "99999999999999999999"},
+                   "kind": "top_up", "reference": "R"}),
+            400,
+            bad_day,
+        ),
+        json_case(
+            "/admin/v1/risk/funds",
+            json!({"partner": "partner-demo", "amount": {"currency": "XAU", "value": "1"},
+                   "kind": "top_up", "reference": "R"}),
+            400,
+            bad_day,
+        ),
+        json_case(
+            "/admin/v1/risk/blocklists/merchants",
+            json!({"add": ["x".repeat(65)]}),
+            400,
+            bad_day,
+        ),
+        Case {
+            method: Method::PUT,
+            ..json_case(
+                "/admin/v1/risk/rules",
+                json!({"merchant_day_cny_minor_max": 99999999999999999999_u128}),
+                400,
+                bad_day,
+            )
+        },
+        Case {
+            body: ("[".repeat(1_000) + &"]".repeat(1_000)).into_bytes(),
+            ..case(Method::PUT, "/admin/v1/risk/rules", 400, bad_day)
+        },
     ];
     check(&d.admin_client("admin"), admin).await;
+    // A second admin approves what was proposed: taken, listed.
+    approve_all(&d).await;
+    check(&d.admin_client("admin"), vec![case(Method::GET, "/admin/v1/rates", 200, None)]).await;
 
     // Extreme rates an admin forces, then quoted: refused with a code, never a panic.
     let partner = d.client("partner-demo");
     for rate in ["79228162514264337593543950335", "0.0000000000000000000000000001"] {
+        // Proposed (a move past the dual-control step), then approved by a second admin.
         let forced = vec![json_case(
             "/admin/v1/rates",
             json!({"rates": [{"base": "USD", "quote": "PHP", "rate": rate}], "force": true}),
-            200,
+            202,
             None,
         )];
         check(&d.admin_client("admin"), forced).await;
+        approve_all(&d).await;
         let code = support::flows::code(None);
         let body = json!({"code": code, "wallet_currency": "PHP",
                           "amount": {"currency": "CNY", "value": "10000"}});
@@ -254,6 +312,20 @@ async fn hostile_admin_and_acquirer_input_is_answered_never_panicked() {
     let store = d.daemon().store();
     assert!(store.refunds_of(&paid).await.unwrap().is_empty(), "no refund was recorded");
     d.finish().await;
+}
+
+/// `admin-2` approves every pending proposal (each made by `admin`): each answered `200`.
+async fn approve_all(d: &TestDaemon) {
+    let second = d.admin_client("admin-2");
+    let (s, v) = second.get("/admin/v1/proposals?state=pending").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let pending = v["proposals"].as_array().unwrap();
+    assert!(!pending.is_empty(), "a proposal to approve: {v}");
+    for p in pending {
+        let path = format!("/admin/v1/proposals/{}/approve", p["proposal_id"].as_str().unwrap());
+        let (s, ok) = second.post(&path, &json!({})).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {ok}");
+    }
 }
 
 /// Sends on a task of its own: `send_raw` panics when no answer comes (a handler's panic drops

@@ -39,6 +39,17 @@ async fn node(
     poll_ms: u64,
     acquirer: std::net::SocketAddr,
 ) -> Daemon {
+    node_with(dir, url, name, poll_ms, acquirer, |_| {}).await
+}
+
+async fn node_with(
+    dir: &std::path::Path,
+    url: &str,
+    name: &str,
+    poll_ms: u64,
+    acquirer: std::net::SocketAddr,
+    tweak: impl FnOnce(&mut qrbridge_config::Config),
+) -> Daemon {
     let mut c = qrbridge::daemon::embedded_config(dir, support::loopback()).unwrap();
     c.acquirers[0].endpoint = format!("https://{acquirer}");
     c.storage.url = Some(url.to_owned());
@@ -47,6 +58,7 @@ async fn node(
     c.ops.listen = Some(([127, 0, 0, 1], 0).into());
     c.cluster.poll_ms = poll_ms;
     c.cluster.lease_ttl_ms = 2_000;
+    tweak(&mut c);
     Daemon::start(
         c,
         StartOptions { clock: Arc::new(SystemClock), sandbox: SandboxConfig { slow_ms: 5_000 } },
@@ -264,4 +276,55 @@ async fn a_cancel_on_one_node_waits_out_the_other_nodes_send() {
     assert!(sums.values().all(|s| *s == 0), "{sums:?}");
     p.a.shutdown().await;
     p.b.shutdown().await;
+}
+
+/// The risk counters count every node's payments: a payer's limit reached on node a is reached
+/// on node b once b has read a's payments (every `risk.refresh_ms`; here at once), and each
+/// node's book holds the partner's exposure from both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risk_limits_hold_across_nodes() {
+    let Some(db) = support::pg::database().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let sandbox = support::pki_and_sandbox(&pki, 1_500).await;
+    let rules = |c: &mut qrbridge_config::Config| {
+        let r = c.risk.rules.partners.entry("partner-demo".into()).or_default();
+        r.payer.hour_count_max = Some(2);
+        // Read on demand below, not on the timer.
+        c.risk.refresh_ms = 600_000;
+    };
+    let a = node_with(dir.path(), &db.url, "a", 50, sandbox.addr(), rules).await;
+    let b = node_with(dir.path(), &db.url, "b", 50, sandbox.addr(), rules).await;
+    let ca = TestClient::new(&pki, Some("partner-demo"), a.partner_addr, false);
+    let cb = TestClient::new(&pki, Some("partner-demo"), b.partner_addr, false);
+    async fn paid(c: &TestClient, rid: &str, payer: &str) -> (StatusCode, Value) {
+        let (s, q) = quote(c, &code(None), Some(1_000), "PHP").await;
+        assert_eq!(s, StatusCode::CREATED, "{q}");
+        pay(c, rid, q["quote_id"].as_str().unwrap(), payer).await
+    }
+    let wallet = |p: &Value| p["wallet_amount"]["value"].as_str().unwrap().parse::<i64>().unwrap();
+    let (s, p1) = paid(&ca, "n-1", "payer-n").await;
+    assert_eq!(s, StatusCode::CREATED, "{p1}");
+    let (s, p2) = paid(&ca, "n-2", "payer-n").await;
+    assert_eq!(s, StatusCode::CREATED, "{p2}");
+    b.refresh_risk().await;
+    let (s, p) = paid(&cb, "n-3", "payer-n").await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(p["error"]["reason"], "VELOCITY_LIMIT", "{p}");
+    // Each node's book holds both payments' exposure (one read from the database).
+    let held = |d: &Daemon| {
+        d.engine()
+            .risk()
+            .exposures()
+            .iter()
+            .map(|e| e.owed_minor + e.booked_minor + e.reserved_minor)
+            .sum::<i64>()
+    };
+    assert_eq!(held(&b), wallet(&p1) + wallet(&p2));
+    a.refresh_risk().await;
+    assert_eq!(held(&a), wallet(&p1) + wallet(&p2));
+    a.shutdown().await;
+    b.shutdown().await;
+    sandbox.shutdown().await;
+    drop(db);
 }

@@ -7,6 +7,7 @@
 //! change is made by [`parts`]; [`crate::ops::reload`] makes it again while the daemon runs.
 
 pub mod parts;
+mod risk;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use crate::cluster::LeasePolicy;
 use crate::http::{self as partner_http, HttpLimits};
 use crate::ops::reload::{ConfigSource, InForce, Refused, Reloaded, Reloader};
 use crate::payments::engine::{CancelPolicy, Engine, EngineParts, ResolverPolicy};
+use crate::payments::risk::Blocklists;
 use crate::rates::Feeds;
 use crate::settlement::{BusinessDays, Settlement};
 use crate::store::{AnyStore, Store};
@@ -227,6 +229,8 @@ impl Daemon {
                 send_by: chrono::Duration::milliseconds(SEND_BY_MS),
             },
             refund_window_days: settlement.refund_window_days,
+            // Put in force with what admins approved once the treasury has read it (below).
+            risk: Default::default(),
         });
 
         // Rates: local sources now (start-up waits for them), URLs and polls in a worker; then
@@ -249,8 +253,20 @@ impl Daemon {
         );
         // The head first: a change another node makes while the settings are read is seen.
         let settings_seen = store.audit_head().await?.map(|h| h.seq);
+        let base_policy = parts.risk.policy(None, &Blocklists::default()).map_err(|ps| {
+            StartError::Config(ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        })?;
+        treasury.put_risk_base(parts.risk.clone(), base_policy);
         treasury.restore().await?;
         treasury.settings_reached(settings_seen.unwrap_or(0));
+        // The risk counters from the store, never from memory: the last day's payments, those
+        // not final, what the partners owe.
+        let risk = treasury.rebuild_risk().await?;
+        tracing::info!(
+            payments = risk.recent_payments,
+            open = risk.open_payments,
+            "risk counters rebuilt"
+        );
         let treasury_watch = treasury.clone();
         let treasury_handle = treasury.clone();
         // Other nodes write work, events and settings that wake no one here: look for them.
@@ -266,6 +282,7 @@ impl Daemon {
                 parts.settlement.partners.clone(),
                 parts.settlement.acquirers.clone(),
             )
+            .with_monitoring(config.risk.monitoring.clone())
             .on_node(node.clone(), lease),
         );
 
@@ -395,6 +412,11 @@ impl Daemon {
                 })
             }),
             tokio::spawn(feeds.run(book, shutdown_rx.clone())),
+            tokio::spawn(risk::run(
+                treasury.clone(),
+                Duration::from_millis(config.risk.refresh_ms),
+                shutdown_rx.clone(),
+            )),
         ];
         if let Some(every) = poll {
             // Spreads and rates another node set.
@@ -498,6 +520,17 @@ impl Daemon {
 
     pub fn store(&self) -> &Arc<AnyStore> {
         self.engine.store()
+    }
+
+    /// The payment engine (its clock, its risk book).
+    pub fn engine(&self) -> &Arc<Engine<AnyStore>> {
+        &self.engine
+    }
+
+    /// Does a round of the risk book's upkeep now (it runs every `risk.refresh_ms` anyway):
+    /// the payments the other nodes made in the last day, what the partners owe.
+    pub async fn refresh_risk(&self) {
+        risk::refresh(&self.treasury, self.engine.now() - chrono::Duration::hours(24)).await;
     }
 
     /// Reads the configuration again and puts in force what changed, all or nothing

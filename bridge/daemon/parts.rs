@@ -20,6 +20,7 @@ use tower::util::BoxCloneSyncService;
 use crate::admin::Admin;
 use crate::http::{HttpLimits, Rate, Req, Resp};
 use crate::payments::engine::{AcquirerService, Engine, PartnerPolicy};
+use crate::payments::risk::{Blocklists, ListKind, RiskBase};
 use crate::settlement::SettlementParties;
 use crate::store::AnyStore;
 use crate::tls::{self, Directory, ServerTlsFiles, TlsError};
@@ -63,6 +64,8 @@ pub struct Parts {
     pub partner: ListenerParts,
     pub acquirer: ListenerParts,
     pub admin: ListenerParts,
+    /// What the configuration gives the risk check (admins' approved rules go on top).
+    pub risk: RiskBase,
     /// Per partner: its request rate, and its own concurrency limit where it has one.
     partner_rates: HashMap<String, Rate>,
     partner_concurrency: HashMap<String, usize>,
@@ -87,6 +90,27 @@ fn distinct<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// What `config` gives the risk check: its rules, each partner's per-payment maximum, and the
+/// blocklists read from the files it names.
+pub fn risk_of(config: &Config) -> Result<RiskBase, String> {
+    let partner_max =
+        config.partners.iter().map(|p| (p.id.clone(), p.limits.payment_cny_minor_max)).collect();
+    let files = &config.risk.blocklists;
+    let mut lists = Blocklists::default();
+    for (kind, path, set) in [
+        (ListKind::Merchants, &files.merchants, &mut lists.merchants),
+        (ListKind::Mccs, &files.mccs, &mut lists.mccs),
+        (ListKind::Acquirers, &files.acquirers, &mut lists.acquirers),
+    ] {
+        let Some(path) = path else { continue };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("risk.blocklists: cannot read {}: {e}", path.display()))?;
+        *set = Blocklists::parse_list(kind, &path.display().to_string(), &text)
+            .map_err(|ps| ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+    }
+    Ok(RiskBase { rules: config.risk.rules.clone(), partner_max, lists })
 }
 
 impl Parts {
@@ -198,6 +222,7 @@ impl Parts {
                 .map_err(|e| tls_err("tls.admin_ca", e))?;
         }
         let admin = listener(vec![config.tls.admin_ca.clone()], directory, "admin API")?;
+        let risk = risk_of(config)?;
 
         Ok(Parts {
             acquirers,
@@ -225,6 +250,7 @@ impl Parts {
             partner,
             acquirer,
             admin,
+            risk,
             partner_rates: config
                 .partners
                 .iter()

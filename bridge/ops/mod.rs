@@ -97,6 +97,9 @@ const WEBHOOK_PARKED: &str = "qrbridge_webhook_parked";
 const RATE_AGE: &str = "qrbridge_rate_age_seconds";
 const HTTP_REQUESTS_TOTAL: &str = "qrbridge_http_requests_total";
 const HTTP_REQUEST_DURATION: &str = "qrbridge_http_request_duration_seconds";
+const RISK_DECISIONS_TOTAL: &str = "qrbridge_risk_decisions_total";
+const RISK_FINDINGS_TOTAL: &str = "qrbridge_risk_findings_total";
+const RISK_EXPOSURE_USED: &str = "qrbridge_risk_exposure_used_bps";
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -111,11 +114,25 @@ fn describe() {
     describe_gauge!(WEBHOOK_PARKED, "Webhook events parked (read at scrape)");
     describe_gauge!(RATE_AGE, Unit::Seconds, "Age of each mid rate held (read at scrape)");
     describe_counter!(HTTP_REQUESTS_TOTAL, "Requests answered, by listener, route and status");
+    describe_counter!(
+        RISK_DECISIONS_TOTAL,
+        "Risk decisions that refused or flagged a payment, by outcome, reason and rule"
+    );
+    describe_counter!(
+        RISK_FINDINGS_TOTAL,
+        "Lines written to the daily suspicious.csv files, by monitoring rule"
+    );
     describe_histogram!(
         HTTP_REQUEST_DURATION,
         Unit::Seconds,
         "Request arrival to answer head, by listener and route"
     );
+}
+
+/// A risk decision that refused (`outcome="refused"`, `reason` its code) or flagged a payment.
+pub fn risk_decision(outcome: &'static str, reason: &'static str, rule: &'static str) {
+    metrics::counter!(RISK_DECISIONS_TOTAL, "outcome" => outcome, "reason" => reason, "rule" => rule)
+        .increment(1);
 }
 
 /// One request answered on `listener` (`partner`, `acquirer`, `admin`): `route` is its template
@@ -300,6 +317,29 @@ impl<S: Store> Ops<S> {
         ));
         for line in ages {
             text.push_str(&line);
+        }
+        // Each partner's exposure against its cap (prefunding, funds received and credit line),
+        // in basis points of the cap: written from the risk book as it is now.
+        text.push_str(&format!(
+            "# HELP {RISK_EXPOSURE_USED} Share of each partner's exposure cap in use (owed, in flight and booked), in basis points.\n# TYPE {RISK_EXPOSURE_USED} gauge\n"
+        ));
+        for e in self.engine.risk().exposures() {
+            let Some(cap) = e.cap_minor else { continue };
+            let used = i128::from(e.owed_minor)
+                + i128::from(e.reserved_minor)
+                + i128::from(e.booked_minor);
+            let bps = if cap > 0 {
+                used.max(0) * 10_000 / i128::from(cap)
+            } else if used > 0 {
+                1_000_000
+            } else {
+                0
+            };
+            text.push_str(&format!(
+                "{RISK_EXPOSURE_USED}{{partner=\"{}\",currency=\"{}\"}} {bps}\n",
+                e.partner,
+                e.currency.code()
+            ));
         }
         text
     }

@@ -110,6 +110,7 @@ fn fixed(c: &Config) -> Vec<(&'static str, Value)> {
         ("webhooks", v(&c.webhooks)),
         ("limits", v(&c.limits)),
         ("fx (other than fx.spread)", v(&fx)),
+        ("risk.refresh_ms", v(&c.risk.refresh_ms)),
     ]
 }
 
@@ -121,6 +122,7 @@ fn reloadable(c: &Config) -> Vec<(&'static str, Value)> {
         ("acquirers", v(&c.acquirers)),
         ("routes", v(&c.routes)),
         ("fx.spread", v(&c.fx.spread)),
+        ("risk", v(&c.risk)),
     ]
 }
 
@@ -162,6 +164,13 @@ fn summary(c: &Config, node: &str) -> Value {
     files.extend(c.partners.iter().map(|p| p.ca.as_path()));
     files.extend(c.partners.iter().filter_map(|p| p.webhook_ca.as_deref()));
     files.extend(c.acquirers.iter().map(|a| a.ca.as_path()));
+    let lists = &c.risk.blocklists;
+    files.extend(
+        [&lists.merchants, &lists.mccs, &lists.acquirers]
+            .into_iter()
+            .flatten()
+            .map(|p| p.as_path()),
+    );
     files.sort();
     files.dedup();
     json!({
@@ -187,6 +196,7 @@ fn summary(c: &Config, node: &str) -> Value {
         "admin_identities": c.tls.admin_identities,
         "allow_tls12": c.tls.allow_tls12,
         "spread": c.fx.spread,
+        "risk": c.risk,
         "files": files
             .iter()
             .map(|p| (p.display().to_string(), Value::String(file_digest(p))))
@@ -263,6 +273,7 @@ impl Reloader {
             Refused(vec![format!("the settings are being changed elsewhere; try again ({e})")])
         })?;
         let spreads = self.treasury.spreads_within(base).await.map_err(Refused)?;
+        let risk = self.treasury.risk_policy_for(&parts.risk).await.map_err(Refused)?;
 
         let mut changed: Vec<&'static str> = reloadable(&current.config)
             .into_iter()
@@ -300,7 +311,9 @@ impl Reloader {
             parts.services(&self.engine, &self.admin, &self.http_limits, &self.admissions);
         self.engine.set_parties(parts.router, parts.acquirers, parts.partners);
         self.engine.set_spreads(spreads);
+        self.treasury.put_risk_base(parts.risk, risk);
         self.settlement.set_parties(parts.settlement);
+        self.settlement.set_monitoring(new.risk.monitoring.clone());
         self.senders.replace(parts.senders);
         self.engine.events_written.notify_one();
         let listening = [parts.partner, parts.acquirer, parts.admin];

@@ -41,6 +41,7 @@ use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::model::*;
 use crate::payments::ledger;
+use crate::payments::risk::{Candidate, DecideError, Flag, PaymentFacts, Refusal, RiskBook};
 use crate::store::{Begin, BeginError, Change, Store, StoreError, Work};
 
 /// How the engine reaches an acquirer: the real client ([`qrbridge_adapters::acquirer::AcquirerClient`])
@@ -152,6 +153,8 @@ pub struct EngineParts<S> {
     pub resolver: ResolverPolicy,
     /// Refunds are accepted this many days after the payment.
     pub refund_window_days: u32,
+    /// The risk rules and blocklists every payment is checked against before it is written.
+    pub risk: crate::payments::risk::Policy,
 }
 
 /// Payment locks: a payment's state changes one at a time. Striped, so the table never grows.
@@ -170,6 +173,8 @@ pub struct Engine<S> {
     cancel: CancelPolicy,
     resolver: ResolverPolicy,
     refund_window_days: u32,
+    /// The risk decision and its counters ([`RiskBook`]).
+    risk: RiskBook,
     /// Payments being paid by this process: replays wait for them to finish.
     inflight: Arc<Claims>,
     /// Resolver tasks being done by this process, by payment and task: the same task of the same
@@ -271,6 +276,7 @@ impl<S: Store> Engine<S> {
             cancel: p.cancel,
             resolver: p.resolver,
             refund_window_days: p.refund_window_days,
+            risk: RiskBook::new(p.risk),
             inflight: Arc::default(),
             stepping: Arc::default(),
             unsent: Mutex::default(),
@@ -313,6 +319,11 @@ impl<S: Store> Engine<S> {
     /// Whether this process is paying `payment_id` right now (its instruction is on the wire).
     pub fn is_inflight(&self, payment_id: &str) -> bool {
         self.inflight.waiter(payment_id).is_some()
+    }
+
+    /// The risk book: its policy, counters and exposures.
+    pub fn risk(&self) -> &RiskBook {
+        &self.risk
     }
 
     pub fn store(&self) -> &Arc<S> {
@@ -677,7 +688,43 @@ impl<S: Store> Engine<S> {
         inflight: Claim,
         now: DateTime<Utc>,
     ) -> Result<(PaymentRecord, bool), ApiError> {
-        match self.store.begin_payment(&record, &work, now).await {
+        // The risk decision, and the payment's hold on the limits, before anything is written.
+        let reservation = match self.risk.decide_and_reserve(&Candidate::of(&record), now) {
+            Ok(r) => r,
+            Err(DecideError::Refused(refusal)) => {
+                drop(inflight);
+                // The same request, made at the same time, may have made the payment that took
+                // the limit: that payment is the answer.
+                if let Some(p) = self
+                    .store
+                    .payment_by_request(partner, &record.request_id)
+                    .await
+                    .map_err(internal)?
+                {
+                    return self.replay(p, &hash).await.map(|p| (p, false));
+                }
+                return Err(self.risk_refused(&record, refusal).await);
+            }
+            Err(DecideError::Invalid(why)) => {
+                tracing::error!(payment = %record.payment_id, why, "risk check given what no payment is");
+                return Err(ApiError::Internal);
+            }
+        };
+        let begun = self.store.begin_payment(&record, &work, now).await;
+        match &begun {
+            Ok(Begin::Created) => {
+                if !reservation.flags().is_empty() {
+                    self.risk_flagged(&record, reservation.flags()).await;
+                }
+            }
+            // Whether the write was made is not known: the payment keeps its hold until it ends
+            // (or a rebuild from the store says it was never written).
+            Err(StoreError::Database(_) | StoreError::Sled(_)) => drop(reservation),
+            Ok(Begin::Replay(_)) | Err(_) => {
+                self.risk.release(reservation);
+            }
+        }
+        match begun {
             Ok(Begin::Created) => {}
             Ok(Begin::Replay(existing)) => {
                 drop(inflight);
@@ -719,6 +766,46 @@ impl<S: Store> Engine<S> {
         }
         tracing::info!(payment = %record.payment_id, partner, quote = %record.quote_id, "payment pending");
         self.drive(record, q, inflight).await.map(|p| (p, true))
+    }
+
+    /// A payment the risk rules refused: its decision kept, counted, logged (never the payer),
+    /// and the partner's answer.
+    async fn risk_refused(&self, record: &PaymentRecord, refusal: Refusal) -> ApiError {
+        let reason = refusal.reason.code();
+        let rule = refusal.rule.as_str();
+        crate::ops::risk_decision("refused", reason, rule);
+        tracing::info!(payment = %record.payment_id, partner = %record.partner, reason, rule, detail = %refusal.detail, "payment refused by risk rules");
+        let d = decision_record(
+            record,
+            "REFUSED",
+            vec![reason.to_owned()],
+            vec![rule.to_owned()],
+            refusal.detail,
+            refusal.over_by,
+        );
+        if let Err(e) = self.store.put_risk_decision(&d).await {
+            tracing::error!(payment = %record.payment_id, error = %e, "risk decision not kept");
+        }
+        ApiError::RiskDeclined { reason, message: refusal.message }
+    }
+
+    /// A payment the rules let through with flags: its decision kept and counted.
+    async fn risk_flagged(&self, record: &PaymentRecord, flags: &[Flag]) {
+        for f in flags {
+            crate::ops::risk_decision("flagged", f.kind.code(), f.rule.as_str());
+        }
+        let detail = flags.iter().map(|f| f.detail.as_str()).collect::<Vec<_>>().join("; ");
+        let d = decision_record(
+            record,
+            "FLAGGED",
+            flags.iter().map(|f| f.kind.code().to_owned()).collect(),
+            flags.iter().map(|f| f.rule.as_str().to_owned()).collect(),
+            detail,
+            None,
+        );
+        if let Err(e) = self.store.put_risk_decision(&d).await {
+            tracing::error!(payment = %record.payment_id, error = %e, "risk decision not kept");
+        }
     }
 
     /// Runs [`Engine::drive`] in a task of its own and waits for it.
@@ -1080,6 +1167,10 @@ impl<S: Store> Engine<S> {
     /// Makes an applied change durable, then wakes the workers it gives work to. Called after
     /// the payment's lock is released: a flush is I/O.
     async fn durable(&self, change: Change) -> Result<PaymentRecord, ApiError> {
+        // The risk book follows the payment as applied (booked, or its hold given back) before
+        // the flush: a ledger read for the book taken after this sees the booking, so it leaves
+        // the book's own count at the next read (see `RiskBook::reload_owed`).
+        self.risk.settle(&PaymentFacts::of(&change.payment));
         self.store.flush().await.map_err(internal)?;
         tracing::info!(payment = %change.payment.payment_id, state = ?change.payment.state, "payment updated");
         // A final state is announced by its event ([`Engine::event_for`]): counted once, here.
@@ -1853,6 +1944,35 @@ impl<S: Store> Engine<S> {
 }
 
 /// An ATTENTION task for `p`: an operator must look, for the reason `why` (shown on the admin API).
+/// The record of a risk decision about `p`.
+fn decision_record(
+    p: &PaymentRecord,
+    outcome: &str,
+    reasons: Vec<String>,
+    rules: Vec<String>,
+    detail: String,
+    over_by: Option<Amount>,
+) -> RiskDecisionRecord {
+    RiskDecisionRecord {
+        decision_id: p.payment_id.clone(),
+        at: p.created_at,
+        partner: p.partner.clone(),
+        request_id: p.request_id.clone(),
+        quote_id: p.quote_id.clone(),
+        payer_id: p.payer_id.clone(),
+        acquirer: p.acquirer.clone(),
+        merchant_id: p.merchant.id.clone(),
+        mcc: p.merchant.mcc.clone(),
+        pay: p.pay,
+        wallet: p.wallet,
+        outcome: outcome.to_owned(),
+        reasons,
+        rules,
+        detail,
+        over_by,
+    }
+}
+
 fn attention(p: &PaymentRecord, now: DateTime<Utc>, why: impl Into<String>) -> Work {
     Work::Set(WorkItem {
         last_error: Some(why.into()),

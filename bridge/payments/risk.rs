@@ -56,9 +56,12 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
+use qrbridge_config::risk::{valid_id, valid_mcc, valid_merchant_id};
 use qrbridge_config::Problem;
+pub use qrbridge_config::{
+    CurrencyRules, MccRules, MerchantRules, PartnerRules, RiskRules, VelocityRules,
+};
 use qrbridge_fx::{Amount, AmountError, Currency};
-use serde::{Deserialize, Serialize};
 
 use crate::model::{PaymentRecord, PaymentState};
 
@@ -74,302 +77,6 @@ const UNWRITTEN_GRACE_MS: i64 = 60_000;
 const BPS_WHOLE: i64 = 10_000;
 
 // ---------------------------------------------------------------------------------------------
-// Rules, as configuration
-// ---------------------------------------------------------------------------------------------
-
-/// The risk rules. Every limit is optional: absent means no limit. Amounts are minor units of the
-/// currency the key names (`cny`: fen; `wallet`: the wallet currency's).
-///
-/// ```toml
-/// near_limit_bps = 500                       # flag payments leaving < 5 % of a limit unused
-/// merchant_day_cny_minor_max = 50000000      # any merchant, CNY 500,000 per rolling day
-///
-/// [partners.gcash]
-/// payment_cny_minor_min = 100
-/// payment_cny_minor_max = 5000000
-/// payer = { hour_count_max = 10, day_cny_minor_max = 2000000 }
-///
-/// [partners.gcash.currencies.PHP]
-/// payment_wallet_minor_max = 5000000
-/// prefund_minor = 100000000
-/// credit_line_minor = 50000000
-///
-/// [merchants.acq-a."500034453110001"]        # acquirer, then the merchant's id
-/// day_cny_minor_max = 100000000
-///
-/// [mccs."7995"]
-/// day_cny_minor_max = 1000000
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RiskRules {
-    /// Flag (never refuse) a payment that leaves at most this share of a limit unused, in basis
-    /// points of the limit: many payments just under a limit are what structuring looks like.
-    /// Applies to every maximum. Absent: no flags.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub near_limit_bps: Option<u32>,
-    /// Rules per partner id. A partner not named here has no partner rules.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub partners: BTreeMap<String, PartnerRules>,
-    /// Any one merchant's CNY total per rolling day, across partners, unless `merchants` names
-    /// the merchant: a merchant suddenly taking far more than merchants do is a fraud signal.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub merchant_day_cny_minor_max: Option<i64>,
-    /// Rules for named merchants: acquirer id, then the merchant's id. A merchant's own rules
-    /// replace `merchant_day_cny_minor_max` (leaving its limit out exempts it).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub merchants: BTreeMap<String, BTreeMap<String, MerchantRules>>,
-    /// Rules per merchant category code (four digits), across partners and merchants.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub mccs: BTreeMap<String, MccRules>,
-}
-
-/// One partner's rules.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PartnerRules {
-    /// Smallest CNY amount of one payment, whatever the wallet currency.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payment_cny_minor_min: Option<i64>,
-    /// Largest CNY amount of one payment, whatever the wallet currency (the old
-    /// `partners[].limits.payment_cny_minor_max`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payment_cny_minor_max: Option<i64>,
-    /// Per-payer velocity: the partner's payer reference, counted within this partner only.
-    #[serde(skip_serializing_if = "VelocityRules::is_empty")]
-    pub payer: VelocityRules,
-    /// Rules per wallet currency: amounts in it, and the partner's exposure in it.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub currencies: BTreeMap<Currency, CurrencyRules>,
-}
-
-/// How much one payer may pay through one partner per rolling window. Each count and total
-/// includes the payment being decided.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VelocityRules {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hour_count_max: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hour_cny_minor_max: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub day_count_max: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub day_cny_minor_max: Option<i64>,
-}
-
-impl VelocityRules {
-    fn is_empty(&self) -> bool {
-        *self == VelocityRules::default()
-    }
-}
-
-/// A partner's rules in one wallet currency.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CurrencyRules {
-    /// Smallest CNY amount of one payment paid in this currency.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payment_cny_minor_min: Option<i64>,
-    /// Largest CNY amount of one payment paid in this currency.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payment_cny_minor_max: Option<i64>,
-    /// Smallest wallet amount of one payment, in this currency's minor units.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payment_wallet_minor_min: Option<i64>,
-    /// Largest wallet amount of one payment, in this currency's minor units.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payment_wallet_minor_max: Option<i64>,
-    /// What the partner paid in advance, in this currency's minor units. With
-    /// `credit_line_minor`, the most the partner may owe (unsettled plus in flight); absent with
-    /// `credit_line_minor` absent too: no exposure limit; absent alone: zero.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefund_minor: Option<i64>,
-    /// What the house lends the partner beyond its prefunding, in this currency's minor units.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub credit_line_minor: Option<i64>,
-}
-
-impl CurrencyRules {
-    /// The most the partner may owe in this currency: prefunding plus credit line.
-    pub fn exposure_cap(&self) -> Option<i64> {
-        if self.prefund_minor.is_none() && self.credit_line_minor.is_none() {
-            return None;
-        }
-        // Each is at most Amount::MAX_MINOR once validated; saturating keeps an unvalidated
-        // value from wrapping.
-        Some(self.prefund_minor.unwrap_or(0).saturating_add(self.credit_line_minor.unwrap_or(0)))
-    }
-}
-
-/// A named merchant's rules.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MerchantRules {
-    /// The merchant's CNY total per rolling day, across partners.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub day_cny_minor_max: Option<i64>,
-}
-
-/// One merchant category's rules.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MccRules {
-    /// The category's CNY total per rolling day, across partners and merchants.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub day_cny_minor_max: Option<i64>,
-}
-
-/// `at.key`, with the key quoted when it is not a plain word.
-fn key_path(at: &str, key: &str) -> String {
-    let plain =
-        !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if plain {
-        format!("{at}.{key}")
-    } else {
-        format!("{at}.{key:?}")
-    }
-}
-
-/// Ids appear in records, logs and URLs (as config/src/validate.rs wants them).
-fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
-}
-
-/// A merchant's id as acquirers write it: 1-64 visible ASCII characters.
-fn valid_merchant_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// An ISO 18245 merchant category code: four digits.
-fn valid_mcc(mcc: &str) -> bool {
-    mcc.len() == 4 && mcc.bytes().all(|b| b.is_ascii_digit())
-}
-
-struct Problems(Vec<Problem>);
-
-impl Problems {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem::new(path, message));
-    }
-
-    /// A minor-unit amount within `min..=Amount::MAX_MINOR`.
-    fn minor(&mut self, path: &str, value: Option<i64>, min: i64) {
-        if let Some(v) = value {
-            if v < min || v > Amount::MAX_MINOR {
-                self.add(path, format!("{v} is outside {min}..={}", Amount::MAX_MINOR));
-            }
-        }
-    }
-
-    fn count(&mut self, path: &str, value: Option<u32>) {
-        if value == Some(0) {
-            self.add(path, "must be at least 1 (to refuse everything, use a blocklist)");
-        }
-    }
-
-    /// `{stem}_min` and `{stem}_max`, each at least 1, the minimum not above the maximum.
-    fn bounds(&mut self, at: &str, stem: &str, min: Option<i64>, max: Option<i64>) {
-        self.minor(&format!("{at}.{stem}_min"), min, 1);
-        self.minor(&format!("{at}.{stem}_max"), max, 1);
-        if let (Some(lo), Some(hi)) = (min, max) {
-            if lo > hi {
-                self.add(format!("{at}.{stem}_min"), format!("{lo} is above {stem}_max {hi}"));
-            }
-        }
-    }
-
-    fn velocity(&mut self, at: &str, v: &VelocityRules) {
-        self.count(&format!("{at}.hour_count_max"), v.hour_count_max);
-        self.count(&format!("{at}.day_count_max"), v.day_count_max);
-        self.minor(&format!("{at}.hour_cny_minor_max"), v.hour_cny_minor_max, 1);
-        self.minor(&format!("{at}.day_cny_minor_max"), v.day_cny_minor_max, 1);
-    }
-}
-
-impl RiskRules {
-    /// Every problem with the rules, each at its key path under `at` (`risk.partners.gcash.
-    /// payer.hour_count_max: 0 …`); empty when they are usable. Whether the partners and
-    /// acquirers named exist is [`RiskRules::unknown_names`]' question.
-    pub fn validate(&self, at: &str) -> Vec<Problem> {
-        let mut p = Problems(Vec::new());
-        if let Some(bps) = self.near_limit_bps {
-            if !(1..=10_000).contains(&bps) {
-                p.add(format!("{at}.near_limit_bps"), format!("{bps} is outside 1..=10000"));
-            }
-        }
-        p.minor(&format!("{at}.merchant_day_cny_minor_max"), self.merchant_day_cny_minor_max, 1);
-        for (id, r) in &self.partners {
-            let pat = key_path(&format!("{at}.partners"), id);
-            if !valid_id(id) {
-                p.add(pat.clone(), format!("{id:?} must be 1-64 of a-z 0-9 - _ ."));
-            }
-            p.bounds(&pat, "payment_cny_minor", r.payment_cny_minor_min, r.payment_cny_minor_max);
-            p.velocity(&format!("{pat}.payer"), &r.payer);
-            for (c, cr) in &r.currencies {
-                let cat = format!("{pat}.currencies.{c}");
-                if *c == Currency::CNY {
-                    p.add(cat.clone(), "CNY is the merchant side, not a wallet currency");
-                }
-                p.bounds(
-                    &cat,
-                    "payment_cny_minor",
-                    cr.payment_cny_minor_min,
-                    cr.payment_cny_minor_max,
-                );
-                p.bounds(
-                    &cat,
-                    "payment_wallet_minor",
-                    cr.payment_wallet_minor_min,
-                    cr.payment_wallet_minor_max,
-                );
-                p.minor(&format!("{cat}.prefund_minor"), cr.prefund_minor, 0);
-                p.minor(&format!("{cat}.credit_line_minor"), cr.credit_line_minor, 0);
-            }
-        }
-        for (acquirer, merchants) in &self.merchants {
-            let aat = key_path(&format!("{at}.merchants"), acquirer);
-            if !valid_id(acquirer) {
-                p.add(aat.clone(), format!("{acquirer:?} must be 1-64 of a-z 0-9 - _ ."));
-            }
-            for (id, m) in merchants {
-                let mat = key_path(&aat, id);
-                if !valid_merchant_id(id) {
-                    p.add(mat.clone(), "a merchant id is 1-64 visible ASCII characters");
-                }
-                p.minor(&format!("{mat}.day_cny_minor_max"), m.day_cny_minor_max, 1);
-            }
-        }
-        for (mcc, m) in &self.mccs {
-            let mat = key_path(&format!("{at}.mccs"), mcc);
-            if !valid_mcc(mcc) {
-                p.add(mat.clone(), format!("{mcc:?} is not a merchant category code (4 digits)"));
-            }
-            p.minor(&format!("{mat}.day_cny_minor_max"), m.day_cny_minor_max, 1);
-        }
-        p.0
-    }
-
-    /// Partners and acquirers the rules name that the configuration does not have (a typo would
-    /// otherwise leave a partner without its limits, silently).
-    pub fn unknown_names(
-        &self,
-        at: &str,
-        is_partner: impl Fn(&str) -> bool,
-        is_acquirer: impl Fn(&str) -> bool,
-    ) -> Vec<Problem> {
-        let mut p = Problems(Vec::new());
-        for id in self.partners.keys().filter(|id| !is_partner(id)) {
-            p.add(key_path(&format!("{at}.partners"), id), format!("{id:?} is not a partner"));
-        }
-        for id in self.merchants.keys().filter(|id| !is_acquirer(id)) {
-            p.add(key_path(&format!("{at}.merchants"), id), format!("{id:?} is not an acquirer"));
-        }
-        p.0
-    }
-}
-
 /// What is refused outright. Entries are exact (no patterns). A merchant id is refused at
 /// whichever acquirer (compliance lists do not carry our acquirer ids; an id two acquirers share
 /// is refused at both — too much, never too little).
@@ -428,6 +135,38 @@ impl Blocklists {
         } else {
             Err(problems)
         }
+    }
+}
+
+/// What the configuration gives the risk check: its rules, each partner's old per-payment
+/// maximum (`partners[].limits.payment_cny_minor_max`), and the blocklists its files hold.
+/// Admins' approved rules and blocklist entries go on top ([`RiskBase::policy`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RiskBase {
+    pub rules: RiskRules,
+    pub partner_max: BTreeMap<String, i64>,
+    pub lists: Blocklists,
+}
+
+impl RiskBase {
+    /// The policy in force: `admin_rules` in place of the configuration's where admins approved
+    /// some, each partner's old maximum folded in as its `payment_cny_minor_max` (the smaller
+    /// of the two where both are set), and the blocklists with `extra` entries added.
+    pub fn policy(
+        &self,
+        admin_rules: Option<&RiskRules>,
+        extra: &Blocklists,
+    ) -> Result<Policy, Vec<Problem>> {
+        let mut rules = admin_rules.unwrap_or(&self.rules).clone();
+        for (partner, max) in &self.partner_max {
+            let r = rules.partners.entry(partner.clone()).or_default();
+            r.payment_cny_minor_max = Some(r.payment_cny_minor_max.map_or(*max, |m| m.min(*max)));
+        }
+        let mut lists = self.lists.clone();
+        lists.merchants.extend(extra.merchants.iter().cloned());
+        lists.mccs.extend(extra.mccs.iter().cloned());
+        lists.acquirers.extend(extra.acquirers.iter().cloned());
+        Policy::new(rules, lists)
     }
 }
 
@@ -936,6 +675,12 @@ impl Window {
     }
 
     /// Takes out the payment made at `at_ms` with `tag`; false when it is not here.
+    /// Whether the window holds the entry made at `at_ms` with `tag`.
+    fn holds(&self, at_ms: i64, tag: u64) -> bool {
+        let start = self.entries.partition_point(|x| x.at_ms < at_ms);
+        self.entries.range(start..).take_while(|x| x.at_ms == at_ms).any(|x| x.tag == tag)
+    }
+
     fn remove(&mut self, at_ms: i64, tag: u64) -> bool {
         let start = self.entries.partition_point(|x| x.at_ms < at_ms);
         let found = self
@@ -1762,7 +1507,50 @@ impl RiskBook {
     /// (still counted until a ledger read taken after this shows it). Failed or cancelled: the
     /// payment leaves the windows and its exposure is given back.
     pub fn settle(&self, p: &PaymentFacts<'_>) -> Settled {
+        self.lock().settle(p)
+    }
+
+    /// Takes in payments the store holds that this book may not know — made by other nodes
+    /// sharing the store — and follows those it holds to where they now stand: a payment it
+    /// does not count yet is counted (its windows, and its exposure while in flight); one it
+    /// holds is settled ([`RiskBook::settle`]). Read what the partners owe *after* this
+    /// ([`RiskBook::reload_owed`]) so that a booked payment taken in here is in it. Returns how
+    /// many payments it began to count.
+    pub fn absorb<'a>(
+        &self,
+        payments: impl IntoIterator<Item = PaymentFacts<'a>>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, RebuildError> {
+        let now_ms = now.timestamp_millis();
         let mut s = self.lock();
+        let mut added = 0;
+        for f in payments {
+            if s.open.contains_key(f.payment.payment_id) || s.counts(&f) {
+                s.settle(&f);
+            } else if f.stage != Stage::Void {
+                s.add_fact(&f, now_ms)?;
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    /// The payments this book holds in flight (reserved, outcome not known here): the ones
+    /// whose end another node may have written.
+    pub fn in_flight(&self) -> Vec<String> {
+        let s = self.lock();
+        s.open
+            .iter()
+            .filter(|(_, o)| o.hold == Hold::Reserved)
+            .map(|(id, _)| id.to_string())
+            .collect()
+    }
+}
+
+impl State {
+    /// [`RiskBook::settle`], under the lock.
+    fn settle(&mut self, p: &PaymentFacts<'_>) -> Settled {
+        let s = self;
         match p.stage {
             Stage::InFlight => Settled::Unchanged,
             Stage::Booked => {
@@ -1792,6 +1580,21 @@ impl RiskBook {
         }
     }
 
+    /// Whether the windows count `f` (a payment of the last day, not open: booked and read
+    /// into `owed`).
+    fn counts(&self, f: &PaymentFacts<'_>) -> bool {
+        let c = &f.payment;
+        let Some(&pi) = self.partner_index.get(c.partner) else {
+            return false;
+        };
+        let ws = &self.partners[pi as usize].payers;
+        ws.find(c.payer_id).and_then(|slot| ws.slots.get(slot as usize)).is_some_and(|slot| {
+            slot.live && slot.window.holds(f.at.timestamp_millis(), tag_of(c.payment_id))
+        })
+    }
+}
+
+impl RiskBook {
     /// The book's position now: take it before reading the ledger for [`RiskBook::reload_owed`].
     pub fn mark(&self) -> Mark {
         Mark(self.lock().seq)
@@ -2100,6 +1903,45 @@ mod tests {
         [mccs."7995"]
         day_cny_minor_max = 1000000
     "#;
+
+    /// Another node's payments, taken in by `absorb`: counted once however often they are
+    /// read, followed to their ends, and never counted again once booked and read into `owed`.
+    #[test]
+    fn absorbed_payments_count_once_and_follow_their_ends() {
+        let b = book(
+            "[partners.gcash]\npayer = { hour_count_max = 2 }\n\
+             [partners.gcash.currencies.PHP]\nprefund_minor = 300000",
+        );
+        let (a, other) = (Pay::new("pay-a"), Pay::new("pay-b"));
+        let ours = Pay::new("pay-ours");
+        let _r = b.decide_and_reserve(&ours.c(), at(0)).unwrap();
+        // Read twice (overlapping reads): counted once. Our own reservation is not counted again.
+        for _ in 0..2 {
+            let facts = [a.facts(at(1), Stage::InFlight), ours.facts(at(0), Stage::InFlight)];
+            b.absorb(facts, at(2)).unwrap();
+        }
+        let ex = &b.exposures()[0];
+        assert_eq!((ex.reserved_minor, ex.booked_minor), (160_000, 0));
+        assert_eq!(b.in_flight().len(), 2);
+        // payer-1 has two payments in the hour: a third is refused.
+        fails(&b, &other, at(3), Rule::PayerHourCount);
+        // The other node's payment failed: its hold and its place in the window are given back.
+        b.absorb([a.facts(at(1), Stage::Void)], at(4)).unwrap();
+        assert_eq!(b.exposures()[0].reserved_minor, 80_000);
+        passes(&b, &other, at(5));
+        // Ours succeeded and was read into owed: read again, it is not added back.
+        b.settle(&ours.facts(at(0), Stage::Booked));
+        let m = b.mark();
+        b.reload_owed([("gcash", Amount::from_minor(php(), 80_000).unwrap())], m);
+        b.absorb([ours.facts(at(0), Stage::Booked)], at(6)).unwrap();
+        let ex = &b.exposures()[0];
+        assert_eq!((ex.owed_minor, ex.reserved_minor, ex.booked_minor), (80_000, 0, 0));
+        // Counted once in payer-1's hour: one more still fits.
+        passes(&b, &other, at(6));
+        // A void payment never seen is not counted at all.
+        assert_eq!(b.absorb([other.facts(at(7), Stage::Void)], at(7)).unwrap(), 0);
+        assert!(b.in_flight().is_empty());
+    }
 
     #[test]
     fn rules_read_from_toml_and_every_problem_has_its_path() {

@@ -167,6 +167,19 @@ impl Store for AnyStore {
         each!(self, s => Store::refunds_made(s, from, to).await)
     }
 
+    async fn put_risk_decision(&self, d: &RiskDecisionRecord) -> Result<(), StoreError> {
+        each!(self, s => Store::put_risk_decision(s, d).await)
+    }
+
+    async fn risk_decisions(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Vec<RiskDecisionRecord>, StoreError> {
+        each!(self, s => Store::risk_decisions(s, from, to, max).await)
+    }
+
     async fn journal_of(&self, payment_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
         each!(self, s => Store::journal_of(s, payment_id).await)
     }

@@ -271,6 +271,20 @@ pub trait Store: Send + Sync + 'static {
     fn account_totals(
         &self,
     ) -> impl Future<Output = Result<BTreeMap<(Currency, String), i128>, StoreError>> + Send;
+    /// Keeps a risk decision (a refusal, or flags on a payment let through). Not flushed on its
+    /// own: the next flush carries it (a decision lost in a crash is a log line lost, never
+    /// money).
+    fn put_risk_decision(
+        &self,
+        d: &RiskDecisionRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Risk decisions made in `[from, to)`, oldest first, at most `max` (an index by time).
+    fn risk_decisions(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<RiskDecisionRecord>, StoreError>> + Send;
     /// Moves an event from the outbox to the delivered log.
     fn delivered(
         &self,

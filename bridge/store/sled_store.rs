@@ -74,6 +74,8 @@ pub(super) mod key {
     /// ([`super::encode_totals`]): one key per currency, so an entry rewrites two keys (its
     /// wallet currency and CNY), not one per account.
     pub const TOTAL: u8 = b't';
+    /// Time, decision id → a risk decision ([`crate::model::RiskDecisionRecord`]).
+    pub const RISK: u8 = b'k';
     // `m`: the store's own marks (see `v1::MIGRATED`).
 
     pub fn of(prefix: u8, id: &str) -> Vec<u8> {
@@ -974,9 +976,40 @@ impl SledStore {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.flusher.flush().await
     }
+
+    pub fn put_risk_decision(&self, d: &RiskDecisionRecord) -> Result<(), StoreError> {
+        let _write = self.flusher.write();
+        self.put(key::made(key::RISK, d.at, &d.decision_id), encode(d))
+    }
+
+    pub fn risk_decisions(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Vec<RiskDecisionRecord>, StoreError> {
+        if to <= from {
+            return Ok(vec![]);
+        }
+        let (lo, hi) = (key::made_from(key::RISK, from), key::made_from(key::RISK, to));
+        self.t.range(lo..hi).values().take(max).map(|v| decode("risk_decisions", &v?)).collect()
+    }
 }
 
 impl Store for SledStore {
+    async fn put_risk_decision(&self, d: &RiskDecisionRecord) -> Result<(), StoreError> {
+        SledStore::put_risk_decision(self, d)
+    }
+
+    async fn risk_decisions(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Vec<RiskDecisionRecord>, StoreError> {
+        SledStore::risk_decisions(self, from, to, max)
+    }
+
     async fn put_quote(&self, q: &QuoteRecord) -> Result<(), StoreError> {
         SledStore::put_quote(self, q)
     }

@@ -9,7 +9,12 @@
 
 pub mod load;
 pub mod model;
+pub mod risk;
 pub mod validate;
 
 pub use load::{from_file, from_str, ConfigError, Problem};
 pub use model::*;
+pub use risk::{
+    BlocklistFiles, CurrencyRules, DualControl, MccRules, MerchantRules, Monitoring, PartnerRules,
+    Risk, RiskRules, VelocityRules,
+};

@@ -80,4 +80,6 @@ fn resolve_paths(c: &mut Config, base: &Path) {
     c.partners.iter_mut().for_each(|p| fix(&mut p.ca));
     c.partners.iter_mut().filter_map(|p| p.webhook_ca.as_mut()).for_each(fix);
     c.acquirers.iter_mut().for_each(|a| fix(&mut a.ca));
+    let b = &mut c.risk.blocklists;
+    [&mut b.merchants, &mut b.mccs, &mut b.acquirers].into_iter().flatten().for_each(fix);
 }

@@ -41,6 +41,8 @@ pub struct Config {
     pub webhooks: Webhooks,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub risk: crate::risk::Risk,
 }
 
 /// Where each API listens. Three listeners so that each can have its own client CAs and its own

@@ -18,6 +18,8 @@ pub fn check(c: &Config) -> Vec<Problem> {
     fx(&mut p, &c.fx);
     settlement(&mut p, &c.settlement);
     others(&mut p, c);
+    let partner_ids: HashSet<&str> = c.partners.iter().map(|x| x.id.as_str()).collect();
+    p.0.extend(c.risk.validate(|id| partner_ids.contains(id), |id| acquirer_ids.contains(id)));
     p.0
 }
 

@@ -167,3 +167,56 @@ fn listener_limits_are_checked_and_tls_defaults_to_1_3() {
         ]
     );
 }
+
+#[test]
+fn risk_rules_are_checked_with_their_key_paths() {
+    let text = format!(
+        r#"{PARTNER}
+[risk]
+refresh_ms = 10
+
+[risk.rules.partners.gcash]
+payment_cny_minor_min = 500
+payment_cny_minor_max = 400
+payer = {{ hour_count_max = 0 }}
+
+[risk.rules.partners.gcash.currencies.PHP]
+prefund_minor = -1
+
+[risk.rules.partners.maya]
+payment_cny_minor_max = 100
+
+[risk.rules.merchants.nobody."M1"]
+day_cny_minor_max = 1
+
+[risk.rules.mccs."59"]
+day_cny_minor_max = 1
+
+[risk.monitoring]
+burst_merchants_min = 1
+
+[risk.dual_control]
+proposal_ttl_s = 1
+"#
+    );
+    let got = problems(&text);
+    for want in [
+        "risk.rules.partners.gcash.payment_cny_minor_min: 500 is above payment_cny_minor_max 400",
+        "risk.rules.partners.gcash.payer.hour_count_max: must be at least 1",
+        "risk.rules.partners.gcash.currencies.PHP.prefund_minor: -1 is outside 0..=",
+        "risk.rules.partners.maya: \"maya\" is not a partner",
+        "risk.rules.merchants.nobody: \"nobody\" is not an acquirer",
+        "risk.rules.mccs.59: \"59\" is not a merchant category code",
+        "risk.monitoring.burst_merchants_min: 1 is outside 2..=",
+        "risk.dual_control.proposal_ttl_s: 1 is outside 60..=",
+        "risk.refresh_ms: 10 is outside 100..=",
+    ] {
+        assert!(got.iter().any(|p| p.starts_with(want)), "missing {want:?} in {got:#?}");
+    }
+    // An unknown key in a rule is refused with its path.
+    let got = problems("[risk.rules.partners.gcash]\npayment_max = 1\n");
+    assert!(
+        got.iter().any(|p| p.contains("risk.rules.partners.gcash") && p.contains("payment_max")),
+        "{got:?}"
+    );
+}

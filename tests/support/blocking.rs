@@ -139,6 +139,19 @@ impl Store for Blocking {
         self.wait(self.inner.purge_parked(seqs))
     }
 
+    async fn put_risk_decision(&self, d: &RiskDecisionRecord) -> Result<(), StoreError> {
+        self.wait(self.inner.put_risk_decision(d))
+    }
+
+    async fn risk_decisions(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Vec<RiskDecisionRecord>, StoreError> {
+        self.wait(self.inner.risk_decisions(from, to, max))
+    }
+
     async fn payments_made(
         &self,
         from: DateTime<Utc>,

@@ -45,5 +45,6 @@ pub fn parts<S: Store>(
         },
         resolver: ResolverPolicy::default(),
         refund_window_days: 366,
+        risk: qrbridge::payments::risk::Policy::default(),
     }
 }

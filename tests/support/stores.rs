@@ -205,6 +205,19 @@ impl Store for ControlledStore {
     async fn purge_parked(&self, seqs: &[EventSeq]) -> Result<usize, StoreError> {
         self.inner.purge_parked(seqs).await
     }
+    async fn put_risk_decision(&self, d: &RiskDecisionRecord) -> Result<(), StoreError> {
+        self.inner.put_risk_decision(d).await
+    }
+
+    async fn risk_decisions(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Vec<RiskDecisionRecord>, StoreError> {
+        self.inner.risk_decisions(from, to, max).await
+    }
+
     async fn payments_made(
         &self,
         from: DateTime<Utc>,

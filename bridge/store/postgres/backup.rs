@@ -59,6 +59,7 @@ const TABLES: &[&str] = &[
     "outbox_epoch",
     "settings",
     "audit",
+    "risk_decisions",
 ];
 
 /// Tables a backup leaves out: leases name the old processes; the migrations table is the

@@ -49,6 +49,7 @@ pub mod backup;
 const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_leases.sql")),
+    (3, include_str!("migrations/0003_risk.sql")),
 ];
 
 /// The advisory lock migrations run under (`qrbrmigr`), so daemons starting together apply
@@ -975,6 +976,39 @@ impl Store for PgStore {
             "SELECT record FROM payments WHERE created_at >= $1 AND created_at < $2
               ORDER BY created_at, id",
             &[&from, &to],
+        )
+        .await
+    }
+
+    async fn put_risk_decision(&self, d: &RiskDecisionRecord) -> Result<(), StoreError> {
+        let c = self.conn().await?;
+        exec(
+            &c,
+            &format!(
+                "INSERT INTO risk_decisions (id, at, partner, record)
+                 SELECT $1::text, $2::timestamptz, $3::text, $4::bytea FROM {RELAXED}
+                 ON CONFLICT (id) DO NOTHING"
+            ),
+            &[&d.decision_id, &d.at, &d.partner, &encode(d)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn risk_decisions(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Vec<RiskDecisionRecord>, StoreError> {
+        let c = self.conn().await?;
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        records(
+            &c,
+            "risk_decisions",
+            "SELECT record FROM risk_decisions WHERE at >= $1 AND at < $2
+              ORDER BY at, id LIMIT $3",
+            &[&from, &to, &max],
         )
         .await
     }

@@ -39,6 +39,9 @@
 //! - `acquirer-<id>.csv`: in CNY, for each configured acquirer and each other with activity.
 //! - `treasury-revenue.csv` and `treasury-positions.csv`.
 //! - `in-doubt.csv`.
+//! - `suspicious-<id>.csv`: the anti-money-laundering monitoring report ([`suspicious`]), one
+//!   for each configured partner and each other partner with payments made that day, header
+//!   only when nothing was found. It names payers: for the compliance team only.
 //! - `summary.json`: counts, totals, net amounts and each file's SHA-256.
 //!
 //! The files hold no time of their own making and are written in a fixed order. Running a day
@@ -69,10 +72,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use qrbridge_config::{Monitoring, RiskRules};
 use qrbridge_fx::{Amount, Currency};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+pub mod suspicious;
 
 use crate::cluster::Turn;
 pub use crate::days::{business_day, made_at, BusinessDays};
@@ -201,8 +207,39 @@ fn add(total: &mut Amount, a: &Amount) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Builds every file of the day: `(summary, files by name)`.
-pub fn build(input: &DayInput<'_>) -> Result<(Summary, BTreeMap<String, Vec<u8>>), ApiError> {
+/// What the day's `suspicious-<partner>.csv` look for ([`suspicious`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Watch<'a> {
+    /// The risk rules in force: the amount maximums a payment can be just under.
+    pub rules: &'a RiskRules,
+    /// The thresholds (`[risk.monitoring]`).
+    pub monitoring: &'a Monitoring,
+}
+
+/// The day's files by name.
+pub type DayFiles = BTreeMap<String, Vec<u8>>;
+
+/// Builds every file of the day: `(summary, files by name)`, watching with the default
+/// thresholds and no amount limits (so `NEAR_LIMIT` finds nothing). [`Settlement::run`] watches
+/// with what is in force ([`build_watched`]).
+pub fn build(input: &DayInput<'_>) -> Result<(Summary, DayFiles), ApiError> {
+    let (rules, monitoring) = (RiskRules::default(), Monitoring::default());
+    build_watched(input, Watch { rules: &rules, monitoring: &monitoring })
+}
+
+/// Builds every file of the day, the monitoring report by `watch`: `(summary, files by name)`.
+pub fn build_watched(
+    input: &DayInput<'_>,
+    watch: Watch<'_>,
+) -> Result<(Summary, DayFiles), ApiError> {
+    build_day(input, watch).map(|(summary, files, _)| (summary, files))
+}
+
+/// [`build_watched`], and how many lines of each rule the monitoring report has (for metrics).
+fn build_day(
+    input: &DayInput<'_>,
+    watch: Watch<'_>,
+) -> Result<(Summary, DayFiles, BTreeMap<suspicious::Rule, u64>), ApiError> {
     let DayInput { day, days, .. } = *input;
     let (from, to) = days.bounds(day);
     let cny = Currency::from_code("CNY").expect("CNY");
@@ -402,6 +439,27 @@ pub fn build(input: &DayInput<'_>) -> Result<(Summary, BTreeMap<String, Vec<u8>>
         acquirer_totals.push(t);
     }
 
+    // The monitoring report: every payment made that day, whatever its state.
+    let findings = suspicious::report(made.iter().copied(), watch.rules, watch.monitoring)
+        .map_err(|e| {
+            tracing::error!(error = %e, "suspicious payments total out of range");
+            ApiError::Internal
+        })?;
+    let mut lines: BTreeMap<suspicious::Rule, u64> = BTreeMap::new();
+    let watched: BTreeSet<&str> = input
+        .partners
+        .iter()
+        .map(|(partner, _)| partner.as_str())
+        .chain(made.iter().map(|p| p.partner.as_str()))
+        .collect();
+    for partner in watched {
+        let found = findings.get(partner).map(Vec::as_slice).unwrap_or_default();
+        for f in found {
+            *lines.entry(f.rule).or_insert(0) += 1;
+        }
+        files.insert(format!("suspicious-{partner}.csv"), suspicious::csv(found));
+    }
+
     // The treasury report comes from the ledger entries of the day, by the one rule that
     // treasury revenue uses too: the bookings of the day's payments (and what undid them), and
     // the day's refunds.
@@ -506,7 +564,7 @@ pub fn build(input: &DayInput<'_>) -> Result<(Summary, BTreeMap<String, Vec<u8>>
     let mut json = serde_json::to_vec_pretty(&summary).expect("JSON of plain data");
     json.push(b'\n');
     files.insert("summary.json".into(), json);
-    Ok((summary, files))
+    Ok((summary, files, lines))
 }
 
 /// Mode of settlement folders: the owner only.
@@ -759,6 +817,10 @@ pub struct Settlement<S> {
     /// The configured partners (with their wallet currencies) and acquirers: each gets a file.
     /// Made again on reload ([`Settlement::set_parties`]).
     parties: std::sync::RwLock<Arc<SettlementParties>>,
+    /// The thresholds of the monitoring report (`[risk.monitoring]`); set again on reload
+    /// ([`Settlement::set_monitoring`]). The limits it looks near come from the engine's risk
+    /// policy in force at each run.
+    monitoring: std::sync::RwLock<Arc<Monitoring>>,
     /// One run or reconciliation at a time in this process...
     running: tokio::sync::Mutex<()>,
     /// ...and across the nodes sharing the store: this node's name and the lease's length.
@@ -818,6 +880,7 @@ impl<S: Store> Settlement<S> {
             days,
             dir,
             parties: std::sync::RwLock::new(Arc::new(SettlementParties { partners, acquirers })),
+            monitoring: std::sync::RwLock::new(Arc::new(Monitoring::default())),
             running: tokio::sync::Mutex::new(()),
             node: crate::cluster::node_id(None),
             lease: crate::cluster::LeasePolicy { ttl: std::time::Duration::from_secs(10) },
@@ -832,6 +895,22 @@ impl<S: Store> Settlement<S> {
     /// Puts `parties` in force for the runs and reconciliations that begin from now on.
     pub fn set_parties(&self, parties: SettlementParties) {
         *self.parties.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parties);
+    }
+
+    /// With the monitoring thresholds `m` (instead of [`Monitoring::default`]).
+    pub fn with_monitoring(self, m: Monitoring) -> Self {
+        self.set_monitoring(m);
+        self
+    }
+
+    /// The monitoring thresholds in force.
+    fn monitoring(&self) -> Arc<Monitoring> {
+        self.monitoring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts the monitoring thresholds `m` in force for the runs that begin from now on.
+    pub fn set_monitoring(&self, m: Monitoring) {
+        *self.monitoring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(m);
     }
 
     /// Runs as node `node` among several sharing the store, with leases of `lease`.
@@ -902,7 +981,9 @@ impl<S: Store> Settlement<S> {
         let turn = self.one_in_cluster().await?;
         let data = self.load(day, true, Vec::new()).await?;
         let parties = self.parties();
-        let (summary, files) = build(&DayInput {
+        let (monitoring, policy) = (self.monitoring(), self.treasury.engine().risk().policy());
+        let watch = Watch { rules: policy.rules(), monitoring: &monitoring };
+        let input = DayInput {
             day,
             days: &self.days,
             partners: &parties.partners,
@@ -910,7 +991,8 @@ impl<S: Store> Settlement<S> {
             payments: &data.payments,
             refunds: &data.refunds,
             journal: &data.journal,
-        })?;
+        };
+        let (summary, files, findings) = build_day(&input, watch)?;
         if turn.lost() {
             // Another node may be running the day now: it publishes, not this one.
             tracing::warn!(%day, "settlement lease lost during the run; files not written");
@@ -919,6 +1001,10 @@ impl<S: Store> Settlement<S> {
         let dir = self.dir.join(day.to_string());
         write_day(dir, files).await?;
         turn.release().await;
+        // Lines written to the monitoring reports (a rerun of the day writes them again).
+        for (rule, n) in findings {
+            metrics::counter!("qrbridge_risk_findings_total", "rule" => rule.code()).increment(n);
+        }
         let digest = summary.files.get("in-doubt.csv").cloned();
         self.treasury
             .record(

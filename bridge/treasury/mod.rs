@@ -5,6 +5,11 @@
 //! transaction, made durable, and only then put in force: an answer "changed" is never sent for a
 //! change a crash could lose, and the log holds every change that was ever in force.
 //!
+//! Changes that move money are under dual control ([`proposals`]): one admin proposes, another
+//! approves, and only the approval puts the change in force. Risk rules, blocklist entries and
+//! funds received always are; a spread or a rate set by hand is when it moves more than its
+//! configured step ([`Treasury::set_dual_control`]), and below the step takes effect at once.
+//!
 //! Rates an admin sets are held to the same guard as feeds: an `as_of` beyond now plus
 //! `fx.as_of_skew_s` is refused (`RATE_FROM_FUTURE`), and a move from the held rate larger than
 //! `fx.rate_move_bps_max` is refused (`RATE_MOVE_TOO_LARGE`) unless the request says
@@ -30,6 +35,14 @@ use crate::model::{verify_chain, AuditDraft, AuditRecord, ChainCheck, JournalEnt
 use crate::payments::engine::Engine;
 use crate::rates::{Feeds, Offered, RateSink, SourceStatus};
 use crate::store::{Store, StoreError};
+
+pub mod proposals;
+mod risk;
+use crate::payments::risk::RiskBase;
+use proposals::Approved;
+pub use proposals::{BlockList, Change, Outcome, Proposal, ProposalState};
+pub use qrbridge_config::DualControl;
+pub use risk::{FundsKind, FundsRecord};
 
 /// The settings key of the spreads an admin set.
 const SPREADS_KEY: &str = "spreads";
@@ -72,6 +85,16 @@ pub struct Treasury<S> {
     /// The audit sequence whose settings are in force here: changes made here, and (several
     /// nodes on one store) those read from another node's.
     in_force: tokio::sync::watch::Sender<u64>,
+    /// The risk rules and blocklists the configuration gives, under what admins approved.
+    risk_base: std::sync::Mutex<RiskBase>,
+    /// Funds each partner sent (prefunding top-ups, settlements received), per currency, as
+    /// stored: they lower what it owes.
+    funds: std::sync::Mutex<BTreeMap<(String, Currency), i64>>,
+    /// Which changes need a second admin, and how long a proposal waits (the configuration's
+    /// `risk.dual_control`, put in force at start and on every reload).
+    dual: std::sync::Mutex<DualControl>,
+    /// The last proposal id's millisecond and number: ids made here only grow.
+    last_proposal: std::sync::Mutex<(u64, u32)>,
 }
 
 /// Admin changes held back ([`Treasury::settings_held`]) until this is released or dropped.
@@ -112,7 +135,7 @@ pub struct RateView {
 }
 
 /// A rate an admin sets.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateInput {
     pub base: String,
@@ -124,7 +147,7 @@ pub struct RateInput {
 }
 
 /// A spread change: `bps` none removes the override (the default cannot be removed).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpreadChange {
     #[serde(default)]
@@ -188,6 +211,67 @@ fn parse_pair(text: &str) -> Result<Pair, ApiError> {
     Ok(pair)
 }
 
+/// Rates an admin gave, read: as source `source`, `as_of` now where none is given.
+fn read_rates(
+    inputs: &[RateInput],
+    source: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<MidRate>, ApiError> {
+    if inputs.is_empty() {
+        return Err(ApiError::InvalidRate("no rates given".into()));
+    }
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let bad = |m: String| ApiError::InvalidRate(format!("rates[{i}]: {m}"));
+            let pair =
+                parse_pair(&format!("{}/{}", r.base, r.quote)).map_err(|e| bad(e.to_string()))?;
+            let rate = crate::rates::positive(&r.rate).map_err(bad)?;
+            Ok(MidRate { pair, rate, source: source.to_owned(), as_of: r.as_of.unwrap_or(now) })
+        })
+        .collect()
+}
+
+/// Rates as the guard found them ([`Treasury::check_rates`]), each at its index.
+#[derive(Debug, Default)]
+struct CheckedRates {
+    /// The rate held for each pair before (null: none).
+    before: Vec<Value>,
+    /// Whether each would be taken (one older than the rate held is not).
+    taken: Vec<bool>,
+    /// Each move `force` let past the bound.
+    forced: Vec<Value>,
+    /// How far each moves from the rate held, in bps (none: no rate held).
+    moves: Vec<Option<Decimal>>,
+}
+
+/// A spread change's key and spread (none: the override removed), read.
+fn read_spread(change: &SpreadChange) -> Result<(SpreadKey, Option<Bps>), ApiError> {
+    let pair = change.pair.as_deref().map(parse_pair).transpose()?;
+    let key = SpreadKey { partner: change.partner.clone(), pair };
+    let bps = change
+        .bps
+        .as_deref()
+        .map(|b| {
+            b.parse::<Bps>().map_err(|e| ApiError::SpreadOutOfBounds(format!("bps {b:?}: {e}")))
+        })
+        .transpose()?;
+    Ok((key, bps))
+}
+
+/// The spreads with one changed ([`Treasury::spread_changed`]).
+struct SpreadChanged {
+    policy: qrbridge_fx::SpreadPolicy,
+    /// The key's own spread before (none: no override; for the default, the default).
+    before: Option<Bps>,
+    /// The spread in force for the key before, and after.
+    from: Bps,
+    to: Bps,
+    /// `|to - from|` in bps.
+    moved: Decimal,
+}
+
 impl<S: Store> Treasury<S> {
     pub fn new(engine: Arc<Engine<S>>, feeds: Arc<Feeds>, days: BusinessDays) -> Self {
         Treasury {
@@ -198,7 +282,22 @@ impl<S: Store> Treasury<S> {
             node: crate::cluster::node_id(None),
             lease: crate::cluster::LeasePolicy { ttl: std::time::Duration::from_secs(10) },
             in_force: tokio::sync::watch::channel(0).0,
+            risk_base: std::sync::Mutex::default(),
+            funds: std::sync::Mutex::default(),
+            dual: std::sync::Mutex::new(DualControl::default()),
+            last_proposal: std::sync::Mutex::default(),
         }
+    }
+
+    /// Puts `dual` (the configuration's `risk.dual_control`) in force: at start and on every
+    /// reload. Proposals made before keep their expiry.
+    pub fn set_dual_control(&self, dual: DualControl) {
+        *self.dual.lock().unwrap_or_else(|p| p.into_inner()) = dual;
+    }
+
+    /// The dual control in force.
+    pub fn dual_control(&self) -> DualControl {
+        self.dual.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// [`Treasury::restore`] between this node's own changes (another node changed settings).
@@ -236,6 +335,7 @@ impl<S: Store> Treasury<S> {
     /// within today's bounds; others are logged and left out) and rates set by hand (a rate
     /// older than the one held is not taken).
     pub async fn restore(&self) -> Result<(), StoreError> {
+        self.restore_risk().await?;
         let store = self.engine.store();
         if let Some((_, bytes)) =
             store.settings(SPREADS_KEY).await?.into_iter().find(|(k, _)| k == SPREADS_KEY)
@@ -343,34 +443,52 @@ impl<S: Store> Treasury<S> {
         }
     }
 
-    /// Sets mid rates by hand (all or none), as source `admin:<actor>`. Returns each rate and
-    /// whether it was taken (a rate older than the one held is not). Each is held to the rate
-    /// book's guard; `force` lets a move past the bound through, and is audited.
-    pub async fn set_rates(
+    /// Sets mid rates by hand (all or none), as source `admin:<actor>`, or proposes them
+    /// ([`Outcome::Proposed`], nothing changed) when one moves more than
+    /// `risk.dual_control.rate_step_bps` from the rate held, or has none held. Each is held to
+    /// the rate book's guard first (a bad rate is refused either way); `force` lets a move past
+    /// the bound through, and is audited. Applied, it returns each rate and whether it was taken
+    /// (a rate older than the one held is not).
+    pub async fn change_rates(
         &self,
         actor: &str,
         inputs: Vec<RateInput>,
         force: bool,
-    ) -> Result<Value, ApiError> {
-        if inputs.is_empty() {
-            return Err(ApiError::InvalidRate("no rates given".into()));
-        }
+    ) -> Result<Outcome, ApiError> {
         let now = self.engine.now();
-        let source = format!("admin:{actor}");
-        let mut rates = Vec::with_capacity(inputs.len());
-        for (i, r) in inputs.iter().enumerate() {
-            let bad = |m: String| ApiError::InvalidRate(format!("rates[{i}]: {m}"));
-            let pair =
-                parse_pair(&format!("{}/{}", r.base, r.quote)).map_err(|e| bad(e.to_string()))?;
-            let rate = crate::rates::positive(&r.rate).map_err(bad)?;
-            rates.push(MidRate {
-                pair,
-                rate,
-                source: source.clone(),
-                as_of: r.as_of.unwrap_or(now),
-            });
-        }
+        let rates = read_rates(&inputs, &format!("admin:{actor}"), now)?;
         let _one = self.changes.lock().await;
+        let checked = self.check_rates(&rates, force, now)?;
+        let step = Decimal::from(self.dual_control().rate_step_bps);
+        let over: Vec<String> = rates
+            .iter()
+            .zip(&checked.taken)
+            .zip(&checked.moves)
+            .filter(|((_, taken), moved)| **taken && moved.is_none_or(|m| m > step))
+            .map(|((r, _), moved)| match moved {
+                Some(m) => format!("{} moves {} bps", r.pair, m.round_dp(2)),
+                None => format!("{} has no rate held", r.pair),
+            })
+            .collect();
+        if over.is_empty() {
+            return self
+                .rates_commit(actor, rates, checked, None, None)
+                .await
+                .map(Outcome::Applied);
+        }
+        let why = format!("{} (dual control above {step} bps)", over.join(", "));
+        let proposal = self.propose(actor, Change::Rates { rates: inputs, force }, why).await?;
+        Ok(Outcome::Proposed(proposal))
+    }
+
+    /// Checks `rates` against the rate book's guard (hold `changes`): what each replaces,
+    /// whether it would be taken, what it forces, how far it moves.
+    fn check_rates(
+        &self,
+        rates: &[MidRate],
+        force: bool,
+        now: DateTime<Utc>,
+    ) -> Result<CheckedRates, ApiError> {
         let checked = self.engine.with_rates(|book| {
             let held: BTreeMap<Pair, &MidRate> = book.rates().map(|r| (r.pair, r)).collect();
             let max_bps = book.guard().move_bps_max.map(Decimal::from);
@@ -385,29 +503,62 @@ impl<S: Store> Treasury<S> {
                         json!({"pair": r.pair.to_string(), "held": held.get(&r.pair).map(|h| h.rate),
                                "rate": r.rate, "move_bps": moved.map(|b| b.round_dp(2))})
                     });
-                    Ok((json!(held.get(&r.pair)), taken, forced))
+                    Ok((json!(held.get(&r.pair)), taken, forced, moved))
                 })
                 .collect::<Result<Vec<_>, ApiError>>()
         })?;
-        let forced: Vec<Value> = checked.iter().filter_map(|(_, _, f)| f.clone()).collect();
-        let (before, taken): (Vec<Value>, Vec<bool>) =
-            checked.into_iter().map(|(b, t, _)| (b, t)).unzip();
+        let mut out = CheckedRates::default();
+        for (before, taken, forced, moved) in checked {
+            out.before.push(before);
+            out.taken.push(taken);
+            out.forced.extend(forced);
+            out.moves.push(moved);
+        }
+        Ok(out)
+    }
+
+    /// Writes `rates` as [`Self::check_rates`] found them, with their audit record (`rates.set`,
+    /// or `rates.force` with each move forced) and, approved, the proposal's new state; then
+    /// puts them in force. Hold `changes` (and, approved, the settings' `turn`).
+    async fn rates_commit(
+        &self,
+        actor: &str,
+        rates: Vec<MidRate>,
+        checked: CheckedRates,
+        approved: Option<&Approved>,
+        turn: Option<&Turn<S>>,
+    ) -> Result<Value, ApiError> {
+        let CheckedRates { before, taken, forced, .. } = checked;
         let kept: Vec<&MidRate> =
             rates.iter().zip(&taken).filter(|(_, t)| **t).map(|(r, _)| r).collect();
-        let settings: Vec<(String, Option<Vec<u8>>)> = kept
+        let mut settings: Vec<(String, Option<Vec<u8>>)> = kept
             .iter()
             .map(|r| {
                 let key = format!("{RATE_PREFIX}{}/{}", r.pair.base, r.pair.quote);
                 (key, Some(serde_json::to_vec(r).expect("JSON of plain data")))
             })
             .collect();
-        let draft = if forced.is_empty() {
-            self.draft(actor, "rates.set", "rates".into(), json!(before), json!(rates))
-        } else {
-            tracing::warn!(actor, forced = forced.len(), "rates forced past the move bound");
-            let after = json!({ "rates": rates, "forced": forced });
-            self.draft(actor, "rates.force", "rates".into(), json!(before), after)
+        let draft = match (forced.is_empty(), approved) {
+            (true, None) => {
+                self.draft(actor, "rates.set", "rates".into(), json!(before), json!(rates))
+            }
+            (true, Some(a)) => {
+                let after = json!({ "rates": rates, "approval": a.approval });
+                self.draft(actor, "rates.set", "rates".into(), json!(before), after)
+            }
+            (false, _) => {
+                tracing::warn!(actor, forced = forced.len(), "rates forced past the move bound");
+                let mut after = json!({ "rates": rates, "forced": forced });
+                if let Some(a) = approved {
+                    after["approval"] = a.approval.clone();
+                }
+                self.draft(actor, "rates.force", "rates".into(), json!(before), after)
+            }
         };
+        settings.extend(approved.map(Approved::setting));
+        if turn.is_some_and(Turn::lost) {
+            return Err(ApiError::Overloaded);
+        }
         let record = self.commit(draft, &settings).await?;
         self.engine.with_rates(|book| {
             for r in kept {
@@ -457,27 +608,52 @@ impl<S: Store> Treasury<S> {
         json!({ "default_bps": p.default_bps(), "min_bps": min, "max_bps": max, "overrides": overrides })
     }
 
-    /// Sets or removes one spread. New quotes are priced with it; issued quotes keep theirs.
-    pub async fn set_spread(&self, actor: &str, change: SpreadChange) -> Result<Value, ApiError> {
-        let pair = change.pair.as_deref().map(parse_pair).transpose()?;
-        let key = SpreadKey { partner: change.partner.clone(), pair };
-        let bps = change
-            .bps
-            .as_deref()
-            .map(|b| {
-                b.parse::<Bps>().map_err(|e| ApiError::SpreadOutOfBounds(format!("bps {b:?}: {e}")))
-            })
-            .transpose()?;
+    /// Sets or removes one spread, or proposes it ([`Outcome::Proposed`], nothing changed) when
+    /// it moves the spread in force for its key (an override's, or the default where there is
+    /// none; a removed override falls back to the default) by more than
+    /// `risk.dual_control.spread_step_bps`. Checked against the bounds first either way. New
+    /// quotes are priced with it; issued quotes keep theirs.
+    pub async fn change_spread(
+        &self,
+        actor: &str,
+        change: SpreadChange,
+    ) -> Result<Outcome, ApiError> {
+        let (key, bps) = read_spread(&change)?;
         let _one = self.changes.lock().await;
         // The spreads are stored as one list: another node's change since this node last read
         // them must be in it, so read them again under the cluster's turn.
         let turn = self.settings_turn().await?;
         self.restore().await.map_err(internal)?;
+        let changed = self.spread_changed(&key, bps)?;
+        let step = Decimal::from(self.dual_control().spread_step_bps);
+        if changed.moved > step {
+            turn.release().await;
+            let why = format!(
+                "{} moves from {} to {} bps ({} bps; dual control above {step} bps)",
+                target_of(&key),
+                changed.from,
+                changed.to,
+                changed.moved
+            );
+            let proposal = self.propose(actor, Change::Spread(change), why).await?;
+            return Ok(Outcome::Proposed(proposal));
+        }
+        let answer = self.spread_commit(&turn, actor, &key, bps, changed, None).await?;
+        turn.release().await;
+        Ok(Outcome::Applied(answer))
+    }
+
+    /// The spreads in force with `bps` set at `key` (none: the override removed), checked
+    /// against the bounds, and how far that moves the spread for `key`. Call after
+    /// [`Self::restore`], under the settings' turn.
+    fn spread_changed(&self, key: &SpreadKey, bps: Option<Bps>) -> Result<SpreadChanged, ApiError> {
         let mut policy = self.engine.spreads();
-        let before = if key.partner.is_none() && key.pair.is_none() {
-            Some(policy.default_bps())
+        let is_default = key.partner.is_none() && key.pair.is_none();
+        let default = policy.default_bps();
+        let before = if is_default {
+            Some(default)
         } else {
-            policy.overrides().find(|(k, _)| **k == key).map(|(_, b)| *b)
+            policy.overrides().find(|(k, _)| *k == key).map(|(_, b)| *b)
         };
         match bps {
             Some(b) => {
@@ -485,15 +661,35 @@ impl<S: Store> Treasury<S> {
                     .set(key.clone(), b)
                     .map_err(|e| ApiError::SpreadOutOfBounds(e.to_string()))?;
             }
-            None if key.partner.is_none() && key.pair.is_none() => {
+            None if is_default => {
                 return Err(ApiError::InvalidRequest(
                     "the default spread cannot be removed".into(),
                 ));
             }
             None => {
-                policy.remove(&key);
+                policy.remove(key);
             }
         }
+        let from = before.unwrap_or(default);
+        let to = bps.unwrap_or(default);
+        // Both within 0..=10000: the difference cannot overflow.
+        let moved = to.value().checked_sub(from.value()).map_or(Decimal::MAX, |d| d.abs());
+        Ok(SpreadChanged { policy, before, from, to, moved })
+    }
+
+    /// Writes the spreads [`Self::spread_changed`] made, with their audit record
+    /// (`spreads.set`) and, approved, the proposal's new state; then puts them in force. Hold
+    /// `changes` and the settings' `turn`.
+    async fn spread_commit(
+        &self,
+        turn: &Turn<S>,
+        actor: &str,
+        key: &SpreadKey,
+        bps: Option<Bps>,
+        changed: SpreadChanged,
+        approved: Option<&Approved>,
+    ) -> Result<Value, ApiError> {
+        let SpreadChanged { policy, before, .. } = changed;
         let stored =
             std::iter::once(StoredSpread { partner: None, pair: None, bps: policy.default_bps() })
                 .chain(policy.overrides().map(|(k, b)| StoredSpread {
@@ -503,14 +699,20 @@ impl<S: Store> Treasury<S> {
                 }))
                 .collect::<Vec<_>>();
         let stored = serde_json::to_vec(&stored).expect("JSON of plain data");
-        let draft = self.draft(actor, "spreads.set", target_of(&key), json!(before), json!(bps));
+        // Approved, `after` names who proposed and approved it beside the new spread.
+        let after = match approved {
+            None => json!(bps),
+            Some(a) => json!({ "bps": bps, "approval": a.approval }),
+        };
+        let draft = self.draft(actor, "spreads.set", target_of(key), json!(before), after);
         if turn.lost() {
             // Another node may be writing the list now: this change is not made.
             return Err(ApiError::Overloaded);
         }
-        let record = self.commit(draft, &[(SPREADS_KEY.into(), Some(stored))]).await?;
+        let mut settings = vec![(SPREADS_KEY.to_owned(), Some(stored))];
+        settings.extend(approved.map(Approved::setting));
+        let record = self.commit(draft, &settings).await?;
         self.engine.set_spreads(policy);
-        turn.release().await;
         let mut answer = self.spreads();
         answer["audit_seq"] = json!(record.seq);
         Ok(answer)
