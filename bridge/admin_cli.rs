@@ -154,8 +154,8 @@ pub enum FundsKindArg {
 pub enum RiskCommand {
     /// The rules in force (the configuration's or admins'), blocklists, exposures, funds.
     Show,
-    /// Propose rules in place of the configuration's, from a JSON file (the keys of
-    /// `[risk.rules]`: `near_limit_bps`, `partners`, `merchants`, `mccs`, …).
+    /// Propose rules in place of the configuration's, from a file: TOML with the keys of
+    /// `[risk.rules]` (`near_limit_bps`, `partners`, `merchants`, `mccs`, …), or the same as JSON.
     Rules { file: PathBuf },
     /// Propose putting the configuration's rules back in force.
     Reset,
@@ -946,14 +946,17 @@ async fn risk(
         }
         RiskCommand::Rules { file } => {
             let text = read(file)?;
-            if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
-                return Err(Failure::Refused(format!(
-                    "{}: give the rules as JSON (the same keys as [risk.rules])",
-                    file.display()
-                )));
-            }
-            let rules: Value = serde_json::from_slice(&text)
-                .map_err(|e| Failure::Refused(format!("{}: {e}", file.display())))?;
+            let rules: Value = if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
+                // The keys of [risk.rules], as in the configuration file.
+                let text = std::str::from_utf8(&text)
+                    .map_err(|e| Failure::Refused(format!("{}: {e}", file.display())))?;
+                let rules: qrbridge_config::RiskRules = toml::from_str(text)
+                    .map_err(|e| Failure::Refused(format!("{}: {e}", file.display())))?;
+                serde_json::to_value(rules).expect("JSON of plain data")
+            } else {
+                serde_json::from_slice(&text)
+                    .map_err(|e| Failure::Refused(format!("{}: {e}", file.display())))?
+            };
             c.json(Method::PUT, "/admin/v1/risk/rules", Some(rules)).await?
         }
         RiskCommand::Reset => c.json(Method::DELETE, "/admin/v1/risk/rules", None).await?,

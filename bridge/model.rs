@@ -265,8 +265,6 @@ impl PaymentRecord {
     }
 }
 
-/// One line of a journal entry: positive debits, negative credits (signed minor units; the
-/// API's amount form has no sign, so postings keep their own).
 /// A risk decision kept: a payment the rules refused (nothing else of it is stored), or one they
 /// let through with flags. Compliance reads them; the partner sees only `RISK_DECLINED` and the
 /// reason.
@@ -297,6 +295,8 @@ pub struct RiskDecisionRecord {
     pub over_by: Option<Amount>,
 }
 
+/// One line of a journal entry: positive debits, negative credits (signed minor units; the
+/// API's amount form has no sign, so postings keep their own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Posting {
     pub account: String,

@@ -69,11 +69,7 @@ async fn hostile_admin_and_acquirer_input_is_answered_never_panicked() {
         start_at: Some("2026-11-20T02:00:00Z".parse().unwrap()),
         // A second admin, to approve what dual control holds back (the embedded default may
         // list it already).
-        tweak: Box::new(|c| {
-            if !c.tls.admin_identities.iter().any(|a| a == "admin-2") {
-                c.tls.admin_identities.push("admin-2".into());
-            }
-        }),
+        tweak: Box::new(support::daemon::second_admin),
         ..Setup::default()
     })
     .await;
@@ -233,13 +229,8 @@ async fn hostile_admin_and_acquirer_input_is_answered_never_panicked() {
             bad_day,
         ),
         Case {
-            method: Method::PUT,
-            ..json_case(
-                "/admin/v1/risk/rules",
-                json!({"merchant_day_cny_minor_max": 99999999999999999999_u128}),
-                400,
-                bad_day,
-            )
+            body: br#"{"merchant_day_cny_minor_max": 99999999999999999999}"#.to_vec(),
+            ..case(Method::PUT, "/admin/v1/risk/rules", 400, bad_day)
         },
         Case {
             body: ("[".repeat(1_000) + &"]".repeat(1_000)).into_bytes(),

@@ -145,12 +145,13 @@ async fn a_spread_set_on_one_node_prices_the_other_nodes_quotes() {
     let (_, before) = quote(&on_b, &code(None), Some(10_000), "PHP").await;
 
     let mut in_force_b = p.b.treasury.settings_in_force();
+    // 50 to 100 bps: within the dual-control step, so in force at once.
     let (s, set) = p
         .admin(&p.a)
         .try_send(
             Method::PUT,
             "/admin/v1/spreads",
-            Some(br#"{"partner": "partner-demo", "pair": "CNY/PHP", "bps": "300"}"#.to_vec()),
+            Some(br#"{"partner": "partner-demo", "pair": "CNY/PHP", "bps": "100"}"#.to_vec()),
         )
         .await
         .unwrap();
@@ -187,8 +188,9 @@ async fn a_spread_change_on_one_node_never_undoes_another_nodes() {
             v
         }
     };
-    set(&p.a, br#"{"partner": "partner-demo", "pair": "CNY/PHP", "bps": "300"}"#).await;
-    let on_b = set(&p.b, br#"{"partner": "partner-demo", "pair": "CNY/KRW", "bps": "250"}"#).await;
+    // Both within the dual-control step (50 bps from the default 50), so in force at once.
+    set(&p.a, br#"{"partner": "partner-demo", "pair": "CNY/PHP", "bps": "100"}"#).await;
+    let on_b = set(&p.b, br#"{"partner": "partner-demo", "pair": "CNY/KRW", "bps": "90"}"#).await;
     assert_eq!(on_b["overrides"].as_array().unwrap().len(), 2, "b kept a's change: {on_b}");
     let raw = p.db.raw().await;
     let stored: Vec<u8> = raw

@@ -14,14 +14,6 @@ use serde_json::{json, Value};
 use support::daemon::{assert_error, Setup, TestClient, TestDaemon};
 use support::flows::{code, quote};
 
-/// The configuration's admins: `admin` and `admin-2` (added here until the embedded default
-/// lists both).
-fn two_admins(c: &mut qrbridge_config::Config) {
-    if !c.tls.admin_identities.iter().any(|a| a == "admin-2") {
-        c.tls.admin_identities.push("admin-2".into());
-    }
-}
-
 /// A daemon with two admins, on a manual clock; `ttl_s` proposals' lifetime.
 async fn start(ttl_s: u64) -> TestDaemon {
     let dual = qrbridge_config::DualControl { proposal_ttl_s: ttl_s, ..Default::default() };
@@ -30,7 +22,8 @@ async fn start(ttl_s: u64) -> TestDaemon {
         manual_clock: true,
         start_at: Some("2026-11-20T02:00:00Z".parse().unwrap()),
         tweak: Box::new(move |c| {
-            two_admins(c);
+            // `admin-2` too (until the embedded default lists both admins).
+            support::daemon::second_admin(c);
             c.risk.dual_control = put;
         }),
         ..Setup::default()

@@ -173,6 +173,8 @@ fn config(dir: &Path) -> Config {
         limits: Default::default(),
     });
     c.tls.crls = vec![dir.join("third.crl")];
+    // A second admin, to approve what dual control holds back.
+    support::daemon::second_admin(&mut c);
     c
 }
 
@@ -252,12 +254,14 @@ async fn sighup_rotates_a_partner_certificate_loads_its_crl_and_refuses_a_broken
     assert_eq!(other.get("/v1/payments/pay_nope").await.0, StatusCode::FORBIDDEN);
 
     // A reload that would leave a spread outside the new bounds is refused, with the reason.
+    // (50 to 350 bps is past the dual-control step: a second admin approves it.)
     let change = json!({"partner": "partner-demo", "bps": "350"});
     let (s, body) = admin_pki
         .try_send(Method::PUT, "/admin/v1/spreads", Some(change.to_string().into_bytes()))
         .await
         .expect("an answer");
-    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    support::daemon::approve_proposed(&pki, d.admin, &body).await;
     c.fx.spread.max_bps = "300".parse().unwrap();
     write(&file, &c);
     let (s, body) = admin_pki.post("/admin/v1/reload", &json!({})).await;

@@ -97,17 +97,20 @@ async fn quotes_and_payments_show_the_markup_over_the_mid_they_came_from() {
     let d = TestDaemon::start_with(Setup {
         manual_clock: true,
         webhooks: Some(Mode::Ack),
+        tweak: Box::new(support::daemon::second_admin),
         ..Setup::default()
     })
     .await;
     let c = d.client("partner-demo");
     let admin = d.admin_client("admin");
 
-    // A direct pair: CNY/KRW set by an admin (the built-in rates are all against USD).
+    // A direct pair: CNY/KRW set by an admin (the built-in rates are all against USD). With no
+    // rate held for the pair it is a proposal (dual control), approved by a second admin.
     let (s, set) = admin
         .post("/admin/v1/rates", &json!({"rates": [{"base": "CNY", "quote": "KRW", "rate": "195.5"}]}))
         .await;
-    assert_eq!(s, StatusCode::OK, "{set}");
+    assert_eq!(s, StatusCode::ACCEPTED, "{set}");
+    support::daemon::approve_proposed(&d.pki(), d.daemon().admin_addr, &set).await;
     let (krw_rate, krw_source, krw_as_of) = listed(&admin, "CNY", "KRW").await;
     assert!(krw_source.starts_with("admin:"), "{krw_source}");
     let (s, direct) = quote(&c, &code(None), Some(2_372), "KRW").await;

@@ -1,6 +1,7 @@
 //! Treasury on the real daemon's admin listener:
 //! - rate feeds: an ECB XML file, and a CSV served over real HTTPS, read again on request;
-//! - rates and spreads set by hand (within bounds, new quotes only);
+//! - rates and spreads set by hand (within bounds, new quotes only; dual control's steps at their
+//!   widest, so each takes effect at once);
 //! - positions and revenue from the ledger;
 //! - the audit chain, which must catch tampering;
 //! - the rate guard (issue 12, item 10): a rate from the future, from a feed or an admin, is
@@ -71,6 +72,23 @@ async fn feed_server(dir: &std::path::Path, body: Arc<Mutex<String>>) -> std::ne
     addr
 }
 
+/// Dual control at its widest steps (10 000 bps): these tests are about the rate guard and
+/// spreads themselves, so every change an admin makes here takes effect at once, as it did
+/// before dual control (tests/dual_control.rs tests the proposals).
+fn wide_steps() -> qrbridge_config::DualControl {
+    qrbridge_config::DualControl {
+        spread_step_bps: 10_000,
+        rate_step_bps: 10_000,
+        ..Default::default()
+    }
+}
+
+/// `d` with [`wide_steps`] in force (as its configuration says too, for a reload).
+fn with_wide_steps(d: TestDaemon) -> TestDaemon {
+    d.daemon().treasury.set_dual_control(wide_steps());
+    d
+}
+
 /// A daemon on a manual clock (2026-11-21 09:00 UTC) reading an ECB file holding `ecb` and the
 /// CSV feed `served` over HTTPS (polled every `poll_s`), with its folder.
 async fn with_feeds(
@@ -89,6 +107,7 @@ async fn with_feeds(
             chrono::DateTime::parse_from_rfc3339("2026-11-21T09:00:00Z").unwrap().into(),
         ),
         tweak: Box::new(move |c| {
+            c.risk.dual_control = wide_steps();
             c.fx.sources.push(qrbridge_config::RateSource {
                 id: "ecb".into(),
                 kind: qrbridge_config::RateSourceKind::EcbXml,
@@ -109,7 +128,7 @@ async fn with_feeds(
         ..Setup::default()
     })
     .await;
-    (d, dir)
+    (with_wide_steps(d), dir)
 }
 
 /// The rate held for `pair` (`BASE/QUOTE`) in an admin rates answer, or null.
@@ -374,7 +393,13 @@ async fn audit_chain_ok(admin: &support::daemon::TestClient) -> bool {
 on_both_stores! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_change_prices_new_quotes_only_within_bounds() {
-    let d = TestDaemon::start().await;
+    let d = with_wide_steps(
+        TestDaemon::start_with(Setup {
+            tweak: Box::new(|c| c.risk.dual_control = wide_steps()),
+            ..Setup::default()
+        })
+        .await,
+    );
     let c = d.client("partner-demo");
     let admin = d.admin_client("admin");
     let (s, before) = quote(&c, &code(None), Some(10_000), "PHP").await;

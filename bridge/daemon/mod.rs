@@ -257,6 +257,7 @@ impl Daemon {
             StartError::Config(ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
         })?;
         treasury.put_risk_base(parts.risk.clone(), base_policy);
+        treasury.set_dual_control(config.risk.dual_control.clone());
         treasury.restore().await?;
         treasury.settings_reached(settings_seen.unwrap_or(0));
         // The risk counters from the store, never from memory: the last day's payments, those
@@ -587,6 +588,8 @@ pub fn embedded_config(data_dir: &Path, listeners: Listeners) -> Result<Config, 
     c.tls.client_cert = pki.join("bridge-client.crt");
     c.tls.client_key = pki.join("bridge-client.key");
     c.tls.admin_ca = pki.join("ca.crt");
+    // Two admins, so changes under dual control can be proposed by one and approved by the other.
+    c.tls.admin_identities = vec!["admin".into(), "admin-2".into()];
     let all: Vec<Currency> =
         ["PHP", "KRW", "THB", "MYR", "SGD", "IDR", "VND", "HKD", "JPY", "USD", "EUR", "KHR"]
             .iter()

@@ -312,6 +312,7 @@ impl Reloader {
         self.engine.set_parties(parts.router, parts.acquirers, parts.partners);
         self.engine.set_spreads(spreads);
         self.treasury.put_risk_base(parts.risk, risk);
+        self.treasury.set_dual_control(new.risk.dual_control.clone());
         self.settlement.set_parties(parts.settlement);
         self.settlement.set_monitoring(new.risk.monitoring.clone());
         self.senders.replace(parts.senders);

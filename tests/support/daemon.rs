@@ -18,7 +18,7 @@ use qrbridge::pki::{self, Ca, Usage};
 use qrbridge::store::Store;
 use qrbridge_adapters::acquirer::sandbox::SandboxConfig;
 use qrbridge_config::{Acquirer, Config, Identity, Route};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::webhook::{Mode, Receiver};
 
@@ -303,4 +303,28 @@ pub fn assert_error(got: &(StatusCode, Value), status: u16, code: &str) {
     assert_eq!(got.1["error"]["code"], code, "{}", got.1);
     assert!(got.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", got.1);
     assert!(got.1["error"]["retryable"].is_boolean(), "{}", got.1);
+}
+
+/// The second admin identity of the development PKI (`admin-2`), who approves what `admin`
+/// proposes under dual control.
+pub const SECOND_ADMIN: &str = "admin-2";
+
+/// Lists [`SECOND_ADMIN`] among `c`'s admins (when the configuration does not already).
+pub fn second_admin(c: &mut Config) {
+    if !c.tls.admin_identities.iter().any(|a| a == SECOND_ADMIN) {
+        c.tls.admin_identities.push(SECOND_ADMIN.into());
+    }
+}
+
+/// Approves the proposal of a `202` answer (`{"proposal", …}`) as [`SECOND_ADMIN`] on the admin
+/// listener at `admin`, with the PKI at `pki`: the change is in force after. Returns the
+/// approval's answer (`{"proposal", "result"}`).
+pub async fn approve_proposed(pki: &Path, admin: SocketAddr, proposed: &Value) -> Value {
+    let id = proposed["proposal"]["proposal_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not a proposal: {proposed}"));
+    let second = TestClient::new(pki, Some(SECOND_ADMIN), admin, false);
+    let (s, v) = second.post(&format!("/admin/v1/proposals/{id}/approve"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "approving {id}: {v}");
+    v
 }
