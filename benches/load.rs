@@ -342,8 +342,16 @@ impl Sender {
         }
     }
 
+    async fn get(&mut self, path: &str) -> (StatusCode, Bytes) {
+        self.send(Request::get(path), String::new()).await
+    }
+
     async fn post(&mut self, path: &str, body: String) -> (StatusCode, Bytes) {
-        let req = Request::post(path)
+        self.send(Request::post(path), body).await
+    }
+
+    async fn send(&mut self, req: http::request::Builder, body: String) -> (StatusCode, Bytes) {
+        let req = req
             .header(http::header::HOST, "localhost")
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
@@ -721,7 +729,7 @@ async fn risk_run(args: &Args) {
     for on in [false, true, false, true] {
         let d = if on { &on_dir } else { &off_dir };
         let on_dir = d.clone();
-        let (node, _, _) = start_node_with(d, None, 0, move |c| {
+        let (node, _, admin) = start_node_with(d, None, 0, move |c| {
             if on {
                 every_rule(c, &on_dir);
             }
@@ -742,6 +750,13 @@ async fn risk_run(args: &Args) {
             o.errors
         );
         results.push((on, o.tps, ms(&o.pay, 0.99), cpu / done * 1000.0));
+        // What the rules decided besides letting payments through (refusals, flags): none is
+        // expected, every limit being far away; a decision kept costs a write.
+        let mut a = Sender::connect_as(admin, &pki, true, "admin").await;
+        let (status, body) = a.get("/admin/v1/risk/decisions?limit=1000").await;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let kept = v["decisions"].as_array().map_or(0, Vec::len);
+        println!("  risk decisions kept (refused or flagged): {kept} ({status})");
         node.stop().await;
     }
     let mean = |on: bool, f: fn(&(bool, f64, f64, f64)) -> f64| {

@@ -206,6 +206,17 @@ pub struct PaymentRecord {
     pub rev: u64,
 }
 
+/// The merchant a payment of `code` pays: the code's merchant, under the id its acquirer is sent
+/// (the template the route matched — a code carrying several networks may show another id
+/// first). Risk rules, blocklists and monitoring key the merchant by this id.
+fn paid_merchant(code: &CodeRef) -> MerchantAnswer {
+    let mut m = code.merchant.clone();
+    if !code.merchant_id.is_empty() {
+        m.id = Some(code.merchant_id.clone());
+    }
+    m
+}
+
 impl PaymentRecord {
     /// A new payment of quote `q`, `PENDING`, as a partner's request makes it (`partner` is the
     /// quote's): the one place a payment record is born.
@@ -233,7 +244,7 @@ impl PaymentRecord {
             spread: q.quote.spread_amount,
             rate: RateAnswer { pair: q.quote.pair.to_string(), price: q.quote.price },
             reference: Some(PriceReference::of(&q.quote)),
-            merchant: q.code.merchant.clone(),
+            merchant: paid_merchant(&q.code),
             acquirer: q.code.acquirer.clone(),
             acquirer_ref: None,
             booked: false,

@@ -615,3 +615,64 @@ async fn the_cli_proposes_and_a_second_admin_approves_with_as() {
     assert_eq!(v["proposals"].as_array().unwrap().len(), 1, "{v}");
     d.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_step_is_measured_on_the_spread_a_quote_would_get() {
+    let d = start(86_400).await;
+    let admin = d.admin_client("admin");
+    // An approved override for every pair of partner-demo: 300 bps.
+    let broad = json!({"partner": "partner-demo", "bps": "300"});
+    let got = put(&admin, "/admin/v1/spreads", &broad).await;
+    proposed(&got, "spread", "admin");
+    support::daemon::approve_proposed(&d.pki(), d.daemon().admin_addr, &got.1).await;
+    let priced_at_300 = price(&d).await;
+    // An override for one of its pairs at 50 bps is 0 bps from the default, but moves what the
+    // partner's CNY/PHP quotes get by 250: a proposal, not a change.
+    let narrow = json!({"partner": "partner-demo", "pair": "CNY/PHP", "bps": "50"});
+    let got = put(&admin, "/admin/v1/spreads", &narrow).await;
+    proposed(&got, "spread", "admin");
+    assert_eq!(price(&d).await, priced_at_300, "the narrow override took effect unapproved");
+    // Removing the broad override uncovers the default for every pair: 250 bps too.
+    let remove = json!({"partner": "partner-demo"});
+    let got = put(&admin, "/admin/v1/spreads", &remove).await;
+    proposed(&got, "spread", "admin");
+    assert_eq!(price(&d).await, priced_at_300);
+    d.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_transfer_is_recorded_once_however_often_it_is_proposed() {
+    let d = start(86_400).await;
+    let admin = d.admin_client("admin");
+    let second = d.admin_client("admin-2");
+    let funds = json!({
+        "partner": "partner-demo",
+        "amount": {"currency": "PHP", "value": "100000"},
+        "kind": "settlement_received",
+        "reference": "BANK-REF-42",
+    });
+    // The same transfer proposed twice (a retried request): approved twice, counted once.
+    let first = proposed(&admin.post("/admin/v1/risk/funds", &funds).await, "funds", "admin");
+    let again = proposed(&admin.post("/admin/v1/risk/funds", &funds).await, "funds", "admin");
+    let (s, v) = second.post(&approve_path(&first), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let got = second.post(&approve_path(&again), &json!({})).await;
+    assert_error(&got, 400, "INVALID_REQUEST");
+    assert!(got.1["error"]["message"].as_str().unwrap().contains("already recorded"), "{}", got.1);
+    let (_, view) = admin.get("/admin/v1/risk").await;
+    let received: Vec<&Value> = view["funds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["partner"] == "partner-demo")
+        .collect();
+    assert_eq!(received.len(), 1, "{view}");
+    assert!(received[0].to_string().contains("1000.00"), "{view}");
+    // Funds in a currency the partner does not pay in (CHF) are refused at once.
+    let mut chf = funds.clone();
+    chf["amount"] = json!({"currency": "CHF", "value": "100"});
+    chf["reference"] = json!("BANK-REF-43");
+    let got = admin.post("/admin/v1/risk/funds", &chf).await;
+    assert_error(&got, 400, "INVALID_REQUEST");
+    d.finish().await;
+}

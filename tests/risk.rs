@@ -272,4 +272,40 @@ crate::on_both_stores! {
         crash::stop(d).await;
         drop(database);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn copies_of_one_request_get_its_payment_never_a_refusal() {
+        let d = TestDaemon::start_with(Setup {
+            tweak: Box::new(|c| {
+                let r = c.risk.rules.partners.entry(PARTNER.into()).or_default();
+                r.payer.hour_count_max = Some(1);
+            }),
+            ..Setup::default()
+        })
+        .await;
+        let c = d.client(PARTNER);
+        let q = quoted(&c, 1_000).await;
+        let quote_id = q["quote_id"].as_str().unwrap().to_owned();
+        // Eight copies of one request at once: the first holds the payer's only allowance while
+        // it is written; the others wait for it and get its payment.
+        let copies: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, quote_id) = (c.clone(), quote_id.clone());
+                tokio::spawn(async move { pay(&c, "dup-1", &quote_id, "payer-dup").await })
+            })
+            .collect();
+        let mut ids = std::collections::BTreeSet::new();
+        let mut created_n = 0;
+        for t in copies {
+            let (s, p) = t.await.unwrap();
+            assert!(s == StatusCode::CREATED || s == StatusCode::OK, "{s}: {p}");
+            created_n += usize::from(s == StatusCode::CREATED);
+            ids.insert(p["payment_id"].as_str().unwrap().to_owned());
+        }
+        assert_eq!((created_n, ids.len()), (1, 1), "{ids:?}");
+        // Another request by the same payer is over the limit.
+        let got = pays(&c, 1_000, "dup-2", "payer-dup").await;
+        refused(&d, &got, "dup-2", "VELOCITY_LIMIT").await;
+        d.finish().await;
+    }
 }

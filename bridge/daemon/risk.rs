@@ -21,21 +21,41 @@ use crate::treasury::Treasury;
 /// is never sent, and ends as failed), so one read late still sees it.
 const OVERLAP: chrono::Duration = chrono::Duration::seconds(30);
 
-/// Takes in the payments other nodes made since `since` and where those this book holds in
-/// flight now stand; returns where the next read starts.
-async fn absorb_others<S: Store>(
+/// A reservation whose payment the store still does not hold this long after it was made was
+/// never written (its write failed with an unknown outcome, and a write that lands late is
+/// sent only within the send window): its hold is given back.
+const UNWRITTEN_AFTER: chrono::Duration = chrono::Duration::minutes(2);
+
+/// Follows the payments this book holds in flight to where the store says they stand (their
+/// end may have been written by another node, or their write never landed) and, on a store
+/// other nodes share, takes in the payments they made since `since`; returns where the next
+/// read starts.
+async fn follow<S: Store>(
     t: &Treasury<S>,
     since: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, StoreError> {
     let engine = t.engine();
     let store = engine.store();
     let now = engine.now();
-    let mut payments: Vec<PaymentRecord> =
-        store.payments_made(since - OVERLAP, now + chrono::Duration::minutes(1)).await?;
+    let mut payments: Vec<PaymentRecord> = Vec::new();
+    let mut next = since;
+    if store.shared() {
+        // Never further back than the windows reach, however long reads failed.
+        let from = (since - OVERLAP).max(now - chrono::Duration::hours(24));
+        payments = store.payments_made(from, now + chrono::Duration::minutes(1)).await?;
+        next = now;
+    }
     let read: HashSet<String> = payments.iter().map(|p| p.payment_id.clone()).collect();
-    for id in engine.risk().in_flight() {
-        if !read.contains(&id) {
-            payments.extend(store.payment(&id).await?);
+    for (id, at) in engine.risk().in_flight() {
+        if read.contains(&id) {
+            continue;
+        }
+        match store.payment(&id).await? {
+            Some(p) => payments.push(p),
+            None if now - at > UNWRITTEN_AFTER && engine.risk().forget(&id) => {
+                tracing::warn!(payment = %id, "risk: a reservation whose payment was never written is given back");
+            }
+            None => {}
         }
     }
     let added = engine
@@ -45,20 +65,20 @@ async fn absorb_others<S: Store>(
     if added > 0 {
         tracing::debug!(added, "risk: payments of other nodes counted");
     }
-    Ok(now)
+    Ok(next)
 }
 
-/// One round of upkeep: other nodes' payments since `since` (on a shared store), what the
-/// partners owe, the windows tidied. Returns where the next read of other nodes' payments
-/// starts.
+/// One round of upkeep: the payments in flight followed (and, on a shared store, other nodes'
+/// payments since `since` taken in), what the partners owe read again, the windows tidied.
+/// Returns where the next read of other nodes' payments starts.
 pub async fn refresh<S: Store>(t: &Treasury<S>, since: DateTime<Utc>) -> DateTime<Utc> {
-    let mut next = since;
-    if t.engine().store().shared() {
-        match absorb_others(t, since).await {
-            Ok(n) => next = n,
-            Err(e) => tracing::error!(error = %e, "risk: other nodes' payments could not be read"),
+    let next = match follow(t, since).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "risk: payments could not be read");
+            since
         }
-    }
+    };
     if let Err(e) = t.refresh_owed().await {
         tracing::error!(error = %e, "risk: what partners owe could not be read");
     }

@@ -221,6 +221,11 @@ impl Parties {
     pub fn partners(&self) -> impl Iterator<Item = &str> {
         self.partners.keys().map(String::as_str)
     }
+
+    /// The wallet currencies `partner` pays in (none for a partner not configured).
+    pub fn wallet_currencies(&self, partner: &str) -> &[Currency] {
+        self.partners.get(partner).map_or(&[], |p| &p.wallet_currencies)
+    }
 }
 
 /// A code resolved to a merchant and an acquirer.
@@ -638,9 +643,22 @@ impl<S: Store> Engine<S> {
             return Err(ApiError::InvalidRequest("payer.id: 1-128 characters".into()));
         }
         let hash = content_hash(&[&body.request_id, &body.quote_id, &body.payer.id]);
+        // One copy of a request at a time in this process: a repeat sent while the first is
+        // being decided and written waits for it, then finds its payment (so a repeat is never
+        // refused by the hold the first one put on a limit).
+        let request_key = format!("request\0{partner}\0{}", body.request_id);
+        let request = loop {
+            match self.inflight.claim(&request_key) {
+                Ok(claim) => break claim,
+                Err(mut held) => {
+                    let _ = held.wait_for(|done| *done).await;
+                }
+            }
+        };
         if let Some(p) =
             self.store.payment_by_request(partner, &body.request_id).await.map_err(internal)?
         {
+            drop(request);
             return self.replay(p, &hash).await.map(|p| (p, false));
         }
         let q = match self.store.quote(&body.quote_id).await.map_err(internal)? {
@@ -667,7 +685,7 @@ impl<S: Store> Engine<S> {
         let this = self.clone();
         let partner = partner.to_owned();
         let task = tokio::spawn(async move {
-            this.begin_and_drive(&partner, record, work, q, hash, inflight, now).await
+            this.begin_and_drive(&partner, record, work, q, hash, (inflight, request), now).await
         });
         task.await.map_err(|e| {
             tracing::error!(error = %e, "payment task failed");
@@ -685,7 +703,7 @@ impl<S: Store> Engine<S> {
         work: WorkItem,
         q: QuoteRecord,
         hash: String,
-        inflight: Claim,
+        (inflight, request): (Claim, Claim),
         now: DateTime<Utc>,
     ) -> Result<(PaymentRecord, bool), ApiError> {
         // The risk decision, and the payment's hold on the limits, before anything is written.
@@ -693,6 +711,7 @@ impl<S: Store> Engine<S> {
             Ok(r) => r,
             Err(DecideError::Refused(refusal)) => {
                 drop(inflight);
+                drop(request);
                 // The same request, made at the same time, may have made the payment that took
                 // the limit: that payment is the answer.
                 if let Some(p) = self
@@ -711,10 +730,12 @@ impl<S: Store> Engine<S> {
             }
         };
         let begun = self.store.begin_payment(&record, &work, now).await;
+        // Written (or refused, or unknown): a repeat of the request finds what there is.
+        drop(request);
         match &begun {
             Ok(Begin::Created) => {
                 if !reservation.flags().is_empty() {
-                    self.risk_flagged(&record, reservation.flags()).await;
+                    self.risk_flagged(&record, reservation.flags());
                 }
             }
             // Whether the write was made is not known: the payment keeps its hold until it ends
@@ -789,8 +810,9 @@ impl<S: Store> Engine<S> {
         ApiError::RiskDeclined { reason, message: refusal.message }
     }
 
-    /// A payment the rules let through with flags: its decision kept and counted.
-    async fn risk_flagged(&self, record: &PaymentRecord, flags: &[Flag]) {
+    /// A payment the rules let through with flags: its decision kept (in a task of its own: the
+    /// payment does not wait for it) and counted.
+    fn risk_flagged(&self, record: &PaymentRecord, flags: &[Flag]) {
         for f in flags {
             crate::ops::risk_decision("flagged", f.kind.code(), f.rule.as_str());
         }
@@ -803,9 +825,12 @@ impl<S: Store> Engine<S> {
             detail,
             None,
         );
-        if let Err(e) = self.store.put_risk_decision(&d).await {
-            tracing::error!(payment = %record.payment_id, error = %e, "risk decision not kept");
-        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.put_risk_decision(&d).await {
+                tracing::error!(payment = %d.decision_id, error = %e, "risk decision not kept");
+            }
+        });
     }
 
     /// Runs [`Engine::drive`] in a task of its own and waits for it.

@@ -37,15 +37,16 @@
 //! 1. Before PENDING is written: [`RiskBook::decide_and_reserve`] with [`Candidate::of`] the new
 //!    record and its `created_at` as `now`.
 //! 2. The write refused (a replay, the quote used, a conflict): [`RiskBook::release`]. Whether the
-//!    write was made unknown: keep the reservation; the payment's end (or a rebuild) settles it.
+//!    write was made unknown: keep the reservation; the payment's end (or a rebuild) settles it,
+//!    or [`RiskBook::forget`] once the store still does not hold it long after.
 //! 3. After every durable change of a payment: [`RiskBook::settle`] with [`PaymentFacts::of`] the
 //!    record. Idempotent; only the ends matter: succeeded moves the reservation to `booked`; failed
 //!    or cancelled gives back everything the payment held (exposure and windows).
 //! 4. Now and then, and after what moves `partner_receivable` outside a payment's own booking
 //!    (refunds, cancels after success, settlements received): `let m = book.mark();` read the
-//!    ledger's totals, [`RiskBook::reload_owed`]`(owed_from_totals(..), m)`. Bookings made before
-//!    the mark are in what was read and leave `booked`; later ones stay until the next reload (a
-//!    payment is counted twice for a moment rather than not at all).
+//!    ledger's totals (`Treasury::refresh_owed`), [`RiskBook::reload_owed`]`(owed, m)`. Bookings
+//!    made before the mark are in what was read and leave `booked`; later ones stay until the
+//!    next reload (a payment is counted twice for a moment rather than not at all).
 //! 5. At start (and whenever memory should not be trusted): [`RiskBook::rebuild`] from the store —
 //!    every payment created in the last 24 h and every payment not final, then `owed` read *after*
 //!    them.
@@ -61,7 +62,7 @@ use qrbridge_config::Problem;
 pub use qrbridge_config::{
     CurrencyRules, MccRules, MerchantRules, PartnerRules, RiskRules, VelocityRules,
 };
-use qrbridge_fx::{Amount, AmountError, Currency};
+use qrbridge_fx::{Amount, Currency};
 
 use crate::model::{PaymentRecord, PaymentState};
 
@@ -530,21 +531,6 @@ pub struct BookStats {
     pub open_payments: usize,
 }
 
-/// What the partners owe, per partner, from the store's running totals per `(currency,
-/// account)`: the `partner_receivable:<partner>` accounts.
-pub fn owed_from_totals(
-    totals: &BTreeMap<(Currency, String), i128>,
-) -> Result<Vec<(String, Amount)>, AmountError> {
-    totals
-        .iter()
-        .filter_map(|((c, account), sum)| {
-            let partner = account.strip_prefix("partner_receivable:")?;
-            let minor = i64::try_from(*sum).map_err(|_| AmountError::Overflow);
-            Some(minor.and_then(|m| Amount::from_minor(*c, m)).map(|a| (partner.to_owned(), a)))
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Rolling windows
 // ---------------------------------------------------------------------------------------------
@@ -674,13 +660,13 @@ impl Window {
         Some(())
     }
 
-    /// Takes out the payment made at `at_ms` with `tag`; false when it is not here.
     /// Whether the window holds the entry made at `at_ms` with `tag`.
     fn holds(&self, at_ms: i64, tag: u64) -> bool {
         let start = self.entries.partition_point(|x| x.at_ms < at_ms);
         self.entries.range(start..).take_while(|x| x.at_ms == at_ms).any(|x| x.tag == tag)
     }
 
+    /// Takes out the payment made at `at_ms` with `tag`; false when it is not here.
     fn remove(&mut self, at_ms: i64, tag: u64) -> bool {
         let start = self.entries.partition_point(|x| x.at_ms < at_ms);
         let found = self
@@ -1537,13 +1523,23 @@ impl RiskBook {
 
     /// The payments this book holds in flight (reserved, outcome not known here): the ones
     /// whose end another node may have written.
-    pub fn in_flight(&self) -> Vec<String> {
+    pub fn in_flight(&self) -> Vec<(String, DateTime<Utc>)> {
         let s = self.lock();
         s.open
             .iter()
             .filter(|(_, o)| o.hold == Hold::Reserved)
-            .map(|(id, _)| id.to_string())
+            .map(|(id, o)| {
+                let at = DateTime::<Utc>::from_timestamp_millis(o.at_ms).unwrap_or_default();
+                (id.to_string(), at)
+            })
             .collect()
+    }
+
+    /// Gives back what `payment_id` holds: a reservation whose payment the store does not hold
+    /// long after it was made (its write failed, unknown, and never landed). False when it held
+    /// nothing.
+    pub fn forget(&self, payment_id: &str) -> bool {
+        self.lock().void(payment_id, None)
     }
 }
 
@@ -1601,7 +1597,7 @@ impl RiskBook {
     }
 
     /// Replaces what the partners owe with `owed` (per partner, in each currency: what
-    /// [`owed_from_totals`] reads from the ledger; a partner or currency not in it owes nothing),
+    /// `Treasury::refresh_owed` reads from the ledger; a partner or currency not in it owes nothing),
     /// read after `since` was taken: payments booked before `since` are in it and leave `booked`.
     pub fn reload_owed<P: AsRef<str>>(
         &self,
@@ -2298,14 +2294,6 @@ mod tests {
         // A partner missing from the read owes nothing.
         b.reload_owed(Vec::<(String, Amount)>::new(), b.mark());
         passes(&b, &Pay::new("x").wallet(1000), t0());
-
-        let mut totals = BTreeMap::new();
-        totals.insert((php(), "partner_receivable:gcash".to_owned()), 1234i128);
-        totals.insert((php(), "fx_position:PHP".to_owned()), -1234i128);
-        let owed = owed_from_totals(&totals).unwrap();
-        assert_eq!(owed, [("gcash".to_owned(), Amount::from_minor(php(), 1234).unwrap())]);
-        totals.insert((php(), "partner_receivable:big".to_owned()), i128::from(i64::MAX) + 1);
-        assert!(owed_from_totals(&totals).is_err());
     }
 
     #[test]

@@ -648,6 +648,7 @@ impl<S: Store> Treasury<S> {
     /// [`Self::restore`], under the settings' turn.
     fn spread_changed(&self, key: &SpreadKey, bps: Option<Bps>) -> Result<SpreadChanged, ApiError> {
         let mut policy = self.engine.spreads();
+        let in_force = policy.clone();
         let is_default = key.partner.is_none() && key.pair.is_none();
         let default = policy.default_bps();
         let before = if is_default {
@@ -673,7 +674,20 @@ impl<S: Store> Treasury<S> {
         let from = before.unwrap_or(default);
         let to = bps.unwrap_or(default);
         // Both within 0..=10000: the difference cannot overflow.
-        let moved = to.value().checked_sub(from.value()).map_or(Decimal::MAX, |d| d.abs());
+        let gap =
+            |a: Bps, b: Bps| a.value().checked_sub(b.value()).map_or(Decimal::MAX, |d| d.abs());
+        let mut moved = gap(to, from);
+        // What a quote is priced with moves by the most any partner's pair moves: an override
+        // under a broader one (or a removal uncovering one) moves it by more than the key's own
+        // value says.
+        let parties = self.engine.parties();
+        for partner in parties.partners() {
+            for w in parties.wallet_currencies(partner) {
+                let pair = Pair::new(Currency::CNY, *w);
+                moved = moved
+                    .max(gap(policy.spread_for(partner, pair), in_force.spread_for(partner, pair)));
+            }
+        }
         Ok(SpreadChanged { policy, before, from, to, moved })
     }
 

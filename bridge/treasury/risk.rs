@@ -21,7 +21,7 @@ use crate::cluster::Turn;
 use crate::error::ApiError;
 use crate::model::PaymentRecord;
 use crate::payments::risk::{
-    owed_from_totals, Blocklists, BookStats, ListKind, PaymentFacts, Policy, RiskBase, RiskRules,
+    Blocklists, BookStats, ListKind, PaymentFacts, Policy, RiskBase, RiskRules,
 };
 use crate::store::{Store, StoreError};
 
@@ -31,6 +31,13 @@ const RULES_KEY: &str = "risk/rules";
 const BLOCKED_KEY: &str = "risk/blocked";
 /// The settings prefix of the funds each partner sent: `risk/funds/<partner>/<CUR>`.
 const FUNDS_PREFIX: &str = "risk/funds/";
+/// The settings key marking a funds reference as recorded: `fundsref/<partner>/<SHA-256 of the
+/// reference>` (outside `risk/`, which is read whole at every restore).
+fn funds_reference_key(partner: &str, reference: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("fundsref/{partner}/{}", hex::encode(Sha256::digest(reference.as_bytes())))
+}
+
 /// Most characters of a funds record's reference (the bank's or the partner's id for it).
 const REFERENCE_CHARS_MAX: usize = 128;
 
@@ -207,18 +214,29 @@ impl<S: Store> Treasury<S> {
     /// it sent (negative: it is in credit).
     async fn owed_now(&self) -> Result<Vec<(String, Amount)>, StoreError> {
         let totals = self.engine.store().account_totals().await?;
-        let mut owed: BTreeMap<(String, Currency), i64> = owed_from_totals(&totals)
-            .map_err(|e| corrupt("partner totals", e))?
-            .into_iter()
-            .map(|(p, a)| ((p, a.currency()), a.minor()))
-            .collect();
+        // Lifetime totals: summed wide, so a partner's history never overflows what is read.
+        let mut owed: BTreeMap<(String, Currency), i128> = BTreeMap::new();
+        for ((c, account), sum) in &totals {
+            if let Some(partner) = account.strip_prefix("partner_receivable:") {
+                let o = owed.entry((partner.to_owned(), *c)).or_insert(0);
+                *o = o.saturating_add(*sum);
+            }
+        }
         for ((p, c), sent) in self.funds() {
             let o = owed.entry((p, c)).or_insert(0);
-            *o = o.checked_sub(sent).ok_or_else(|| corrupt("partner totals", "overflow"))?;
+            *o = o.saturating_sub(i128::from(sent));
         }
+        let max = i128::from(Amount::MAX_MINOR);
         owed.into_iter()
             .map(|((p, c), m)| {
-                let a = Amount::from_minor(c, m).map_err(|e| corrupt("partner totals", e))?;
+                // Beyond an amount's range either way: past every cap, or in credit past any
+                // payment; held at the range's edge (and said).
+                let held = m.clamp(-max, max);
+                if held != m {
+                    tracing::warn!(partner = %p, currency = %c.code(), "what the partner owes is beyond an amount's range; held at its edge");
+                }
+                let minor = i64::try_from(held).map_err(|e| corrupt("partner totals", e))?;
+                let a = Amount::from_minor(c, minor).map_err(|e| corrupt("partner totals", e))?;
                 Ok((p, a))
             })
             .collect()
@@ -233,8 +251,8 @@ impl<S: Store> Treasury<S> {
     }
 
     /// Rebuilds every risk counter from the store: the payments made in the last day and every
-    /// payment not final, then (read after them) what the partners owe. At start, and on a
-    /// store other nodes share, now and then (their payments count here too).
+    /// payment not final, then (read after them) what the partners owe. At start; afterwards
+    /// the daemon's refresh follows the payments (`daemon::risk`).
     pub async fn rebuild_risk(&self) -> Result<BookStats, StoreError> {
         let store = self.engine.store();
         let now = self.engine.now();
@@ -428,10 +446,13 @@ impl<S: Store> Treasury<S> {
         if !self.engine.parties().partners().any(|p| p == f.partner) {
             return Err(ApiError::InvalidRequest(format!("partner: no partner {:?}", f.partner)));
         }
-        if f.amount.currency() == Currency::CNY {
-            return Err(ApiError::InvalidRequest(
-                "amount: a partner's funds are in its wallet currency".into(),
-            ));
+        let parties = self.engine.parties();
+        if !parties.wallet_currencies(&f.partner).contains(&f.amount.currency()) {
+            return Err(ApiError::InvalidRequest(format!(
+                "amount: {} is not one of {}'s wallet currencies",
+                f.amount.currency().code(),
+                f.partner
+            )));
         }
         if f.amount.minor() <= 0 {
             return Err(ApiError::InvalidAmount("amount: must be more than zero".into()));
@@ -458,11 +479,20 @@ impl<S: Store> Treasury<S> {
     ) -> Result<Value, ApiError> {
         self.check_funds(&f)?;
         let c = f.amount.currency();
+        // One record per transfer: the partner's reference is taken once, whatever proposals
+        // carry it (a proposal made twice by a retried request cannot count the money twice).
+        let reference_key = funds_reference_key(&f.partner, &f.reference);
+        let taken = self.engine.store().settings(&reference_key).await.map_err(internal)?;
+        if taken.iter().any(|(k, _)| *k == reference_key) {
+            return Err(ApiError::InvalidRequest(format!(
+                "reference: {:?} was already recorded for {}",
+                f.reference, f.partner
+            )));
+        }
         let stored = self.stored_risk().await.map_err(internal)?;
         let before = stored.funds.get(&(f.partner.clone(), c)).copied().unwrap_or(0);
         let total = before
             .checked_add(f.amount.minor())
-            .filter(|t| *t <= Amount::MAX_MINOR)
             .ok_or_else(|| ApiError::InvalidAmount("amount: the total would overflow".into()))?;
         let shown = |m: i64| Amount::from_minor(c, m).map(|a| a.to_string()).ok();
         let after = with_approval(
@@ -487,9 +517,16 @@ impl<S: Store> Treasury<S> {
         }
         let key = format!("{FUNDS_PREFIX}{}/{}", f.partner, c.code());
         let value = serde_json::to_vec(&total).expect("JSON of plain data");
-        let record = self.commit(draft, &[(key, Some(value)), approved.setting()]).await?;
+        let taken = serde_json::to_vec(&json!({ "amount": f.amount.to_string() }))
+            .expect("JSON of plain data");
+        let record = self
+            .commit(draft, &[(key, Some(value)), (reference_key, Some(taken)), approved.setting()])
+            .await?;
         self.funds.lock().unwrap_or_else(|p| p.into_inner()).insert((f.partner.clone(), c), total);
-        self.refresh_owed().await.map_err(internal)?;
+        // Recorded and durable: the book reads it now, or at its next refresh.
+        if let Err(e) = self.refresh_owed().await {
+            tracing::error!(error = %e, "risk: what partners owe could not be read after funds were recorded");
+        }
         Ok(json!({
             "partner": f.partner,
             "currency": c.code(),
