@@ -100,6 +100,29 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/v1/reload"),
     ("GET", "/admin/v1/store/backup"),
     ("POST", "/admin/v1/store/backup"),
+    // The treasury console (bridge/console): web pages for a browser, under /console/.
+    ("GET", "/console/"),
+    ("GET", "/console/assets/{name}"),
+    ("GET", "/console/rates"),
+    ("POST", "/console/rates"),
+    ("POST", "/console/rates/refresh"),
+    ("GET", "/console/spreads"),
+    ("POST", "/console/spreads/preview"),
+    ("POST", "/console/spreads"),
+    ("GET", "/console/positions"),
+    ("GET", "/console/settlement"),
+    ("POST", "/console/settlement/run"),
+    ("POST", "/console/settlement/reconcile"),
+    ("GET", "/console/settlement/{day}"),
+    ("GET", "/console/settlement/{day}/files/{name}"),
+    ("GET", "/console/operations"),
+    ("POST", "/console/operations/replay"),
+    ("POST", "/console/operations/settle"),
+    ("GET", "/console/audit"),
+    ("GET", "/console/proposals"),
+    ("POST", "/console/proposals/approve"),
+    ("POST", "/console/proposals/reject"),
+    ("GET", "/console/risk"),
 ];
 
 /// Largest acquirer file or rate CSV taken (admin bodies only).
@@ -838,6 +861,7 @@ async fn route<S: Store>(
                 )),
             }
         }
+        ["console", ..] => Ok(crate::console::serve(&ctx, &admin, req).await),
         _ => Err(ApiError::NotFound),
     }
 }

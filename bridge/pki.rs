@@ -22,6 +22,8 @@ pub enum PkiError {
     Generate(#[from] rcgen::Error),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("an identity for browsers: {0}")]
+    P12(#[from] crate::console::p12::P12Error),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -128,6 +130,7 @@ pub fn ensure_dev_pki(dir: &Path) -> Result<bool, PkiError> {
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("pki");
     let own = parent.join(format!(".{name}.{}.{:08x}", std::process::id(), fastrand::u32(..)));
     write_dev_pki(&own, &ca)?;
+    write_dev_p12(&own)?;
     match std::fs::rename(&own, dir) {
         Ok(()) => {
             if let Ok(f) = std::fs::File::open(&parent) {
@@ -145,6 +148,7 @@ pub fn ensure_dev_pki(dir: &Path) -> Result<bool, PkiError> {
                 // into it as before.
                 tracing::debug!(error = %e, "development PKI written in place");
                 write_dev_pki(dir, &ca)?;
+                write_dev_p12(dir)?;
                 Ok(true)
             }
         }
@@ -166,6 +170,21 @@ pub fn write_dev_pki(dir: &Path, ca: &Ca) -> Result<(), PkiError> {
     }
     // Written last: its presence says the set is complete.
     write(&dir.join("ca.crt"), &ca.cert_pem)
+}
+
+/// The admins' identities as PKCS#12 files for browsers (the console: docs/console.md),
+/// `<dir>/admin.p12` and `admin-2.p12`, password [`crate::console::DEV_P12_PASSWORD`]. Only the
+/// daemon's own development PKI gets them (tests that need one write it: PBKDF2 takes a while).
+pub fn write_dev_p12(dir: &Path) -> Result<(), PkiError> {
+    for name in ["admin", "admin-2"] {
+        crate::console::write_p12(
+            &dir.join(format!("{name}.crt")),
+            &dir.join(format!("{name}.key")),
+            &dir.join(format!("{name}.p12")),
+            crate::console::DEV_P12_PASSWORD,
+        )?;
+    }
+    Ok(())
 }
 
 /// Writes one issued certificate and key as `<dir>/<name>.crt` and `.key`.

@@ -73,7 +73,9 @@ async fn a_method_a_path_does_not_serve_is_405_naming_the_methods_it_does() {
             methods.entry(path).or_default().insert(m.to_string());
         }
         for (path, served) in methods {
-            for method in [Method::DELETE, Method::PATCH, Method::TRACE, Method::OPTIONS] {
+            let others = [Method::DELETE, Method::PATCH, Method::TRACE, Method::OPTIONS];
+            // Each method the path does not serve.
+            for method in others.into_iter().filter(|m| !served.contains(m.as_str())) {
                 let (status, allow, body) =
                     allow_of(&d, addr, cert, method.clone(), &concrete(path)).await;
                 assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {body}");

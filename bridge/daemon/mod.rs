@@ -258,6 +258,13 @@ impl Daemon {
         })?;
         treasury.put_risk_base(parts.risk.clone(), base_policy);
         treasury.set_dual_control(config.risk.dual_control.clone());
+        if config.tls.admin_identities.len() < 2 {
+            tracing::warn!(
+                admins = config.tls.admin_identities.len(),
+                "dual control needs two admin identities (tls.admin_identities): changes that \
+                 need a second admin can be proposed but not approved"
+            );
+        }
         treasury.restore().await?;
         treasury.settings_reached(settings_seen.unwrap_or(0));
         // The risk counters from the store, never from memory: the last day's payments, those
