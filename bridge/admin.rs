@@ -140,6 +140,25 @@ const LIST_LIMIT_DEFAULT: usize = 100;
 /// audit log is what it removes.
 static PARKED_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Puts the parked event `event_id` back in the outbox (under [`PARKED_CHANGES`], so a purge
+/// never lists an event a replay takes back), makes it durable and wakes the delivery worker:
+/// the admin API's replay and the console's.
+pub(crate) async fn replay_parked<S: Store>(
+    engine: &Engine<S>,
+    admin: &str,
+    event_id: &str,
+) -> Result<(), ApiError> {
+    let store = engine.store();
+    let _one = PARKED_CHANGES.lock().await;
+    if !store.unpark(event_id, engine.now()).await.map_err(internal)? {
+        return Err(ApiError::EventNotFound);
+    }
+    store.flush().await.map_err(internal)?;
+    tracing::info!(event = %event_id, admin = %admin, "parked webhook event replayed");
+    engine.events_written.notify_one();
+    Ok(())
+}
+
 /// What the admin API works on.
 pub struct Admin<S> {
     pub engine: Arc<Engine<S>>,
@@ -667,13 +686,7 @@ async fn route<S: Store>(
         }
         ["admin", "v1", "webhooks", "parked", event_id, "replay"] => {
             allow(&method, &Method::POST)?;
-            let _one = PARKED_CHANGES.lock().await;
-            if !store.unpark(event_id, engine.now()).await.map_err(internal)? {
-                return Err(ApiError::EventNotFound);
-            }
-            store.flush().await.map_err(internal)?;
-            tracing::info!(event = %event_id, admin = %admin, "parked webhook event replayed");
-            engine.events_written.notify_one();
+            replay_parked(engine, &admin, event_id).await?;
             Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({ "event_id": event_id, "replayed": true }),

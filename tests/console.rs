@@ -61,13 +61,14 @@ fn browser() -> Option<PathBuf> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("the console's browser test needs {}; .ci/run installs them", missing.join(", "));
     }
-    eprintln!();
-    eprintln!(
-        "!!! SKIPPED: the console's browser test needs {} (set CI=true to fail instead; .ci/run \
-         installs them) !!!",
+    // Straight to the process's standard error: the test harness captures `eprintln!`.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!! SKIPPED: the console's browser test needs {} (set CI=true to fail instead; .ci/run \
+         installs them) !!!\n",
         missing.join(", ")
     );
-    eprintln!();
     None
 }
 
@@ -308,8 +309,26 @@ async fn the_console_in_a_browser_changes_what_the_admin_api_changes() {
         .await;
 
     // Changes without the console's token, or from elsewhere, were refused; none was made.
-    assert_eq!(results["csrf"], json!({"noToken": 403, "evilOrigin": 403, "noOrigin": 403}));
+    let csrf = &results["csrf"];
+    assert_eq!(
+        (&csrf["noToken"], &csrf["evilOrigin"], &csrf["noOrigin"]),
+        (&json!(403), &json!(403), &json!(403)),
+        "{csrf}"
+    );
+    for t in csrf["titles"].as_array().unwrap() {
+        assert!(text(t).contains("Change refused"), "refused by the console's guard: {csrf}");
+    }
+    // With the token, from the console's origin, the same kind of request is taken.
+    assert_ne!(csrf["accepted"], json!(403), "{csrf}");
+    assert!(!text(&csrf["acceptedTitle"]).contains("Change refused"), "{csrf}");
+    // Not set, and not proposed either (a rate of 1 would have been a proposal).
     assert!(!records.iter().any(|r| r.action.starts_with("rates.")), "no rate was set");
+    assert!(
+        !records
+            .iter()
+            .any(|r| r.action == "proposal.create" && r.after.to_string().contains("\"rates\"")),
+        "no rate was proposed"
+    );
 
     assert!(text(&results["audit"]["chain"]).starts_with("Verified"), "{}", results["audit"]);
     assert!(results["positionsChart"].as_u64() >= Some(1), "a revenue chart: {results}");

@@ -204,22 +204,11 @@ impl<S: Store> Ctx<'_, S> {
     }
 
     /// `POST /console/operations/replay`: the admin API's
-    /// `POST /admin/v1/webhooks/parked/{event_id}/replay`, step for step (unpark, make it
-    /// durable, wake the delivery worker).
+    /// `POST /admin/v1/webhooks/parked/{event_id}/replay`, the same code (under the same lock as
+    /// purges).
     pub async fn replay(&self, f: &Fields) -> Resp {
         let event_id = f.given("event_id").unwrap_or("");
-        let engine = self.engine();
-        let store = engine.store();
-        let result = async {
-            if !store.unpark(event_id, engine.now()).await.map_err(internal)? {
-                return Err(ApiError::EventNotFound);
-            }
-            store.flush().await.map_err(internal)?;
-            tracing::info!(event = %event_id, admin = %self.actor, "parked webhook event replayed (console)");
-            engine.events_written.notify_one();
-            Ok(())
-        }
-        .await;
+        let result = crate::admin::replay_parked(self.engine(), self.actor, event_id).await;
         let done = match result {
             Ok(()) => (
                 StatusCode::OK,
@@ -363,7 +352,9 @@ impl<S: Store> Ctx<'_, S> {
     /// as `POST /admin/v1/proposals/{id}/approve` and `/reject`.
     pub async fn decide(&self, f: &Fields, approve: bool) -> Resp {
         let id = f.given("proposal_id").unwrap_or("");
-        let note = f.given("note").map(str::to_owned);
+        // A textarea's line breaks (CRLF) become spaces: the note is one line in the audit log.
+        let note = f.given("note").map(|n| n.split_whitespace().collect::<Vec<_>>().join(" "));
+        let note = note.filter(|n| !n.is_empty());
         let treasury = self.treasury();
         let result = if approve {
             treasury.approve(self.actor, id, note).await

@@ -241,7 +241,19 @@ try {
       form: { csrf: token, base: "USD", quote: "PHP", rate: "1" },
       maxRedirects: 0,
     });
-    results.csrf = { noToken: noToken.status(), evilOrigin: evil.status(), noOrigin: noOrigin.status() };
+    // The same request with the token and from the console's origin passes the guard (a preview:
+    // nothing changes), so the refusals above are the guard's, not the listener's.
+    const accepted = await api.post(`${settings.admin_url}/console/spreads/preview`, {
+      form: { csrf: token, partner: "", pair: "", bps: "50" },
+      headers: { origin: settings.admin_url },
+      maxRedirects: 0,
+    });
+    const title = async (r) => ((await r.text()).match(/<title>([^<]*)<\/title>/) || [null, ""])[1];
+    results.csrf = {
+      noToken: noToken.status(), evilOrigin: evil.status(), noOrigin: noOrigin.status(),
+      titles: [await title(noToken), await title(evil), await title(noOrigin)],
+      accepted: accepted.status(), acceptedTitle: await title(accepted),
+    };
   }
 
   // 10. The audit page after it all; every page at a phone's width.

@@ -24,12 +24,13 @@ pub fn shared_testdata(rel: &str) -> Option<PathBuf> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("shared test data {} is missing, and CI=true", path.display());
     }
-    eprintln!();
-    eprintln!(
-        "!!! SKIPPED: shared test data {} is missing (set CI=true to fail instead) !!!",
+    // Straight to the process's standard error: the test harness captures `eprintln!`.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!! SKIPPED: shared test data {} is missing (set CI=true to fail instead) !!!\n",
         path.display()
     );
-    eprintln!();
     None
 }
 

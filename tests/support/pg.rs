@@ -42,12 +42,13 @@ pub async fn database() -> Option<PgTest> {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("PostgreSQL is not reachable at {server} ({e}), and CI=true");
             }
-            eprintln!();
-            eprintln!(
-                "!!! SKIPPED: PostgreSQL not reachable at {server} ({e}); set \
-                 QRBRIDGE_TEST_DATABASE_URL, or CI=true to fail instead !!!"
+            // Straight to the process's standard error: the test harness captures `eprintln!`.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!! SKIPPED: PostgreSQL not reachable at {server} ({e}); set \
+                 QRBRIDGE_TEST_DATABASE_URL, or CI=true to fail instead !!!\n"
             );
-            eprintln!();
             return None;
         }
     };
