@@ -100,7 +100,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/v1/reload"),
     ("GET", "/admin/v1/store/backup"),
     ("POST", "/admin/v1/store/backup"),
-    // The treasury console (bridge/console): web pages for a browser, under /console/.
+    // The treasury console (bridge/console): web pages for a browser, under /console/; they come
+    // last (`console::ROUTES` is this list from the first of them on).
     ("GET", "/console/"),
     ("GET", "/console/assets/{name}"),
     ("GET", "/console/rates"),

@@ -37,33 +37,30 @@ mod watch;
 
 pub use p12::{write_p12, DEV_P12_PASSWORD};
 
-/// Every route of the console, as `(method, path template)`: all under `/console/`. A path
-/// that names a page (`/console/settlement/run`) comes before a template it also fits
-/// (`/console/settlement/{day}`): [`crate::http::route_template`] takes the first that fits.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/console/"),
-    ("GET", "/console/assets/{name}"),
-    ("GET", "/console/rates"),
-    ("POST", "/console/rates"),
-    ("POST", "/console/rates/refresh"),
-    ("GET", "/console/spreads"),
-    ("POST", "/console/spreads/preview"),
-    ("POST", "/console/spreads"),
-    ("GET", "/console/positions"),
-    ("GET", "/console/settlement"),
-    ("POST", "/console/settlement/run"),
-    ("POST", "/console/settlement/reconcile"),
-    ("GET", "/console/settlement/{day}"),
-    ("GET", "/console/settlement/{day}/files/{name}"),
-    ("GET", "/console/operations"),
-    ("POST", "/console/operations/replay"),
-    ("POST", "/console/operations/settle"),
-    ("GET", "/console/audit"),
-    ("GET", "/console/proposals"),
-    ("POST", "/console/proposals/approve"),
-    ("POST", "/console/proposals/reject"),
-    ("GET", "/console/risk"),
-];
+/// Every route of the console, as `(method, path template)`: all under `/console/`, listed once,
+/// as the last of the admin listener's ([`crate::admin::ROUTES`]). A path that names a page
+/// (`/console/settlement/run`) comes before a template it also fits (`/console/settlement/{day}`):
+/// [`crate::http::route_template`] takes the first that fits.
+pub const ROUTES: &[(&str, &str)] =
+    crate::admin::ROUTES.split_at(first_console(crate::admin::ROUTES)).1;
+
+/// Where the `/console/` routes begin in `routes`.
+const fn first_console(routes: &[(&str, &str)]) -> usize {
+    const PREFIX: &[u8] = b"/console/";
+    let mut i = 0;
+    while i < routes.len() {
+        let path = routes[i].1.as_bytes();
+        let mut k = 0;
+        while k < PREFIX.len() && k < path.len() && path[k] == PREFIX[k] {
+            k += 1;
+        }
+        if k == PREFIX.len() {
+            return i;
+        }
+        i += 1;
+    }
+    routes.len()
+}
 
 /// Largest URL-encoded form taken (every console form but the file upload).
 const FORM_BYTES_MAX: u64 = 64 << 10;
@@ -194,4 +191,18 @@ fn html(status: StatusCode, body: String) -> Resp {
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     secure(&mut resp, true);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    /// The console's routes are the admin listener's from the first `/console/` one to the end:
+    /// all of those, and nothing else.
+    #[test]
+    fn the_console_routes_are_the_admin_listeners_last() {
+        assert_eq!(super::ROUTES.len(), 22);
+        assert!(super::ROUTES.iter().all(|(_, p)| p.starts_with("/console/")));
+        let admin_only = crate::admin::ROUTES.len() - super::ROUTES.len();
+        assert!(crate::admin::ROUTES[..admin_only].iter().all(|(_, p)| !p.starts_with("/console")));
+        assert_eq!(super::first_console(&[("GET", "/x")]), 1);
+    }
 }
