@@ -1968,7 +1968,6 @@ impl<S: Store> Engine<S> {
     }
 }
 
-/// An ATTENTION task for `p`: an operator must look, for the reason `why` (shown on the admin API).
 /// The record of a risk decision about `p`.
 fn decision_record(
     p: &PaymentRecord,
@@ -1998,6 +1997,7 @@ fn decision_record(
     }
 }
 
+/// An ATTENTION task for `p`: an operator must look, for the reason `why` (shown on the admin API).
 fn attention(p: &PaymentRecord, now: DateTime<Utc>, why: impl Into<String>) -> Work {
     Work::Set(WorkItem {
         last_error: Some(why.into()),
