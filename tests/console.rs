@@ -24,7 +24,7 @@ use qrbridge::console::{write_p12, DEV_P12_PASSWORD};
 use qrbridge::store::Store;
 use serde_json::{json, Value};
 use support::daemon::{second_admin, Setup, TestDaemon, SECOND_ADMIN};
-use support::flows::{code, quote, quote_and_pay};
+use support::flows::{code, pay_and_park, quote};
 use support::webhook::Mode;
 
 /// A safety net for signals, never a wait of its own.
@@ -72,31 +72,6 @@ fn browser() -> Option<PathBuf> {
     None
 }
 
-/// Pays once per request id and parks every payment's `payment.succeeded` event: the endpoint
-/// refuses each at least once, then the clock moves past the maximum age and the worker parks
-/// them. Returns the payment ids.
-async fn pay_and_park(d: &TestDaemon, request_ids: &[&str], fen: i64) -> Vec<String> {
-    let c = d.client("partner-demo");
-    let mut ids = Vec::new();
-    for (i, request_id) in request_ids.iter().enumerate() {
-        let (s, p) = quote_and_pay(&c, fen + i as i64, request_id).await;
-        assert_eq!(s, StatusCode::CREATED, "{p}");
-        ids.push(p["payment_id"].as_str().unwrap().to_owned());
-    }
-    let hooks = d.hooks.as_ref().unwrap();
-    hooks
-        .wait_until(WAIT, |got| ids.iter().all(|id| got.iter().any(|r| &r.payment_id == id)))
-        .await;
-    let mut settled = d.daemon().engine.events_settled.subscribe();
-    let before = *settled.borrow_and_update();
-    // webhooks.max_age_s is three days: the day closes meanwhile.
-    d.clock.as_ref().unwrap().advance(chrono::Duration::days(4));
-    d.daemon().engine.events_written.notify_one();
-    let wait = settled.wait_for(|n| *n >= before + ids.len() as u64);
-    tokio::time::timeout(WAIT, wait).await.expect("events parked").unwrap();
-    ids
-}
-
 fn text(v: &Value) -> &str {
     v.as_str().unwrap_or_else(|| panic!("not text: {v}"))
 }
@@ -125,7 +100,7 @@ async fn the_console_in_a_browser_changes_what_the_admin_api_changes() {
     write_p12(&pki.join("admin.crt"), &pki.join("admin.key"), &p12, DEV_P12_PASSWORD).unwrap();
 
     // Two payments on DAY, their events parked; the day closes as the clock moves.
-    let paid = pay_and_park(&d, &["console-1", "console-2"], 2_372).await;
+    let paid = pay_and_park(&d, &["console-1", "console-2"], 2_372, WAIT).await;
     let parked = d.daemon().store().parked().await.unwrap();
     assert_eq!(parked.len(), 2, "{parked:?}");
     let replayed = parked

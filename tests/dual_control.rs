@@ -12,7 +12,7 @@ mod support;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::daemon::{assert_error, Setup, TestClient, TestDaemon};
-use support::flows::{code, quote};
+use support::flows::{code, held_rate, quote};
 
 /// A daemon with two admins, on a manual clock; `ttl_s` proposals' lifetime.
 async fn start(ttl_s: u64) -> TestDaemon {
@@ -97,19 +97,6 @@ async fn price(d: &TestDaemon) -> Value {
     assert_eq!(s, StatusCode::CREATED, "{q}");
     q["rate"]["price"].clone()
 }
-
-fn held_rate(rates: &Value, pair: &str) -> Value {
-    rates["rates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| {
-            format!("{}/{}", r["base"].as_str().unwrap(), r["quote"].as_str().unwrap()) == pair
-        })
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 on_both_stores! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_changes_until_another_admin_approves() {

@@ -15,38 +15,13 @@ use qrbridge::clock::Clock;
 use qrbridge::store::Store;
 use serde_json::{json, Value};
 use support::daemon::{assert_error, Setup, TestDaemon};
-use support::flows::quote_and_pay;
+use support::flows::pay_and_park;
 use support::webhook::Mode;
 
 /// A safety net for signals, never a wait of its own.
 const WAIT: Duration = Duration::from_secs(30);
 const PURGE: &str = "/admin/v1/webhooks/parked/purge";
 const PARKED: &str = "/admin/v1/webhooks/parked";
-
-/// Pays once per request id (each payment writes one `payment.succeeded` event), waits until the
-/// endpoint has refused each event at least once, then moves the clock past the maximum age and
-/// waits until the worker has parked them all. Returns the payment ids.
-async fn pay_and_park(d: &TestDaemon, request_ids: &[&str], fen: i64) -> Vec<String> {
-    let c = d.client("partner-demo");
-    let mut ids = Vec::new();
-    for (i, request_id) in request_ids.iter().enumerate() {
-        let (s, p) = quote_and_pay(&c, fen + i as i64, request_id).await;
-        assert_eq!(s, http::StatusCode::CREATED, "{p}");
-        ids.push(p["payment_id"].as_str().unwrap().to_owned());
-    }
-    let hooks = d.hooks.as_ref().unwrap();
-    hooks
-        .wait_until(WAIT, |got| ids.iter().all(|id| got.iter().any(|r| &r.payment_id == id)))
-        .await;
-    let mut settled = d.daemon().engine.events_settled.subscribe();
-    let before = *settled.borrow_and_update();
-    // webhooks.max_age_s is three days.
-    d.clock.as_ref().unwrap().advance(chrono::Duration::days(4));
-    d.daemon().engine.events_written.notify_one();
-    let wait = settled.wait_for(|n| *n >= before + ids.len() as u64);
-    tokio::time::timeout(WAIT, wait).await.expect("events parked").unwrap();
-    ids
-}
 
 fn time(v: &Value) -> DateTime<Utc> {
     v.as_str().unwrap_or_else(|| panic!("not a time: {v}")).parse().unwrap()
@@ -114,9 +89,9 @@ async fn parked_events_are_purged_before_a_cutoff_audited_first() {
     let admin = d.admin_client("admin");
 
     // Two payments' events park at t1, a third's at t2 = t1 + 4 days (now).
-    let old = pay_and_park(&d, &["old-1", "old-2"], 5_000).await;
+    let old = pay_and_park(&d, &["old-1", "old-2"], 5_000, WAIT).await;
     let t1 = clock.now();
-    let new = pay_and_park(&d, &["new-1"], 5_100).await;
+    let new = pay_and_park(&d, &["new-1"], 5_100, WAIT).await;
     let t2 = clock.now();
     let listed = parked(&d).await;
     let payments: Vec<&str> = listed.iter().map(|(_, p, _)| p.as_str()).collect();

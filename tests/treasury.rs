@@ -19,7 +19,7 @@ use qrbridge::model::{verify_chain, AuditDraft};
 use qrbridge::store::SledStore;
 use serde_json::{json, Value};
 use support::daemon::{assert_error, Setup, TestDaemon};
-use support::flows::{code, pay, quote, quote_and_pay};
+use support::flows::{code, held_rate, pay, quote, quote_and_pay};
 
 const ECB: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <gesmes:Envelope xmlns:gesmes="http://www.gesmes.org/xml/2002-08-01" xmlns="http://www.ecb.int/vocabulary/2002-08-01/eurofxref">
@@ -131,19 +131,6 @@ async fn with_feeds(
     (with_wide_steps(d), dir)
 }
 
-/// The rate held for `pair` (`BASE/QUOTE`) in an admin rates answer, or null.
-fn held(v: &Value, pair: &str) -> Value {
-    v["rates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| {
-            format!("{}/{}", r["base"].as_str().unwrap(), r["quote"].as_str().unwrap()) == pair
-        })
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 on_both_stores! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rates_come_from_feeds_and_admins_and_say_how_fresh_they_are() {
@@ -152,7 +139,7 @@ async fn rates_come_from_feeds_and_admins_and_say_how_fresh_they_are() {
     ));
     let (d, _dir) = with_feeds(ECB, served.clone(), Some(3_600)).await;
     let admin = d.admin_client("admin");
-    let rate = held;
+    let rate = held_rate;
 
     // The ECB file is read at start.
     let (s, v) = admin.get("/admin/v1/rates").await;
@@ -289,7 +276,7 @@ async fn rates_from_the_future_or_moving_too_far_are_refused() {
 
     // The ECB read at start: every rate from tomorrow refused, none held, and the status says why.
     let v = rates().await;
-    assert_eq!(held(&v, "EUR/PHP"), Value::Null, "{v}");
+    assert_eq!(held_rate(&v, "EUR/PHP"), Value::Null, "{v}");
     let ecb_status = source(&v, "ecb");
     assert_eq!(ecb_status["rates"], 0, "{ecb_status}");
     assert_eq!(ecb_status["refused"].as_array().unwrap().len(), 4, "{ecb_status}");
@@ -308,7 +295,7 @@ async fn rates_from_the_future_or_moving_too_far_are_refused() {
         (Some(1), Some(0)),
         "{r}"
     );
-    assert_eq!(held(&rates().await, "USD/CHF")["rate"], "0.8812");
+    assert_eq!(held_rate(&rates().await, "USD/CHF")["rate"], "0.8812");
 
     // A jump of 13.5 % (over the default 1000 bps): refused, the old rate kept, to go stale.
     *served.lock().unwrap() = "base,quote,rate,as_of\nUSD,CHF,1.0000,2026-11-21T09:01:00Z\n".into();
@@ -316,10 +303,10 @@ async fn rates_from_the_future_or_moving_too_far_are_refused() {
     assert_eq!(r["taken"], 0, "{r}");
     assert!(r["refused"][0].as_str().unwrap().contains("moves 1348.16 bps"), "{r}");
     let v = rates().await;
-    assert_eq!(held(&v, "USD/CHF")["rate"], "0.8812");
+    assert_eq!(held_rate(&v, "USD/CHF")["rate"], "0.8812");
     assert_eq!(source(&v, "treasury-csv")["refused"], r["refused"]);
     d.clock.as_ref().unwrap().advance(chrono::Duration::minutes(10));
-    assert_eq!(held(&rates().await, "USD/CHF")["fresh"], false);
+    assert_eq!(held_rate(&rates().await, "USD/CHF")["fresh"], false);
 
     // Admins: a rate from the future is refused; one within the allowed skew is taken.
     let set = |body: Value| {
@@ -346,7 +333,7 @@ async fn rates_from_the_future_or_moving_too_far_are_refused() {
     let (s, e) = set(json!({"rates": [{"base": "USD", "quote": "PHP", "rate": "70"}]})).await;
     assert_error(&(s, e.clone()), 422, "RATE_MOVE_TOO_LARGE");
     assert!(e["error"]["message"].as_str().unwrap().contains("force"), "{e}");
-    assert_eq!(held(&rates().await, "USD/PHP")["rate"], "57.90");
+    assert_eq!(held_rate(&rates().await, "USD/PHP")["rate"], "57.90");
     let (s, forced) =
         set(json!({"rates": [{"base": "USD", "quote": "PHP", "rate": "70"}], "force": true})).await;
     assert_eq!(
@@ -354,7 +341,7 @@ async fn rates_from_the_future_or_moving_too_far_are_refused() {
         (StatusCode::OK, Some(true)),
         "{forced}"
     );
-    assert_eq!(held(&rates().await, "USD/PHP")["rate"], "70");
+    assert_eq!(held_rate(&rates().await, "USD/PHP")["rate"], "70");
     let (_, audit) = admin.get("/admin/v1/audit").await;
     let rec = audit["records"]
         .as_array()
