@@ -494,9 +494,13 @@ fn proc_status_kb(pid: u32, key: &str) -> u64 {
 fn cpu_seconds(pid: u32) -> f64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = after.split_whitespace().filter_map(|v| v.parse().ok()).collect();
-    // After the command: state is not numeric, so utime and stime are f[10] and f[11].
-    (f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)) as f64 / 100.0
+    // After the command: state, ppid, pgrp, session, tty_nr, tpgid, flags, minflt, cminflt,
+    // majflt, cmajflt, utime, stime. Counted by position: tpgid is -1 for a process without a
+    // terminal, so dropping what does not parse as unsigned would shift utime out of place.
+    let field = |i: usize| -> u64 {
+        after.split_whitespace().nth(i).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    (field(11) + field(12)) as f64 / 100.0
 }
 
 fn dir_bytes(dir: &Path) -> u64 {

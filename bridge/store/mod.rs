@@ -549,15 +549,19 @@ impl GroupCommit {
                     Ok(())
                 } else {
                     let started = tokio::time::Instant::now();
-                    let outcome = match db.flush_async().await {
-                        Ok(_) => {
-                            let d = disk.clone();
-                            // Only a task that did not run (the runtime stopping) fails here.
-                            tokio::task::spawn_blocking(move || d.sync()).await.map_err(|e| {
-                                StoreError::from(sled::Error::Io(std::io::Error::other(e)))
-                            })
-                        }
-                        Err(e) => Err(StoreError::from(e)),
+                    // sled's flush and the syncs after it in one blocking task: one hand-over
+                    // between threads per flush, not two.
+                    let (db, d) = (db.clone(), disk.clone());
+                    let joined = tokio::task::spawn_blocking(move || {
+                        db.flush()?;
+                        d.sync();
+                        Ok::<_, sled::Error>(())
+                    })
+                    .await;
+                    // Only a task that did not run (the runtime stopping) fails to join.
+                    let outcome = match joined {
+                        Ok(r) => r.map_err(StoreError::from),
+                        Err(e) => Err(StoreError::from(sled::Error::Io(std::io::Error::other(e)))),
                     };
                     if outcome.is_ok() {
                         flushed("sled", started.elapsed(), begun.saturating_sub(covered));

@@ -1,6 +1,6 @@
 //! The sled store: one tree of records under typed key prefixes ([`key`]), compact binary values
-//! ([`super::codec`]), one `apply_batch` per state change — no multi-tree transactions on the
-//! payment path.
+//! ([`super::codec`]), a state change written key by key behind an intent record that makes it
+//! atomic ([`SledStore::write`]) — no sled batches or multi-tree transactions on the payment path.
 //!
 //! What sled's transactions gave, locks in this process give instead (sled is one process's
 //! store, so they are enough):
@@ -14,7 +14,7 @@
 //!
 //! Locks are taken in that order (stripe, claims, sequencer) and never across an await.
 //!
-//! Every write reaches sled through one of four functions — [`SledStore::write`] (a batch),
+//! Every write reaches sled through one of four functions — [`SledStore::write`] (atomic, several keys),
 //! [`SledStore::put`], [`SledStore::del`] and the admin transaction in
 //! [`SledStore::admin_commit`] — and each passes the backup's [`Tap`]: so a backup taken while
 //! the daemon runs sees every write (see [`super::sled_backup`]). A new way of writing must go
@@ -76,6 +76,10 @@ pub(super) mod key {
     pub const TOTAL: u8 = b't';
     /// Time, decision id → a risk decision ([`crate::model::RiskDecisionRecord`]).
     pub const RISK: u8 = b'k';
+    /// Number → a multi-key write under way: every key it writes, with its new value or its
+    /// removal ([`super::Intent`]). Present only between the write's first and last step, or
+    /// after a crash between them (then finished at open).
+    pub const INTENT: u8 = b'n';
     // `m`: the store's own marks (see `v1::MIGRATED`).
 
     pub fn of(prefix: u8, id: &str) -> Vec<u8> {
@@ -162,6 +166,10 @@ pub(super) fn encode_totals<'a>(
     encode(&accounts.into_iter().collect::<Vec<_>>())
 }
 
+/// A multi-key write as its intent record holds it: each key with its new value, or `None` for
+/// its removal, in the order they are applied.
+type Intent = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// The sled store.
 pub struct SledStore {
     pub(super) db: sled::Db,
@@ -186,6 +194,11 @@ pub struct SledStore {
     /// Serialises what moves events in and out of the parked list, so a listing never meets a
     /// half-purged event and a replay never races a purge.
     parking: Mutex<()>,
+    /// The store's folder.
+    path: std::path::PathBuf,
+    /// Numbers the intents of multi-key writes (see [`SledStore::write`]); every intent left by
+    /// an earlier run is finished and removed at open, so counting from zero never meets one.
+    intents: AtomicU64,
     ops: Ops,
 }
 
@@ -194,7 +207,7 @@ pub struct SledStore {
 pub struct Ops {
     /// Point reads.
     pub reads: AtomicU64,
-    /// Atomic batches written.
+    /// Atomic multi-key writes (each behind an intent record: see [`SledStore::write`]).
     pub batches: AtomicU64,
     /// Keys those batches inserted or removed.
     pub keys: AtomicU64,
@@ -215,18 +228,6 @@ impl Batch {
     fn remove(&mut self, k: impl Into<sled::IVec>) {
         self.ops.push((k.into(), None));
     }
-
-    /// The sled batch (a later write of a key wins, as in the list).
-    fn to_sled(&self) -> sled::Batch {
-        let mut b = sled::Batch::default();
-        for (k, v) in &self.ops {
-            match v {
-                Some(v) => b.insert(k.clone(), v.clone()),
-                None => b.remove(k.clone()),
-            }
-        }
-        b
-    }
 }
 
 /// Locks `m`; a lock poisoned by a panic elsewhere still guards nothing but `()` or totals
@@ -237,6 +238,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn corrupt(tree: &'static str, message: impl Into<String>) -> StoreError {
     StoreError::Corrupt { tree, message: message.into() }
+}
+
+/// Finishes every multi-key write a crash cut short (see [`SledStore::write`]): writes each key
+/// its intent holds, then removes the intent. Writing a key again with the value it already has
+/// changes nothing, so a crash in here is finished by the next open in turn. How many there were.
+fn finish_intents(t: &sled::Tree) -> Result<usize, StoreError> {
+    let mut finished = 0;
+    for kv in t.scan_prefix([key::INTENT]) {
+        let (k, v) = kv?;
+        for (key, value) in decode::<Intent>("intents", &v)? {
+            match value {
+                Some(value) => drop(t.insert(key, value)?),
+                None => drop(t.remove(key)?),
+            }
+        }
+        t.remove(k)?;
+        finished += 1;
+    }
+    Ok(finished)
 }
 
 impl SledStore {
@@ -262,6 +282,11 @@ impl SledStore {
                 payments = m.payments,
                 "data folder of the first release migrated"
             );
+        }
+        // Multi-key writes a crash cut short are finished before anything reads the records.
+        let finished = finish_intents(&t)?;
+        if finished > 0 {
+            tracing::warn!(writes = finished, "multi-key writes cut short by a crash finished");
         }
         let mut totals = Totals::new();
         for kv in t.scan_prefix([key::TOTAL]) {
@@ -303,6 +328,8 @@ impl SledStore {
             totals: Mutex::new(totals),
             epoch: AtomicU64::new(0),
             parking: Mutex::new(()),
+            intents: AtomicU64::new(0),
+            path: path.to_owned(),
             ops: Ops::default(),
             t,
             db,
@@ -312,9 +339,22 @@ impl SledStore {
     /// Closes the store: returns once sled's files are let go (its lock with them), so another
     /// process — or this one — may open it at once.
     pub async fn close(self) {
-        let SledStore { flusher, db, t, settings, audit, .. } = self;
+        let SledStore { flusher, db, t, settings, audit, path, .. } = self;
         drop((db, t, settings, audit));
         flusher.close().await;
+        // sled's I/O threads may hold its log a moment after the last handle went (a log write
+        // that made a flush stable finishes after it): wait, at most a second, until its lock
+        // is free.
+        let log = path.join("db");
+        for _ in 0..1000 {
+            let held = std::fs::File::open(&log)
+                .and_then(|f| fs2::FileExt::try_lock_exclusive(&f))
+                .is_err_and(|e| e.kind() == fs2::lock_contended_error().kind());
+            if !held {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// The store with its backups' log of writes bounded at `bytes` of memory
@@ -345,17 +385,63 @@ impl SledStore {
         Ok(self.t.get(k)?)
     }
 
-    /// One atomic batch of the records tree.
+    /// Writes `b` atomically: all of it survives a crash, or none of it.
+    ///
+    /// Not as a sled batch: sled seals and writes its log buffer (a `pwrite` and a
+    /// `sync_file_range` on its I/O threads) for every batch, which cost more than everything
+    /// else a payment does. Instead, key by key in sled's log order, which a crash cuts to a
+    /// prefix: first an intent record holding every key and value of the write, then the keys,
+    /// then the intent's removal. A crash before the intent is durable keeps none of the keys
+    /// (they come after it in the log); one after it keeps the intent, and the next open
+    /// ([`finish_intents`]) writes all its keys before anything is read. The caller holds the
+    /// locks that own those keys (the payment's stripe, the claims, the sequencer) across the
+    /// whole write, so no other write of them comes between the intent and its removal, and
+    /// finishing an intent at open never overwrites a later value.
     fn write(&self, b: Batch) -> Result<(), StoreError> {
+        if let [(k, v)] = b.ops.as_slice() {
+            return match v {
+                Some(v) => self.put(k, v.clone()),
+                None => self.del(k),
+            };
+        }
+        if b.ops.is_empty() {
+            return Ok(());
+        }
         self.ops.batches.fetch_add(1, Ordering::Relaxed);
-        self.ops.keys.fetch_add(b.ops.len() as u64, Ordering::Relaxed);
-        let batch = b.to_sled();
+        self.ops.keys.fetch_add(b.ops.len() as u64 + 2, Ordering::Relaxed);
+        let n = self.intents.fetch_add(1, Ordering::Relaxed);
+        let intent_key = key::seq(key::INTENT, n);
+        let intent: Intent =
+            b.ops.iter().map(|(k, v)| (k.to_vec(), v.as_ref().map(|v| v.to_vec()))).collect();
+        let intent = sled::IVec::from(encode(&intent));
+        let logged_intent = intent.clone();
         self.tap.write(
-            || Ok(self.t.apply_batch(batch)?),
+            || {
+                self.t.insert(intent_key, intent)?;
+                for (k, v) in &b.ops {
+                    match v {
+                        Some(v) => drop(self.t.insert(k, v.clone())?),
+                        None => drop(self.t.remove(k)?),
+                    }
+                }
+                self.t.remove(intent_key)?;
+                Ok(())
+            },
+            // The intent too, and its removal last: a backup whose copy caught the intent
+            // must not restore it.
             |_| {
-                b.ops
-                    .into_iter()
-                    .map(|(key, value)| Written { tree: TreeId::Records, key, value })
+                let intent = |value| Written {
+                    tree: TreeId::Records,
+                    key: intent_key.as_slice().into(),
+                    value,
+                };
+                std::iter::once(intent(Some(logged_intent)))
+                    .chain(b.ops.iter().cloned().map(|(key, value)| Written {
+                        tree: TreeId::Records,
+                        key,
+                        value,
+                    }))
+                    .chain(std::iter::once(intent(None)))
                     .collect()
             },
         )
@@ -654,31 +740,32 @@ impl SledStore {
             return Err(StoreError::Stale(p.payment_id.clone()));
         }
         let mut b = Batch::default();
-        let _claims = match &c.refund {
-            Some(r) => {
-                let claims = lock(&self.claims);
-                let k = key::pair(key::ACQUIRER_REFUND, &r.acquirer, &r.acquirer_refund_id);
-                if let Some(seen) = self.get::<IdemEntry>("acquirer_refunds", &k)? {
-                    let existing = self
-                        .get::<RefundRecord>("refunds", &key::of(key::REFUND, &seen.payment_id))?
-                        .ok_or_else(|| {
-                            corrupt(
-                                "acquirer_refunds",
-                                format!("points at missing refund {}", seen.payment_id),
-                            )
-                        })?;
-                    return Err(StoreError::RefundExists(Box::new(existing)));
-                }
-                let claim =
-                    IdemEntry { hash: r.request_hash.clone(), payment_id: r.refund_id.clone() };
-                b.insert(k, encode(&claim));
-                b.insert(key::of(key::REFUND, &r.refund_id), encode(r));
-                b.insert(key::pair(key::REFUND_OF, &r.payment_id, &r.refund_id), &[][..]);
-                b.insert(key::made(key::REFUND_MADE, r.created_at, &r.refund_id), &[][..]);
-                Some(claims)
+        // A change that releases a claim (its quote, its order) holds the claims lock until its
+        // write is whole, so no begin takes the claim while the write's intent, which removes
+        // it, could still be finished by an open after a crash.
+        let releases = c.release_quote
+            || (p.order.is_some()
+                && matches!(p.state, PaymentState::Failed | PaymentState::Cancelled));
+        let claims = (c.refund.is_some() || releases).then(|| lock(&self.claims));
+        if let Some(r) = &c.refund {
+            let k = key::pair(key::ACQUIRER_REFUND, &r.acquirer, &r.acquirer_refund_id);
+            if let Some(seen) = self.get::<IdemEntry>("acquirer_refunds", &k)? {
+                let existing = self
+                    .get::<RefundRecord>("refunds", &key::of(key::REFUND, &seen.payment_id))?
+                    .ok_or_else(|| {
+                        corrupt(
+                            "acquirer_refunds",
+                            format!("points at missing refund {}", seen.payment_id),
+                        )
+                    })?;
+                return Err(StoreError::RefundExists(Box::new(existing)));
             }
-            None => None,
-        };
+            let claim = IdemEntry { hash: r.request_hash.clone(), payment_id: r.refund_id.clone() };
+            b.insert(k, encode(&claim));
+            b.insert(key::of(key::REFUND, &r.refund_id), encode(r));
+            b.insert(key::pair(key::REFUND_OF, &r.payment_id, &r.refund_id), &[][..]);
+            b.insert(key::made(key::REFUND_MADE, r.created_at, &r.refund_id), &[][..]);
+        }
         b.insert(key::of(key::PAYMENT, id), encode(p));
         match &c.work {
             Work::Set(w) => b.insert(key::of(key::WORK, id), encode(w)),
@@ -700,7 +787,9 @@ impl SledStore {
                 b.remove(order);
             }
         }
-        self.commit(c, b)
+        let written = self.commit(c, b);
+        drop(claims);
+        written
     }
 
     pub fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
@@ -832,7 +921,7 @@ impl SledStore {
 
     pub fn park(&self, seq: EventSeq, p: &ParkedEvent) -> Result<(), StoreError> {
         let _parking = lock(&self.parking);
-        // One batch (parks are rare): an event is never both parked and waiting.
+        // One atomic write: an event is never both parked and waiting.
         let _write = self.flusher.write();
         let mut b = Batch::default();
         b.insert(key::seq(key::PARKED, seq).to_vec(), encode(p));
@@ -1174,5 +1263,83 @@ impl Store for SledStore {
 
     fn backups(&self) -> Option<&Backups> {
         Some(&self.backups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(path: &Path) -> SledStore {
+        SledStore::open(path, 8 << 20).unwrap()
+    }
+
+    fn records(s: &SledStore) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        s.t.iter()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// A crash keeps a prefix of sled's log. Whatever prefix of a multi-key write survives —
+    /// nothing, the intent alone, the intent and some of its keys, all but the intent's removal
+    /// — the next open holds the records as they were before it, or as they are after it.
+    #[test]
+    fn a_write_cut_short_by_a_crash_is_whole_or_absent_at_open() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (a, b, c) =
+            (key::of(key::PAYMENT, "a"), key::of(key::PAYMENT, "b"), key::of(key::OUTBOX, "c"));
+        let batch = || {
+            let mut w = Batch::default();
+            w.insert(a.clone(), &b"a-after"[..]);
+            w.remove(b.clone());
+            w.insert(c.clone(), &b"c-after"[..]);
+            w
+        };
+        let (before, after) = rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let s = open(&dir.path().join("db"));
+            s.put(&a, &b"a-before"[..]).unwrap();
+            s.put(&b, &b"b-before"[..]).unwrap();
+            let before = records(&s);
+            s.write(batch()).unwrap();
+            let after = records(&s);
+            assert!(
+                s.t.scan_prefix([key::INTENT]).next().is_none(),
+                "a whole write leaves no intent"
+            );
+            assert_ne!(before, after);
+            (before, after)
+        });
+        // The write's steps: the intent, its three keys, the intent's removal.
+        for kept in 0..=5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db");
+            rt.block_on(async {
+                let s = open(&path);
+                s.put(&a, &b"a-before"[..]).unwrap();
+                s.put(&b, &b"b-before"[..]).unwrap();
+                let ops = batch().ops;
+                let intent: Intent =
+                    ops.iter().map(|(k, v)| (k.to_vec(), v.as_ref().map(|v| v.to_vec()))).collect();
+                let n = key::seq(key::INTENT, 7);
+                let mut steps: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+                    vec![(n.to_vec(), Some(encode(&intent)))];
+                steps.extend(intent.clone());
+                steps.push((n.to_vec(), None));
+                for (k, v) in steps.into_iter().take(kept) {
+                    match v {
+                        Some(v) => drop(s.t.insert(k, v).unwrap()),
+                        None => drop(s.t.remove(k).unwrap()),
+                    }
+                }
+                s.flush().await.unwrap();
+                s.close().await;
+                let s = open(&path);
+                let want = if kept == 0 { &before } else { &after };
+                assert_eq!(&records(&s), want, "{kept} steps kept");
+                s.close().await;
+            });
+        }
     }
 }
