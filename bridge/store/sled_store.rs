@@ -248,6 +248,19 @@ fn finish_intents(t: &sled::Tree) -> Result<usize, StoreError> {
     for kv in t.scan_prefix([key::INTENT]) {
         let (k, v) = kv?;
         for (key, value) in decode::<Intent>("intents", &v)? {
+            // An event the webhook worker delivered or parked before the crash stays out of
+            // the outbox (see `SledStore::write`).
+            let event = match (&value, key.first()) {
+                (Some(_), Some(&key::OUTBOX)) => key::seq_of(&key),
+                _ => None,
+            };
+            if let Some(seq) = event {
+                let gone = t.contains_key(key::seq(key::DELIVERED, seq))?
+                    || t.contains_key(key::seq(key::PARKED, seq))?;
+                if gone {
+                    continue;
+                }
+            }
             match value {
                 Some(value) => drop(t.insert(key, value)?),
                 None => drop(t.remove(key)?),
@@ -355,6 +368,7 @@ impl SledStore {
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
+        tracing::warn!(path = %path.display(), "sled still holds the store's lock a second after it was closed: opening it again now fails");
     }
 
     /// The store with its backups' log of writes bounded at `bytes` of memory
@@ -396,7 +410,10 @@ impl SledStore {
     /// ([`finish_intents`]) writes all its keys before anything is read. The caller holds the
     /// locks that own those keys (the payment's stripe, the claims, the sequencer) across the
     /// whole write, so no other write of them comes between the intent and its removal, and
-    /// finishing an intent at open never overwrites a later value.
+    /// finishing an intent at open does not overwrite a later value. One exception: the webhook
+    /// worker may deliver (or park) a new event and remove it from the outbox before the
+    /// intent that wrote it is removed; finishing that intent skips an event already delivered
+    /// or parked.
     fn write(&self, b: Batch) -> Result<(), StoreError> {
         if let [(k, v)] = b.ops.as_slice() {
             return match v {
@@ -418,13 +435,24 @@ impl SledStore {
         self.tap.write(
             || {
                 self.t.insert(intent_key, intent)?;
-                for (k, v) in &b.ops {
-                    match v {
-                        Some(v) => drop(self.t.insert(k, v.clone())?),
-                        None => drop(self.t.remove(k)?),
+                // Past the intent, a failed step is fatal: the intent would stay in the tree
+                // beside some of its keys, later writes would make it durable, and the next
+                // open would write its (by then stale) values again. Stopping leaves it to the
+                // next open to finish before anything else is written, as for a crash.
+                let rest = || -> Result<(), sled::Error> {
+                    for (k, v) in &b.ops {
+                        match v {
+                            Some(v) => drop(self.t.insert(k, v.clone())?),
+                            None => drop(self.t.remove(k)?),
+                        }
                     }
+                    self.t.remove(intent_key)?;
+                    Ok(())
+                };
+                if let Err(e) = rest() {
+                    tracing::error!(error = %e, "a write failed halfway: stopping so that the next open finishes it");
+                    std::process::exit(70);
                 }
-                self.t.remove(intent_key)?;
                 Ok(())
             },
             // The intent too, and its removal last: a backup whose copy caught the intent
@@ -1341,5 +1369,31 @@ mod tests {
                 s.close().await;
             });
         }
+    }
+
+    /// An event the webhook worker delivered before the crash, from a write whose intent the
+    /// crash kept, is not put back in the outbox by the open that finishes the write.
+    #[test]
+    fn finishing_a_write_does_not_bring_back_a_delivered_event() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let (event, payment) = (key::seq(key::OUTBOX, 5), key::of(key::PAYMENT, "a"));
+        rt.block_on(async {
+            let s = open(&path);
+            let intent: Intent = vec![
+                (payment.clone(), Some(b"after".to_vec())),
+                (event.to_vec(), Some(b"e".to_vec())),
+            ];
+            s.t.insert(key::seq(key::INTENT, 0), encode(&intent)).unwrap();
+            s.t.insert(key::seq(key::DELIVERED, 5), &b"delivered"[..]).unwrap();
+            s.flush().await.unwrap();
+            s.close().await;
+            let s = open(&path);
+            assert_eq!(s.t.get(&payment).unwrap().as_deref(), Some(&b"after"[..]));
+            assert_eq!(s.t.get(event).unwrap(), None, "delivered, so not waiting again");
+            assert!(s.t.scan_prefix([key::INTENT]).next().is_none());
+            s.close().await;
+        });
     }
 }
