@@ -579,6 +579,9 @@ async fn plan<S: Store>(
         store.delivered(seq, &d).await?;
         queue.remove(seq);
         engine.events_settled.send_modify(|n| *n += 1);
+        // Each mark is a synchronous store write: a long run of them gives the runtime's
+        // thread back now and then, so payments on it do not wait behind the whole run.
+        tokio::task::consume_budget().await;
     }
     // Too old: parked. Older than `max_age` means an age start before this.
     let oldest = now.checked_sub_signed(policy.max_age).unwrap_or(DateTime::<Utc>::MIN_UTC);
