@@ -792,8 +792,9 @@ async fn risk_run(args: &Args) {
 // ---------------------------------------------------------------------------------------------
 // Preload: 1M payments, then start-up time and steady RSS.
 
-/// Threads writing the preload at once: one per core (with sled's log no longer written per
-/// state change, a second writer gains; 8 wrote no faster and left more bytes).
+/// Threads writing the preload at once: two, as this project's machines have two cores (with
+/// sled's log no longer written per state change a second writer gains; 8 wrote no faster and
+/// left more bytes).
 const WRITERS: u64 = 2;
 
 /// Marks every event in the outbox delivered (one writer at a time: a mark written twice is
