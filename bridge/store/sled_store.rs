@@ -10,7 +10,7 @@
 //!   are checked and written under one claims lock;
 //! - journal entries and webhook events take their sequence numbers and are written under one
 //!   sequencer lock, so the sequence is the commit order (a reader keeping a cursor misses
-//!   nothing), and the running account totals change in the same batch as the entry.
+//!   nothing), and the running account totals change in the same atomic write as the entry.
 //!
 //! Locks are taken in that order (stripe, claims, sequencer) and never across an await.
 //!
@@ -209,11 +209,11 @@ pub struct Ops {
     pub reads: AtomicU64,
     /// Atomic multi-key writes (each behind an intent record: see [`SledStore::write`]).
     pub batches: AtomicU64,
-    /// Keys those batches inserted or removed.
+    /// Keys written or removed, one at a time (intent records included).
     pub keys: AtomicU64,
 }
 
-/// What one atomic batch writes, in order: each key's new value, or its removal. Kept as a list
+/// What one atomic write writes, in order: each key's new value, or its removal. Kept as a list
 /// (not a `sled::Batch`, which does not show its contents) so that the backup's tap can log it.
 #[derive(Default)]
 struct Batch {
@@ -384,7 +384,7 @@ impl SledStore {
         Ok(self.db.size_on_disk()?)
     }
 
-    /// What the store has done since it opened: (point reads, batches, keys written).
+    /// What the store has done since it opened: (point reads, atomic multi-key writes, keys written).
     pub fn ops(&self) -> (u64, u64, u64) {
         let o = &self.ops;
         (
