@@ -25,28 +25,64 @@ const RECENT_DAYS: u64 = 7;
 /// Most days listed.
 const DAYS_LISTED_MAX: usize = 60;
 
-/// One partner's statement totals, as `summary.json` has them.
+/// One party's statement totals, as `summary.json` has them: a partner's (its payments and what
+/// it owes us) or an acquirer's (its instructions and what we owe it).
 #[derive(Deserialize)]
-struct PartnerLine {
-    partner: String,
+struct StatementLine {
+    #[serde(alias = "partner", alias = "acquirer")]
+    party: String,
     file: String,
-    payments: u64,
-    payments_total: Amount,
+    #[serde(alias = "payments", alias = "instructions")]
+    count: u64,
+    #[serde(alias = "payments_total", alias = "instructions_total")]
+    total: Amount,
     refunds: u64,
     refunds_total: Amount,
-    net_due: Amount,
+    #[serde(alias = "net_due", alias = "net_payable")]
+    net: Amount,
 }
 
-/// One acquirer's statement totals.
-#[derive(Deserialize)]
-struct AcquirerLine {
-    acquirer: String,
-    file: String,
-    instructions: u64,
-    instructions_total: Amount,
-    refunds: u64,
-    refunds_total: Amount,
-    net_payable: Amount,
+/// The column headings of a statement table that differ by party: the party, its count, its
+/// total, its net.
+struct StatementHeads {
+    party: &'static str,
+    count: &'static str,
+    total: &'static str,
+    net: &'static str,
+}
+
+/// A day's statements of one kind of party, a row each with its file.
+fn statement_table(
+    day: NaiveDate,
+    (id, title): (&str, &str),
+    h: StatementHeads,
+    lines: &[StatementLine],
+) -> Markup {
+    html! {
+        section class="card" aria-labelledby=(id) {
+            h2 id=(id) { (title) }
+            div class="table-wrap" { table {
+                thead { tr {
+                    th scope="col" { (h.party) }
+                    th scope="col" class="num" { (h.count) }
+                    th scope="col" class="num" { (h.total) }
+                    th scope="col" class="num" { "Refunds" }
+                    th scope="col" class="num" { "Refunded" }
+                    th scope="col" class="num" { (h.net) }
+                    th scope="col" { "Statement" }
+                } }
+                tbody { @for l in lines { tr {
+                    th scope="row" { (l.party) }
+                    td class="num" { (l.count) }
+                    td class="num" { (view::amount(&l.total)) }
+                    td class="num" { (l.refunds) }
+                    td class="num" { (view::amount(&l.refunds_total)) }
+                    td class="num" { (view::amount(&l.net)) }
+                    td { a href={ "/console/settlement/" (day) "/files/" (l.file) } download { (l.file) } }
+                } } }
+            } }
+        }
+    }
 }
 
 /// One partner and pair's spread revenue.
@@ -65,8 +101,8 @@ struct SummaryView {
     time_zone: String,
     from: String,
     to: String,
-    partners: Vec<PartnerLine>,
-    acquirers: Vec<AcquirerLine>,
+    partners: Vec<StatementLine>,
+    acquirers: Vec<StatementLine>,
     spread_revenue: Vec<RevenueLine>,
     excluded: BTreeMap<String, u64>,
     in_doubt: Vec<String>,
@@ -250,7 +286,7 @@ impl<S: Store> Ctx<'_, S> {
         let mut acquirers: BTreeSet<String> =
             self.engine().parties().acquirers().map(str::to_owned).collect();
         if let Some(v) = &view {
-            acquirers.extend(v.acquirers.iter().map(|a| a.acquirer.clone()));
+            acquirers.extend(v.acquirers.iter().map(|a| a.party.clone()));
         }
         // Reconciliation reports kept for the day, one per acquirer.
         let mut reports: Vec<(String, Value)> = report.into_iter().collect();
@@ -282,10 +318,8 @@ impl<S: Store> Ctx<'_, S> {
         // The acquirer with the most instructions that day comes chosen in the upload form.
         let busiest = view
             .as_ref()
-            .and_then(|v| {
-                v.acquirers.iter().filter(|a| a.instructions > 0).max_by_key(|a| a.instructions)
-            })
-            .map(|a| a.acquirer.clone());
+            .and_then(|v| v.acquirers.iter().filter(|a| a.count > 0).max_by_key(|a| a.count))
+            .map(|a| a.party.clone());
         let content = html! {
             @match &view {
                 None => {
@@ -326,52 +360,12 @@ impl<S: Store> Ctx<'_, S> {
                             button type="submit" class="secondary" { "Run again" }
                         }
                     }
-                    section class="card" aria-labelledby="partners" {
-                        h2 id="partners" { "Partners" }
-                        div class="table-wrap" { table {
-                            thead { tr {
-                                th scope="col" { "Partner" }
-                                th scope="col" class="num" { "Payments" }
-                                th scope="col" class="num" { "Paid" }
-                                th scope="col" class="num" { "Refunds" }
-                                th scope="col" class="num" { "Refunded" }
-                                th scope="col" class="num" { "Net due to us" }
-                                th scope="col" { "Statement" }
-                            } }
-                            tbody { @for p in &v.partners { tr {
-                                th scope="row" { (p.partner) }
-                                td class="num" { (p.payments) }
-                                td class="num" { (view::amount(&p.payments_total)) }
-                                td class="num" { (p.refunds) }
-                                td class="num" { (view::amount(&p.refunds_total)) }
-                                td class="num" { (view::amount(&p.net_due)) }
-                                td { a href={ "/console/settlement/" (day) "/files/" (p.file) } download { (p.file) } }
-                            } } }
-                        } }
-                    }
-                    section class="card" aria-labelledby="acquirers" {
-                        h2 id="acquirers" { "Acquirers" }
-                        div class="table-wrap" { table {
-                            thead { tr {
-                                th scope="col" { "Acquirer" }
-                                th scope="col" class="num" { "Instructions" }
-                                th scope="col" class="num" { "Instructed" }
-                                th scope="col" class="num" { "Refunds" }
-                                th scope="col" class="num" { "Refunded" }
-                                th scope="col" class="num" { "Net we owe" }
-                                th scope="col" { "Statement" }
-                            } }
-                            tbody { @for a in &v.acquirers { tr {
-                                th scope="row" { (a.acquirer) }
-                                td class="num" { (a.instructions) }
-                                td class="num" { (view::amount(&a.instructions_total)) }
-                                td class="num" { (a.refunds) }
-                                td class="num" { (view::amount(&a.refunds_total)) }
-                                td class="num" { (view::amount(&a.net_payable)) }
-                                td { a href={ "/console/settlement/" (day) "/files/" (a.file) } download { (a.file) } }
-                            } } }
-                        } }
-                    }
+                    (statement_table(day, ("partners", "Partners"), StatementHeads {
+                        party: "Partner", count: "Payments", total: "Paid", net: "Net due to us",
+                    }, &v.partners))
+                    (statement_table(day, ("acquirers", "Acquirers"), StatementHeads {
+                        party: "Acquirer", count: "Instructions", total: "Instructed", net: "Net we owe",
+                    }, &v.acquirers))
                     @if !v.spread_revenue.is_empty() {
                         section class="card" aria-labelledby="day-revenue" {
                             h2 id="day-revenue" { "Spread revenue" }
