@@ -170,6 +170,18 @@ pub(super) fn encode_totals<'a>(
 /// its removal, in the order they are applied.
 type Intent = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
+/// One step of a write: `k` set to `v`, or removed when `v` is `None`.
+fn set(
+    t: &sled::Tree,
+    k: impl AsRef<[u8]>,
+    v: Option<impl Into<sled::IVec>>,
+) -> Result<(), sled::Error> {
+    match v {
+        Some(v) => t.insert(k, v).map(drop),
+        None => t.remove(k).map(drop),
+    }
+}
+
 /// The sled store.
 pub struct SledStore {
     pub(super) db: sled::Db,
@@ -261,10 +273,7 @@ fn finish_intents(t: &sled::Tree) -> Result<usize, StoreError> {
                     continue;
                 }
             }
-            match value {
-                Some(value) => drop(t.insert(key, value)?),
-                None => drop(t.remove(key)?),
-            }
+            set(t, key, value)?;
         }
         t.remove(k)?;
         finished += 1;
@@ -428,8 +437,9 @@ impl SledStore {
         self.ops.keys.fetch_add(b.ops.len() as u64 + 2, Ordering::Relaxed);
         let n = self.intents.fetch_add(1, Ordering::Relaxed);
         let intent_key = key::seq(key::INTENT, n);
-        let intent: Intent =
-            b.ops.iter().map(|(k, v)| (k.to_vec(), v.as_ref().map(|v| v.to_vec()))).collect();
+        // Encoded from the write's own bytes: a list of byte slices is an `Intent` on the wire.
+        let intent: Vec<(&[u8], Option<&[u8]>)> =
+            b.ops.iter().map(|(k, v)| (k.as_ref(), v.as_deref())).collect();
         let intent = sled::IVec::from(encode(&intent));
         let logged_intent = intent.clone();
         self.tap.write(
@@ -441,10 +451,7 @@ impl SledStore {
                 // next open to finish before anything else is written, as for a crash.
                 let rest = || -> Result<(), sled::Error> {
                     for (k, v) in &b.ops {
-                        match v {
-                            Some(v) => drop(self.t.insert(k, v.clone())?),
-                            None => drop(self.t.remove(k)?),
-                        }
+                        set(&self.t, k, v.clone())?;
                     }
                     self.t.remove(intent_key)?;
                     Ok(())
@@ -1350,16 +1357,17 @@ mod tests {
                 let ops = batch().ops;
                 let intent: Intent =
                     ops.iter().map(|(k, v)| (k.to_vec(), v.as_ref().map(|v| v.to_vec()))).collect();
+                // `write` encodes its intent from byte slices: the same record on the wire.
+                let slices: Vec<(&[u8], Option<&[u8]>)> =
+                    ops.iter().map(|(k, v)| (k.as_ref(), v.as_deref())).collect();
+                assert_eq!(decode::<Intent>("intents", &encode(&slices)).unwrap(), intent);
                 let n = key::seq(key::INTENT, 7);
                 let mut steps: Vec<(Vec<u8>, Option<Vec<u8>>)> =
                     vec![(n.to_vec(), Some(encode(&intent)))];
                 steps.extend(intent.clone());
                 steps.push((n.to_vec(), None));
                 for (k, v) in steps.into_iter().take(kept) {
-                    match v {
-                        Some(v) => drop(s.t.insert(k, v).unwrap()),
-                        None => drop(s.t.remove(k).unwrap()),
-                    }
+                    set(&s.t, k, v).unwrap();
                 }
                 s.flush().await.unwrap();
                 s.close().await;
