@@ -78,7 +78,7 @@ fn bench(cr: &mut Criterion) {
                     Amount::from_minor(Currency::CNY, 777).unwrap(),
                 )
             },
-            |(before, r)| black_box(q.refund_wallet_amount(&before, &r).unwrap()),
+            |(before, r)| black_box(q.pricing().refund_wallet_amount(&before, &r).unwrap()),
             BatchSize::SmallInput,
         )
     });

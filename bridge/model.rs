@@ -218,6 +218,16 @@ fn paid_merchant(code: &CodeRef) -> MerchantAnswer {
 }
 
 impl PaymentRecord {
+    /// What its refunds are priced from: its quote's figures, copied into it when it was made.
+    pub fn pricing(&self) -> qrbridge_fx::Pricing {
+        qrbridge_fx::Pricing {
+            pay: self.pay,
+            wallet: self.wallet,
+            price: self.rate.price,
+            spread_amount: self.spread,
+        }
+    }
+
     /// A new payment of quote `q`, `PENDING`, as a partner's request makes it (`partner` is the
     /// quote's): the one place a payment record is born.
     pub fn pending(
@@ -455,6 +465,36 @@ pub struct DeliveredEvent {
     /// No webhook URL is configured for the partner: nothing was sent.
     #[serde(default)]
     pub skipped: bool,
+}
+
+impl OutboxEvent {
+    /// The event without its body (`data` null): what the delivered log keeps. The body was the
+    /// partner's copy; the payment is the record.
+    pub fn header(&self) -> OutboxEvent {
+        OutboxEvent {
+            v: self.v,
+            event_id: self.event_id.clone(),
+            partner: self.partner.clone(),
+            kind: self.kind.clone(),
+            payment_id: self.payment_id.clone(),
+            created_at: self.created_at,
+            data: serde_json::Value::Null,
+            replayed_at: self.replayed_at,
+        }
+    }
+}
+
+impl DeliveredEvent {
+    /// What the delivered log keeps of it: the event's [`OutboxEvent::header`].
+    pub fn kept(&self) -> DeliveredEvent {
+        DeliveredEvent {
+            v: self.v,
+            event: self.event.header(),
+            delivered_at: self.delivered_at,
+            attempts: self.attempts,
+            skipped: self.skipped,
+        }
+    }
 }
 
 /// An event that could not be delivered within the maximum age, waiting for an operator.

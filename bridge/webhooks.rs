@@ -569,9 +569,10 @@ async fn plan<S: Store>(
             queue.skips.remove(&seq);
             continue;
         };
+        // Its header only: the log keeps no more (and the body is not copied for nothing).
         let d = DeliveredEvent {
             v: RECORD_VERSION,
-            event: k.event.clone(),
+            event: k.event.header(),
             delivered_at: now,
             attempts: 0,
             skipped: true,

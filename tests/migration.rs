@@ -151,6 +151,9 @@ fn check_facts(s: &SledStore, m: &Value) {
         let id = text(&e["payment_id"]);
         let got = s.payment(id).unwrap().unwrap_or_else(|| panic!("payment {label} is missing"));
         assert_eq!(got, want, "payment {label}");
+        // Refunds are priced from the payment's own figures: the release's quote's, exactly.
+        let quote = s.quote(&got.quote_id).unwrap().unwrap_or_else(|| panic!("{label}'s quote"));
+        assert_eq!(got.pricing(), quote.quote.pricing(), "payment {label}");
         assert_eq!(serde_json::to_value(got.state).unwrap(), e["state"], "{label}");
         assert_eq!(got.state.api_status(), text(&e["api_status"]), "{label}");
         assert_eq!(got.partner, text(&e["partner"]), "{label}");

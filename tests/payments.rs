@@ -736,7 +736,9 @@ async fn expired_unused_quotes_are_purged_used_ones_stay() {
     let first = rig.store.purge_quotes(None, cutoff, 100).await.unwrap();
     assert_eq!((first.removed, first.caught_up), (1, true), "{first:?}");
     assert!(rig.store.quote(&unused.quote_id).await.unwrap().is_none());
-    assert!(rig.store.quote(&paid.quote_id).await.unwrap().is_some(), "its payment needs it");
+    let kept = rig.store.quote(&paid.quote_id).await.unwrap().expect("a used quote stays");
+    // What refunds are priced from: the payment's copy is the quote's, figure for figure.
+    assert_eq!(paid.pricing(), kept.quote.pricing());
     assert!(rig.store.quote(&fresh_later.quote_id).await.unwrap().is_some(), "not expired yet");
     // The cursor stopped before the unexpired quote; the next sweep starts there.
     let cursor = first.cursor.clone().unwrap();

@@ -1922,11 +1922,9 @@ impl<S: Store> Engine<S> {
         if now > p.created_at + Duration::days(i64::from(self.refund_window_days)) {
             return Err(ApiError::RefundWindowClosed(self.refund_window_days));
         }
-        let q = self.store.quote(&p.quote_id).await.map_err(internal)?.ok_or_else(|| {
-            tracing::error!(payment = %p.payment_id, "the payment's quote is missing");
-            ApiError::Internal
-        })?;
-        let split = q.quote.refund_split(&p.refunded_cny, &amount).map_err(|e| match e {
+        // Priced from the payment's own copy of its quote's figures (`PaymentRecord::pricing`):
+        // a refund reads no quote.
+        let split = p.pricing().refund_split(&p.refunded_cny, &amount).map_err(|e| match e {
             QuoteError::RefundExceedsPayment { .. } => ApiError::RefundExceedsPayment(format!(
                 "{amount} would bring refunds to more than the {} paid ({} refunded so far)",
                 p.pay, p.refunded_cny

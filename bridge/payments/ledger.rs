@@ -13,7 +13,7 @@
 //! Debits are positive, credits negative; each currency sums to zero. A cancel (or a reversal)
 //! posts the exact opposite. A refund posts the opposite for the refunded amounts: the CNY refunded,
 //! the wallet amount given back, and within it the spread share
-//! ([`qrbridge_fx::Quote::refund_split`]).
+//! ([`qrbridge_fx::Pricing::refund_split`]).
 
 use chrono::{DateTime, Utc};
 use qrbridge_fx::Amount;

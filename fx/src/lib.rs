@@ -23,7 +23,7 @@ pub mod time;
 
 pub use amount::{Amount, AmountError};
 pub use currency::{Currency, CurrencyError};
-pub use quote::{Quote, QuoteError, QuoteRequest, RefundSplit};
+pub use quote::{Pricing, Quote, QuoteError, QuoteRequest, RefundSplit};
 pub use rate::{MidRate, Pair, RateBook, RateError, RateGuard, ResolvedRate};
 pub use rust_decimal::Decimal;
 pub use spread::{Bps, SpreadError, SpreadKey, SpreadPolicy};

@@ -164,6 +164,32 @@ impl Quote {
         now >= self.expires_at
     }
 
+    /// What a refund of this quote's payment is priced from (see [`Pricing`]).
+    pub fn pricing(&self) -> Pricing {
+        Pricing {
+            pay: self.pay,
+            wallet: self.wallet,
+            price: self.price,
+            spread_amount: self.spread_amount,
+        }
+    }
+}
+
+/// The part of a quote its payment's refunds are priced from. A payment keeps these four
+/// figures itself, so a refund needs no read of the quote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pricing {
+    /// CNY, what the merchant received.
+    pub pay: Amount,
+    /// What the partner paid.
+    pub wallet: Amount,
+    /// Wallet units per CNY, spread included.
+    pub price: Decimal,
+    /// The house's margin in `wallet`.
+    pub spread_amount: Amount,
+}
+
+impl Pricing {
     /// How a refund of `refund` CNY (after `refunded_before`) splits on the wallet side: what the
     /// partner gets back, and the part of that which was spread. Both are cumulative, so a full
     /// refund gives back exactly the wallet amount and exactly the spread.
@@ -213,7 +239,7 @@ impl Quote {
     }
 }
 
-/// The wallet side of a refund: see [`Quote::refund_split`].
+/// The wallet side of a refund: see [`Pricing::refund_split`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RefundSplit {
     /// What the partner gets back.
@@ -340,14 +366,14 @@ mod tests {
         };
         let q = Quote::price(&req, &book, &spreads).unwrap();
         let cny = |m| Amount::from_minor(Currency::CNY, m).unwrap();
-        let r1 = q.refund_wallet_amount(&cny(0), &cny(3333)).unwrap();
-        let r2 = q.refund_wallet_amount(&cny(3333), &cny(3333)).unwrap();
-        let r3 = q.refund_wallet_amount(&cny(6666), &cny(3335)).unwrap();
+        let r1 = q.pricing().refund_wallet_amount(&cny(0), &cny(3333)).unwrap();
+        let r2 = q.pricing().refund_wallet_amount(&cny(3333), &cny(3333)).unwrap();
+        let r3 = q.pricing().refund_wallet_amount(&cny(6666), &cny(3335)).unwrap();
         assert_eq!(r1.minor() + r2.minor() + r3.minor(), q.wallet.minor());
         assert!(matches!(
-            q.refund_wallet_amount(&cny(6666), &cny(3336)),
+            q.pricing().refund_wallet_amount(&cny(6666), &cny(3336)),
             Err(QuoteError::RefundExceedsPayment { .. })
         ));
-        assert_eq!(q.refund_wallet_amount(&cny(0), &cny(10001)).unwrap(), q.wallet);
+        assert_eq!(q.pricing().refund_wallet_amount(&cny(0), &cny(10001)).unwrap(), q.wallet);
     }
 }

@@ -140,8 +140,8 @@ proptest! {
         let mut total = Amount::zero(wallet);
         let mut spread = Amount::zero(wallet);
         for p in points {
-            let r = q.refund_wallet_amount(&cny(before), &cny(p - before)).unwrap();
-            let split = q.refund_split(&cny(before), &cny(p - before)).unwrap();
+            let r = q.pricing().refund_wallet_amount(&cny(before), &cny(p - before)).unwrap();
+            let split = q.pricing().refund_split(&cny(before), &cny(p - before)).unwrap();
             prop_assert_eq!(split.wallet, r);
             prop_assert!(r.minor() >= 0 && split.spread.minor() >= 0);
             total = total.checked_add(&r).unwrap();
@@ -152,7 +152,7 @@ proptest! {
         }
         prop_assert_eq!(total, q.wallet);
         prop_assert_eq!(spread, q.spread_amount);
-        prop_assert!(q.refund_wallet_amount(&cny(pay), &cny(1)).is_err());
+        prop_assert!(q.pricing().refund_wallet_amount(&cny(pay), &cny(1)).is_err());
     }
 
     #[test]

@@ -1067,10 +1067,8 @@ impl Store for PgStore {
     }
 
     async fn delivered(&self, seq: EventSeq, d: &DeliveredEvent) -> Result<(), StoreError> {
-        // The log keeps the event's header, not its body: the body was the partner's, the
-        // payment is the record.
-        let header = OutboxEvent { data: serde_json::Value::Null, ..d.event.clone() };
-        let kept = DeliveredEvent { event: header, ..d.clone() };
+        // The log keeps the event's header, not its body.
+        let kept = d.kept();
         let seq = int("delivered", seq)?;
         let c = self.conn().await?;
         // One statement: the mark, and the event out of the outbox.
