@@ -9,6 +9,7 @@
 //! cargo bench --bench load -- --preload 1000000  # then start-up time and steady RSS with 1M payments
 //! cargo bench --bench load -- --database-url postgres://postgres@127.0.0.1:5432/test --nodes 2
 //! cargo bench --bench load -- --risk             # the same daemon without and with risk rules
+//! cargo bench --bench load -- --acquirer-apart   # the sandbox acquirer as its own process
 //! ```
 //!
 //! `--risk` compares two daemons (their own stores), one with no risk rules beyond each
@@ -68,6 +69,8 @@ struct Args {
     database_url: Option<String>,
     nodes: usize,
     risk: bool,
+    /// The sandbox acquirer as its own process, not inside each daemon.
+    acquirer_apart: bool,
 }
 
 fn args() -> Args {
@@ -79,6 +82,7 @@ fn args() -> Args {
         database_url: None,
         nodes: 1,
         risk: false,
+        acquirer_apart: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -92,6 +96,11 @@ fn args() -> Args {
             "--nodes" => a.nodes = next().expect("--nodes N").max(1) as usize,
             "--risk" => {
                 a.risk = true;
+                i += 1;
+                continue;
+            }
+            "--acquirer-apart" => {
+                a.acquirer_apart = true;
                 i += 1;
                 continue;
             }
@@ -259,6 +268,23 @@ async fn start_node_with(
         .parse()
         .unwrap();
     (server, took, admin)
+}
+
+/// The sandbox acquirer as its own process (`qrbridge sandbox-acquirer`), with the certificates
+/// the in-process one would use: the daemon's CPU is then its own, without the acquirer's
+/// server half of each instruction (a real acquirer is another company's machine).
+async fn start_sandbox(dir: &Path) -> Server {
+    let c = qrbridge::daemon::embedded_config(dir, loopback()).unwrap();
+    let a = c.acquirers.iter().find(|a| a.endpoint == "sandbox").expect("the sandbox acquirer");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qrbridge"));
+    cmd.args(["sandbox-acquirer", "--addr", "127.0.0.1:0", "--cert"])
+        .arg(&c.tls.server_cert)
+        .arg("--key")
+        .arg(&c.tls.server_key)
+        .arg("--client-ca")
+        .arg(&a.ca)
+        .env("RUST_LOG", "error");
+    spawn(cmd, "sandbox acquirer on https://").await.0
 }
 
 async fn start_daemon_admin(dir: &Path) -> (Server, Duration, SocketAddr) {
@@ -550,10 +576,23 @@ async fn load_run(args: &Args) {
         None => None,
     };
     let url = database.as_ref().map(|(u, ..)| u.as_str());
+    let sandbox = match args.acquirer_apart {
+        true => Some(start_sandbox(dir.path()).await),
+        false => None,
+    };
+    let endpoint = sandbox.as_ref().map(|s| format!("https://{}", s.addr));
     let mut nodes = Vec::new();
     for n in 0..args.nodes {
-        nodes.push(start_node(dir.path(), url, n).await.0);
+        let apart = |c: &mut qrbridge_config::Config| {
+            for a in c.acquirers.iter_mut().filter(|a| a.endpoint == "sandbox") {
+                if let Some(e) = &endpoint {
+                    a.endpoint = e.clone();
+                }
+            }
+        };
+        nodes.push(start_node_with(dir.path(), url, n, apart).await.0);
     }
+    let acquirer_cpu = || sandbox.as_ref().map(|s| cpu_seconds(s.pid())).unwrap_or(0.0);
     let addrs: Vec<SocketAddr> = nodes.iter().map(|s| s.addr).collect();
     let node_cpu = |nodes: &[Server]| nodes.iter().map(|s| cpu_seconds(s.pid())).sum::<f64>();
     let db_cpu = || if url.is_some() { postgres_cpu_seconds() } else { 0.0 };
@@ -566,13 +605,20 @@ async fn load_run(args: &Args) {
         "machine: {}; generator in this process, daemon(s) and baseline as their own processes; store: {store}",
         machine()
     );
-    println!("sandbox acquirer: in-process in each daemon; {} connections, {} s per run after {} s warm-up", args.conns, args.secs, args.warmup);
+    let where_acquirer = match &sandbox {
+        Some(_) => "its own process",
+        None => "in-process in each daemon",
+    };
+    println!(
+        "sandbox acquirer: {where_acquirer}; {} connections, {} s per run after {} s warm-up",
+        args.conns, args.secs, args.warmup
+    );
 
     let mut rows = Vec::new();
     let mut paid = 0u64;
     let mut daemon_h2 = None;
     let mut baseline_h2 = None;
-    let (mut cpu_per_1k, mut db_per_1k) = (0.0, 0.0);
+    let (mut cpu_per_1k, mut db_per_1k, mut acquirer_per_1k) = (0.0, 0.0, 0.0);
     for h2 in [true, false] {
         let proto = if h2 { "HTTP/2" } else { "HTTP/1.1" };
         for who in ["daemon", "baseline"] {
@@ -581,15 +627,16 @@ async fn load_run(args: &Args) {
                 _ => (vec![baseline.addr], std::slice::from_ref(&baseline)),
             };
             drive(&targets, &pki, h2, args.conns, Mode::Closed, args.warmup).await;
-            let (cpu0, db0) = (node_cpu(procs), db_cpu());
+            let (cpu0, db0, acq0) = (node_cpu(procs), db_cpu(), acquirer_cpu());
             let o = drive(&targets, &pki, h2, args.conns, Mode::Closed, args.secs).await;
-            let (cpu, db) = (node_cpu(procs) - cpu0, db_cpu() - db0);
+            let (cpu, db, acq) = (node_cpu(procs) - cpu0, db_cpu() - db0, acquirer_cpu() - acq0);
             let done = o.tps * args.secs as f64;
             if who == "daemon" {
                 paid += o.pay.len();
                 if h2 {
                     cpu_per_1k = cpu / done * 1000.0;
                     db_per_1k = db / done * 1000.0;
+                    acquirer_per_1k = acq / done * 1000.0;
                 }
             }
             let db_col = if who == "daemon" && url.is_some() {
@@ -632,6 +679,9 @@ async fn load_run(args: &Args) {
     for n in nodes {
         n.stop().await;
     }
+    if let Some(s) = sandbox {
+        s.stop().await;
+    }
     baseline.stop().await;
     let disk_bytes = match &database {
         Some((_, client, schema)) => {
@@ -663,6 +713,9 @@ async fn load_run(args: &Args) {
         "daemon / baseline (HTTP/2, closed loop): {:.3}; daemon peak RSS {rss_mb:.1} MiB; {store}: {disk:.0} bytes on disk per payment ({paid} payments)",
         d.tps / b.tps
     );
+    if args.acquirer_apart {
+        println!("sandbox acquirer (its own process), HTTP/2 closed loop: {acquirer_per_1k:.3} CPU s / 1k tx, not in the daemon's figure");
+    }
     println!(
         "{}",
         json!({
@@ -672,6 +725,7 @@ async fn load_run(args: &Args) {
             "fixed_rate_tps": rate, "fixed_rate_p99_ms": ms(&fixed.pay, 0.99),
             "fixed_rate_p999_ms": ms(&fixed.pay, 0.999),
             "rss_mb": rss_mb, "cpu_s_per_1k": cpu_per_1k, "database_cpu_s_per_1k": db_per_1k,
+            "acquirer_apart": args.acquirer_apart, "acquirer_cpu_s_per_1k": acquirer_per_1k,
             "disk_bytes_per_payment": disk.round(),
             "connections": args.conns, "payments": paid,
         })
