@@ -189,6 +189,8 @@ async fn baseline_server(pki: PathBuf) {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// A daemon's ops listener (plain HTTP: `/metrics`), when it has one.
+    ops: Option<SocketAddr>,
 }
 
 impl Server {
@@ -220,7 +222,7 @@ async fn spawn_line(mut cmd: Command, prefix: &str) -> (Server, Duration, String
             let took = started.elapsed();
             let rest = rest.to_owned();
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return (Server { child, addr }, took, rest);
+            return (Server { child, addr, ops: None }, took, rest);
         }
     }
     panic!("{prefix}: the server exited before listening");
@@ -260,13 +262,10 @@ async fn start_node_with(
     std::fs::write(&config, toml::to_string(&c).unwrap()).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qrbridge"));
     cmd.args(["serve", "--config"]).arg(&config).env("RUST_LOG", "error");
-    let (server, took, rest) = spawn_line(cmd, "qrbridge listening: partner=https://").await;
-    let admin = rest
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("admin=https://"))
-        .expect("the admin address")
-        .parse()
-        .unwrap();
+    let (mut server, took, rest) = spawn_line(cmd, "qrbridge listening: partner=https://").await;
+    let find = |prefix: &str| rest.split_whitespace().find_map(|w| w.strip_prefix(prefix));
+    let admin = find("admin=https://").expect("the admin address").parse().unwrap();
+    server.ops = find("ops=http://").and_then(|a| a.parse().ok());
     (server, took, admin)
 }
 
@@ -305,6 +304,51 @@ async fn bench_schema(url: &str) -> (String, tokio_postgres::Client, String) {
         .unwrap();
     let sep = if url.contains('?') { '&' } else { '?' };
     (format!("{url}{sep}options=-csearch_path%3D{schema}"), client, schema)
+}
+
+/// The daemon's store flushes so far, from its `/metrics` (the group commit's histograms): how
+/// many, the writes they carried, and how many took longer than 10 ms and than 50 ms.
+#[derive(Debug, Default, Clone, Copy)]
+struct Flushes {
+    count: f64,
+    writes: f64,
+    over_10ms: f64,
+    over_50ms: f64,
+}
+
+async fn flushes(ops: SocketAddr) -> Flushes {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut text = String::new();
+    if let Ok(mut c) = tokio::net::TcpStream::connect(ops).await {
+        let asked = c.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").await;
+        if asked.is_ok() {
+            let _ = c.read_to_string(&mut text).await;
+        }
+    }
+    // A sample of `metric` (whatever its other labels: the store's name), with `le` when given.
+    let value = |metric: &str, le: Option<&str>| -> f64 {
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(metric)?;
+                let (labels, v) = match rest.strip_prefix('{') {
+                    Some(r) => r.split_once('}')?,
+                    None => ("", rest),
+                };
+                let wanted =
+                    le.is_none_or(|le| labels.split(',').any(|p| p == format!("le=\"{le}\"")));
+                wanted.then(|| v.trim().parse::<f64>().ok()).flatten()
+            })
+            .sum()
+    };
+    let duration = qrbridge::store::FLUSH_DURATION;
+    let bucket = format!("{duration}_bucket");
+    let count = value(&format!("{duration}_count"), None);
+    Flushes {
+        count,
+        writes: value(&format!("{}_sum", qrbridge::store::FLUSH_WRITES), None),
+        over_10ms: count - value(&bucket, Some("0.01")),
+        over_50ms: count - value(&bucket, Some("0.05")),
+    }
 }
 
 /// CPU seconds of every `postgres` process on this machine (the database server's whole cost).
@@ -664,7 +708,16 @@ async fn load_run(args: &Args) {
     // The latency target is taken at 80 % of the daemon's peak, arrivals at a fixed rate.
     let rate = (d.tps * 0.8).max(1.0) as u64;
     drive(&addrs, &pki, true, args.conns, Mode::Rate(rate), args.warmup).await;
+    let first_ops = nodes.first().and_then(|n| n.ops);
+    let before = match first_ops {
+        Some(ops) => flushes(ops).await,
+        None => Flushes::default(),
+    };
     let fixed = drive(&addrs, &pki, true, args.conns, Mode::Rate(rate), args.secs).await;
+    let after = match first_ops {
+        Some(ops) => flushes(ops).await,
+        None => Flushes::default(),
+    };
     paid += fixed.pay.len();
     rows.push(format!(
         "| daemon | HTTP/2 | fixed rate {rate}/s | {:.0} | {:.2} | {:.2} | {:.2} | | | {} |",
@@ -715,6 +768,15 @@ async fn load_run(args: &Args) {
     );
     if args.acquirer_apart {
         println!("sandbox acquirer (its own process), HTTP/2 closed loop: {acquirer_per_1k:.3} CPU s / 1k tx, not in the daemon's figure");
+    }
+    let n = after.count - before.count;
+    if n > 0.0 {
+        println!(
+            "fixed rate, the first daemon's store flushes (its /metrics): {n:.0}, {:.1} writes each, {:.0} over 10 ms, {:.0} over 50 ms",
+            (after.writes - before.writes) / n,
+            after.over_10ms - before.over_10ms,
+            after.over_50ms - before.over_50ms
+        );
     }
     println!(
         "{}",
