@@ -762,6 +762,44 @@ async fn expired_unused_quotes_are_purged_used_ones_stay() {
     assert!(rig.store.quote(&q5.quote_id).await.unwrap().is_none());
 }
 
+// Issue 13 (retention): the sweep keeps its place in the store, so a restart (or a new leader)
+// goes on from there instead of walking every quote a payment used since the first.
+#[tokio::test]
+async fn the_retention_sweep_goes_on_from_where_it_stopped() {
+    use qrbridge::store::retention::{run, QuoteRetention, CURSOR};
+    let rig = rig(Reply::Status(InstructionStatus::Approved));
+    let paid = rig.pay("r-1").await;
+    let unused = rig.quote(support::flows::code(None)).await;
+    rig.clock.advance(chrono::Duration::seconds(121));
+    let policy = QuoteRetention {
+        keep_after_expiry: chrono::Duration::zero(),
+        every: Duration::from_secs(3600),
+        batch: 1,
+    };
+    // Already told to stop: each run is one sweep, then returns.
+    let (_stop, stopped) = watch::channel(true);
+    let sweep = || {
+        let clock: Arc<dyn Clock> = Arc::new(rig.clock.clone());
+        run(rig.store.clone(), clock, policy, stopped.clone())
+    };
+    assert_eq!(rig.store.mark(CURSOR).await.unwrap(), None);
+    sweep().await;
+    assert!(rig.store.quote(&unused.quote_id).await.unwrap().is_none());
+    assert!(rig.store.quote(&paid.quote_id).await.unwrap().is_some(), "used: kept");
+    let last = paid.quote_id.as_str().max(unused.quote_id.as_str()).to_owned();
+    assert_eq!(rig.store.mark(CURSOR).await.unwrap().as_deref(), Some(last.as_str()));
+    // An expired quote behind the mark is not looked at again (a sweep from the start would
+    // remove it); one made after the mark is.
+    let behind = QuoteRecord { quote_id: "quo_0".into(), ..unused.clone() };
+    rig.store.put_quote(&behind).await.unwrap();
+    let later = rig.quote(support::flows::code(None)).await;
+    rig.clock.advance(chrono::Duration::seconds(121));
+    sweep().await;
+    assert!(rig.store.quote(&later.quote_id).await.unwrap().is_none());
+    assert!(rig.store.quote("quo_0").await.unwrap().is_some(), "behind the mark");
+    assert_eq!(rig.store.mark(CURSOR).await.unwrap(), Some(later.quote_id));
+}
+
 /// sled keeps a prefix of its log in a crash. A begin writes its claims, resolver work and index
 /// first and the payment last, so a crash inside it can leave the former without the latter:
 /// none of them may block, answer for or resurrect a payment that never existed.

@@ -614,6 +614,18 @@ async fn purging_quotes_keeps_the_used_and_walks_on_from_its_cursor() {
 }
 
 #[tokio::test]
+async fn marks_are_kept_and_overwritten() {
+    let Some(db) = pg::database().await else { return };
+    let s = store(&db).await;
+    assert_eq!(s.mark("quote-retention").await.unwrap(), None);
+    s.set_mark("quote-retention", "quo_1").await.unwrap();
+    s.set_mark("quote-retention", "quo_2").await.unwrap();
+    s.set_mark("other", "x").await.unwrap();
+    assert_eq!(s.mark("quote-retention").await.unwrap().as_deref(), Some("quo_2"));
+    assert_eq!(s.mark("other").await.unwrap().as_deref(), Some("x"));
+}
+
+#[tokio::test]
 async fn delivered_events_keep_their_header_and_lose_their_body() {
     let Some(db) = pg::database().await else { return };
     let s = store(&db).await;
@@ -737,7 +749,7 @@ async fn migrations_apply_once_even_when_raced_and_a_newer_schema_is_refused() {
     let (a, b) = tokio::join!(migrate(&db.url), migrate(&db.url));
     let mut applied = [a.unwrap(), b.unwrap()].concat();
     applied.sort();
-    assert_eq!(applied, vec![1, 2, 3], "each version once, by one of them");
+    assert_eq!(applied, vec![1, 2, 3, 4], "each version once, by one of them");
     assert_eq!(migrate(&db.url).await.unwrap(), Vec::<u32>::new());
     let s = store(&db).await;
     assert_eq!(s.outbox_epoch().await.unwrap(), 0);

@@ -232,6 +232,14 @@ impl Store for AnyStore {
         each!(self, s => Store::audit_head(s).await)
     }
 
+    async fn mark(&self, name: &str) -> Result<Option<String>, StoreError> {
+        each!(self, s => Store::mark(s, name).await)
+    }
+
+    async fn set_mark(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        each!(self, s => Store::set_mark(s, name, value).await)
+    }
+
     fn shared(&self) -> bool {
         each!(self, s => Store::shared(s))
     }

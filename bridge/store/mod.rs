@@ -338,6 +338,17 @@ pub trait Store: Send + Sync + 'static {
         async move { Ok(self.audit_log().await?.1) }
     }
 
+    /// A mark a worker keeps in the store (where its sweep stopped), `None` if never set. Marks
+    /// are progress, not state: one lost (a crash before the next flush, a restore) only makes the
+    /// worker do again what it had done.
+    fn mark(&self, name: &str) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    /// Sets mark `name` to `value`; durable with the next flush, not waited for.
+    fn set_mark(
+        &self,
+        name: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Whether other processes may use this store at the same time (a database several daemons
     /// share), so that work done once is led by one node ([`Store::lease`]) and what others
     /// change is polled for.

@@ -1,8 +1,9 @@
 //! Retention: a quote no payment used is removed a while after it expires, so disk stops growing
-//! with traffic that did not become payments. Quotes a payment used stay (its refunds are priced
-//! from them). The sweep walks quotes in id order — ids are time-ordered — from where the last one
-//! stopped, in batches off the async runtime's threads, and stops at the first quote not expired
-//! long enough: each sweep costs what is new since the last, not the history.
+//! with traffic that did not become payments. Quotes a payment used stay (the record of what was
+//! quoted). The sweep walks quotes in id order — ids are time-ordered — from where the last one
+//! stopped (a mark kept in the store, so a restart or a new leader goes on from there), in
+//! batches off the async runtime's threads, and stops at the first quote not expired long
+//! enough: each sweep costs what is new since the last, not the history.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,9 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::store::Store;
+
+/// The store's mark ([`Store::mark`]) holding the last quote the sweep looked at.
+pub const CURSOR: &str = "quote-retention";
 
 /// When quotes are removed.
 #[derive(Debug, Clone, Copy)]
@@ -30,8 +34,16 @@ pub async fn run<S: Store>(
     policy: QuoteRetention,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // Where the last sweep stopped (from the start after a restart: once, then incremental).
-    let mut cursor: Option<String> = None;
+    // Where the last sweep stopped, kept in the store: a restart, or another node taking the
+    // lead, goes on from there rather than walking every quote kept since the first (a quote a
+    // payment used stays, so the walk from the start would grow with the history).
+    let mut cursor: Option<String> = match store.mark(CURSOR).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "quote retention: where the last sweep stopped is unknown; from the start");
+            None
+        }
+    };
     loop {
         let mut removed = 0;
         loop {
@@ -47,6 +59,14 @@ pub async fn run<S: Store>(
             match swept {
                 Ok(Ok(p)) => {
                     removed += p.removed;
+                    if p.cursor != cursor {
+                        if let Some(c) = &p.cursor {
+                            // Not waited for: a mark lost in a crash only repeats a batch.
+                            if let Err(e) = store.set_mark(CURSOR, c).await {
+                                tracing::warn!(error = %e, "quote retention: the sweep's place not kept");
+                            }
+                        }
+                    }
                     cursor = p.cursor;
                     if p.caught_up {
                         break;

@@ -80,7 +80,7 @@ pub(super) mod key {
     /// removal ([`super::Intent`]). Present only between the write's first and last step, or
     /// after a crash between them (then finished at open).
     pub const INTENT: u8 = b'n';
-    // `m`: the store's own marks (see `v1::MIGRATED`).
+    // `m`: the store's own marks (see `v1::MIGRATED` and [`mark`]).
 
     pub fn of(prefix: u8, id: &str) -> Vec<u8> {
         let mut k = Vec::with_capacity(1 + id.len());
@@ -128,6 +128,13 @@ pub(super) mod key {
     pub fn made(prefix: u8, at: DateTime<Utc>, id: &str) -> Vec<u8> {
         let mut k = made_from(prefix, at);
         k.extend_from_slice(id.as_bytes());
+        k
+    }
+
+    /// A worker's mark ([`crate::store::Store::mark`]), among the store's own marks.
+    pub fn mark(name: &str) -> Vec<u8> {
+        let mut k = b"m/mark/".to_vec();
+        k.extend_from_slice(name.as_bytes());
         k
     }
 
@@ -654,6 +661,22 @@ impl SledStore {
 
     pub fn quote(&self, id: &str) -> Result<Option<QuoteRecord>, StoreError> {
         self.get("quotes", &key::of(key::QUOTE, id))
+    }
+
+    /// See [`Store::mark`]. Kept among the store's own marks (`m/mark/<name>`).
+    pub fn mark(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let v = self.read(key::mark(name))?;
+        v.map(|v| {
+            String::from_utf8(v.to_vec())
+                .map_err(|_| corrupt("marks", format!("{name} is not text")))
+        })
+        .transpose()
+    }
+
+    /// See [`Store::set_mark`].
+    pub fn set_mark(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let _write = self.flusher.write();
+        self.put(key::mark(name), value.as_bytes())
     }
 
     pub fn purge_quotes(
@@ -1294,6 +1317,14 @@ impl Store for SledStore {
         SledStore::settings(self, prefix)
     }
 
+    async fn mark(&self, name: &str) -> Result<Option<String>, StoreError> {
+        SledStore::mark(self, name)
+    }
+
+    async fn set_mark(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        SledStore::set_mark(self, name, value)
+    }
+
     async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
         SledStore::audit_head(self)
     }
@@ -1324,6 +1355,30 @@ mod tests {
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
             .collect::<Result<_, _>>()
             .unwrap()
+    }
+
+    #[test]
+    fn a_mark_is_kept_across_a_reopen_apart_from_the_records() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        rt.block_on(async {
+            let s = open(&path);
+            assert_eq!(s.mark("sweep").unwrap(), None);
+            s.set_mark("sweep", "quo_1").unwrap();
+            s.set_mark("sweep", "quo_2").unwrap();
+            s.set_mark("other", "x").unwrap();
+            s.flush().await.unwrap();
+            s.close().await;
+        });
+        rt.block_on(async {
+            let s = open(&path);
+            assert_eq!(s.mark("sweep").unwrap().as_deref(), Some("quo_2"));
+            assert_eq!(s.mark("other").unwrap().as_deref(), Some("x"));
+            // Marks are among the store's own keys, not records any reader decodes.
+            assert!(s.payments().unwrap().is_empty());
+            assert!(s.journal().unwrap().is_empty());
+        });
     }
 
     /// A crash keeps a prefix of sled's log. Whatever prefix of a multi-key write survives —

@@ -216,6 +216,14 @@ impl Store for Blocking {
         self.wait(self.inner.settings(prefix))
     }
 
+    async fn mark(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.wait(self.inner.mark(name))
+    }
+
+    async fn set_mark(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.wait(self.inner.set_mark(name, value))
+    }
+
     async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
         self.wait(self.inner.audit_head())
     }

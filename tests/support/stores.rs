@@ -282,6 +282,12 @@ impl Store for ControlledStore {
     async fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.inner.settings(prefix).await
     }
+    async fn mark(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.inner.mark(name).await
+    }
+    async fn set_mark(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.inner.set_mark(name, value).await
+    }
     async fn flush(&self) -> Result<(), StoreError> {
         let mut gate = self.gate.subscribe();
         if !*gate.borrow_and_update() {

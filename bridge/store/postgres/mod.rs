@@ -50,6 +50,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_leases.sql")),
     (3, include_str!("migrations/0003_risk.sql")),
+    (4, include_str!("migrations/0004_marks.sql")),
 ];
 
 /// The advisory lock migrations run under (`qrbrmigr`), so daemons starting together apply
@@ -1224,6 +1225,26 @@ impl Store for PgStore {
                 .await?;
         tx.commit().await?;
         Ok((log, head))
+    }
+
+    async fn mark(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let c = self.conn().await?;
+        let r = rows(&c, "SELECT value FROM marks WHERE name = $1", &[&name]).await?;
+        r.first().map(|r| r.try_get(0)).transpose().map_err(StoreError::from)
+    }
+
+    async fn set_mark(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let c = self.conn().await?;
+        exec(
+            &c,
+            &format!(
+                "INSERT INTO marks (name, value) SELECT $1::text, $2::text FROM {RELAXED}
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            ),
+            &[&name, &value],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
