@@ -749,7 +749,7 @@ async fn migrations_apply_once_even_when_raced_and_a_newer_schema_is_refused() {
     let (a, b) = tokio::join!(migrate(&db.url), migrate(&db.url));
     let mut applied = [a.unwrap(), b.unwrap()].concat();
     applied.sort();
-    assert_eq!(applied, vec![1, 2, 3, 4], "each version once, by one of them");
+    assert_eq!(applied, vec![1, 2, 3], "each version once, by one of them");
     assert_eq!(migrate(&db.url).await.unwrap(), Vec::<u32>::new());
     let s = store(&db).await;
     assert_eq!(s.outbox_epoch().await.unwrap(), 0);

@@ -410,11 +410,16 @@ impl Handshakes {
 }
 
 impl HandshakeSlot {
-    /// The connection's ClientHello has come: it is no longer among the silent.
-    fn hello(&self) {
+    /// The connection's ClientHello has come: it is no longer among the silent. False when its
+    /// place was given to a newer connection first (then it must not answer the hello).
+    fn hello(&self) -> bool {
         let mut table = self.pool.table();
-        if let Some(place) = table.silent.remove(self.ip, self.id) {
-            table.talking.insert(self.ip, self.id, place);
+        match table.silent.remove(self.ip, self.id) {
+            Some(place) => {
+                table.talking.insert(self.ip, self.id, place);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -637,6 +642,8 @@ enum NotAdmitted {
     NoSlot,
     #[error("TLS handshake timed out")]
     HandshakeTimeout,
+    #[error("its handshake place went to a newer connection")]
+    Evicted,
 }
 
 const TLS_HANDSHAKES_TOTAL: &str = "qrbridge_tls_handshakes_total";
@@ -692,7 +699,9 @@ impl Meter {
         match why {
             NotAdmitted::Tls(_) => self.failed.increment(1),
             NotAdmitted::HandshakeTimeout => self.timeout.increment(1),
-            NotAdmitted::PerAddress | NotAdmitted::NoSlot => self.refused.increment(1),
+            NotAdmitted::PerAddress | NotAdmitted::NoSlot | NotAdmitted::Evicted => {
+                self.refused.increment(1)
+            }
         }
     }
 }
@@ -723,7 +732,11 @@ async fn admit(
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
             .await
             .map_err(NotAdmitted::Tls)?;
-        handshake.hello();
+        // Its place may have gone to a newer connection while the hello was read: then it is
+        // closed before any answer, so the client never takes the handshake for done.
+        if !handshake.hello() {
+            return Err(NotAdmitted::Evicted);
+        }
         start.into_stream(tls.current()).await.map_err(NotAdmitted::Tls)
     };
     let stream = tokio::time::timeout_at(deadline, handshaken)
@@ -756,12 +769,14 @@ async fn connection<H, F>(
         admission;
     let deadline = accepted + limits.handshake_timeout;
     let admitted = tokio::select! {
-        admitted = admit(tcp, remote, &tls, &handshake, &established, &per_ip, deadline) => admitted,
+        // An eviction already sent wins over a handshake that could go on.
+        biased;
         _ = &mut evicted => {
             meter.refused.increment(1);
             tracing::debug!(%remote, "closing a handshake: its place went to a newer connection");
             return;
         }
+        admitted = admit(tcp, remote, &tls, &handshake, &established, &per_ip, deadline) => admitted,
         _ = stopped(&mut shutdown) => return,
     };
     let (tls, _held) = match admitted {

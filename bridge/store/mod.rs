@@ -339,8 +339,8 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// A mark a worker keeps in the store (where its sweep stopped), `None` if never set. Marks
-    /// are progress, not state: one lost (a crash before the next flush, a restore) only makes the
-    /// worker do again what it had done.
+    /// are progress, not state: one lost (a crash before the next flush) only makes the worker
+    /// do again what it had done. Backups copy them with the records they describe.
     fn mark(&self, name: &str) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
     /// Sets mark `name` to `value`; durable with the next flush, not waited for.
     fn set_mark(

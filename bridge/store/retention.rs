@@ -36,17 +36,20 @@ pub async fn run<S: Store>(
 ) {
     // Where the last sweep stopped, kept in the store: a restart, or another node taking the
     // lead, goes on from there rather than walking every quote kept since the first (a quote a
-    // payment used stays, so the walk from the start would grow with the history).
-    let mut cursor: Option<String> = match store.mark(CURSOR).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "quote retention: where the last sweep stopped is unknown; from the start");
-            None
-        }
-    };
+    // payment used stays, so the walk from the start would grow with the history). `None` until
+    // read: a sweep that cannot read it waits for the next round rather than start over.
+    let mut place: Option<Option<String>> = None;
     loop {
         let mut removed = 0;
-        loop {
+        if place.is_none() {
+            match store.mark(CURSOR).await {
+                Ok(mark) => place = Some(mark),
+                Err(e) => {
+                    tracing::warn!(error = %e, "quote retention: where the last sweep stopped cannot be read; the next round tries again")
+                }
+            }
+        }
+        while let Some(cursor) = place.as_mut() {
             let cutoff = clock.now() - policy.keep_after_expiry;
             let (s, after) = (store.clone(), cursor.clone());
             let batch = policy.batch.max(1);
@@ -59,7 +62,7 @@ pub async fn run<S: Store>(
             match swept {
                 Ok(Ok(p)) => {
                     removed += p.removed;
-                    if p.cursor != cursor {
+                    if p.cursor != *cursor {
                         if let Some(c) = &p.cursor {
                             // Not waited for: a mark lost in a crash only repeats a batch.
                             if let Err(e) = store.set_mark(CURSOR, c).await {
@@ -67,7 +70,7 @@ pub async fn run<S: Store>(
                             }
                         }
                     }
-                    cursor = p.cursor;
+                    *cursor = p.cursor;
                     if p.caught_up {
                         break;
                     }

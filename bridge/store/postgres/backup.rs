@@ -63,9 +63,8 @@ const TABLES: &[&str] = &[
 ];
 
 /// Tables a backup leaves out: leases name the old processes; the migrations table is the
-/// schema's own, made by the restore's migration; marks are the old workers' progress (a
-/// restored store's sweeps start over).
-const NOT_COPIED: &[&str] = &["leases", "qrbridge_migrations", "marks"];
+/// schema's own, made by the restore's migration.
+const NOT_COPIED: &[&str] = &["leases", "qrbridge_migrations"];
 
 /// Rows fetched from the cursor at a time (and inserted per statement by a restore).
 const FETCH_ROWS: usize = 1000;

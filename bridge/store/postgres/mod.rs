@@ -50,7 +50,6 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_leases.sql")),
     (3, include_str!("migrations/0003_risk.sql")),
-    (4, include_str!("migrations/0004_marks.sql")),
 ];
 
 /// The advisory lock migrations run under (`qrbrmigr`), so daemons starting together apply
@@ -60,6 +59,10 @@ const MIGRATION_LOCK: i64 = 0x7172_6272_6d69_6772;
 /// The advisory lock admin commits run under (`qrbraudt`): the audit log stays one chain
 /// whichever node appends to it.
 const AUDIT_LOCK: i64 = 0x7172_6272_6175_6474;
+
+/// Where workers' marks ([`Store::mark`]) are kept among the settings, beside the audit head:
+/// no admin setting starts so. Copied by backups with the rest, as the sled store's are.
+const MARK_PREFIX: &str = "mark/";
 
 /// The settings key of the audit chain's head (as in the sled store).
 const AUDIT_HEAD: &str = "audit/head";
@@ -1229,19 +1232,25 @@ impl Store for PgStore {
 
     async fn mark(&self, name: &str) -> Result<Option<String>, StoreError> {
         let c = self.conn().await?;
-        let r = rows(&c, "SELECT value FROM marks WHERE name = $1", &[&name]).await?;
-        r.first().map(|r| r.try_get(0)).transpose().map_err(StoreError::from)
+        let key = format!("{MARK_PREFIX}{name}");
+        let r = rows(&c, "SELECT value FROM settings WHERE key = $1", &[&key]).await?;
+        let Some(row) = r.first() else { return Ok(None) };
+        let value: Vec<u8> = row.try_get(0)?;
+        String::from_utf8(value)
+            .map(Some)
+            .map_err(|_| corrupt("marks", format!("{name} is not text")))
     }
 
     async fn set_mark(&self, name: &str, value: &str) -> Result<(), StoreError> {
         let c = self.conn().await?;
+        let key = format!("{MARK_PREFIX}{name}");
         exec(
             &c,
             &format!(
-                "INSERT INTO marks (name, value) SELECT $1::text, $2::text FROM {RELAXED}
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+                "INSERT INTO settings (key, value) SELECT $1::text, $2::bytea FROM {RELAXED}
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"
             ),
-            &[&name, &value],
+            &[&key, &value.as_bytes()],
         )
         .await?;
         Ok(())
