@@ -308,7 +308,7 @@ async fn bench_schema(url: &str) -> (String, tokio_postgres::Client, String) {
 
 /// The daemon's store flushes so far, from its `/metrics` (the group commit's histograms): how
 /// many, the writes they carried, and how many took longer than 10 ms and than 50 ms.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct Flushes {
     count: f64,
     writes: f64,
@@ -316,18 +316,21 @@ struct Flushes {
     over_50ms: f64,
 }
 
-async fn flushes(ops: SocketAddr) -> Flushes {
+/// `None` when the page cannot be read or lacks a figure: nothing is reported rather than a
+/// count that silently includes every flush since the start.
+async fn flushes(ops: SocketAddr) -> Option<Flushes> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(ops).await.ok()?;
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").await.ok()?;
     let mut text = String::new();
-    if let Ok(mut c) = tokio::net::TcpStream::connect(ops).await {
-        let asked = c.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").await;
-        if asked.is_ok() {
-            let _ = c.read_to_string(&mut text).await;
-        }
+    c.read_to_string(&mut text).await.ok()?;
+    if !text.starts_with("HTTP/1.1 200") && !text.starts_with("HTTP/1.0 200") {
+        return None;
     }
     // A sample of `metric` (whatever its other labels: the store's name), with `le` when given.
-    let value = |metric: &str, le: Option<&str>| -> f64 {
-        text.lines()
+    let value = |metric: &str, le: Option<&str>| -> Option<f64> {
+        let found: Vec<f64> = text
+            .lines()
             .filter_map(|l| {
                 let rest = l.strip_prefix(metric)?;
                 let (labels, v) = match rest.strip_prefix('{') {
@@ -338,17 +341,18 @@ async fn flushes(ops: SocketAddr) -> Flushes {
                     le.is_none_or(|le| labels.split(',').any(|p| p == format!("le=\"{le}\"")));
                 wanted.then(|| v.trim().parse::<f64>().ok()).flatten()
             })
-            .sum()
+            .collect();
+        (!found.is_empty()).then(|| found.iter().sum())
     };
     let duration = qrbridge::store::FLUSH_DURATION;
     let bucket = format!("{duration}_bucket");
-    let count = value(&format!("{duration}_count"), None);
-    Flushes {
+    let count = value(&format!("{duration}_count"), None)?;
+    Some(Flushes {
         count,
-        writes: value(&format!("{}_sum", qrbridge::store::FLUSH_WRITES), None),
-        over_10ms: count - value(&bucket, Some("0.01")),
-        over_50ms: count - value(&bucket, Some("0.05")),
-    }
+        writes: value(&format!("{}_sum", qrbridge::store::FLUSH_WRITES), None)?,
+        over_10ms: count - value(&bucket, Some("0.01"))?,
+        over_50ms: count - value(&bucket, Some("0.05"))?,
+    })
 }
 
 /// CPU seconds of every `postgres` process on this machine (the database server's whole cost).
@@ -711,12 +715,12 @@ async fn load_run(args: &Args) {
     let first_ops = nodes.first().and_then(|n| n.ops);
     let before = match first_ops {
         Some(ops) => flushes(ops).await,
-        None => Flushes::default(),
+        None => None,
     };
     let fixed = drive(&addrs, &pki, true, args.conns, Mode::Rate(rate), args.secs).await;
     let after = match first_ops {
         Some(ops) => flushes(ops).await,
-        None => Flushes::default(),
+        None => None,
     };
     paid += fixed.pay.len();
     rows.push(format!(
@@ -769,14 +773,17 @@ async fn load_run(args: &Args) {
     if args.acquirer_apart {
         println!("sandbox acquirer (its own process), HTTP/2 closed loop: {acquirer_per_1k:.3} CPU s / 1k tx, not in the daemon's figure");
     }
-    let n = after.count - before.count;
-    if n > 0.0 {
+    if let Some((before, after, n)) =
+        before.zip(after).map(|(b, a)| (b, a, a.count - b.count)).filter(|(.., n)| *n > 0.0)
+    {
         println!(
             "fixed rate, the first daemon's store flushes (its /metrics): {n:.0}, {:.1} writes each, {:.0} over 10 ms, {:.0} over 50 ms",
             (after.writes - before.writes) / n,
             after.over_10ms - before.over_10ms,
             after.over_50ms - before.over_50ms
         );
+    } else if first_ops.is_some() {
+        println!("fixed rate, the first daemon's store flushes: its /metrics could not be read");
     }
     println!(
         "{}",
@@ -964,7 +971,8 @@ async fn preload_run(args: &Args, n: u64) {
             .enable_all()
             .build()
             .unwrap();
-        let store = rt.block_on(async { SledStore::open(&db, cache).unwrap() });
+        let store =
+            std::sync::Arc::new(rt.block_on(async { SledStore::open(&db, cache).unwrap() }));
         let template = sample(&config2);
         // History as it builds up: PER_DAY payments a day, the last made a day ago.
         let end = template.0.quote.created_at - chrono::Duration::days(1);
@@ -1035,19 +1043,17 @@ async fn preload_run(args: &Args, n: u64) {
         // retention over the history, as its sweep would have gone over it day by day (every
         // quote here is used, so none goes): its place is kept in the store, so the daemon's
         // first sweep starts there, as a restarted daemon's would.
+        // The daemon's own sweep, once (told to stop before it starts), at the history's end.
         let sweeping = Instant::now();
-        let retention = chrono::Duration::seconds(config2.storage.quote_retention_s as i64);
-        let mut cursor = None;
-        loop {
-            let p = store.purge_quotes(cursor.as_deref(), end - retention, 4096).unwrap();
-            cursor = p.cursor;
-            if p.caught_up {
-                break;
-            }
-        }
-        if let Some(c) = &cursor {
-            store.set_mark(qrbridge::store::retention::CURSOR, c).unwrap();
-        }
+        let policy = qrbridge::store::retention::QuoteRetention {
+            keep_after_expiry: chrono::Duration::seconds(config2.storage.quote_retention_s as i64),
+            every: Duration::from_secs(config2.storage.retention_sweep_s),
+            batch: 4096,
+        };
+        let clock: std::sync::Arc<dyn qrbridge::clock::Clock> =
+            std::sync::Arc::new(qrbridge::clock::ManualClock::new(end));
+        let (_stop, stopped) = tokio::sync::watch::channel(true);
+        rt.block_on(qrbridge::store::retention::run(store.clone(), clock, policy, stopped));
         rt.block_on(store.flush()).unwrap();
         let swept = sweeping.elapsed();
         let counting = Instant::now();
