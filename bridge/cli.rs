@@ -77,6 +77,9 @@ pub enum Command {
         /// How late the "answer after the timeout" behaviour answers.
         #[arg(long, default_value_t = 30_000)]
         slow_ms: u64,
+        /// How many instructions it remembers (outcomes, amounts); the oldest are forgotten past it.
+        #[arg(long, default_value_t = qrbridge_adapters::acquirer::sandbox::DEFAULT_REMEMBER)]
+        remember: usize,
     },
     /// Check a configuration file: prints each problem with its key path, or `ok`.
     CheckConfig {
@@ -154,8 +157,9 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Migrate { database_url, config } => runtime(migrate(database_url, config)),
-        Command::SandboxAcquirer { addr, cert, key, client_ca, slow_ms } => {
-            runtime(sandbox(addr, cert, key, client_ca, slow_ms))
+        Command::SandboxAcquirer { addr, cert, key, client_ca, slow_ms, remember } => {
+            let config = qrbridge_adapters::acquirer::sandbox::SandboxConfig { slow_ms, remember };
+            runtime(sandbox(addr, cert, key, client_ca, config))
         }
         Command::CheckConfig { file } => check_config(&file),
         Command::Decode { code, config } => decode(&code, config.as_deref()),
@@ -475,7 +479,7 @@ async fn sandbox(
     cert: PathBuf,
     key: PathBuf,
     client_ca: PathBuf,
-    slow_ms: u64,
+    config: qrbridge_adapters::acquirer::sandbox::SandboxConfig,
 ) -> ExitCode {
     let tls = crate::tls::roots(&[&client_ca])
         .and_then(|roots| crate::tls::server_config(&cert, &key, roots, true));
@@ -493,7 +497,6 @@ async fn sandbox(
             return ExitCode::from(1);
         }
     };
-    let config = qrbridge_adapters::acquirer::sandbox::SandboxConfig { slow_ms };
     let sb = match qrbridge_adapters::acquirer::sandbox::Sandbox::start(listener, tls, config) {
         Ok(s) => s,
         Err(e) => {

@@ -61,7 +61,10 @@ async fn node_with(
     tweak(&mut c);
     Daemon::start(
         c,
-        StartOptions { clock: Arc::new(SystemClock), sandbox: SandboxConfig { slow_ms: 5_000 } },
+        StartOptions {
+            clock: Arc::new(SystemClock),
+            sandbox: SandboxConfig { slow_ms: 5_000, ..SandboxConfig::default() },
+        },
     )
     .await
     .expect("node starts")

@@ -122,7 +122,10 @@ impl TestDaemon {
         let source = shared.clone();
         let daemon = Daemon::start_reloadable(
             config,
-            StartOptions { clock, sandbox: SandboxConfig { slow_ms: 5_000 } },
+            StartOptions {
+                clock,
+                sandbox: SandboxConfig { slow_ms: 5_000, ..SandboxConfig::default() },
+            },
             Arc::new(move || Ok(source.lock().unwrap().clone())),
         )
         .await

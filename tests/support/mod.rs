@@ -57,5 +57,5 @@ pub async fn pki_and_sandbox(
     )
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Sandbox::start(listener, tls, SandboxConfig { slow_ms }).unwrap()
+    Sandbox::start(listener, tls, SandboxConfig { slow_ms, ..SandboxConfig::default() }).unwrap()
 }
