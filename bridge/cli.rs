@@ -77,7 +77,8 @@ pub enum Command {
         /// How late the "answer after the timeout" behaviour answers.
         #[arg(long, default_value_t = 30_000)]
         slow_ms: u64,
-        /// How many instructions it remembers (outcomes, amounts); the oldest are forgotten past it.
+        /// About how many instructions it remembers (outcomes, amounts; at least 1,024); the
+        /// oldest are forgotten past it.
         #[arg(long, default_value_t = qrbridge_adapters::acquirer::sandbox::DEFAULT_REMEMBER)]
         remember: usize,
     },

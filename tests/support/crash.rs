@@ -662,6 +662,7 @@ pub async fn check_payments(
     sandbox: &Sandbox,
     settled: &Settled,
 ) -> HashMap<Request, String> {
+    assert_eq!(sandbox.forgotten(), 0, "the sandbox forgot instructions: counts would be short");
     let stored = store.payments().await.unwrap();
     let mut by_request = HashMap::new();
     for p in &stored {

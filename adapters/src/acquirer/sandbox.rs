@@ -110,23 +110,20 @@ struct Books {
     receipts: AtomicU64,
     /// Approvals so far: the acquirer's references.
     approvals: AtomicU64,
-    /// Ids reversed, in order (the newest `remember`).
+    /// Ids reversed, in order (as many of the newest as the books hold).
     reversals: Mutex<VecDeque<String>>,
-    remember: usize,
     /// Instructions forgotten to keep within the bound.
     forgotten: AtomicU64,
 }
 
 impl Books {
     fn new(remember: usize) -> Books {
-        let remember = remember.max(1);
         Books {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: remember.div_ceil(SHARDS).max(MIN_PER_SHARD),
             receipts: AtomicU64::new(0),
             approvals: AtomicU64::new(0),
             reversals: Mutex::new(VecDeque::new()),
-            remember,
             forgotten: AtomicU64::new(0),
         }
     }
@@ -173,8 +170,9 @@ impl Books {
 
     fn reversed(&self, id: &str) {
         let mut r = self.reversals.lock().unwrap_or_else(|p| p.into_inner());
-        if r.len() >= self.remember {
+        if r.len() >= self.per_shard * SHARDS {
             r.pop_front();
+            self.forgotten.fetch_add(1, Ordering::Relaxed);
         }
         r.push_back(id.to_owned());
     }
@@ -224,7 +222,8 @@ impl Sandbox {
         self.books.shard(instruction_id).entries.get(instruction_id).map_or(0, |e| e.received)
     }
 
-    /// How many instructions were forgotten to keep within [`SandboxConfig::remember`]: a test
+    /// How many instructions (and reversals) were forgotten to keep within
+    /// [`SandboxConfig::remember`]: a test
     /// that counts instructions per payment asserts none was.
     pub fn forgotten(&self) -> u64 {
         self.books.forgotten.load(Ordering::Relaxed)
@@ -318,8 +317,8 @@ async fn handle(
             }
             instruct(ins, &books, config).await
         }
-        (_, ["v1", "instructions", id, ..]) if id.len() > ID_MAX => {
-            error(StatusCode::BAD_REQUEST, "instruction id too long")
+        (_, ["v1", "instructions", id, ..]) if id.is_empty() || id.len() > ID_MAX => {
+            error(StatusCode::BAD_REQUEST, "instruction id empty or too long")
         }
         (&Method::GET, ["v1", "instructions", id]) => {
             let known = books.shard(id).entries.get(*id).and_then(|e| e.outcome.clone());
