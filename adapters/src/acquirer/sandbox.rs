@@ -57,8 +57,8 @@ impl Default for SandboxConfig {
     }
 }
 
-/// What the sandbox remembers by default: a few hours of a busy test at a few hundred
-/// instructions a second, in ≈ 30 MiB.
+/// What the sandbox remembers by default: at 100 instructions a second, the last 16 minutes
+/// (past the bridge's default payment expiry of 15), in a few tens of MiB.
 pub const DEFAULT_REMEMBER: usize = 100_000;
 
 /// The sandbox's books are split by instruction id over this many shards, each under its own
@@ -223,8 +223,7 @@ impl Sandbox {
     }
 
     /// How many instructions (and reversals) were forgotten to keep within
-    /// [`SandboxConfig::remember`]: a test
-    /// that counts instructions per payment asserts none was.
+    /// [`SandboxConfig::remember`]: a test that counts instructions per payment asserts none was.
     pub fn forgotten(&self) -> u64 {
         self.books.forgotten.load(Ordering::Relaxed)
     }
