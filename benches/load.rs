@@ -731,7 +731,8 @@ async fn load_run(args: &Args) {
     };
     let fixed_cpu0 = node_cpu(&nodes);
     let fixed = drive(&addrs, &pki, true, args.conns, Mode::Rate(rate), args.secs).await;
-    let fixed_cpu = node_cpu(&nodes) - fixed_cpu0;
+    let fixed_cpu_per_1k =
+        (node_cpu(&nodes) - fixed_cpu0) / (fixed.pay.len().max(1) as f64) * 1000.0;
     let after = match first_ops {
         Some(ops) => flushes(ops).await,
         None => None,
@@ -743,7 +744,7 @@ async fn load_run(args: &Args) {
         ms(&fixed.pay, 0.5),
         ms(&fixed.pay, 0.99),
         ms(&fixed.pay, 0.999),
-        fixed_cpu / (fixed.pay.len().max(1) as f64) * 1000.0,
+        fixed_cpu_per_1k,
         fixed.errors
     ));
     let rss_mb =
@@ -808,7 +809,7 @@ async fn load_run(args: &Args) {
             "p50_ms": ms(&d.pay, 0.5), "p99_ms": ms(&d.pay, 0.99), "p999_ms": ms(&d.pay, 0.999),
             "fixed_rate_tps": rate, "fixed_rate_p99_ms": ms(&fixed.pay, 0.99),
             "fixed_rate_p999_ms": ms(&fixed.pay, 0.999),
-            "fixed_rate_cpu_s_per_1k": fixed_cpu / (fixed.pay.len().max(1) as f64) * 1000.0,
+            "fixed_rate_cpu_s_per_1k": fixed_cpu_per_1k,
             "rss_mb": rss_mb, "cpu_s_per_1k": cpu_per_1k, "database_cpu_s_per_1k": db_per_1k,
             "acquirer_apart": args.acquirer_apart, "acquirer_cpu_s_per_1k": acquirer_per_1k,
             "disk_bytes_per_payment": disk.round(),

@@ -733,7 +733,6 @@ pub fn check_instructions_known(
     sandbox: &Sandbox,
 ) -> Vec<String> {
     let known: HashSet<&str> = by_request.values().map(String::as_str).collect();
-    assert_eq!(sandbox.forgotten(), 0, "the sandbox forgot instructions: counts would be short");
     let instructed = sandbox.all_received();
     assert!(
         instructed.iter().all(|i| known.contains(i.as_str())),
