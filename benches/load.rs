@@ -71,7 +71,40 @@ struct Args {
     risk: bool,
     /// The sandbox acquirer as its own process, not inside each daemon.
     acquirer_apart: bool,
+    /// Store settings for every daemon the bench starts (their defaults where not given).
+    knobs: Knobs,
 }
+
+/// `--flush-every-ms N` and `--cache-bytes N`: the daemons' `storage.flush_every_ms` and
+/// `storage.cache_bytes` (the preload's store too), their defaults where not given.
+#[derive(Debug, Clone, Copy, Default)]
+struct Knobs {
+    flush_every_ms: Option<u64>,
+    cache_bytes: Option<u64>,
+}
+
+impl Knobs {
+    fn apply(&self, c: &mut qrbridge_config::Config) {
+        if let Some(ms) = self.flush_every_ms {
+            c.storage.flush_every_ms = ms;
+        }
+        if let Some(b) = self.cache_bytes {
+            c.storage.cache_bytes = b;
+        }
+    }
+
+    /// For the run's header line.
+    fn describe(&self) -> String {
+        let d = qrbridge_config::model::Storage::default();
+        format!(
+            "storage.flush_every_ms = {}, storage.cache_bytes = {}",
+            self.flush_every_ms.unwrap_or(d.flush_every_ms),
+            self.cache_bytes.unwrap_or(d.cache_bytes)
+        )
+    }
+}
+
+static KNOBS: std::sync::OnceLock<Knobs> = std::sync::OnceLock::new();
 
 fn args() -> Args {
     let mut a = Args {
@@ -83,6 +116,7 @@ fn args() -> Args {
         nodes: 1,
         risk: false,
         acquirer_apart: false,
+        knobs: Knobs::default(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -94,6 +128,10 @@ fn args() -> Args {
             "--warmup" => a.warmup = next().expect("--warmup N"),
             "--preload" => a.preload = Some(next().expect("--preload N")),
             "--nodes" => a.nodes = next().expect("--nodes N").max(1) as usize,
+            "--flush-every-ms" => {
+                a.knobs.flush_every_ms = Some(next().expect("--flush-every-ms N"))
+            }
+            "--cache-bytes" => a.knobs.cache_bytes = Some(next().expect("--cache-bytes N")),
             "--risk" => {
                 a.risk = true;
                 i += 1;
@@ -124,6 +162,7 @@ fn main() {
         return;
     }
     let args = args();
+    KNOBS.set(args.knobs).expect("set once");
     rt.block_on(async move {
         match args.preload {
             Some(n) => preload_run(&args, n).await,
@@ -257,6 +296,7 @@ async fn start_node_with(
     c.limits.connections_per_ip_max = 4096;
     c.limits.handshakes_max = 4096;
     c.limits.concurrency_max = 4096;
+    KNOBS.get().copied().unwrap_or_default().apply(&mut c);
     tweak(&mut c);
     let config = dir.join(format!("qrbridge-{node}.toml"));
     std::fs::write(&config, toml::to_string(&c).unwrap()).unwrap();
@@ -670,8 +710,11 @@ async fn load_run(args: &Args) {
         None => "in-process in each daemon",
     };
     println!(
-        "sandbox acquirer: {where_acquirer}; {} connections, {} s per run after {} s warm-up",
-        args.conns, args.secs, args.warmup
+        "sandbox acquirer: {where_acquirer}; {} connections, {} s per run after {} s warm-up; {}",
+        args.conns,
+        args.secs,
+        args.warmup,
+        args.knobs.describe()
     );
 
     let mut rows = Vec::new();
@@ -973,7 +1016,8 @@ async fn preload_run(args: &Args, n: u64) {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     qrbridge::pki::ensure_dev_pki(&pki).unwrap();
-    let config = qrbridge::daemon::embedded_config(dir.path(), loopback()).unwrap();
+    let mut config = qrbridge::daemon::embedded_config(dir.path(), loopback()).unwrap();
+    args.knobs.apply(&mut config);
     let began = Instant::now();
     // On a runtime of its own, so that the store (and sled's lock on the folder) is gone when
     // the daemon starts.
@@ -1105,6 +1149,7 @@ async fn preload_run(args: &Args, n: u64) {
     let rss_peak = proc_status_kb(daemon.pid(), "VmHWM:") as f64 / 1024.0;
     daemon.stop().await;
     println!("machine: {}", machine());
+    println!("{}", args.knobs.describe());
     println!("preloaded {n} payments in {load_s:.0} s; sled {disk:.0} bytes per payment");
     println!(
         "quote retention's sweep over that history (apart from the writing): {:.1} s",

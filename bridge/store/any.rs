@@ -43,7 +43,8 @@ impl AnyStore {
         }
         Ok(AnyStore::Sled(
             SledStore::open(&storage.path, storage.cache_bytes)?
-                .with_backup_log_bytes_max(storage.backup_log_bytes_max),
+                .with_backup_log_bytes_max(storage.backup_log_bytes_max)
+                .with_flush_wait(std::time::Duration::from_millis(storage.flush_every_ms)),
         ))
     }
 

@@ -395,6 +395,18 @@ impl SledStore {
         self
     }
 
+    /// The store with a flush under load waiting up to `wait` for more writes to share it
+    /// (`storage.flush_every_ms`; see [`GroupCommit`]).
+    pub fn with_flush_wait(self, wait: std::time::Duration) -> Self {
+        self.flusher.set_wait(wait);
+        self
+    }
+
+    /// Flushes made since the store was opened.
+    pub fn flushes(&self) -> u64 {
+        self.flusher.flushes()
+    }
+
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
@@ -1355,6 +1367,53 @@ mod tests {
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
             .collect::<Result<_, _>>()
             .unwrap()
+    }
+
+    /// `storage.flush_every_ms`: a flush that follows closely on the last one waits, and the
+    /// writes that come while it waits share it; after a quiet spell a flush goes at once.
+    /// (Time is the runtime's paused clock: nothing here waits on the wall.)
+    #[tokio::test(start_paused = true)]
+    async fn under_load_a_flush_waits_for_more_writes_and_at_a_quiet_moment_it_does_not() {
+        let wait = std::time::Duration::from_millis(50);
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(open(&dir.path().join("db")).with_flush_wait(wait));
+        let flush = |s: &std::sync::Arc<SledStore>| {
+            let s = s.clone();
+            tokio::spawn(async move { s.flush().await })
+        };
+        // The first flush has none before it: at once.
+        s.set_mark("a", "1").unwrap();
+        let t0 = tokio::time::Instant::now();
+        s.flush().await.unwrap();
+        assert!(t0.elapsed() < wait, "the first flush waited");
+        assert_eq!(s.flushes(), 1);
+        // Right after it, B's flush waits; C, written 10 ms into the wait, shares it.
+        s.set_mark("b", "2").unwrap();
+        let b = flush(&s);
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::advance(std::time::Duration::from_millis(10)).await;
+        assert!(!b.is_finished(), "B's flush did not wait");
+        s.set_mark("c", "3").unwrap();
+        let c = flush(&s);
+        b.await.unwrap().unwrap();
+        c.await.unwrap().unwrap();
+        assert_eq!(s.flushes(), 2, "B and C shared one flush");
+        // A quiet spell longer than the wait: the next flush goes at once.
+        tokio::time::advance(wait * 2).await;
+        s.set_mark("d", "4").unwrap();
+        let t0 = tokio::time::Instant::now();
+        s.flush().await.unwrap();
+        assert!(t0.elapsed() < wait, "a flush after a quiet spell waited");
+        assert_eq!(s.flushes(), 3);
+        // And with no wait set, each flush goes at once even back to back.
+        s.flusher.set_wait(std::time::Duration::ZERO);
+        s.set_mark("e", "5").unwrap();
+        let t0 = tokio::time::Instant::now();
+        s.flush().await.unwrap();
+        assert!(t0.elapsed() < wait);
+        assert_eq!(s.flushes(), 4);
     }
 
     #[test]
