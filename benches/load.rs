@@ -97,7 +97,7 @@ impl Knobs {
     fn describe(&self) -> String {
         let d = qrbridge_config::model::Storage::default();
         format!(
-            "storage.flush_every_ms = {}, storage.cache_bytes = {}",
+            "storage.flush_every_ms = {}, storage.cache_bytes = {} (the sled store's; none with --database-url)",
             self.flush_every_ms.unwrap_or(d.flush_every_ms),
             self.cache_bytes.unwrap_or(d.cache_bytes)
         )

@@ -448,12 +448,12 @@ pub(crate) fn flushed(store: &'static str, took: std::time::Duration, writes: u6
 /// [`GroupCommit::flush`] skips the flush only when a successful flush started after every write
 /// begun before the call had ended: nothing it read can be taken back by a crash.
 ///
-/// Under load a flush also waits a little for more writes to share it
-/// ([`GroupCommit::set_wait`], `storage.flush_every_ms`): only when the flush before it ended
-/// less than that wait ago — flushes running back to back — so a write at a quiet moment is
-/// flushed at once. Each flush costs the process about half a millisecond of CPU (sled seals its
-/// log buffer and hands it to its I/O threads, then the syncs), whatever it covers: fewer, fuller
-/// flushes under a steady stream of payments leave that CPU to the payments.
+/// Under load a flush may also wait for more writes to share it ([`GroupCommit::set_wait`],
+/// `storage.flush_every_ms`): when the flush before it was shared by several requests and ended
+/// less than the wait ago, the next starts no sooner than the wait after it. A request alone (one
+/// client paying in turn, a quiet moment) is flushed at once, and so is one whose write an earlier
+/// flush already covered. Off by default: on the machine of BENCHMARKS.md fewer flushes did not
+/// measurably lower the CPU per transaction.
 #[derive(Clone)]
 pub struct GroupCommit {
     tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), StoreError>>>,
@@ -558,14 +558,17 @@ impl GroupCommit {
         let task = tokio::spawn(async move {
             // Writes begun when the last flush that ran began: the next one covers those after.
             let mut covered = 0u64;
-            // When the last flush that ran ended.
-            let mut last_end: Option<tokio::time::Instant> = None;
+            // When the last flush that ran ended, if several requests shared it.
+            let mut last_shared_end: Option<tokio::time::Instant> = None;
             while let Some(first) = rx.recv().await {
-                // Under load (this flush follows closely on the last), wait for more writes to
-                // share it; at a quiet moment, flush at once.
+                // Under load (the last flush was shared and ended less than the wait ago), the
+                // next starts no sooner than the wait after it, for more writes to share it. A
+                // request alone, or one whose write is already durable, goes at once.
                 let wait = std::time::Duration::from_micros(m.wait_us.load(SeqCst));
-                if !wait.is_zero() && last_end.is_some_and(|t| t.elapsed() < wait) {
-                    tokio::time::sleep(wait).await;
+                let durable_now = m.durable.load(SeqCst) >= m.begun.load(SeqCst);
+                let under_load = |end: &tokio::time::Instant| end.elapsed() < wait;
+                if let Some(end) = last_shared_end.filter(under_load).filter(|_| !durable_now) {
+                    tokio::time::sleep_until(end + wait).await;
                 }
                 // Once round the runtime's queue first: requests already woken write and ask
                 // too, and this flush covers them (fewer flushes, each for more writes).
@@ -602,7 +605,7 @@ impl GroupCommit {
                         m.flushes.fetch_add(1, SeqCst);
                         covered = begun;
                     }
-                    last_end = Some(tokio::time::Instant::now());
+                    last_shared_end = (waiting.len() > 1).then(tokio::time::Instant::now);
                     outcome
                 };
                 if result.is_ok() && ended == begun {
@@ -616,9 +619,11 @@ impl GroupCommit {
         GroupCommit { tx, marks, task: Arc::new(std::sync::Mutex::new(Some(task))) }
     }
 
-    /// How long a flush that follows closely on the last one waits for more writes to share it
-    /// (zero: never; rounded up to the runtime's timer, a millisecond).
+    /// Under load, the least time from one flush to the next (see [`GroupCommit`]); zero: none.
+    /// At most a second (as `storage.flush_every_ms`); the runtime's timer rounds it up to a
+    /// millisecond.
     pub fn set_wait(&self, wait: std::time::Duration) {
+        let wait = wait.min(std::time::Duration::from_secs(1));
         let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
         self.marks.wait_us.store(us, std::sync::atomic::Ordering::SeqCst);
     }

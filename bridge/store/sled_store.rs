@@ -1369,51 +1369,68 @@ mod tests {
             .unwrap()
     }
 
-    /// `storage.flush_every_ms`: a flush that follows closely on the last one waits, and the
-    /// writes that come while it waits share it; after a quiet spell a flush goes at once.
-    /// (Time is the runtime's paused clock: nothing here waits on the wall.)
+    /// `storage.flush_every_ms`: after a flush several requests shared, the next waits until
+    /// the wait has passed since it, and the writes made meanwhile share it; a request alone, or
+    /// after a quiet spell, is flushed at once. (Time is the runtime's paused clock: nothing here
+    /// waits on the wall.)
     #[tokio::test(start_paused = true)]
-    async fn under_load_a_flush_waits_for_more_writes_and_at_a_quiet_moment_it_does_not() {
-        let wait = std::time::Duration::from_millis(50);
+    async fn under_load_a_flush_waits_for_more_writes_and_alone_it_does_not() {
+        use std::time::Duration;
+        let wait = Duration::from_millis(50);
         let dir = tempfile::tempdir().unwrap();
         let s = std::sync::Arc::new(open(&dir.path().join("db")).with_flush_wait(wait));
         let flush = |s: &std::sync::Arc<SledStore>| {
             let s = s.clone();
             tokio::spawn(async move { s.flush().await })
         };
-        // The first flush has none before it: at once.
-        s.set_mark("a", "1").unwrap();
+        // One client writing and flushing in turn: every flush at once.
         let t0 = tokio::time::Instant::now();
-        s.flush().await.unwrap();
-        assert!(t0.elapsed() < wait, "the first flush waited");
-        assert_eq!(s.flushes(), 1);
-        // Right after it, B's flush waits; C, written 10 ms into the wait, shares it.
-        s.set_mark("b", "2").unwrap();
+        for i in 0..3 {
+            s.set_mark("alone", &i.to_string()).unwrap();
+            s.flush().await.unwrap();
+        }
+        assert_eq!(t0.elapsed(), Duration::ZERO, "a request alone waited");
+        assert_eq!(s.flushes(), 3);
+        // Two requests share a flush (both ask before the flusher runs): at once too.
+        s.set_mark("a1", "1").unwrap();
+        s.set_mark("a2", "2").unwrap();
+        let (a1, a2) = (flush(&s), flush(&s));
+        a1.await.unwrap().unwrap();
+        a2.await.unwrap().unwrap();
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        assert_eq!(s.flushes(), 4, "the two shared one flush");
+        // Right after that shared flush, B's flush waits; C, written 10 ms into the wait,
+        // shares it, and it starts the wait after the last one ended.
+        s.set_mark("b", "3").unwrap();
         let b = flush(&s);
         for _ in 0..16 {
             tokio::task::yield_now().await;
         }
-        tokio::time::advance(std::time::Duration::from_millis(10)).await;
+        tokio::time::advance(Duration::from_millis(10)).await;
         assert!(!b.is_finished(), "B's flush did not wait");
-        s.set_mark("c", "3").unwrap();
+        s.set_mark("c", "4").unwrap();
         let c = flush(&s);
         b.await.unwrap().unwrap();
         c.await.unwrap().unwrap();
-        assert_eq!(s.flushes(), 2, "B and C shared one flush");
+        assert_eq!(s.flushes(), 5, "B and C shared one flush");
+        assert!(t0.elapsed() >= wait && t0.elapsed() < wait * 2, "waited {:?}", t0.elapsed());
         // A quiet spell longer than the wait: the next flush goes at once.
         tokio::time::advance(wait * 2).await;
-        s.set_mark("d", "4").unwrap();
-        let t0 = tokio::time::Instant::now();
+        s.set_mark("d", "5").unwrap();
+        let t1 = tokio::time::Instant::now();
         s.flush().await.unwrap();
-        assert!(t0.elapsed() < wait, "a flush after a quiet spell waited");
-        assert_eq!(s.flushes(), 3);
-        // And with no wait set, each flush goes at once even back to back.
-        s.flusher.set_wait(std::time::Duration::ZERO);
-        s.set_mark("e", "5").unwrap();
-        let t0 = tokio::time::Instant::now();
+        assert_eq!(t1.elapsed(), Duration::ZERO, "a flush after a quiet spell waited");
+        assert_eq!(s.flushes(), 6);
+        // With no wait set, a flush right after a shared one goes at once.
+        s.flusher.set_wait(Duration::ZERO);
+        s.set_mark("e1", "6").unwrap();
+        let (e1, e2) = (flush(&s), flush(&s));
+        e1.await.unwrap().unwrap();
+        e2.await.unwrap().unwrap();
+        s.set_mark("f", "7").unwrap();
         s.flush().await.unwrap();
-        assert!(t0.elapsed() < wait);
-        assert_eq!(s.flushes(), 4);
+        assert_eq!(t1.elapsed(), Duration::ZERO);
+        assert_eq!(s.flushes(), 8);
     }
 
     #[test]

@@ -338,11 +338,11 @@ pub struct Storage {
     pub pool_size: u32,
     /// sled's page cache; sled's own default is 1 GiB, too much beside other processes.
     pub cache_bytes: u64,
-    /// Longest a write waits for others to share its flush (group commit), in milliseconds,
-    /// on the embedded store: only when the flush before ended less than that ago (flushes
-    /// running back to back); at a quiet moment a write is flushed at once. 0: never waits
-    /// (writes waiting while a flush runs share the next one anyway). PostgreSQL's commits are
-    /// its own (`commit_delay`).
+    /// Under load, the least time in milliseconds from one flush of the embedded store to the
+    /// next, so that more writes share each (group commit): only when the last flush was shared
+    /// by several requests and ended less than that ago. A request alone is flushed at once. 0:
+    /// no wait (writes that come while a flush runs share the next one anyway). PostgreSQL's
+    /// commits are its own (`commit_delay`).
     pub flush_every_ms: u64,
     /// A quote no payment used is removed this long after it expires (used ones stay).
     pub quote_retention_s: u64,
