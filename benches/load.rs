@@ -267,16 +267,9 @@ async fn spawn_line(mut cmd: Command, prefix: &str) -> (Server, Duration, String
     panic!("{prefix}: the server exited before listening");
 }
 
-/// Starts a daemon (`node` of those sharing `database`, when there is one): the server (its
-/// partner address), how long it took to listen, and its admin address.
-async fn start_node(
-    dir: &Path,
-    database: Option<&str>,
-    node: usize,
-) -> (Server, Duration, SocketAddr) {
-    start_node_with(dir, database, node, |_| {}).await
-}
-
+/// Starts a daemon (`node` of those sharing `database`, when there is one) with its
+/// configuration changed by `tweak`: the server (its partner address), how long it took to
+/// listen, and its admin address.
 async fn start_node_with(
     dir: &Path,
     database: Option<&str>,
@@ -326,8 +319,16 @@ async fn start_sandbox(dir: &Path) -> Server {
     spawn(cmd, "sandbox acquirer on https://").await.0
 }
 
-async fn start_daemon_admin(dir: &Path) -> (Server, Duration, SocketAddr) {
-    start_node(dir, None, 0).await
+/// Points the daemon's sandbox acquirer at `endpoint` (the sandbox as its own process), when
+/// there is one; else the sandbox stays inside the daemon.
+fn acquirer_at(endpoint: &Option<String>) -> impl FnOnce(&mut qrbridge_config::Config) + '_ {
+    move |c| {
+        for a in c.acquirers.iter_mut().filter(|a| a.endpoint == "sandbox") {
+            if let Some(e) = endpoint {
+                a.endpoint = e.clone();
+            }
+        }
+    }
 }
 
 /// A schema of the run's own in the database at `url`: the URL selecting it, and a client to
@@ -683,14 +684,7 @@ async fn load_run(args: &Args) {
     let endpoint = sandbox.as_ref().map(|s| format!("https://{}", s.addr));
     let mut nodes = Vec::new();
     for n in 0..args.nodes {
-        let apart = |c: &mut qrbridge_config::Config| {
-            for a in c.acquirers.iter_mut().filter(|a| a.endpoint == "sandbox") {
-                if let Some(e) = &endpoint {
-                    a.endpoint = e.clone();
-                }
-            }
-        };
-        nodes.push(start_node_with(dir.path(), url, n, apart).await.0);
+        nodes.push(start_node_with(dir.path(), url, n, acquirer_at(&endpoint)).await.0);
     }
     let acquirer_cpu = || sandbox.as_ref().map(|s| cpu_seconds(s.pid())).unwrap_or(0.0);
     let addrs: Vec<SocketAddr> = nodes.iter().map(|s| s.addr).collect();
@@ -1129,7 +1123,14 @@ async fn preload_run(args: &Args, n: u64) {
     let load_s = (began.elapsed() - counted).as_secs_f64();
     let per = |x: u64| x as f64 / n as f64;
     let disk = dir_bytes(&dir.path().join("db")) as f64 / n as f64;
-    let (daemon, startup, admin) = start_daemon_admin(dir.path()).await;
+    // With --acquirer-apart the daemon's RSS and CPU are its own, without the sandbox's books.
+    let sandbox = match args.acquirer_apart {
+        true => Some(start_sandbox(dir.path()).await),
+        false => None,
+    };
+    let endpoint = sandbox.as_ref().map(|s| format!("https://{}", s.addr));
+    let (daemon, startup, admin) =
+        start_node_with(dir.path(), None, 0, acquirer_at(&endpoint)).await;
     let rss_idle = proc_status_kb(daemon.pid(), "VmRSS:") as f64 / 1024.0;
     // One business day's settlement inside that history (the last full day: PER_DAY payments,
     // whatever the history's length).
@@ -1148,8 +1149,15 @@ async fn preload_run(args: &Args, n: u64) {
     let rss_steady = proc_status_kb(daemon.pid(), "VmRSS:") as f64 / 1024.0;
     let rss_peak = proc_status_kb(daemon.pid(), "VmHWM:") as f64 / 1024.0;
     daemon.stop().await;
+    if let Some(s) = sandbox {
+        s.stop().await;
+    }
     println!("machine: {}", machine());
     println!("{}", args.knobs.describe());
+    println!(
+        "sandbox acquirer: {}",
+        if args.acquirer_apart { "its own process" } else { "in-process in the daemon" }
+    );
     println!("preloaded {n} payments in {load_s:.0} s; sled {disk:.0} bytes per payment");
     println!(
         "quote retention's sweep over that history (apart from the writing): {:.1} s",
@@ -1183,7 +1191,7 @@ async fn preload_run(args: &Args, n: u64) {
     println!("start-up with them: {:.3} s (spawn to listening); RSS idle {rss_idle:.1} MiB, after {} s of load at {:.0} tx/s {rss_steady:.1} MiB (peak {rss_peak:.1} MiB)", startup.as_secs_f64(), args.secs, o.tps);
     println!(
         "{}",
-        json!({"preloaded": n, "startup_s": startup.as_secs_f64(), "load_s": load_s, "settle_s": settle_s,
+        json!({"preloaded": n, "acquirer_apart": args.acquirer_apart, "startup_s": startup.as_secs_f64(), "load_s": load_s, "settle_s": settle_s,
                "reads_per_payment": per(reads), "batches_per_payment": per(batches), "keys_per_payment": per(keys), "rss_mb": rss_steady, "rss_idle_mb": rss_idle,
                "rss_peak_mb": rss_peak, "tps": o.tps.round(), "p99_ms": ms(&o.pay, 0.99),
                "disk_bytes_per_payment": disk.round()})
