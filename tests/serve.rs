@@ -23,7 +23,17 @@ async fn start(dir: &Path) -> (Child, SocketAddr, String) {
 
 /// [`start`] with more arguments.
 async fn start_with(dir: &Path, more: &[&str]) -> (Child, SocketAddr, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qrbridge"))
+    start_env(dir, more, None).await
+}
+
+/// [`start_with`], with `MIMALLOC_ALLOW_THP` set to `thp` (or unset).
+async fn start_env(dir: &Path, more: &[&str], thp: Option<&str>) -> (Child, SocketAddr, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qrbridge"));
+    match thp {
+        Some(v) => cmd.env("MIMALLOC_ALLOW_THP", v),
+        None => cmd.env_remove("MIMALLOC_ALLOW_THP"),
+    };
+    let mut child = cmd
         .args(["serve", "--data-dir", "var", "--partner-addr", "127.0.0.1:0"])
         .args(["--admin-addr", "127.0.0.1:0", "--acquirer-addr", "127.0.0.1:0"])
         .args(["--ops-addr", "127.0.0.1:0"])
@@ -105,6 +115,35 @@ async fn the_embedded_default_serves_and_keeps_its_word() {
     let c = TestClient::new(&pki, Some("partner-demo"), addr, false);
     let (s, again) = c.get("/v1/payments?request_id=serve-1").await;
     assert_eq!((s, &again), (StatusCode::OK, &p));
+    stop(child).await;
+}
+
+/// The daemon turns transparent huge pages off for itself (its allocator's partly used regions
+/// would otherwise be resident in 2 MiB pages), unless `MIMALLOC_ALLOW_THP` says otherwise.
+/// Read from the kernel's own account of the process (`THP_enabled` in /proc/<pid>/status, Linux
+/// 6.x); a kernel without that line skips, loudly.
+#[tokio::test]
+async fn the_daemon_runs_without_transparent_huge_pages_unless_told() {
+    let thp_enabled = |child: &Child| {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap()))
+            .expect("the daemon's /proc status");
+        status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(|v| v.trim().to_owned())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (child, _, _) = start_env(dir.path(), &[], None).await;
+    let Some(off) = thp_enabled(&child) else {
+        eprintln!("SKIPPED: this kernel does not report THP_enabled in /proc/<pid>/status");
+        stop(child).await;
+        return;
+    };
+    assert_eq!(off, "0", "huge pages still enabled for the daemon");
+    stop(child).await;
+    let (child, _, _) = start_env(dir.path(), &[], Some("1")).await;
+    assert_eq!(
+        thp_enabled(&child).as_deref(),
+        Some("1"),
+        "MIMALLOC_ALLOW_THP=1 was not left alone"
+    );
     stop(child).await;
 }
 
