@@ -21,17 +21,22 @@ pub fn shared_testdata(rel: &str) -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
     }
+    missing(&format!("shared test data {}", path.display()));
+    None
+}
+
+/// What a test needs is missing from this machine (`what`, named for the message): under
+/// `CI=true` the test fails here; otherwise it says so loudly, for the caller to skip.
+pub fn missing(what: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("shared test data {} is missing, and CI=true", path.display());
+        panic!("{what} is missing, and CI=true");
     }
     // Straight to the process's standard error: the test harness captures `eprintln!`.
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "\n!!! SKIPPED: shared test data {} is missing (set CI=true to fail instead) !!!\n",
-        path.display()
+        "\n!!! SKIPPED: {what} is missing (set CI=true to fail instead) !!!\n"
     );
-    None
 }
 
 /// Every listener on a free loopback port.
