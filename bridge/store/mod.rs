@@ -472,8 +472,8 @@ struct Marks {
     durable: std::sync::atomic::AtomicU64,
     /// Flushes made (each covering at least one write).
     flushes: std::sync::atomic::AtomicU64,
-    /// How long, in microseconds, a flush that follows closely on the last one waits for more
-    /// writes to share it (0: never).
+    /// Under load, the least time from one flush to the next, in microseconds (0: none; see
+    /// [`GroupCommit`]).
     wait_us: std::sync::atomic::AtomicU64,
 }
 

@@ -395,8 +395,8 @@ impl SledStore {
         self
     }
 
-    /// The store with a flush under load waiting up to `wait` for more writes to share it
-    /// (`storage.flush_every_ms`; see [`GroupCommit`]).
+    /// The store with, under load, at least `wait` from one flush to the next, so that more
+    /// writes share each (`storage.flush_every_ms`; see [`GroupCommit`]).
     pub fn with_flush_wait(self, wait: std::time::Duration) -> Self {
         self.flusher.set_wait(wait);
         self
