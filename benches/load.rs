@@ -104,8 +104,6 @@ impl Knobs {
     }
 }
 
-static KNOBS: std::sync::OnceLock<Knobs> = std::sync::OnceLock::new();
-
 fn args() -> Args {
     let mut a = Args {
         conns: 64,
@@ -162,7 +160,6 @@ fn main() {
         return;
     }
     let args = args();
-    KNOBS.set(args.knobs).expect("set once");
     rt.block_on(async move {
         match args.preload {
             Some(n) => preload_run(&args, n).await,
@@ -267,13 +264,14 @@ async fn spawn_line(mut cmd: Command, prefix: &str) -> (Server, Duration, String
     panic!("{prefix}: the server exited before listening");
 }
 
-/// Starts a daemon (`node` of those sharing `database`, when there is one) with its
-/// configuration changed by `tweak`: the server (its partner address), how long it took to
-/// listen, and its admin address.
+/// Starts a daemon (`node` of those sharing `database`, when there is one) with the run's store
+/// `knobs` and its configuration changed by `tweak`: the server (its partner address), how long
+/// it took to listen, and its admin address.
 async fn start_node_with(
     dir: &Path,
     database: Option<&str>,
     node: usize,
+    knobs: Knobs,
     tweak: impl FnOnce(&mut qrbridge_config::Config),
 ) -> (Server, Duration, SocketAddr) {
     let mut c = qrbridge::daemon::embedded_config(dir, loopback()).unwrap();
@@ -289,7 +287,7 @@ async fn start_node_with(
     c.limits.connections_per_ip_max = 4096;
     c.limits.handshakes_max = 4096;
     c.limits.concurrency_max = 4096;
-    KNOBS.get().copied().unwrap_or_default().apply(&mut c);
+    knobs.apply(&mut c);
     tweak(&mut c);
     let config = dir.join(format!("qrbridge-{node}.toml"));
     std::fs::write(&config, toml::to_string(&c).unwrap()).unwrap();
@@ -319,13 +317,24 @@ async fn start_sandbox(dir: &Path) -> Server {
     spawn(cmd, "sandbox acquirer on https://").await.0
 }
 
+/// With `apart`, the sandbox acquirer as its own process, and its address for the daemons
+/// (`https://…`); else neither, and each daemon keeps the sandbox inside it.
+async fn sandbox_apart(dir: &Path, apart: bool) -> (Option<Server>, Option<String>) {
+    if !apart {
+        return (None, None);
+    }
+    let sandbox = start_sandbox(dir).await;
+    let endpoint = format!("https://{}", sandbox.addr);
+    (Some(sandbox), Some(endpoint))
+}
+
 /// Points the daemon's sandbox acquirer at `endpoint` (the sandbox as its own process), when
 /// there is one; else the sandbox stays inside the daemon.
-fn acquirer_at(endpoint: &Option<String>) -> impl FnOnce(&mut qrbridge_config::Config) + '_ {
+fn acquirer_at(endpoint: Option<&str>) -> impl FnOnce(&mut qrbridge_config::Config) + '_ {
     move |c| {
-        for a in c.acquirers.iter_mut().filter(|a| a.endpoint == "sandbox") {
-            if let Some(e) = endpoint {
-                a.endpoint = e.clone();
+        if let Some(e) = endpoint {
+            for a in c.acquirers.iter_mut().filter(|a| a.endpoint == "sandbox") {
+                a.endpoint = e.to_owned();
             }
         }
     }
@@ -677,14 +686,11 @@ async fn load_run(args: &Args) {
         None => None,
     };
     let url = database.as_ref().map(|(u, ..)| u.as_str());
-    let sandbox = match args.acquirer_apart {
-        true => Some(start_sandbox(dir.path()).await),
-        false => None,
-    };
-    let endpoint = sandbox.as_ref().map(|s| format!("https://{}", s.addr));
+    let (sandbox, endpoint) = sandbox_apart(dir.path(), args.acquirer_apart).await;
     let mut nodes = Vec::new();
     for n in 0..args.nodes {
-        nodes.push(start_node_with(dir.path(), url, n, acquirer_at(&endpoint)).await.0);
+        let at = acquirer_at(endpoint.as_deref());
+        nodes.push(start_node_with(dir.path(), url, n, args.knobs, at).await.0);
     }
     let acquirer_cpu = || sandbox.as_ref().map(|s| cpu_seconds(s.pid())).unwrap_or(0.0);
     let addrs: Vec<SocketAddr> = nodes.iter().map(|s| s.addr).collect();
@@ -916,7 +922,7 @@ async fn risk_run(args: &Args) {
     for on in [false, true, false, true] {
         let d = if on { &on_dir } else { &off_dir };
         let on_dir = d.clone();
-        let (node, _, admin) = start_node_with(d, None, 0, move |c| {
+        let (node, _, admin) = start_node_with(d, None, 0, args.knobs, move |c| {
             if on {
                 every_rule(c, &on_dir);
             }
@@ -1124,13 +1130,9 @@ async fn preload_run(args: &Args, n: u64) {
     let per = |x: u64| x as f64 / n as f64;
     let disk = dir_bytes(&dir.path().join("db")) as f64 / n as f64;
     // With --acquirer-apart the daemon's RSS and CPU are its own, without the sandbox's books.
-    let sandbox = match args.acquirer_apart {
-        true => Some(start_sandbox(dir.path()).await),
-        false => None,
-    };
-    let endpoint = sandbox.as_ref().map(|s| format!("https://{}", s.addr));
-    let (daemon, startup, admin) =
-        start_node_with(dir.path(), None, 0, acquirer_at(&endpoint)).await;
+    let (sandbox, endpoint) = sandbox_apart(dir.path(), args.acquirer_apart).await;
+    let at = acquirer_at(endpoint.as_deref());
+    let (daemon, startup, admin) = start_node_with(dir.path(), None, 0, args.knobs, at).await;
     let rss_idle = proc_status_kb(daemon.pid(), "VmRSS:") as f64 / 1024.0;
     // One business day's settlement inside that history (the last full day: PER_DAY payments,
     // whatever the history's length).
