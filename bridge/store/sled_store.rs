@@ -249,8 +249,21 @@ impl Batch {
     }
 }
 
+/// Stops the process when dropped by a panic's unwinding: held across the steps of a multi-key
+/// write that must not be left half done while the process goes on (see [`SledStore::write`]).
+/// Forgotten once they are all done.
+struct StopOnUnwind;
+
+impl Drop for StopOnUnwind {
+    fn drop(&mut self) {
+        tracing::error!("a write panicked halfway: stopping so that the next open finishes it");
+        std::process::abort();
+    }
+}
+
 /// Locks `m`; a lock poisoned by a panic elsewhere still guards nothing but `()` or totals
-/// that were only replaced after their write succeeded, so it is taken as is.
+/// that were only replaced after their write succeeded (a panic inside a multi-key write stops
+/// the process: [`StopOnUnwind`]), so it is taken as is.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -481,9 +494,14 @@ impl SledStore {
                 // Past the intent, a failed step is fatal: the intent would stay in the tree
                 // beside some of its keys, later writes would make it durable, and the next
                 // open would write its (by then stale) values again. Stopping leaves it to the
-                // next open to finish before anything else is written, as for a crash.
+                // next open to finish before anything else is written, as for a crash. A panic
+                // is a failed step too: unwinding would hand the caller's locks to the next
+                // writer (they are taken poisoned) and let the runtime carry on.
+                let stop = StopOnUnwind;
                 let rest = || -> Result<(), sled::Error> {
                     for (k, v) in &b.ops {
+                        #[cfg(test)]
+                        tests::panic_here();
                         set(&self.t, k, v.clone())?;
                     }
                     self.t.remove(intent_key)?;
@@ -493,6 +511,7 @@ impl SledStore {
                     tracing::error!(error = %e, "a write failed halfway: stopping so that the next open finishes it");
                     std::process::exit(70);
                 }
+                std::mem::forget(stop);
                 Ok(())
             },
             // The intent too, and its removal last: a backup whose copy caught the intent
@@ -1358,8 +1377,24 @@ impl Store for SledStore {
 mod tests {
     use super::*;
 
+    use std::sync::atomic::AtomicUsize;
+
     fn open(path: &Path) -> SledStore {
         SledStore::open(path, 8 << 20).unwrap()
+    }
+
+    /// How many more keys of multi-key writes [`panic_here`] lets through before it panics
+    /// (never, by default); set only in a child process of
+    /// [`a_panic_halfway_through_a_write_stops_the_process`].
+    static PANIC_AFTER: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    pub(super) fn panic_here() {
+        if PANIC_AFTER
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+        {
+            panic!("sled panicked in the middle of a write");
+        }
     }
 
     fn records(s: &SledStore) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -1518,6 +1553,76 @@ mod tests {
                 s.close().await;
             });
         }
+    }
+
+    /// A panic between a write's intent and its removal stops the process (as a failed step
+    /// does), even where something catches the panic as the runtime does a task's; the next open
+    /// finishes the write. Carrying on would leave the intent in the tree for later flushes to
+    /// make durable, and that open would write its stale values over newer ones. Run in a child
+    /// process (this test binary again), which must die of `SIGABRT`.
+    #[test]
+    fn a_panic_halfway_through_a_write_stops_the_process() {
+        const CHILD: &str = "QRBRIDGE_TEST_PANIC_CHILD";
+        let (a, b) = (key::of(key::PAYMENT, "a"), key::of(key::JOURNAL, "b"));
+        let batch = || {
+            let mut w = Batch::default();
+            w.insert(a.clone(), &b"a-after"[..]);
+            w.insert(b.clone(), &b"b-after"[..]);
+            w
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        if let Some(path) = std::env::var_os(CHILD) {
+            rt.block_on(async {
+                let s = open(Path::new(&path));
+                {
+                    let _write = s.flusher.write();
+                    s.put(&a, &b"a-before"[..]).unwrap();
+                }
+                s.flush().await.unwrap();
+                PANIC_AFTER.store(1, Ordering::Relaxed);
+                let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let _write = s.flusher.write();
+                    s.write(batch())
+                }));
+                assert!(caught.is_err(), "the write was to panic");
+                // The process went on: what it writes next makes the intent durable.
+                let _write = s.flusher.write();
+                s.put(key::of(key::PAYMENT, "later"), &b"x"[..]).unwrap();
+                drop(_write);
+                s.flush().await.unwrap();
+                s.close().await;
+            });
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::sled_store::tests::a_panic_halfway_through_a_write_stops_the_process",
+            ])
+            .arg("--nocapture")
+            .env(CHILD, &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(6), "the child was to abort, not {status}");
+        rt.block_on(async {
+            // As after a crash: the write whole (its intent had reached the disk) or not at all.
+            let s = open(&path);
+            let (a, b) = (s.t.get(&a).unwrap(), s.t.get(&b).unwrap());
+            let (a, b) = (a.as_deref(), b.as_deref());
+            assert!(
+                (a, b) == (Some(&b"a-before"[..]), None)
+                    || (a, b) == (Some(&b"a-after"[..]), Some(&b"b-after"[..])),
+                "half a write: {a:?} {b:?}"
+            );
+            assert_eq!(s.t.get(key::of(key::PAYMENT, "later")).unwrap(), None, "nothing after");
+            assert!(s.t.scan_prefix([key::INTENT]).next().is_none());
+            s.close().await;
+        });
     }
 
     /// An event the webhook worker delivered before the crash, from a write whose intent the
