@@ -284,6 +284,12 @@ impl<S: Store> Turn<S> {
         Ok(Some(turn(Some(renewing))))
     }
 
+    /// This turn's lease and holder, for a change decided under it: the store writes it only
+    /// while the lease is still this turn's ([`crate::store::Store::admin_commit`]).
+    pub fn fence(&self) -> crate::store::Fence<'_> {
+        crate::store::Fence { lease: self.name, holder: &self.holder }
+    }
+
     /// Whether the lease could not be kept: another node may be doing the same work.
     pub fn lost(&self) -> bool {
         *self.lost.borrow()

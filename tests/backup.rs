@@ -471,7 +471,10 @@ async fn a_postgres_backup_is_one_snapshot_and_restores_into_an_empty_schema() {
         before: Value::Null,
         after: json!({"bps": 50}),
     };
-    source.admin_commit(&draft, &[("spread/default".into(), Some(b"50".to_vec()))]).await.unwrap();
+    source
+        .admin_commit(&draft, &[("spread/default".into(), Some(b"50".to_vec()))], None)
+        .await
+        .unwrap();
 
     // Writers keep paying while the backup runs.
     let stop = Arc::new(AtomicBool::new(false));

@@ -24,7 +24,9 @@ use chrono::{DateTime, Duration, Utc};
 use qrbridge::model::*;
 use qrbridge::store::codec::encode;
 use qrbridge::store::postgres::migrate;
-use qrbridge::store::{Begin, BeginError, Change, EventSeq, PgStore, Store, StoreError, Work};
+use qrbridge::store::{
+    Begin, BeginError, Change, EventSeq, Fence, PgStore, Store, StoreError, Work,
+};
 use qrbridge_fx::{Amount, Currency};
 use serde_json::json;
 
@@ -722,6 +724,7 @@ async fn admin_commits_make_one_chain_with_their_settings() {
                 ("spread/a".into(), Some(b"40".to_vec())),
                 ("rate/x".into(), Some(b"7.1".to_vec())),
             ],
+            None,
         )
         .await
         .unwrap();
@@ -729,10 +732,10 @@ async fn admin_commits_make_one_chain_with_their_settings() {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 1..=12 {
         let (s, d) = (s.clone(), draft(i));
-        tasks.spawn(async move { s.admin_commit(&d, &[]).await.unwrap() });
+        tasks.spawn(async move { s.admin_commit(&d, &[], None).await.unwrap() });
     }
     tasks.join_all().await;
-    s.admin_commit(&draft(13), &[("spread/b".into(), None)]).await.unwrap();
+    s.admin_commit(&draft(13), &[("spread/b".into(), None)], None).await.unwrap();
     let (log, head) = s.audit_log().await.unwrap();
     assert_eq!(log.len(), 14);
     assert_eq!(log[0], first);
@@ -778,6 +781,90 @@ async fn an_unreachable_database_is_a_database_error() {
         PgStore::connect("postgres://[nonsense", 1).await,
         Err(StoreError::Database(_))
     ));
+}
+
+/// A change decided under a lease is written only while its holder still holds the lease: not
+/// after the lease ran out and another node took it (and may have read the same state), and not
+/// under a lease never taken. Nothing of a refused change is written, its audit record included.
+/// And while a fenced change's transaction holds the lease's row, another node cannot take the
+/// lease: it waits for the commit, then reads what the change wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_under_a_lease_is_not_written_once_another_node_took_it() {
+    let Some(db) = pg::database().await else { return };
+    let s = Arc::new(store(&db).await);
+    let long = std::time::Duration::from_secs(60);
+    let draft = |i: u32| AuditDraft {
+        at: now(),
+        actor: "admin-1".into(),
+        action: "risk.funds".into(),
+        target: "risk:funds:partner-demo:PHP".into(),
+        before: serde_json::Value::Null,
+        after: json!({ "total": i }),
+    };
+    let total = |i: u32| vec![("risk/funds/x".to_owned(), Some(i.to_string().into_bytes()))];
+    let (a, b) = (
+        Fence { lease: "settings", holder: "node-a/1" },
+        Fence { lease: "settings", holder: "node-b/1" },
+    );
+    assert!(s.lease("settings", "node-a/1", long).await.unwrap());
+    s.admin_commit(&draft(1), &total(1), Some(a)).await.unwrap();
+    // a's lease runs out (by the database's clock) and b takes it: a's change is refused.
+    let raw = db.raw().await;
+    raw.execute("UPDATE leases SET until = clock_timestamp() - interval '1 second'", &[])
+        .await
+        .unwrap();
+    assert!(s.lease("settings", "node-b/1", long).await.unwrap());
+    let refused = s.admin_commit(&draft(2), &total(2), Some(a)).await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost(ref l)) if l == "settings"), "{refused:?}");
+    // Never taken at all: refused too.
+    let never = Fence { lease: "rates", holder: "node-a/1" };
+    assert!(matches!(
+        s.admin_commit(&draft(2), &total(2), Some(never)).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let (log, head) = s.audit_log().await.unwrap();
+    assert_eq!(log.len(), 1, "a refused change leaves no audit record");
+    assert!(verify_chain(&log, head.as_ref()).ok);
+    assert_eq!(
+        s.settings("risk/funds/").await.unwrap(),
+        vec![("risk/funds/x".to_owned(), b"1".to_vec())]
+    );
+    s.admin_commit(&draft(3), &total(3), Some(b)).await.unwrap();
+
+    // The lease's row held by a fenced change's transaction (here, by hand, as `admin_commit`
+    // holds it until its commit): run out or not, no other node takes it meanwhile.
+    raw.execute("UPDATE leases SET until = clock_timestamp() - interval '1 second'", &[])
+        .await
+        .unwrap();
+    let mut held = db.raw().await;
+    let tx = held.transaction().await.unwrap();
+    tx.query_one(
+        "SELECT 1 FROM leases WHERE name = 'settings' AND holder = 'node-b/1' FOR SHARE",
+        &[],
+    )
+    .await
+    .unwrap();
+    let s2 = s.clone();
+    let take = tokio::spawn(async move { s2.lease("settings", "node-a/2", long).await });
+    // The taker is blocked on the row: the database says so (no waiting on the wall clock).
+    loop {
+        let waiting: i64 = raw
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(!take.is_finished(), "the lease was taken while a change held its row");
+        tokio::task::yield_now().await;
+    }
+    tx.commit().await.unwrap();
+    assert!(take.await.unwrap().unwrap(), "taken once the change's transaction ended");
 }
 
 #[tokio::test]

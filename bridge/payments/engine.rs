@@ -1715,7 +1715,7 @@ impl<S: Store> Engine<S> {
             before: serde_json::to_value(&item).expect("JSON of plain data"),
             after: serde_json::json!({ "note": note }),
         };
-        self.store.admin_commit(&draft, &[]).await.map_err(internal)?;
+        self.store.admin_commit(&draft, &[], None).await.map_err(internal)?;
         let change = Self::unchanged(&p, now, Work::Done);
         self.store.apply(&change).await.map_err(internal)?;
         drop(guard);

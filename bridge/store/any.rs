@@ -217,8 +217,9 @@ impl Store for AnyStore {
         &self,
         draft: &AuditDraft,
         settings: &[(String, Option<Vec<u8>>)],
+        fence: Option<Fence<'_>>,
     ) -> Result<AuditRecord, StoreError> {
-        each!(self, s => Store::admin_commit(s, draft, settings).await)
+        each!(self, s => Store::admin_commit(s, draft, settings, fence).await)
     }
 
     async fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {

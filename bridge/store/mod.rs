@@ -56,6 +56,10 @@ pub enum StoreError {
     /// The acquirer's refund id is taken: this is the refund it names.
     #[error("refund {} already recorded", .0.acquirer_refund_id)]
     RefundExists(Box<RefundRecord>),
+    /// A change decided under a lease ([`Fence`]) was not written: the lease had run out or
+    /// another node held it, so what the change was decided from may be out of date.
+    #[error("lease {0} no longer held: change not written")]
+    LeaseLost(String),
     /// The store will not open as things stand on disk (the message says why, and what to do):
     /// e.g. a sled store missing beside the traces of a restore that did not finish.
     #[error("{0}")]
@@ -66,6 +70,15 @@ impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Sled(Arc::new(e))
     }
+}
+
+/// A lease a change was decided under, and its holder ([`Store::admin_commit`]). A store of one
+/// process grants every lease at once (there is no other node to fence out); PostgreSQL checks
+/// the lease in the change's own transaction and keeps it from being taken until the commit.
+#[derive(Clone, Copy, Debug)]
+pub struct Fence<'a> {
+    pub lease: &'a str,
+    pub holder: &'a str,
 }
 
 /// Why a payment could not be started.
@@ -316,11 +329,15 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written so far durable.
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Records an admin change at the end of the audit chain and, in the same transaction,
-    /// writes `settings` (a `None` value removes the key). Returns the record written.
+    /// writes `settings` (a `None` value removes the key). Returns the record written. With a
+    /// `fence`, only while its holder still holds its lease ([`StoreError::LeaseLost`] else, and
+    /// nothing written): a change read, decided and written under a lease is never written after
+    /// another node has taken the lease and may have read the same state.
     fn admin_commit(
         &self,
         draft: &AuditDraft,
         settings: &[(String, Option<Vec<u8>>)],
+        fence: Option<Fence<'_>>,
     ) -> impl Future<Output = Result<AuditRecord, StoreError>> + Send;
     /// The audit log in order, and the chain head the store keeps.
     fn audit_log(

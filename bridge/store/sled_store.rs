@@ -1336,6 +1336,8 @@ impl Store for SledStore {
         &self,
         draft: &AuditDraft,
         settings: &[(String, Option<Vec<u8>>)],
+        // One process owns a sled store: no other node can hold a lease (`Store::shared`).
+        _fence: Option<Fence<'_>>,
     ) -> Result<AuditRecord, StoreError> {
         SledStore::admin_commit(self, draft, settings)
     }

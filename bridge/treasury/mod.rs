@@ -401,13 +401,28 @@ impl<S: Store> Treasury<S> {
         (views, self.feeds.status())
     }
 
+    /// Writes `draft` and `settings` in one transaction, and makes them durable. `turn`: the
+    /// settings' turn the change was decided under, when it was (a change read, decided and
+    /// written under it); written only while this node still holds it, else `Overloaded`
+    /// (retryable) and nothing written.
     async fn commit(
         &self,
+        turn: Option<&Turn<S>>,
         draft: AuditDraft,
         settings: &[(String, Option<Vec<u8>>)],
     ) -> Result<AuditRecord, ApiError> {
+        if turn.is_some_and(Turn::lost) {
+            return Err(ApiError::Overloaded);
+        }
         let store = self.engine.store();
-        let record = store.admin_commit(&draft, settings).await.map_err(internal)?;
+        let record =
+            store.admin_commit(&draft, settings, turn.map(Turn::fence)).await.map_err(|e| match e {
+                StoreError::LeaseLost(lease) => {
+                    tracing::warn!(%lease, actor = %draft.actor, action = %draft.action, "admin change not written: the settings' lease was lost while it was decided");
+                    ApiError::Overloaded
+                }
+                e => internal(e),
+            })?;
         store.flush().await.map_err(internal)?;
         self.settings_reached(record.seq);
         tracing::info!(actor = %draft.actor, action = %draft.action, target = %draft.target, seq = record.seq, "admin change");
@@ -559,7 +574,7 @@ impl<S: Store> Treasury<S> {
         if turn.is_some_and(Turn::lost) {
             return Err(ApiError::Overloaded);
         }
-        let record = self.commit(draft, &settings).await?;
+        let record = self.commit(turn, draft, &settings).await?;
         self.engine.with_rates(|book| {
             for r in kept {
                 let _ = book.upsert(r.clone());
@@ -593,7 +608,7 @@ impl<S: Store> Treasury<S> {
             Value::Null,
             json!({ "taken": taken, "refused": refused }),
         );
-        let record = self.commit(draft, &[]).await?;
+        let record = self.commit(None, draft, &[]).await?;
         Ok(json!({ "source": id, "taken": taken, "refused": refused, "audit_seq": record.seq }))
     }
 
@@ -725,7 +740,7 @@ impl<S: Store> Treasury<S> {
         }
         let mut settings = vec![(SPREADS_KEY.to_owned(), Some(stored))];
         settings.extend(approved.map(Approved::setting));
-        let record = self.commit(draft, &settings).await?;
+        let record = self.commit(Some(turn), draft, &settings).await?;
         self.engine.set_spreads(policy);
         let mut answer = self.spreads();
         answer["audit_seq"] = json!(record.seq);
@@ -832,7 +847,7 @@ impl<S: Store> Treasury<S> {
         after: Value,
     ) -> Result<AuditRecord, ApiError> {
         let draft = self.draft(actor, action, target, before, after);
-        self.commit(draft, &[]).await
+        self.commit(None, draft, &[]).await
     }
 
     /// Records an admin action that is not a setting (a settlement run, a reconciliation).
@@ -845,7 +860,7 @@ impl<S: Store> Treasury<S> {
     ) -> Result<AuditRecord, ApiError> {
         let _one = self.changes.lock().await;
         let draft = self.draft(actor, action, target, Value::Null, after);
-        self.commit(draft, &[]).await
+        self.commit(None, draft, &[]).await
     }
 }
 

@@ -270,7 +270,7 @@ impl<S: Store> Treasury<S> {
         });
         let target = format!("proposal:{}", proposal.proposal_id);
         let draft = self.draft(actor, "proposal.create", target, Value::Null, after);
-        let record = self.commit(draft, &[(proposal.key(), Some(proposal.bytes()))]).await?;
+        let record = self.commit(None, draft, &[(proposal.key(), Some(proposal.bytes()))]).await?;
         tracing::info!(actor, proposal = %proposal.proposal_id, kind = proposal.change.kind(), "change proposed");
         Ok(json!({ "proposal": view, "audit_seq": record.seq }))
     }
@@ -499,7 +499,7 @@ impl<S: Store> Treasury<S> {
         if turn.lost() {
             return Err(ApiError::Overloaded);
         }
-        let record = self.commit(draft, &[(p.key(), Some(p.bytes()))]).await?;
+        let record = self.commit(Some(&turn), draft, &[(p.key(), Some(p.bytes()))]).await?;
         turn.release().await;
         tracing::info!(actor, proposal = %p.proposal_id, action, "proposal decided");
         Ok(json!({ "proposal": p.view(now), "audit_seq": record.seq }))

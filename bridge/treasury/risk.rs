@@ -381,7 +381,9 @@ impl<S: Store> Treasury<S> {
         if turn.lost() {
             return Err(ApiError::Overloaded);
         }
-        let record = self.commit(draft, &[(RULES_KEY.into(), value), approved.setting()]).await?;
+        let record = self
+            .commit(Some(turn), draft, &[(RULES_KEY.into(), value), approved.setting()])
+            .await?;
         self.engine.risk().set_policy(policy);
         let mut answer = self.risk_view().await?;
         answer["audit_seq"] = json!(record.seq);
@@ -433,8 +435,9 @@ impl<S: Store> Treasury<S> {
             return Err(ApiError::Overloaded);
         }
         let value = serde_json::to_vec(&blocked).expect("JSON of plain data");
-        let record =
-            self.commit(draft, &[(BLOCKED_KEY.into(), Some(value)), approved.setting()]).await?;
+        let record = self
+            .commit(Some(turn), draft, &[(BLOCKED_KEY.into(), Some(value)), approved.setting()])
+            .await?;
         self.engine.risk().set_policy(policy);
         Ok(
             json!({ "list": name, "entries": blocked.set_mut(kind).clone(), "audit_seq": record.seq }),
@@ -520,7 +523,11 @@ impl<S: Store> Treasury<S> {
         let taken = serde_json::to_vec(&json!({ "amount": f.amount.to_string() }))
             .expect("JSON of plain data");
         let record = self
-            .commit(draft, &[(key, Some(value)), (reference_key, Some(taken)), approved.setting()])
+            .commit(
+                Some(turn),
+                draft,
+                &[(key, Some(value)), (reference_key, Some(taken)), approved.setting()],
+            )
             .await?;
         self.funds.lock().unwrap_or_else(|p| p.into_inner()).insert((f.partner.clone(), c), total);
         // Recorded and durable: the book reads it now, or at its next refresh.

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use qrbridge::model::*;
-use qrbridge::store::{AnyStore, Begin, Change, EventSeq, OutboxPage, Purge, Store, StoreError};
+use qrbridge::store::{
+    AnyStore, Begin, Change, EventSeq, Fence, OutboxPage, Purge, Store, StoreError,
+};
 use qrbridge_fx::Currency;
 
 pub struct Blocking {
@@ -204,8 +206,9 @@ impl Store for Blocking {
         &self,
         draft: &AuditDraft,
         settings: &[(String, Option<Vec<u8>>)],
+        fence: Option<Fence<'_>>,
     ) -> Result<AuditRecord, StoreError> {
-        self.wait(self.inner.admin_commit(draft, settings))
+        self.wait(self.inner.admin_commit(draft, settings, fence))
     }
 
     async fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use chrono::{DateTime, Utc};
 use qrbridge::model::*;
 use qrbridge::store::{
-    AnyStore, Begin, Change, EventSeq, OutboxPage, SledStore, Store, StoreError,
+    AnyStore, Begin, Change, EventSeq, Fence, OutboxPage, SledStore, Store, StoreError,
 };
 use tokio::sync::{watch, Notify};
 
@@ -273,8 +273,9 @@ impl Store for ControlledStore {
         &self,
         draft: &AuditDraft,
         settings: &[(String, Option<Vec<u8>>)],
+        fence: Option<Fence<'_>>,
     ) -> Result<AuditRecord, StoreError> {
-        self.inner.admin_commit(draft, settings).await
+        self.inner.admin_commit(draft, settings, fence).await
     }
     async fn audit_log(&self) -> Result<(Vec<AuditRecord>, Option<AuditHead>), StoreError> {
         self.inner.audit_log().await

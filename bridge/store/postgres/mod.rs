@@ -1175,11 +1175,27 @@ impl Store for PgStore {
         &self,
         draft: &AuditDraft,
         settings: &[(String, Option<Vec<u8>>)],
+        fence: Option<Fence<'_>>,
     ) -> Result<AuditRecord, StoreError> {
         let mut c = self.conn().await?;
         let tx = c.transaction().await?;
         // One appender at a time, on any node: each record follows the head it read.
         exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await?;
+        if let Some(f) = fence {
+            // Still this holder's, on the database's clock; and the row lock keeps another node
+            // from taking it (its `lease` updates this row) until this transaction ends. So the
+            // next holder reads what this change writes, or this change is not written.
+            let held = tx
+                .query_opt(
+                    "SELECT 1 FROM leases WHERE name = $1 AND holder = $2
+                       AND until > clock_timestamp() FOR SHARE",
+                    &[&f.lease, &f.holder],
+                )
+                .await?;
+            if held.is_none() {
+                return Err(StoreError::LeaseLost(f.lease.to_owned()));
+            }
+        }
         let head: Option<AuditHead> =
             one(&tx, "settings", "SELECT value FROM settings WHERE key = $1", &[&AUDIT_HEAD])
                 .await?;
