@@ -164,6 +164,17 @@ impl Rig {
         p
     }
 
+    /// Another node on the same store: an engine with in-process locks of its own (and no
+    /// acquirer: for refunds, which call none).
+    fn other_node(&self) -> Arc<Engine<ControlledStore>> {
+        Engine::new(support::engine::parts(
+            self._dir.path(),
+            self.store.clone(),
+            Arc::new(self.clock.clone()),
+            HashMap::new(),
+        ))
+    }
+
     async fn payment(&self, id: &str) -> PaymentRecord {
         self.store.payment(id).await.unwrap().unwrap()
     }
@@ -378,6 +389,73 @@ async fn a_concurrent_refund_retry_gets_the_same_refund() {
     assert_eq!(u8::from(r1.1) + u8::from(r2.1), 1, "exactly one made it");
     assert_eq!(rig.payment(&p.payment_id).await.refunded_cny.minor(), 2372);
     assert!(rig.store.ledger_sums().await.unwrap().values().all(|s| *s == 0));
+}
+
+// Two nodes (two engines, each with its own in-process locks, on one store) record two refunds of
+// one payment at once: the one whose payment read is overtaken by the other's write reads it
+// again and records its refund on top (it used to answer 500, the change being stale); a
+// retry of a refund the other node recorded meanwhile gets that refund, not a 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_on_two_nodes_at_once_are_both_recorded() {
+    let rig = rig(Reply::Status(InstructionStatus::Approved));
+    let p = rig.pay("r-1").await;
+    let other = rig.other_node();
+    let body = |id: &str, value: &str| RefundRequestBody {
+        refund_id: id.into(),
+        instruction_id: p.payment_id.clone(),
+        amount: RawAmount { currency: "CNY".into(), value: value.into() },
+        reason: "customer returned the noodles".into(),
+    };
+    rig.store.hold_refund_write_behind_another();
+    let held = rig.store.refund_write_held.notified();
+    let e = rig.engine.clone();
+    let (b1, b2) = (body("acq-ref-1", "1000"), body("acq-ref-2", "1372"));
+    let first = tokio::spawn(async move { e.refund("sandbox", b1).await });
+    within("the first refund's write held", held).await;
+    // The other node records its refund while the first one's write waits, from a payment read
+    // that does not count it.
+    let (second, made) = other.refund("sandbox", b2).await.expect("the second refund");
+    assert!(made);
+    let (first, made) = within("first", first).await.unwrap().expect("not a 500: read again");
+    assert!(made);
+    assert_ne!(first.refund_id, second.refund_id);
+    let now = rig.payment(&p.payment_id).await;
+    assert_eq!(now.refunded_cny.minor(), 2372, "both refunds counted once each");
+    assert!(rig.store.ledger_sums().await.unwrap().values().all(|s| *s == 0));
+    // Retried on either node: the same refund each time; and nothing left to refund.
+    for e in [&rig.engine, &other] {
+        let (again, made) = e.refund("sandbox", body("acq-ref-2", "1372")).await.unwrap();
+        assert_eq!((again.refund_id.as_str(), made), (second.refund_id.as_str(), false));
+    }
+    let over = other.refund("sandbox", body("acq-ref-3", "1")).await;
+    assert!(matches!(over, Err(ApiError::RefundExceedsPayment(_))), "{over:?}");
+}
+
+// A refund of the whole payment sent to two nodes at once: the one that found no refund, then
+// read the payment after the other had recorded it, answers with that refund, not 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_recorded_on_another_node_after_the_lookup_is_answered_not_refused() {
+    let rig = rig(Reply::Status(InstructionStatus::Approved));
+    let p = rig.pay("r-1").await;
+    let other = rig.other_node();
+    let body = || RefundRequestBody {
+        refund_id: "acq-ref-1".into(),
+        instruction_id: p.payment_id.clone(),
+        amount: RawAmount { currency: "CNY".into(), value: "2372".into() },
+        reason: "customer returned the noodles".into(),
+    };
+    rig.store.hold_payment_read_behind_a_refund();
+    let held = rig.store.payment_read_held.notified();
+    let e = rig.engine.clone();
+    let b = body();
+    let first = tokio::spawn(async move { e.refund("sandbox", b).await });
+    within("the first node's payment read held", held).await;
+    let (recorded, made) = other.refund("sandbox", body()).await.expect("the other node's");
+    assert!(made);
+    let (answered, made) =
+        within("first", first).await.unwrap().expect("the refund recorded, not a 422");
+    assert_eq!((answered.refund_id, made), (recorded.refund_id, false));
+    assert_eq!(rig.payment(&p.payment_id).await.refunded_cny.minor(), 2372);
 }
 
 // Item 5 (engine side) and 17: only an explicit answer about this instruction decides; a decline

@@ -1902,16 +1902,63 @@ impl<S: Store> Engine<S> {
             return replay(r).await;
         }
         let guard = self.lock_payment(&body.instruction_id).await;
-        // Again under the lock: a concurrent retry of this refund may have recorded it meanwhile
-        // (then the payment already counts it, and checking the amount would refuse it).
-        if let Some(r) = recorded().await.map_err(internal)? {
-            drop(guard);
-            return replay(r).await;
-        }
-        let p = match self.store.payment(&body.instruction_id).await.map_err(internal)? {
-            Some(p) if p.acquirer == acquirer => p,
-            _ => return Err(ApiError::PaymentNotFound),
+        // The lock is this process's: another node may record this refund, or another refund of
+        // the payment, at any moment. So a change made stale by one is made again from the
+        // payment as it now is, and a refusal is given only once this refund is still not
+        // recorded after the payment was read (a payment read that counts it would refuse it).
+        let mut stale = 0u32;
+        let (record, change) = loop {
+            // Again under the lock: a concurrent retry of this refund may have recorded it
+            // meanwhile (then the payment already counts it, and checking the amount would
+            // refuse it).
+            if let Some(r) = recorded().await.map_err(internal)? {
+                drop(guard);
+                return replay(r).await;
+            }
+            let p = match self.store.payment(&body.instruction_id).await.map_err(internal)? {
+                Some(p) if p.acquirer == acquirer => p,
+                _ => return Err(ApiError::PaymentNotFound),
+            };
+            let (record, change) =
+                match self.refund_change(&p, acquirer, &body, reason, amount, &hash) {
+                    Ok(made) => made,
+                    Err(refusal) => {
+                        if let Some(r) = recorded().await.map_err(internal)? {
+                            drop(guard);
+                            return replay(r).await;
+                        }
+                        return Err(refusal);
+                    }
+                };
+            match self.store.apply(&change).await {
+                Ok(()) => break (record, change),
+                // Taken meanwhile (by a request for another payment, under another lock, or on
+                // another node).
+                Err(StoreError::RefundExists(existing)) => {
+                    drop(guard);
+                    return replay(*existing).await;
+                }
+                // The payment changed on another node since it was read: read it again.
+                Err(StoreError::Stale(_)) if stale < STALE_TRIES => stale += 1,
+                Err(e) => return Err(internal(e)),
+            }
         };
+        drop(guard);
+        self.durable(change).await?;
+        tracing::info!(payment = %record.payment_id, refund = %record.refund_id, "refund recorded");
+        Ok((record, true))
+    }
+
+    /// The refund `body` asks for of `p`, and the change that records it; or why it is refused.
+    fn refund_change(
+        &self,
+        p: &PaymentRecord,
+        acquirer: &str,
+        body: &RefundRequestBody,
+        reason: &str,
+        amount: Amount,
+        hash: &str,
+    ) -> Result<(RefundRecord, Change), ApiError> {
         if p.state != PaymentState::Succeeded || !p.booked {
             return Err(ApiError::PaymentNotRefundable(format!(
                 "the payment is {}, not SUCCEEDED",
@@ -1938,7 +1985,7 @@ impl<S: Store> Engine<S> {
             partner: p.partner.clone(),
             acquirer: acquirer.to_owned(),
             acquirer_refund_id: body.refund_id.clone(),
-            request_hash: hash.clone(),
+            request_hash: hash.to_owned(),
             amount,
             wallet_amount: split.wallet,
             reason: reason.to_owned(),
@@ -1948,21 +1995,11 @@ impl<S: Store> Engine<S> {
         let total = |a: &Amount, b: &Amount| a.checked_add(b).map_err(|_| ApiError::Internal);
         change.payment.refunded_cny = total(&p.refunded_cny, &amount)?;
         change.payment.refunded_wallet = total(&p.refunded_wallet, &split.wallet)?;
-        change.journal = Some(ledger::refund(&p, &record, split.spread, now));
+        change.journal = Some(ledger::refund(p, &record, split.spread, now));
         let data = serde_json::to_value(RefundAnswer::new(&record)).expect("JSON of plain data");
-        change.events.push(self.event(&p, "refund.succeeded", data, now));
+        change.events.push(self.event(p, "refund.succeeded", data, now));
         change.refund = Some(record.clone());
-        let applied = self.store.apply(&change).await;
-        drop(guard);
-        match applied {
-            Ok(()) => {}
-            // Taken meanwhile (by a request for another payment, under another lock).
-            Err(StoreError::RefundExists(existing)) => return replay(*existing).await,
-            Err(e) => return Err(internal(e)),
-        }
-        self.durable(change).await?;
-        tracing::info!(payment = %p.payment_id, refund = %record.refund_id, "refund recorded");
-        Ok((record, true))
+        Ok((record, change))
     }
 }
 

@@ -38,6 +38,17 @@ pub struct ControlledStore {
     window_released: Condvar,
     /// A payments window read is waiting to be released.
     pub window_read_held: Notify,
+    /// While set, the next refund write waits until another refund write is done (after
+    /// signalling `refund_write_held`): as on two nodes, the first read its payment before the
+    /// second changed it.
+    hold_refund_behind_another: AtomicBool,
+    pub refund_write_held: Notify,
+    /// Refund writes done.
+    refunds_written: watch::Sender<u64>,
+    /// While set, the next payment read waits until a refund write is done (after signalling
+    /// `payment_read_held`).
+    hold_payment_read_behind_refund: AtomicBool,
+    pub payment_read_held: Notify,
 }
 
 impl ControlledStore {
@@ -57,6 +68,11 @@ impl ControlledStore {
             hold_window: Mutex::new(false),
             window_released: Condvar::new(),
             window_read_held: Notify::new(),
+            hold_refund_behind_another: AtomicBool::new(false),
+            refund_write_held: Notify::new(),
+            refunds_written: watch::channel(0).0,
+            hold_payment_read_behind_refund: AtomicBool::new(false),
+            payment_read_held: Notify::new(),
         })
     }
 
@@ -82,6 +98,24 @@ impl ControlledStore {
     pub fn hold_refund_write_until(&self, n: u64) {
         *self.lookups.lock().unwrap() = 0;
         self.hold_refund_write.store(n, Ordering::SeqCst);
+    }
+
+    /// The next refund write waits until another refund write is done ([`Self::refund_write_held`]
+    /// says when it waits).
+    pub fn hold_refund_write_behind_another(&self) {
+        self.hold_refund_behind_another.store(true, Ordering::SeqCst);
+    }
+
+    /// The next payment read waits until a refund write is done ([`Self::payment_read_held`]
+    /// says when it waits).
+    pub fn hold_payment_read_behind_a_refund(&self) {
+        self.hold_payment_read_behind_refund.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until a refund write is done after `before` were.
+    async fn refund_written_after(&self, before: u64) {
+        let mut written = self.refunds_written.subscribe();
+        written.wait_for(|n| *n > before).await.expect("the store is alive");
     }
 
     /// The next `n` flushes succeed, every one after fails.
@@ -140,6 +174,11 @@ impl Store for ControlledStore {
         self.inner.begin_payment(p, work, now).await
     }
     async fn payment(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
+        if self.hold_payment_read_behind_refund.swap(false, Ordering::SeqCst) {
+            let before = *self.refunds_written.borrow();
+            self.payment_read_held.notify_one();
+            self.refund_written_after(before).await;
+        }
         self.inner.payment(id).await
     }
     async fn payments(&self) -> Result<Vec<PaymentRecord>, StoreError> {
@@ -168,7 +207,17 @@ impl Store for ControlledStore {
                 assert!(!timeout.timed_out(), "the refund lookups never came");
             }
         }
-        self.inner.apply(change).await
+        if change.refund.is_some() && self.hold_refund_behind_another.swap(false, Ordering::SeqCst)
+        {
+            let before = *self.refunds_written.borrow();
+            self.refund_write_held.notify_one();
+            self.refund_written_after(before).await;
+        }
+        let applied = self.inner.apply(change).await;
+        if change.refund.is_some() && applied.is_ok() {
+            self.refunds_written.send_modify(|n| *n += 1);
+        }
+        applied
     }
     async fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
         self.history.fetch_add(1, Ordering::SeqCst);
