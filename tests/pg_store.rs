@@ -416,6 +416,102 @@ fn expect_one(answers: Vec<(String, Result<Begin, StoreError>)>, others: BeginEr
     }
 }
 
+/// `p` inserted as `begin_payment` inserts it, on `raw`'s open transaction (another node's
+/// begin, not committed yet).
+async fn insert_uncommitted(raw: &tokio_postgres::Transaction<'_>, p: &PaymentRecord) {
+    raw.execute(
+        "INSERT INTO payments (id, partner, request_id, request_hash, quote_id, quote_claim,
+                               state, rev, created_at, record)
+         VALUES ($1, $2, $3, $4, $5, $5, 'PENDING', $6, $7, $8)",
+        &[
+            &p.payment_id,
+            &p.partner,
+            &p.request_id,
+            &p.request_hash,
+            &p.quote_id,
+            &i64::try_from(p.rev).unwrap(),
+            &p.created_at,
+            &encode(p),
+        ],
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until a session of this test's database waits for a lock (the database says so: no
+/// waiting on the wall clock), checking meanwhile that `task` has not ended.
+async fn until_blocked<T>(raw: &tokio_postgres::Client, task: &tokio::task::JoinHandle<T>) {
+    loop {
+        let waiting: i64 = raw
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(!task.is_finished(), "ended without waiting for the other node's transaction");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A request refused (its quote expired) while another node is committing a payment of the
+/// same request gets that payment, not the refusal: the refusal waits for the other node's
+/// transaction. So does the read the engine makes before any other refusal. A refusal with no
+/// such payment leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_waits_for_the_same_request_being_made_on_another_node() {
+    let Some(db) = pg::database().await else { return };
+    let s = Arc::new(store(&db).await);
+    let t = now();
+    let q = quote(t, Duration::minutes(5));
+    s.put_quote(&q).await.unwrap();
+    let later = t + Duration::minutes(10);
+    let (raw, mut other) = (db.raw().await, db.raw().await);
+
+    // The quote has expired for this copy of the request; the other node's copy, made in time,
+    // is being committed.
+    let made = pending(&q, "req-1", None, t);
+    let tx = other.transaction().await.unwrap();
+    insert_uncommitted(&tx, &made).await;
+    let (s2, copy) = (s.clone(), pending(&q, "req-1", None, later));
+    let refused = tokio::spawn(async move { begin(&s2, &copy, later).await });
+    until_blocked(&raw, &refused).await;
+    tx.commit().await.unwrap();
+    match refused.await.unwrap() {
+        Ok(Begin::Replay(p)) => assert_eq!(p.payment_id, made.payment_id),
+        other => panic!("not the other node's payment: {other:?}"),
+    }
+
+    // The engine's read before a refusal of its own (a risk rule, a quote gone).
+    let q2 = quote(t, Duration::minutes(5));
+    s.put_quote(&q2).await.unwrap();
+    let made = pending(&q2, "req-2", None, t);
+    let tx = other.transaction().await.unwrap();
+    insert_uncommitted(&tx, &made).await;
+    let s2 = s.clone();
+    let read = tokio::spawn(async move { s2.request_settled("partner-demo", "req-2").await });
+    until_blocked(&raw, &read).await;
+    tx.commit().await.unwrap();
+    let found = read.await.unwrap().unwrap().expect("the other node's payment");
+    assert_eq!(found.payment_id, made.payment_id);
+    assert_eq!(s.payment_by_request("partner-demo", "req-2").await.unwrap().unwrap(), found);
+
+    // Nothing in the way: refused at once, and the wait leaves no row.
+    let alone = pending(&q2, "req-3", None, later);
+    assert!(matches!(
+        begin(&s, &alone, later).await,
+        Err(StoreError::Begin(BeginError::QuoteExpired))
+    ));
+    assert_eq!(s.request_settled("partner-demo", "req-3").await.unwrap(), None);
+    let rows: i64 = raw.query_one("SELECT count(*) FROM payments", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 2);
+}
+
 #[tokio::test]
 async fn the_outbox_cursor_keeps_an_event_whose_transaction_committed_late() {
     let Some(db) = pg::database().await else { return };
@@ -846,23 +942,8 @@ async fn a_change_under_a_lease_is_not_written_once_another_node_took_it() {
     .unwrap();
     let s2 = s.clone();
     let take = tokio::spawn(async move { s2.lease("settings", "node-a/2", long).await });
-    // The taker is blocked on the row: the database says so (no waiting on the wall clock).
-    loop {
-        let waiting: i64 = raw
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(!take.is_finished(), "the lease was taken while a change held its row");
-        tokio::task::yield_now().await;
-    }
+    // The taker is blocked on the row.
+    until_blocked(&raw, &take).await;
     tx.commit().await.unwrap();
     assert!(take.await.unwrap().unwrap(), "taken once the change's transaction ended");
 }

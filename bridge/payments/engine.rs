@@ -621,6 +621,23 @@ impl<S: Store> Engine<S> {
         Ok(record)
     }
 
+    /// `refusal` of a partner's payment request, unless the request made a payment after all
+    /// (another node making it at this moment): then that payment, as a replay. Another copy of
+    /// the request may be between its own lookup and its commit on another node; answering the
+    /// refusal beside it would tell the partner two things.
+    async fn refused(
+        self: &Arc<Self>,
+        partner: &str,
+        request_id: &str,
+        hash: &str,
+        refusal: ApiError,
+    ) -> Result<(PaymentRecord, bool), ApiError> {
+        match self.store.request_settled(partner, request_id).await.map_err(internal)? {
+            Some(p) => self.replay(p, hash).await.map(|p| (p, false)),
+            None => Err(refusal),
+        }
+    }
+
     /// `POST /v1/payments`: the payment and whether this request created it.
     ///
     /// Once PENDING is written, the rest (its flush, the instruction, the outcome) runs in a task
@@ -663,9 +680,15 @@ impl<S: Store> Engine<S> {
         }
         let q = match self.store.quote(&body.quote_id).await.map_err(internal)? {
             Some(q) if q.partner == partner => q,
-            _ => return Err(ApiError::QuoteNotFound),
+            _ => {
+                return self
+                    .refused(partner, &body.request_id, &hash, ApiError::QuoteNotFound)
+                    .await
+            }
         };
-        self.still_payable(partner, &q)?;
+        if let Err(refusal) = self.still_payable(partner, &q) {
+            return self.refused(partner, &body.request_id, &hash, refusal).await;
+        }
         let now = self.clock.now();
         // An order code pays one order: its key is the order (acquirer, merchant, code).
         let order = (q.code.code_type == "DYNAMIC")
@@ -712,11 +735,11 @@ impl<S: Store> Engine<S> {
             Err(DecideError::Refused(refusal)) => {
                 drop(inflight);
                 drop(request);
-                // The same request, made at the same time, may have made the payment that took
-                // the limit: that payment is the answer.
+                // The same request, made at the same time (here or on another node), may have
+                // made the payment that took the limit: that payment is the answer.
                 if let Some(p) = self
                     .store
-                    .payment_by_request(partner, &record.request_id)
+                    .request_settled(partner, &record.request_id)
                     .await
                     .map_err(internal)?
                 {

@@ -108,6 +108,14 @@ impl Store for AnyStore {
         each!(self, s => Store::payment_by_request(s, partner, request_id).await)
     }
 
+    async fn request_settled(
+        &self,
+        partner: &str,
+        request_id: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        each!(self, s => Store::request_settled(s, partner, request_id).await)
+    }
+
     async fn apply(&self, change: &Change) -> Result<(), StoreError> {
         each!(self, s => Store::apply(s, change).await)
     }

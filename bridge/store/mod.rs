@@ -215,6 +215,17 @@ pub trait Store: Send + Sync + 'static {
         partner: &str,
         request_id: &str,
     ) -> impl Future<Output = Result<Option<PaymentRecord>, StoreError>> + Send;
+    /// [`Store::payment_by_request`], once no other node is creating that request's payment at
+    /// this moment: read before refusing a request, so that a refusal is never answered beside
+    /// a payment of the same request committed a moment later. A store of one process reads at
+    /// once (the engine's in-process claim keeps one copy of a request at a time).
+    fn request_settled(
+        &self,
+        partner: &str,
+        request_id: &str,
+    ) -> impl Future<Output = Result<Option<PaymentRecord>, StoreError>> + Send {
+        self.payment_by_request(partner, request_id)
+    }
     /// Applies `change`; a refund in it is refused with [`StoreError::RefundExists`] when the
     /// acquirer's refund id is already taken.
     fn apply(&self, change: &Change) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -97,6 +97,14 @@ impl Store for Blocking {
         self.wait(self.inner.payment_by_request(partner, request_id))
     }
 
+    async fn request_settled(
+        &self,
+        partner: &str,
+        request_id: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        self.wait(self.inner.request_settled(partner, request_id))
+    }
+
     async fn apply(&self, change: &Change) -> Result<(), StoreError> {
         self.wait(self.inner.apply(change))
     }

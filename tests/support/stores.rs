@@ -192,6 +192,13 @@ impl Store for ControlledStore {
     ) -> Result<Option<PaymentRecord>, StoreError> {
         self.inner.payment_by_request(partner, request_id).await
     }
+    async fn request_settled(
+        &self,
+        partner: &str,
+        request_id: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        self.inner.request_settled(partner, request_id).await
+    }
     async fn apply(&self, change: &Change) -> Result<(), StoreError> {
         let until = if change.refund.is_some() {
             self.hold_refund_write.swap(0, Ordering::SeqCst)

@@ -141,6 +141,12 @@ fn xid(row: &Row, i: usize) -> Result<u64, StoreError> {
 }
 
 /// The `state` column: the state's name as the API and the records spell it.
+/// Whether a partner's request id can be stored at all: no stored id holds a NUL (the database
+/// refuses one), so a request with one is not found.
+fn storable(partner: &str, request_id: &str) -> bool {
+    !partner.contains('\0') && !request_id.contains('\0')
+}
+
 fn state_name(s: PaymentState) -> &'static str {
     match s {
         PaymentState::Pending => "PENDING",
@@ -393,6 +399,76 @@ impl PgStore {
 
     /// The payment the partner's request made, if it made one: a replay (same content) or a
     /// conflict (other content).
+    /// Inserts `p` (PENDING, `rev`, encoded as `record`) with its claims, unless one of them is
+    /// taken (then waiting for the transaction that took it, if it is still running): 1 when
+    /// inserted, 0 when a claim was taken.
+    async fn insert_payment(
+        c: &impl GenericClient,
+        p: &PaymentRecord,
+        rev: i64,
+        record: &[u8],
+    ) -> Result<u64, StoreError> {
+        exec(
+            c,
+            "INSERT INTO payments (id, partner, request_id, request_hash, quote_id,
+                                   quote_claim, order_claim, state, rev, created_at, record)
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT DO NOTHING",
+            &[
+                &p.payment_id,
+                &p.partner,
+                &p.request_id,
+                &p.request_hash,
+                &p.quote_id,
+                &p.order,
+                &state_name(p.state),
+                &rev,
+                &p.created_at,
+                &record,
+            ],
+        )
+        .await
+    }
+
+    /// Waits until no other transaction is creating a payment for `partner`'s `request_id`
+    /// (another node making the same request at this moment), so that a read after it sees that
+    /// payment if it was committed. A plain read does not wait for a row not yet committed; an
+    /// insert of the same unique key does. So a placeholder row of that request (no claims, no
+    /// record) is inserted inside `c`'s transaction and taken back by the caller: here, to a
+    /// savepoint, so nothing of it stays.
+    async fn wait_for_request(
+        tx: &deadpool_postgres::Transaction<'_>,
+        partner: &str,
+        request_id: &str,
+    ) -> Result<(), StoreError> {
+        tx.batch_execute("SAVEPOINT wait_for_request").await?;
+        exec(
+            tx,
+            "INSERT INTO payments (id, partner, request_id, request_hash, quote_id, state, rev,
+                                   created_at, record)
+             VALUES ($1, $2, $3, '', '', 'PENDING', 0, clock_timestamp(), ''::bytea)
+             ON CONFLICT DO NOTHING",
+            &[&format!("\u{1}wait/{partner}/{request_id}"), &partner, &request_id],
+        )
+        .await?;
+        tx.batch_execute("ROLLBACK TO SAVEPOINT wait_for_request").await?;
+        Ok(())
+    }
+
+    async fn by_request(
+        c: &impl GenericClient,
+        partner: &str,
+        request_id: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        one(
+            c,
+            "payments",
+            "SELECT record FROM payments WHERE partner = $1 AND request_id = $2",
+            &[&partner, &request_id],
+        )
+        .await
+    }
+
     async fn replay(
         c: &impl GenericClient,
         p: &PaymentRecord,
@@ -639,7 +715,9 @@ impl Store for PgStore {
             Some(_) => None,
         };
         if let Some(refused) = refused {
-            // The same request made while the quote was good is a replay, expired or not.
+            // The same request made while the quote was good is a replay, expired or not: also
+            // one another node is making right now.
+            Self::wait_for_request(&tx, &p.partner, &p.request_id).await?;
             if let Some(answer) = Self::replay(&tx, p).await? {
                 return answer;
             }
@@ -649,26 +727,7 @@ impl Store for PgStore {
         let record = encode(p);
         for _ in 0..CLAIM_TRIES {
             // Every claim at once: the request id, the quote, the order.
-            let created = exec(
-                &tx,
-                "INSERT INTO payments (id, partner, request_id, request_hash, quote_id,
-                                       quote_claim, order_claim, state, rev, created_at, record)
-                 VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT DO NOTHING",
-                &[
-                    &p.payment_id,
-                    &p.partner,
-                    &p.request_id,
-                    &p.request_hash,
-                    &p.quote_id,
-                    &p.order,
-                    &state_name(p.state),
-                    &rev,
-                    &p.created_at,
-                    &record,
-                ],
-            )
-            .await?;
+            let created = Self::insert_payment(&tx, p, rev, &record).await?;
             if created == 1 {
                 exec(
                     &tx,
@@ -729,18 +788,27 @@ impl Store for PgStore {
         partner: &str,
         request_id: &str,
     ) -> Result<Option<PaymentRecord>, StoreError> {
-        if partner.contains('\0') || request_id.contains('\0') {
-            // No stored id holds a NUL (the database refuses one): not found.
+        if !storable(partner, request_id) {
             return Ok(None);
         }
         let c = self.conn().await?;
-        one(
-            &c,
-            "payments",
-            "SELECT record FROM payments WHERE partner = $1 AND request_id = $2",
-            &[&partner, &request_id],
-        )
-        .await
+        Self::by_request(&c, partner, request_id).await
+    }
+
+    async fn request_settled(
+        &self,
+        partner: &str,
+        request_id: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        if !storable(partner, request_id) {
+            return Ok(None);
+        }
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await?;
+        Self::wait_for_request(&tx, partner, request_id).await?;
+        let found = Self::by_request(&tx, partner, request_id).await?;
+        tx.rollback().await?;
+        Ok(found)
     }
 
     async fn apply(&self, ch: &Change) -> Result<(), StoreError> {
