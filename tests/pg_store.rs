@@ -25,7 +25,7 @@ use qrbridge::model::*;
 use qrbridge::store::codec::encode;
 use qrbridge::store::postgres::migrate;
 use qrbridge::store::{
-    Begin, BeginError, Change, EventSeq, Fence, PgStore, Store, StoreError, Work,
+    Backlog, Begin, BeginError, Change, EventSeq, Fence, PgStore, Store, StoreError, Work,
 };
 use qrbridge_fx::{Amount, Currency};
 use serde_json::json;
@@ -510,6 +510,46 @@ async fn a_refusal_waits_for_the_same_request_being_made_on_another_node() {
     assert_eq!(s.request_settled("partner-demo", "req-3").await.unwrap(), None);
     let rows: i64 = raw.query_one("SELECT count(*) FROM payments", &[]).await.unwrap().get(0);
     assert_eq!(rows, 2);
+}
+
+/// The metrics' counts: each open work item's task, the outbox, the parked events. A count the
+/// database cannot finish in time is ended by the database (a lock held on the table here), and
+/// the connection it ran on serves the next call at once: the only connection of this store's
+/// pool, used again while the lock is still held.
+#[tokio::test]
+async fn the_backlog_is_counted_in_the_database_and_bounded_there() {
+    let Some(db) = pg::database().await else { return };
+    let s = PgStore::connect(&db.url, 1).await.unwrap();
+    let t = now();
+    begun(&s, "req-1", t).await;
+    for r in ["req-2", "req-3"] {
+        let p = begun(&s, r, t).await;
+        s.apply(&succeeded(&p, t)).await.unwrap();
+    }
+    let (seq, e) = s.outbox().await.unwrap().remove(0);
+    let parked = ParkedEvent {
+        v: RECORD_VERSION,
+        event: e,
+        parked_at: t,
+        attempts: 9,
+        last_error: "HTTP 500".into(),
+    };
+    s.park(seq, &parked).await.unwrap();
+    let backlog = s.backlog().await.unwrap();
+    assert_eq!(backlog, Backlog { work: vec![Task::Inquire], outbox: 1, parked: 1 });
+
+    let mut raw = db.raw().await;
+    let tx = raw.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE parked IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    // Bounded here too, only so that a count the database does not end fails this test.
+    let held_up = tokio::time::timeout(std::time::Duration::from_secs(30), s.backlog()).await;
+    match held_up.expect("the database did not end the count") {
+        Err(StoreError::Database(e)) => assert!(e.contains("statement timeout"), "{e}"),
+        other => panic!("a count held up by a lock was not ended by the database: {other:?}"),
+    }
+    assert!(s.payment("nothing").await.unwrap().is_none(), "the connection is free");
+    tx.rollback().await.unwrap();
+    assert_eq!(s.backlog().await.unwrap(), backlog);
 }
 
 #[tokio::test]

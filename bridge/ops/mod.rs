@@ -261,40 +261,27 @@ impl<S: Store> Ops<S> {
                 crate::store::StoreError::Database(format!("{what}: {e}").into())
             }
         };
-        let work = tokio::time::timeout(READ_TIMEOUT, store.open_work())
+        // Counts, not records; PostgreSQL bounds each of its statements on the server too.
+        let backlog = tokio::time::timeout(READ_TIMEOUT, store.backlog())
             .await
-            .map_err(bounded("open work"))
+            .map_err(bounded("backlog"))
             .and_then(|r| r);
-        match work {
-            Ok(work) => {
+        match backlog {
+            Ok(backlog) => {
                 let mut by_task = [0u32; 4];
-                for w in &work {
-                    by_task[task_index(w.task)] += 1;
+                for task in &backlog.work {
+                    by_task[task_index(*task)] += 1;
                 }
                 // One work item per payment: the payments the bridge is not done with.
-                metrics::gauge!(PAYMENTS_IN_DOUBT).set(clamp(work.len()));
+                metrics::gauge!(PAYMENTS_IN_DOUBT).set(clamp(backlog.work.len()));
                 for task in [Task::Inquire, Task::Reverse, Task::Verify, Task::Attention] {
                     metrics::gauge!(RESOLVER_BACKLOG, "task" => task_label(task))
                         .set(by_task[task_index(task)]);
                 }
+                metrics::gauge!(OUTBOX_EVENTS).set(clamp(backlog.outbox));
+                metrics::gauge!(WEBHOOK_PARKED).set(clamp(backlog.parked));
             }
-            Err(e) => tracing::error!(error = %e, "metrics: open work could not be read"),
-        }
-        let outbox = tokio::time::timeout(READ_TIMEOUT, store.outbox())
-            .await
-            .map_err(bounded("outbox"))
-            .and_then(|r| r);
-        match outbox {
-            Ok(events) => metrics::gauge!(OUTBOX_EVENTS).set(clamp(events.len())),
-            Err(e) => tracing::error!(error = %e, "metrics: the outbox could not be read"),
-        }
-        let parked = tokio::time::timeout(READ_TIMEOUT, store.parked())
-            .await
-            .map_err(bounded("parked"))
-            .and_then(|r| r);
-        match parked {
-            Ok(parked) => metrics::gauge!(WEBHOOK_PARKED).set(clamp(parked.len())),
-            Err(e) => tracing::error!(error = %e, "metrics: parked events could not be read"),
+            Err(e) => tracing::error!(error = %e, "metrics: the backlog could not be read"),
         }
         let h = handle();
         h.run_upkeep();
@@ -345,8 +332,8 @@ impl<S: Store> Ops<S> {
     }
 }
 
-fn clamp(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
+fn clamp(n: impl TryInto<u32>) -> u32 {
+    n.try_into().unwrap_or(u32::MAX)
 }
 
 fn task_index(t: Task) -> usize {

@@ -108,6 +108,10 @@ impl Store for AnyStore {
         each!(self, s => Store::payment_by_request(s, partner, request_id).await)
     }
 
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
+        each!(self, s => Store::backlog(s).await)
+    }
+
     async fn request_settled(
         &self,
         partner: &str,

@@ -72,6 +72,20 @@ impl From<sled::Error> for StoreError {
     }
 }
 
+/// What is waiting: [`Store::backlog`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// The task of each open work item (one per payment the bridge is not done with).
+    pub work: Vec<Task>,
+    /// Events not delivered yet.
+    pub outbox: u64,
+    /// Events parked.
+    pub parked: u64,
+}
+
+/// The longest a database may spend on one statement of [`Store::backlog`].
+pub const BACKLOG_READ_LIMIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// A lease a change was decided under, and its holder ([`Store::admin_commit`]). A store of one
 /// process grants every lease at once (there is no other node to fence out); PostgreSQL checks
 /// the lease in the change's own transaction and keeps it from being taken until the commit.
@@ -330,6 +344,19 @@ pub trait Store: Send + Sync + 'static {
     fn parked(
         &self,
     ) -> impl Future<Output = Result<Vec<(EventSeq, ParkedEvent)>, StoreError>> + Send;
+    /// What is waiting, counted for the metrics: each open work item's task, the events in the
+    /// outbox and those parked. PostgreSQL counts in the database, each statement bounded there
+    /// ([`BACKLOG_READ_LIMIT`]), so a slow count ends on the server and never holds a pooled
+    /// connection for the payments behind it; the embedded store reads its own tree.
+    fn backlog(&self) -> impl Future<Output = Result<Backlog, StoreError>> + Send {
+        async {
+            Ok(Backlog {
+                work: self.open_work().await?.into_iter().map(|w| w.task).collect(),
+                outbox: self.outbox().await?.len() as u64,
+                parked: self.parked().await?.len() as u64,
+            })
+        }
+    }
     /// Puts a parked event back in the outbox at its old place, its maximum age counting from
     /// `now`; false when no such event is parked.
     fn unpark(

@@ -97,6 +97,10 @@ impl Store for Blocking {
         self.wait(self.inner.payment_by_request(partner, request_id))
     }
 
+    async fn backlog(&self) -> Result<qrbridge::store::Backlog, StoreError> {
+        self.wait(self.inner.backlog())
+    }
+
     async fn request_settled(
         &self,
         partner: &str,

@@ -1199,6 +1199,29 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
+        let mut c = self.conn().await?;
+        // One snapshot, every statement bounded on the server: a count that takes too long is
+        // ended there, so the connection goes back to the pool free, not busy behind it.
+        let tx = snapshot(&mut c).await?;
+        let limit = format!("SET LOCAL statement_timeout = {}", BACKLOG_READ_LIMIT.as_millis());
+        tx.batch_execute(&limit).await?;
+        let work: Vec<WorkItem> = records(&tx, "work", "SELECT record FROM work", &[]).await?;
+        let count = |table: &'static str| {
+            let tx = &tx;
+            async move {
+                let n: i64 = tx
+                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                    .await?
+                    .try_get(0)?;
+                uint(table, n)
+            }
+        };
+        let (outbox, parked) = (count("outbox").await?, count("parked").await?);
+        tx.commit().await?;
+        Ok(Backlog { work: work.into_iter().map(|w| w.task).collect(), outbox, parked })
+    }
+
     async fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         if event_id.contains('\0') {
             // No stored id holds a NUL (the database refuses one): not found.
