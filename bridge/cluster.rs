@@ -70,10 +70,17 @@ pub async fn lead<S, F, Fut>(
     F: Fn(watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    // A renewal waits at most `limit`: never past the point where the leader must stop.
-    let take = |store: Arc<S>, node: Arc<str>, limit: Duration| async move {
+    // A renewal waits at most `limit`: never past the point where the leader must stop. A
+    // renewal (`renew`) never takes the lease again once it was lost.
+    let take = |store: Arc<S>, node: Arc<str>, limit: Duration, renew: bool| async move {
         let sent = Instant::now();
-        match tokio::time::timeout(limit, store.lease(role, &node, policy.ttl)).await {
+        let asked = async {
+            match renew {
+                true => store.renew_lease(role, &node, policy.ttl).await,
+                false => store.lease(role, &node, policy.ttl).await,
+            }
+        };
+        match tokio::time::timeout(limit, asked).await {
             Ok(Ok(held)) => Some((held, sent)),
             Ok(Err(e)) => {
                 tracing::warn!(role, error = %e, "lease: the store did not answer");
@@ -89,7 +96,7 @@ pub async fn lead<S, F, Fut>(
         // Until the lease is ours.
         let mut renewed = loop {
             if let Some((true, sent)) =
-                take(store.clone(), node.clone(), policy.renew_every()).await
+                take(store.clone(), node.clone(), policy.renew_every(), false).await
             {
                 break sent;
             }
@@ -111,9 +118,13 @@ pub async fn lead<S, F, Fut>(
                 _ = tokio::time::sleep_until(next) => {
                     // After a failed renewal, again soon (not at once: the store is struggling).
                     next = Instant::now() + policy.renew_every() / 4;
+                    if renewed.elapsed() >= policy.give_up_after() {
+                        // This process stalled past the point where the leader must stop.
+                        break Ended::Lost("the lease could not be renewed in time");
+                    }
                     let left = policy.give_up_after().saturating_sub(renewed.elapsed());
                     let limit = policy.renew_every().min(left).max(Duration::from_millis(1));
-                    match take(store.clone(), node.clone(), limit).await {
+                    match take(store.clone(), node.clone(), limit, true).await {
                         Some((true, sent)) => {
                             renewed = sent;
                             next = sent + policy.renew_every();
@@ -262,9 +273,13 @@ impl<S: Store> Turn<S> {
             loop {
                 tokio::time::sleep_until(next).await;
                 let sent = Instant::now();
-                match tokio::time::timeout(policy.renew_every(), s.lease(name, &n, policy.ttl))
-                    .await
-                {
+                if granted.elapsed() >= policy.give_up_after() {
+                    // This process stalled: another node may have taken the lease meanwhile.
+                    let _ = lost_tx.send(true);
+                    return;
+                }
+                let renewal = s.renew_lease(name, &n, policy.ttl);
+                match tokio::time::timeout(policy.renew_every(), renewal).await {
                     Ok(Ok(true)) => {
                         granted = sent;
                         next = sent + policy.renew_every();

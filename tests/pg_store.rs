@@ -438,14 +438,16 @@ async fn insert_uncommitted(raw: &tokio_postgres::Transaction<'_>, p: &PaymentRe
     .unwrap();
 }
 
-/// Waits until a session of this test's database waits for a lock (the database says so: no
-/// waiting on the wall clock), checking meanwhile that `task` has not ended.
+/// Waits until a session of this test waits for a lock (the database says so: no waiting on the
+/// wall clock), checking meanwhile that `task` has not ended. This test's sessions are told
+/// apart from other tests' by their `application_name` (the test's schema).
 async fn until_blocked<T>(raw: &tokio_postgres::Client, task: &tokio::task::JoinHandle<T>) {
     loop {
         let waiting: i64 = raw
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                 WHERE application_name = current_setting('application_name')
+                   AND wait_event_type = 'Lock'",
                 &[],
             )
             .await
@@ -986,6 +988,30 @@ async fn a_change_under_a_lease_is_not_written_once_another_node_took_it() {
     until_blocked(&raw, &take).await;
     tx.commit().await.unwrap();
     assert!(take.await.unwrap().unwrap(), "taken once the change's transaction ended");
+}
+
+/// A renewal extends a lease only while its holder still holds it: never once it ran out or was
+/// given up, even with no other node holding it now (another may have held it meanwhile).
+#[tokio::test]
+async fn a_renewal_never_takes_a_lost_lease_again() {
+    let Some(db) = pg::database().await else { return };
+    let s = store(&db).await;
+    let long = std::time::Duration::from_secs(60);
+    assert!(!s.renew_lease("settings", "a/1", long).await.unwrap(), "never taken");
+    assert!(s.lease("settings", "a/1", long).await.unwrap());
+    assert!(s.renew_lease("settings", "a/1", long).await.unwrap(), "held: renewed");
+    assert!(!s.renew_lease("settings", "b/1", long).await.unwrap(), "not b's");
+    // Run out (by the database's clock): not renewed, though no one else holds it.
+    let raw = db.raw().await;
+    let run_out = "UPDATE leases SET until = clock_timestamp() - interval '1 second'";
+    raw.execute(run_out, &[]).await.unwrap();
+    assert!(!s.renew_lease("settings", "a/1", long).await.unwrap(), "ran out");
+    // Taken by b and given up: a's renewal does not bring it back.
+    assert!(s.lease("settings", "b/1", long).await.unwrap());
+    s.release_lease("settings", "b/1").await.unwrap();
+    assert!(!s.renew_lease("settings", "a/1", long).await.unwrap(), "given up by the next holder");
+    let rows: i64 = raw.query_one("SELECT count(*) FROM leases", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0, "a renewal inserts nothing");
 }
 
 #[tokio::test]

@@ -622,9 +622,9 @@ impl<S: Store> Engine<S> {
     }
 
     /// `refusal` of a partner's payment request, unless the request made a payment after all
-    /// (another node making it at this moment): then that payment, as a replay. Another copy of
-    /// the request may be between its own lookup and its commit on another node; answering the
-    /// refusal beside it would tell the partner two things.
+    /// (another node writing it at this moment): then that payment, as a replay. Answering the
+    /// refusal beside it would tell the partner two things. (A copy not yet writing is not
+    /// waited for: see [`Store::request_settled`].)
     async fn refused(
         self: &Arc<Self>,
         partner: &str,

@@ -267,6 +267,15 @@ impl Store for AnyStore {
         each!(self, s => Store::lease(s, name, holder, ttl).await)
     }
 
+    async fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        each!(self, s => Store::renew_lease(s, name, holder, ttl).await)
+    }
+
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         each!(self, s => Store::release_lease(s, name, holder).await)
     }

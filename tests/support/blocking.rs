@@ -256,6 +256,15 @@ impl Store for Blocking {
         self.wait(self.inner.lease(name, holder, ttl))
     }
 
+    async fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.wait(self.inner.renew_lease(name, holder, ttl))
+    }
+
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         self.wait(self.inner.release_lease(name, holder))
     }

@@ -455,6 +455,18 @@ impl PgStore {
         Ok(())
     }
 
+    /// Runs `sql` on the lease `name` (`$1`), for `holder` (`$2`), for `ttl` (`$3`, in
+    /// milliseconds): whether it returned a row (the lease is `holder`'s until `ttl` from now).
+    async fn lease_statement(
+        &self,
+        sql: &str,
+        (name, holder, ttl): (&str, &str, std::time::Duration),
+    ) -> Result<bool, StoreError> {
+        let ms = i64::try_from(ttl.as_millis()).map_err(|_| database("lease too long"))?;
+        let c = self.conn().await?;
+        Ok(row(&c, sql, &[&name, &holder, &ms]).await?.is_some())
+    }
+
     async fn by_request(
         c: &impl GenericClient,
         partner: &str,
@@ -584,21 +596,32 @@ impl Store for PgStore {
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError> {
-        let ms = i64::try_from(ttl.as_millis()).map_err(|_| database("lease too long"))?;
         // Taken when free, renewed by its holder, taken over once it ran out; one statement, so
         // two nodes asking at once cannot both get it.
-        let c = self.conn().await?;
-        let got = row(
-            &c,
+        self.lease_statement(
             "INSERT INTO leases (name, holder, until)
              VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3::bigint / 1000.0))
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
              WHERE leases.holder = excluded.holder OR leases.until < clock_timestamp()
              RETURNING holder",
-            &[&name, &holder, &ms],
+            (name, holder, ttl),
         )
-        .await?;
-        Ok(got.is_some())
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.lease_statement(
+            "UPDATE leases SET until = clock_timestamp() + make_interval(secs => $3::bigint / 1000.0)
+             WHERE name = $1 AND holder = $2 AND until > clock_timestamp()
+             RETURNING holder",
+            (name, holder, ttl),
+        )
+        .await
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
@@ -1201,25 +1224,27 @@ impl Store for PgStore {
 
     async fn backlog(&self) -> Result<Backlog, StoreError> {
         let mut c = self.conn().await?;
-        // One snapshot, every statement bounded on the server: a count that takes too long is
-        // ended there, so the connection goes back to the pool free, not busy behind it.
-        let tx = snapshot(&mut c).await?;
+        // One statement, bounded on the server: a count that takes too long is ended there, so
+        // the connection goes back to the pool free, not busy behind a caller that gave up.
+        let tx = c.transaction().await?;
         let limit = format!("SET LOCAL statement_timeout = {}", BACKLOG_READ_LIMIT.as_millis());
         tx.batch_execute(&limit).await?;
-        let work: Vec<WorkItem> = records(&tx, "work", "SELECT record FROM work", &[]).await?;
-        let count = |table: &'static str| {
-            let tx = &tx;
-            async move {
-                let n: i64 = tx
-                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-                    .await?
-                    .try_get(0)?;
-                uint(table, n)
-            }
-        };
-        let (outbox, parked) = (count("outbox").await?, count("parked").await?);
+        let r = tx
+            .query_one(
+                "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM parked),
+                        (SELECT array_agg(record) FROM work)",
+                &[],
+            )
+            .await?;
         tx.commit().await?;
-        Ok(Backlog { work: work.into_iter().map(|w| w.task).collect(), outbox, parked })
+        let work: Option<Vec<Vec<u8>>> = r.try_get(2)?;
+        let work = work.unwrap_or_default();
+        let work = work.iter().map(|w| decode::<WorkItem>("work", w).map(|w| w.task));
+        Ok(Backlog {
+            work: work.collect::<Result<_, _>>()?,
+            outbox: uint("outbox", r.try_get(0)?)?,
+            parked: uint("parked", r.try_get(1)?)?,
+        })
     }
 
     async fn unpark(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
