@@ -680,11 +680,10 @@ impl<S: Store> Engine<S> {
         }
         let q = match self.store.quote(&body.quote_id).await.map_err(internal)? {
             Some(q) if q.partner == partner => q,
-            _ => {
-                return self
-                    .refused(partner, &body.request_id, &hash, ApiError::QuoteNotFound)
-                    .await
-            }
+            // Refused at once: no copy of this request can be paying with a quote that is not
+            // there (a quote is stored before it is answered, and one in use is kept), so there
+            // is no write to wait for, and an unknown quote id stays a cheap request.
+            _ => return Err(ApiError::QuoteNotFound),
         };
         if let Err(refusal) = self.still_payable(partner, &q) {
             return self.refused(partner, &body.request_id, &hash, refusal).await;
