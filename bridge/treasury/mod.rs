@@ -571,9 +571,6 @@ impl<S: Store> Treasury<S> {
             }
         };
         settings.extend(approved.map(Approved::setting));
-        if turn.is_some_and(Turn::lost) {
-            return Err(ApiError::Overloaded);
-        }
         let record = self.commit(turn, draft, &settings).await?;
         self.engine.with_rates(|book| {
             for r in kept {
@@ -734,10 +731,6 @@ impl<S: Store> Treasury<S> {
             Some(a) => json!({ "bps": bps, "approval": a.approval }),
         };
         let draft = self.draft(actor, "spreads.set", target_of(key), json!(before), after);
-        if turn.lost() {
-            // Another node may be writing the list now: this change is not made.
-            return Err(ApiError::Overloaded);
-        }
         let mut settings = vec![(SPREADS_KEY.to_owned(), Some(stored))];
         settings.extend(approved.map(Approved::setting));
         let record = self.commit(Some(turn), draft, &settings).await?;

@@ -496,9 +496,6 @@ impl<S: Store> Treasury<S> {
             json!({ "state": ProposalState::Pending }),
             after,
         );
-        if turn.lost() {
-            return Err(ApiError::Overloaded);
-        }
         let record = self.commit(Some(&turn), draft, &[(p.key(), Some(p.bytes()))]).await?;
         turn.release().await;
         tracing::info!(actor, proposal = %p.proposal_id, action, "proposal decided");

@@ -378,9 +378,6 @@ impl<S: Store> Treasury<S> {
             .policy(rules.as_ref(), &stored.blocked.lists())
             .map_err(|ps| ApiError::InvalidRequest(joined(&ps)))?;
         let draft = self.draft(actor, action, "risk:rules".into(), before, after);
-        if turn.lost() {
-            return Err(ApiError::Overloaded);
-        }
         let record = self
             .commit(Some(turn), draft, &[(RULES_KEY.into(), value), approved.setting()])
             .await?;
@@ -431,9 +428,6 @@ impl<S: Store> Treasury<S> {
             json!(before),
             after,
         );
-        if turn.lost() {
-            return Err(ApiError::Overloaded);
-        }
         let value = serde_json::to_vec(&blocked).expect("JSON of plain data");
         let record = self
             .commit(Some(turn), draft, &[(BLOCKED_KEY.into(), Some(value)), approved.setting()])
@@ -515,9 +509,6 @@ impl<S: Store> Treasury<S> {
             json!({ "total": shown(before) }),
             after,
         );
-        if turn.lost() {
-            return Err(ApiError::Overloaded);
-        }
         let key = format!("{FUNDS_PREFIX}{}/{}", f.partner, c.code());
         let value = serde_json::to_vec(&total).expect("JSON of plain data");
         let taken = serde_json::to_vec(&json!({ "amount": f.amount.to_string() }))
