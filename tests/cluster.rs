@@ -333,3 +333,38 @@ async fn risk_limits_hold_across_nodes() {
     sandbox.shutdown().await;
     drop(db);
 }
+
+/// A node that stalled past half its settings lease (its process not running: here, the
+/// runtime's clock moved on without it) finds the turn lost at its next renewal, without asking
+/// the database — which, not having seen the time pass, would still say the lease is held.
+#[tokio::test(start_paused = true)]
+async fn a_turn_held_across_a_stall_is_lost() {
+    use qrbridge::cluster::{LeasePolicy, Turn};
+    use qrbridge::store::{AnyStore, PgStore};
+    let Some(db) = support::pg::database().await else { return };
+    let url = db.url.clone();
+    let store = Arc::new(support::blocking::Blocking::open(|| async move {
+        AnyStore::Postgres(PgStore::connect(&url, 2).await.unwrap())
+    }));
+    let policy = LeasePolicy { ttl: Duration::from_secs(10) };
+    let node: Arc<str> = "node-a".into();
+    let turn = Turn::take(&store, "settings", &node, policy, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    // Renewed on time: held.
+    tokio::time::advance(Duration::from_secs(3)).await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!turn.lost(), "renewed in time");
+    // Stalled for a whole lease: lost at the next renewal.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    for _ in 0..1000 {
+        if turn.lost() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(turn.lost(), "a turn held across a stall is lost");
+}
