@@ -129,7 +129,9 @@ pub async fn lead<S, F, Fut>(
                             renewed = sent;
                             next = sent + policy.renew_every();
                         }
-                        Some((false, _)) => break Ended::Lost("another node holds the lease"),
+                        Some((false, _)) => {
+                            break Ended::Lost("the lease ran out or another node holds it")
+                        }
                         None if renewed.elapsed() >= policy.give_up_after() => {
                             break Ended::Lost("the lease could not be renewed")
                         }
@@ -259,10 +261,20 @@ impl<S: Store> Turn<S> {
         let until = Instant::now() + wait;
         let mut granted = loop {
             let sent = Instant::now();
-            if store.lease(name, &holder, policy.ttl).await? {
-                break sent;
+            // Each ask bounded as a renewal is: a grant that came back late is counted from
+            // when it was asked, and would be given up as soon as it came.
+            match tokio::time::timeout(policy.renew_every(), store.lease(name, &holder, policy.ttl))
+                .await
+            {
+                Ok(Ok(true)) => break sent,
+                Ok(Ok(false)) | Err(_) => {}
+                Ok(Err(e)) => return Err(e),
             }
             if Instant::now() >= until {
+                // An ask that timed out may have been granted after all: given back, so no
+                // other node waits out its lease for nothing.
+                let release = store.release_lease(name, &holder);
+                let _ = tokio::time::timeout(policy.renew_every(), release).await;
                 return Ok(None);
             }
             tokio::time::sleep(Duration::from_millis(100).min(policy.renew_every())).await;

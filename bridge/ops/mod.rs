@@ -261,7 +261,8 @@ impl<S: Store> Ops<S> {
                 crate::store::StoreError::Database(format!("{what}: {e}").into())
             }
         };
-        // Counts, not records; PostgreSQL bounds each of its statements on the server too.
+        // Counts (and the open work's tasks), not records; PostgreSQL reads them in one statement
+        // bounded on the server too.
         let backlog = tokio::time::timeout(READ_TIMEOUT, store.backlog())
             .await
             .map_err(bounded("backlog"))

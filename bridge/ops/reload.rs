@@ -290,6 +290,7 @@ impl Reloader {
         let record = self
             .treasury
             .record_held(
+                &held,
                 actor,
                 "config.reload",
                 "config".into(),

@@ -830,9 +830,12 @@ impl<S: Store> Treasury<S> {
         }
     }
 
-    /// [`Self::record`] with [`Self::settings_held`] already held, with what was before.
+    /// [`Self::record`] with [`Self::settings_held`] already held (`held`), with what was
+    /// before: written only while `held`'s turn is still this node's, as what it records was
+    /// decided under it.
     pub async fn record_held(
         &self,
+        held: &SettingsHeld<'_, S>,
         actor: &str,
         action: &str,
         target: String,
@@ -840,7 +843,7 @@ impl<S: Store> Treasury<S> {
         after: Value,
     ) -> Result<AuditRecord, ApiError> {
         let draft = self.draft(actor, action, target, before, after);
-        self.commit(None, draft, &[]).await
+        self.commit(Some(&held.turn), draft, &[]).await
     }
 
     /// Records an admin action that is not a setting (a settlement run, a reconciliation).

@@ -140,13 +140,13 @@ fn xid(row: &Row, i: usize) -> Result<u64, StoreError> {
     text.parse().map_err(|_| corrupt("outbox", format!("transaction id {text:?}")))
 }
 
-/// The `state` column: the state's name as the API and the records spell it.
 /// Whether a partner's request id can be stored at all: no stored id holds a NUL (the database
 /// refuses one), so a request with one is not found.
 fn storable(partner: &str, request_id: &str) -> bool {
     !partner.contains('\0') && !request_id.contains('\0')
 }
 
+/// The `state` column: the state's name as the API and the records spell it.
 fn state_name(s: PaymentState) -> &'static str {
     match s {
         PaymentState::Pending => "PENDING",
@@ -397,8 +397,6 @@ impl PgStore {
         Ok(self.pool.get().await?)
     }
 
-    /// The payment the partner's request made, if it made one: a replay (same content) or a
-    /// conflict (other content).
     /// Inserts `p` (PENDING, `rev`, encoded as `record`) with its claims, unless one of them is
     /// taken (then waiting for the transaction that took it, if it is still running): 1 when
     /// inserted, 0 when a claim was taken.
@@ -467,6 +465,7 @@ impl PgStore {
         Ok(row(&c, sql, &[&name, &holder, &ms]).await?.is_some())
     }
 
+    /// The payment `partner`'s `request_id` made, if any.
     async fn by_request(
         c: &impl GenericClient,
         partner: &str,
@@ -481,6 +480,8 @@ impl PgStore {
         .await
     }
 
+    /// The payment the partner's request made, if it made one: a replay (same content) or a
+    /// conflict (other content).
     async fn replay(
         c: &impl GenericClient,
         p: &PaymentRecord,
