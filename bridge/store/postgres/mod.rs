@@ -397,37 +397,6 @@ impl PgStore {
         Ok(self.pool.get().await?)
     }
 
-    /// Inserts `p` (PENDING, `rev`, encoded as `record`) with its claims, unless one of them is
-    /// taken (then waiting for the transaction that took it, if it is still running): 1 when
-    /// inserted, 0 when a claim was taken.
-    async fn insert_payment(
-        c: &impl GenericClient,
-        p: &PaymentRecord,
-        rev: i64,
-        record: &[u8],
-    ) -> Result<u64, StoreError> {
-        exec(
-            c,
-            "INSERT INTO payments (id, partner, request_id, request_hash, quote_id,
-                                   quote_claim, order_claim, state, rev, created_at, record)
-             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT DO NOTHING",
-            &[
-                &p.payment_id,
-                &p.partner,
-                &p.request_id,
-                &p.request_hash,
-                &p.quote_id,
-                &p.order,
-                &state_name(p.state),
-                &rev,
-                &p.created_at,
-                &record,
-            ],
-        )
-        .await
-    }
-
     /// Waits until no other transaction is creating a payment for `partner`'s `request_id`
     /// (another node making the same request at this moment), so that a read after it sees that
     /// payment if it was committed. A plain read does not wait for a row not yet committed; an
@@ -751,7 +720,26 @@ impl Store for PgStore {
         let record = encode(p);
         for _ in 0..CLAIM_TRIES {
             // Every claim at once: the request id, the quote, the order.
-            let created = Self::insert_payment(&tx, p, rev, &record).await?;
+            let created = exec(
+                &tx,
+                "INSERT INTO payments (id, partner, request_id, request_hash, quote_id,
+                                       quote_claim, order_claim, state, rev, created_at, record)
+                 VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &p.payment_id,
+                    &p.partner,
+                    &p.request_id,
+                    &p.request_hash,
+                    &p.quote_id,
+                    &p.order,
+                    &state_name(p.state),
+                    &rev,
+                    &p.created_at,
+                    &record,
+                ],
+            )
+            .await?;
             if created == 1 {
                 exec(
                     &tx,
